@@ -1,0 +1,95 @@
+// fastdemucs: music source separation with Demucs v4 (HTDemucs), loading the
+// official checkpoints directly. This is the whole public API.
+//
+//   auto params = fastdemucs::load_default_params();
+//   params.name = "htdemucs_6s"; params.repo = "/path/to/models";
+//   auto model = fastdemucs::Separator::load(params);
+//   fastdemucs::Audio mix = ...;                 // [channels, samples], float
+//   auto opts = fastdemucs::separate_default_params();
+//   fastdemucs::Stems stems = model->separate(mix, opts);  // [sources, channels, samples]
+//
+// Every failure throws fastdemucs::Error with a one-line message.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace fastdemucs {
+
+class Error : public std::runtime_error {
+public:
+    explicit Error(const std::string& message) : std::runtime_error(message) {}
+};
+
+// Planar float audio: data[c * samples + t].
+struct Audio {
+    int channels = 0;
+    int64_t samples = 0;
+    int samplerate = 44100;
+    std::vector<float> data;
+    float* channel(int c) { return data.data() + static_cast<int64_t>(c) * samples; }
+    const float* channel(int c) const { return data.data() + static_cast<int64_t>(c) * samples; }
+};
+
+// Separated stems: data[(s * channels + c) * samples + t].
+struct Stems {
+    std::vector<std::string> names;
+    int channels = 0;
+    int64_t samples = 0;
+    int samplerate = 44100;
+    std::vector<float> data;
+    const float* stem(int s) const { return data.data() + static_cast<int64_t>(s) * channels * samples; }
+    float* stem(int s) { return data.data() + static_cast<int64_t>(s) * channels * samples; }
+};
+
+enum class DeviceKind { Cpu, Cuda };
+
+struct LoadParams {
+    std::string name = "htdemucs";  // bag name (NAME.yaml) or model signature
+    std::string repo;               // local folder with .th / .yaml files
+    std::string checkpoint;         // or: one .th file, used directly
+    DeviceKind device = DeviceKind::Cpu;
+    int device_index = 0;
+};
+LoadParams load_default_params();
+
+struct Progress {
+    int model_index = 0;   // within a bag
+    int models = 1;
+    int64_t chunks_done = 0;
+    int64_t chunks_total = 0;
+};
+
+struct SeparateParams {
+    int shifts = 1;              // random time shifts averaged (official default 1)
+    bool split = true;           // chunk the track into segments
+    double overlap = 0.25;       // between chunks, in [0, 1)
+    double transition_power = 1.0;
+    double segment = 0.0;        // seconds; 0 = the model's own (cannot exceed it)
+    int threads = 0;             // CPU threads; 0 = all cores
+    uint64_t seed = 0;           // for the shift offsets; 0 = random
+    bool normalize = true;       // normalise by the mono mix's mean/std, as the CLI does
+    std::function<void(const Progress&)> progress;
+};
+SeparateParams separate_default_params();
+
+class Separator {
+public:
+    virtual ~Separator() = default;
+    static std::unique_ptr<Separator> load(const LoadParams& params);
+
+    virtual const std::vector<std::string>& sources() const = 0;
+    virtual int samplerate() const = 0;
+    virtual int audio_channels() const = 0;
+    virtual double max_segment() const = 0;   // seconds
+    virtual int num_models() const = 0;
+
+    // mix: [audio_channels, samples] at samplerate().
+    virtual Stems separate(const Audio& mix, const SeparateParams& params) const = 0;
+};
+
+}  // namespace fastdemucs

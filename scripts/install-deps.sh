@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what fastdemucs needs to build and test on Debian 12 (run as root
+# or through sudo). Idempotent: quick when everything is already there.
+set -euo pipefail
+packages=(
+  build-essential cmake ninja-build pkg-config
+  libopenblas-dev libfftw3-dev libzip-dev libyaml-cpp-dev libssl-dev
+  libsndfile1-dev libcli11-dev libgtest-dev libcurl4-openssl-dev python3
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi

@@ -1,0 +1,265 @@
+#include "engine/apply.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "error.h"
+
+namespace fastdemucs {
+namespace {
+
+// A window [offset, offset + length) into a signal [C, total] that reads
+// zeros outside it: the official TensorChunk. Padding a chunk takes real
+// neighbouring samples where the underlying signal has them.
+struct ChunkView {
+    const float* base = nullptr;
+    int channels = 0;
+    int64_t total = 0;
+    int64_t offset = 0;
+    int64_t length = 0;
+
+    ChunkView sub(int64_t start, int64_t len) const {
+        ChunkView v = *this;
+        v.offset = offset + start;
+        v.length = std::min(length - start, len);
+        return v;
+    }
+    // [C, target], centred on the chunk, zero beyond the underlying signal.
+    std::vector<float> padded(int64_t target) const {
+        const int64_t delta = target - length;
+        const int64_t start = offset - delta / 2;
+        std::vector<float> out(int64_t(channels) * target, 0.0f);
+        const int64_t lo = std::max<int64_t>(0, start), hi = std::min(total, start + target);
+        for (int c = 0; c < channels && hi > lo; c++)
+            std::memcpy(out.data() + c * target + (lo - start), base + c * total + lo, (hi - lo) * sizeof(float));
+        return out;
+    }
+};
+
+struct Job {
+    std::vector<float> input;  // [C, valid_length]
+    int64_t length;            // chunk length to keep (centre trim)
+    int64_t out_offset;        // where it lands in the split output
+};
+
+int64_t segment_length_of(const ModelBackend& backend, const SeparateParams& params) {
+    const auto& cfg = backend.model().config;
+    if (params.segment > 0) return static_cast<int64_t>(double(cfg.samplerate) * params.segment);
+    return cfg.segment_samples();
+}
+
+// Runs every job through the backend in batches; returns [S, C, length] per job.
+std::vector<std::vector<float>> run_jobs(ModelBackend& backend, std::vector<Job>& jobs, int64_t valid_length,
+                                         const std::function<void(int64_t)>& on_chunks) {
+    const auto& cfg = backend.model().config;
+    const int C = cfg.audio_channels, S = cfg.num_sources();
+    std::vector<std::vector<float>> results(jobs.size());
+    const size_t batch = std::max(1, backend.max_batch());
+    for (size_t first = 0; first < jobs.size(); first += batch) {
+        const size_t n = std::min(batch, jobs.size() - first);
+        std::vector<float> in(n * C * valid_length), out(n * S * C * valid_length);
+        for (size_t j = 0; j < n; j++) {
+            std::memcpy(in.data() + j * C * valid_length, jobs[first + j].input.data(), C * valid_length * sizeof(float));
+            std::vector<float>().swap(jobs[first + j].input);
+        }
+        backend.forward(in.data(), static_cast<int>(n), valid_length, out.data());
+        for (size_t j = 0; j < n; j++) {
+            // Official center_trim: the extra sample of an odd difference goes on the right.
+            const int64_t keep = jobs[first + j].length, left = (valid_length - keep) / 2;
+            std::vector<float>& r = results[first + j];
+            r.resize(int64_t(S) * C * keep);
+            for (int64_t sc = 0; sc < int64_t(S) * C; sc++)
+                std::memcpy(r.data() + sc * keep, out.data() + (j * S * C + sc) * valid_length + left, keep * sizeof(float));
+        }
+        if (on_chunks) on_chunks(static_cast<int64_t>(n));
+    }
+    return results;
+}
+
+// apply_model on one view with shifts already handled: split or not.
+std::vector<float> apply_view(ModelBackend& backend, const ChunkView& mix, const SeparateParams& params,
+                              const std::function<void(int64_t)>& on_chunks) {
+    const auto& cfg = backend.model().config;
+    const int C = cfg.audio_channels, S = cfg.num_sources();
+    const int64_t length = mix.length;
+    const int64_t segment_length = segment_length_of(backend, params);
+    // Without a segment override the model pads to its training length itself.
+    const int64_t valid_length = params.segment > 0 ? segment_length : cfg.segment_samples();
+
+    if (!params.split) {
+        if (length > valid_length)
+            throw Error("the track (" + std::to_string(length) + " samples) is longer than the model's segment (" +
+                        std::to_string(valid_length) + " samples): use split mode");
+        std::vector<Job> jobs{{mix.padded(valid_length), length, 0}};
+        return std::move(run_jobs(backend, jobs, valid_length, on_chunks)[0]);
+    }
+
+    const std::vector<int64_t> offsets = chunk_offsets(length, segment_length, params.overlap);
+    const std::vector<float> weight = transition_weight(segment_length, params.transition_power);
+    std::vector<Job> jobs;
+    for (int64_t offset : offsets) {
+        ChunkView chunk = mix.sub(offset, segment_length);
+        jobs.push_back({chunk.padded(valid_length), chunk.length, offset});
+    }
+    std::vector<std::vector<float>> results = run_jobs(backend, jobs, valid_length, on_chunks);
+
+    std::vector<double> out(int64_t(S) * C * length, 0.0), sum_weight(length, 0.0);
+    for (size_t j = 0; j < jobs.size(); j++) {
+        const int64_t n = jobs[j].length, at = jobs[j].out_offset;
+        for (int64_t sc = 0; sc < int64_t(S) * C; sc++) {
+            const float* r = results[j].data() + sc * n;
+            double* o = out.data() + sc * length + at;
+            for (int64_t i = 0; i < n; i++) o[i] += double(weight[i]) * r[i];
+        }
+        for (int64_t i = 0; i < n; i++) sum_weight[at + i] += weight[i];
+    }
+    std::vector<float> result(out.size());
+    for (int64_t sc = 0; sc < int64_t(S) * C; sc++)
+        for (int64_t i = 0; i < length; i++) result[sc * length + i] = float(out[sc * length + i] / sum_weight[i]);
+    return result;
+}
+
+void check_params(const ModelBackend& backend, const SeparateParams& params) {
+    const auto& cfg = backend.model().config;
+    if (params.shifts < 0) throw Error("--shifts must be >= 0");
+    if (!(params.overlap >= 0.0 && params.overlap < 1.0)) throw Error("--overlap must be in [0, 1)");
+    if (params.transition_power < 1.0) throw Error("transition_power must be >= 1");
+    if (params.segment < 0) throw Error("--segment must be positive");
+    if (params.segment > 0 && params.segment > cfg.segment_seconds() + 1e-9)
+        throw Error("cannot use a Transformer model with a longer segment than it was trained for; maximum segment is " +
+                    std::to_string(cfg.segment_seconds()) + " s");
+    if (params.segment > 0 && segment_length_of(backend, params) < 2)
+        throw Error("--segment is too short");
+}
+
+}  // namespace
+
+std::vector<int64_t> chunk_offsets(int64_t length, int64_t segment_length, double overlap) {
+    const int64_t stride = static_cast<int64_t>((1.0 - overlap) * double(segment_length));
+    if (stride <= 0) throw Error("--overlap leaves no stride between chunks");
+    std::vector<int64_t> offsets;
+    for (int64_t o = 0; o < length; o += stride) offsets.push_back(o);
+    return offsets;
+}
+
+std::vector<float> transition_weight(int64_t segment_length, double transition_power) {
+    // A triangle 1, 2, ..., peak, ..., 2, 1 scaled to a maximum of 1, then raised to the power.
+    std::vector<float> w(segment_length);
+    const int64_t half = segment_length / 2;
+    for (int64_t i = 0; i < half; i++) w[i] = float(i + 1);
+    for (int64_t i = half; i < segment_length; i++) w[i] = float(segment_length - i);
+    const float peak = *std::max_element(w.begin(), w.end());
+    for (auto& v : w) v = std::pow(v / peak, float(transition_power));
+    return w;
+}
+
+int64_t count_chunks(int64_t length, int64_t segment_length, const SeparateParams& params, int samplerate) {
+    if (params.shifts > 0) {
+        // Each shifted copy is at most length + max_shift long; count the worst case.
+        const int64_t max_shift = static_cast<int64_t>(0.5 * samplerate);
+        SeparateParams once = params;
+        once.shifts = 0;
+        return params.shifts * count_chunks(length + max_shift, segment_length, once, samplerate);
+    }
+    if (!params.split) return 1;
+    return static_cast<int64_t>(chunk_offsets(length, segment_length, params.overlap).size());
+}
+
+std::vector<float> apply_single_model(ModelBackend& backend, const float* mix, int channels, int64_t length,
+                                      const SeparateParams& params, const std::vector<int64_t>& shift_offsets,
+                                      const std::function<void(int64_t)>& on_chunks) {
+    const auto& cfg = backend.model().config;
+    check_params(backend, params);
+    if (channels != cfg.audio_channels)
+        throw Error("the model expects " + std::to_string(cfg.audio_channels) + " channels, got " +
+                    std::to_string(channels));
+    ChunkView whole{mix, channels, length, 0, length};
+    if (params.shifts == 0) return apply_view(backend, whole, params, on_chunks);
+
+    // Shift trick: pad by max_shift each side, cut at a random offset,
+    // separate, undo the shift, average.
+    const int S = cfg.num_sources();
+    const int64_t max_shift = static_cast<int64_t>(0.5 * cfg.samplerate);
+    const int64_t padded_len = length + 2 * max_shift;
+    const std::vector<float> padded = whole.padded(padded_len);
+    std::mt19937_64 rng(params.seed ? params.seed : std::random_device{}());
+    std::uniform_int_distribution<int64_t> pick(0, max_shift);
+    SeparateParams inner = params;
+    inner.shifts = 0;
+    std::vector<double> acc(int64_t(S) * channels * length, 0.0);
+    for (int shift = 0; shift < params.shifts; shift++) {
+        const int64_t offset = shift < int(shift_offsets.size()) ? shift_offsets[shift] : pick(rng);
+        ChunkView shifted{padded.data(), channels, padded_len, offset, length + max_shift - offset};
+        std::vector<float> res = apply_view(backend, shifted, inner, on_chunks);
+        const int64_t n = shifted.length, skip = max_shift - offset;
+        for (int64_t sc = 0; sc < int64_t(S) * channels; sc++)
+            for (int64_t i = 0; i < length; i++) acc[sc * length + i] += res[sc * n + skip + i];
+    }
+    std::vector<float> out(acc.size());
+    for (size_t i = 0; i < acc.size(); i++) out[i] = float(acc[i] / params.shifts);
+    return out;
+}
+
+std::vector<float> separate_with_bag(const std::vector<BagMember>& bag, const float* mix, int channels,
+                                     int64_t length, const SeparateParams& params) {
+    if (bag.empty()) throw Error("no model to run");
+    if (length <= 0) throw Error("the track is empty");
+    const int S = bag[0].backend->model().config.num_sources();
+
+    // The official CLI normalises by the mono mix: (wav - mean) / (std + 1e-8), std unbiased.
+    double mean = 0.0, scale = 1.0;
+    std::vector<float> normalized(mix, mix + int64_t(channels) * length);
+    if (params.normalize) {
+        std::vector<double> mono(length, 0.0);
+        for (int c = 0; c < channels; c++)
+            for (int64_t i = 0; i < length; i++) mono[i] += mix[c * length + i];
+        double sum = 0.0;
+        for (auto& v : mono) sum += (v /= channels);
+        mean = sum / length;
+        double var = 0.0;
+        for (auto v : mono) var += (v - mean) * (v - mean);
+        scale = (length > 1 ? std::sqrt(var / double(length - 1)) : 0.0) + 1e-8;
+        for (auto& v : normalized) v = float((v - mean) / scale);
+    }
+
+    Progress progress;
+    progress.models = static_cast<int>(bag.size());
+    for (const auto& member : bag)
+        progress.chunks_total += count_chunks(length, segment_length_of(*member.backend, params), params,
+                                              member.backend->model().config.samplerate);
+
+    std::vector<double> estimate(int64_t(S) * channels * length, 0.0);
+    std::vector<double> totals(S, 0.0);
+    for (size_t m = 0; m < bag.size(); m++) {
+        progress.model_index = static_cast<int>(m);
+        bag[m].backend->set_threads(params.threads);
+        auto on_chunks = [&](int64_t n) {
+            progress.chunks_done += n;
+            if (params.progress) params.progress(progress);
+        };
+        SeparateParams member_params = params;
+        // Each model draws its own shifts, as the official bag does.
+        if (params.seed) member_params.seed = params.seed + 1000003ULL * m;
+        std::vector<float> out =
+            apply_single_model(*bag[m].backend, normalized.data(), channels, length, member_params, {}, on_chunks);
+        for (int s = 0; s < S; s++) {
+            const double w = bag[m].weights.empty() ? 1.0 : bag[m].weights[s];
+            totals[s] += w;
+            for (int64_t i = 0; i < int64_t(channels) * length; i++)
+                estimate[s * channels * length + i] += w * out[s * channels * length + i];
+        }
+    }
+    std::vector<float> result(estimate.size());
+    for (int s = 0; s < S; s++) {
+        if (totals[s] == 0.0) throw Error("the bag's weights for source " + std::to_string(s) + " sum to zero");
+        for (int64_t i = 0; i < int64_t(channels) * length; i++) {
+            const int64_t at = s * channels * length + i;
+            result[at] = float(estimate[at] / totals[s] * scale + mean);
+        }
+    }
+    return result;
+}
+
+}  // namespace fastdemucs

@@ -1,0 +1,40 @@
+// Inference semantics of the official `apply_model` and `separate`: split
+// into overlapping chunks blended with a triangular weight, random time
+// shifts averaged, bags of models mixed by their weights matrix, and the
+// input normalised by the mono mix's statistics. Backend-agnostic: chunks
+// are gathered into batches and handed to ModelBackend::forward.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "engine/backend.h"
+#include "fastdemucs/fastdemucs.h"
+
+namespace fastdemucs {
+
+struct BagMember {
+    std::unique_ptr<ModelBackend> backend;
+    std::vector<double> weights;  // one per source
+};
+
+// mix [C, L] -> stems [S, C, L]. Throws Error on invalid options.
+std::vector<float> separate_with_bag(const std::vector<BagMember>& bag, const float* mix, int channels,
+                                     int64_t length, const SeparateParams& params);
+
+// One model, no normalisation: the official apply_model(model, mix[None]).
+// `shift_offsets` replaces the random offsets when not empty (tests).
+std::vector<float> apply_single_model(ModelBackend& backend, const float* mix, int channels, int64_t length,
+                                      const SeparateParams& params, const std::vector<int64_t>& shift_offsets,
+                                      const std::function<void(int64_t)>& on_chunks = nullptr);
+
+// The official split's chunk starts and its blending weight, exposed for tests.
+std::vector<int64_t> chunk_offsets(int64_t length, int64_t segment_length, double overlap);
+std::vector<float> transition_weight(int64_t segment_length, double transition_power);
+
+// Number of model forwards apply_single_model will run (for progress).
+int64_t count_chunks(int64_t length, int64_t segment_length, const SeparateParams& params, int samplerate);
+
+}  // namespace fastdemucs

@@ -1,0 +1,90 @@
+// Separator: the public face of the engine. Loads a model or a bag, builds a
+// backend per model, and runs the official separation semantics.
+#include <thread>
+
+#include "engine/apply.h"
+#include "engine/repo.h"
+#include "error.h"
+#include "fastdemucs/fastdemucs.h"
+
+namespace fastdemucs {
+namespace {
+
+class BagSeparator final : public Separator {
+public:
+    explicit BagSeparator(std::vector<BagMember> bag) : bag_(std::move(bag)) {
+        const auto& first = bag_[0].backend->model();
+        for (const auto& m : bag_) {
+            const auto& cfg = m.backend->model().config;
+            if (cfg.sources != first.config.sources || cfg.samplerate != first.config.samplerate ||
+                cfg.audio_channels != first.config.audio_channels)
+                throw Error(m.backend->model().path + ": its sources, sample rate or channels differ from " +
+                            first.path + "'s, so they cannot form a bag");
+            if (!m.weights.empty() && m.weights.size() != cfg.sources.size())
+                throw Error("the bag's weights list has " + std::to_string(m.weights.size()) + " values for " +
+                            std::to_string(cfg.sources.size()) + " sources");
+        }
+    }
+
+    const std::vector<std::string>& sources() const override { return bag_[0].backend->model().config.sources; }
+    int samplerate() const override { return bag_[0].backend->model().config.samplerate; }
+    int audio_channels() const override { return bag_[0].backend->model().config.audio_channels; }
+    int num_models() const override { return static_cast<int>(bag_.size()); }
+    double max_segment() const override {
+        double best = 1e300;
+        for (const auto& m : bag_) best = std::min(best, m.backend->model().config.segment_seconds());
+        return best;
+    }
+
+    Stems separate(const Audio& mix, const SeparateParams& params) const override {
+        if (mix.channels != audio_channels())
+            throw Error("the model expects " + std::to_string(audio_channels()) + " channels, got " +
+                        std::to_string(mix.channels));
+        if (mix.samplerate != samplerate())
+            throw Error("the model expects audio at " + std::to_string(samplerate()) + " Hz, got " +
+                        std::to_string(mix.samplerate) + " Hz");
+        if (int64_t(mix.data.size()) != int64_t(mix.channels) * mix.samples)
+            throw Error("audio buffer size does not match channels x samples");
+        Stems stems;
+        stems.names = sources();
+        stems.channels = mix.channels;
+        stems.samples = mix.samples;
+        stems.samplerate = mix.samplerate;
+        stems.data = separate_with_bag(bag_, mix.data.data(), mix.channels, mix.samples, params);
+        return stems;
+    }
+
+private:
+    std::vector<BagMember> bag_;
+};
+
+}  // namespace
+
+LoadParams load_default_params() { return LoadParams{}; }
+SeparateParams separate_default_params() { return SeparateParams{}; }
+
+std::unique_ptr<Separator> Separator::load(const LoadParams& params) {
+    BagSpec spec;
+    if (!params.checkpoint.empty()) {
+        spec.name = params.checkpoint;
+        spec.checkpoints = {params.checkpoint};
+    } else {
+        if (params.repo.empty()) throw Error("no model folder given (--repo) for model " + params.name);
+        spec = resolve_local_model(params.name, params.repo);
+    }
+    if (params.device != DeviceKind::Cpu)
+        throw Error("this build has no CUDA backend; use -d cpu");
+    if (!spec.weights.empty() && spec.weights.size() != spec.checkpoints.size())
+        throw Error(spec.name + ": the bag has " + std::to_string(spec.weights.size()) + " weight lists for " +
+                    std::to_string(spec.checkpoints.size()) + " models");
+    std::vector<BagMember> bag;
+    for (size_t i = 0; i < spec.checkpoints.size(); i++) {
+        BagMember m;
+        m.backend = make_cpu_backend(load_htdemucs(spec.checkpoints[i]), 0);
+        if (!spec.weights.empty()) m.weights = spec.weights[i];
+        bag.push_back(std::move(m));
+    }
+    return std::make_unique<BagSeparator>(std::move(bag));
+}
+
+}  // namespace fastdemucs

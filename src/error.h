@@ -1,0 +1,3 @@
+#pragma once
+// Internal code includes the public header for fastdemucs::Error.
+#include "fastdemucs/fastdemucs.h"

@@ -1,0 +1,33 @@
+// Helpers shared by the tests: fixture paths, .npy/.npz reading, SNR.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace testing_support {
+
+// Folder of the shared fixtures (env FASTDEMUCS_FIXTURES overrides).
+std::string fixtures_dir();
+std::string fixture(const std::string& relative);  // fixtures_dir() + "/" + relative
+
+struct Array {
+    std::vector<int64_t> shape;
+    std::vector<float> data;  // converted to float32
+    int64_t numel() const;
+};
+
+Array read_npy(const std::string& path);
+Array parse_npy(const std::string& name, const std::vector<uint8_t>& bytes);
+std::map<std::string, Array> read_npz(const std::string& path);  // keys without ".npy"
+
+// Relative L2 error ||out - ref|| / ||ref|| over n values (in double).
+double relative_l2(const float* out, const float* ref, int64_t n);
+// SNR in dB: -20 log10(relative_l2).
+double snr_db(const float* out, const float* ref, int64_t n);
+
+// A fresh temporary directory, removed by the caller (or left in /tmp).
+std::string make_temp_dir(const std::string& tag);
+
+}  // namespace testing_support
