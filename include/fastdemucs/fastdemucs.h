@@ -48,12 +48,18 @@ struct Stems {
 
 enum class DeviceKind { Cpu, Cuda };
 
+// Arithmetic of the GPU backend. Fp32 is exact (no TF32); Fp16 / Bf16 use
+// tensor cores with float32 accumulation and keep norms, softmax, the STFT
+// and overlap-add in float32. The CPU backend always computes in float32.
+enum class Precision { Fp32, Fp16, Bf16 };
+
 struct LoadParams {
     std::string name = "htdemucs";  // bag name (NAME.yaml) or model signature
     std::string repo;               // local folder with .th / .yaml files
     std::string checkpoint;         // or: one .th file, used directly
     DeviceKind device = DeviceKind::Cpu;
     int device_index = 0;
+    Precision precision = Precision::Fp16;  // GPU only
 };
 LoadParams load_default_params();
 

@@ -33,7 +33,7 @@ struct PyValue {
     std::string s;           // String, Bytes; Global: "module name"
     std::vector<PyValuePtr> items;                       // List, Tuple, Call (callable, args)
     std::vector<std::pair<PyValuePtr, PyValuePtr>> dict; // Dict, in insertion order
-    int tensor_index = -1;   // Tensor: index into Checkpoint::tensors
+    int tensor_index = -1;   // Tensor: index into the parser's tensor table
 
     // Dict lookup by string key; nullptr when absent or not a dict.
     const PyValue* get(const std::string& key) const;

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "fastdemucs/fastdemucs.h"
 #include "model/model.h"
 
 namespace fastdemucs {
@@ -32,6 +33,15 @@ public:
     virtual void set_threads(int threads) = 0;
 };
 
+#ifdef FASTDEMUCS_WITH_CPU
 std::unique_ptr<ModelBackend> make_cpu_backend(std::shared_ptr<const HTDemucsModel> model, int threads);
+#endif
+#ifdef FASTDEMUCS_WITH_CUDA
+// Throws Error when the device is missing or out of memory.
+std::unique_ptr<ModelBackend> make_cuda_backend(std::shared_ptr<const HTDemucsModel> model, int device_index,
+                                                Precision precision);
+// Number of usable CUDA devices (0 without a driver or GPU); never throws.
+int cuda_device_count();
+#endif
 
 }  // namespace fastdemucs

@@ -60,6 +60,22 @@ private:
 
 }  // namespace
 
+// The backend the load parameters ask for, or a clear error when this build lacks it.
+std::unique_ptr<ModelBackend> make_backend(std::shared_ptr<const HTDemucsModel> model, const LoadParams& params) {
+    if (params.device == DeviceKind::Cuda) {
+#ifdef FASTDEMUCS_WITH_CUDA
+        return make_cuda_backend(std::move(model), params.device_index, params.precision);
+#else
+        throw Error("this build of fastdemucs has no CUDA backend; use -d cpu");
+#endif
+    }
+#ifdef FASTDEMUCS_WITH_CPU
+    return make_cpu_backend(std::move(model), 0);
+#else
+    throw Error("this build of fastdemucs has no CPU backend; use -d cuda");
+#endif
+}
+
 LoadParams load_default_params() { return LoadParams{}; }
 SeparateParams separate_default_params() { return SeparateParams{}; }
 
@@ -72,15 +88,13 @@ std::unique_ptr<Separator> Separator::load(const LoadParams& params) {
         if (params.repo.empty()) throw Error("no model folder given (--repo) for model " + params.name);
         spec = resolve_local_model(params.name, params.repo);
     }
-    if (params.device != DeviceKind::Cpu)
-        throw Error("this build has no CUDA backend; use -d cpu");
     if (!spec.weights.empty() && spec.weights.size() != spec.checkpoints.size())
         throw Error(spec.name + ": the bag has " + std::to_string(spec.weights.size()) + " weight lists for " +
                     std::to_string(spec.checkpoints.size()) + " models");
     std::vector<BagMember> bag;
     for (size_t i = 0; i < spec.checkpoints.size(); i++) {
         BagMember m;
-        m.backend = make_cpu_backend(load_htdemucs(spec.checkpoints[i]), 0);
+        m.backend = make_backend(load_htdemucs(spec.checkpoints[i]), params);
         if (!spec.weights.empty()) m.weights = spec.weights[i];
         bag.push_back(std::move(m));
     }

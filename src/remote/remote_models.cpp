@@ -137,6 +137,10 @@ BagSpec resolve_model_from_catalog(const std::string& name, const Catalog& catal
 BagSpec resolve_remote_model(const std::string& name, const RemoteOptions& options) {
     const RemoteOptions resolved = resolve_options(options);
     const Catalog& official = official_catalog();
+    // Built-in names never ask a mirror for their definition: an overridden
+    // root is taken to be a copy of the official layout, so htdemucs comes from
+    // ROOT + "hybrid_transformer/955717e8-8726e21a.th" there, and a fully
+    // cached built-in model needs no network at all.
     if (official.find_file(name) || official.find_bag(name)) return resolve_model_from_catalog(name, official, resolved);
     if (!is_mirror_root(resolved.root_url)) throw Error("unknown model " + name);
     return resolve_model_from_catalog(name, fetch_mirror_catalog(name, resolved), resolved);
