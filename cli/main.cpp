@@ -1,12 +1,16 @@
 // fastdemucs: the command line, a drop-in for the official `demucs`
-// (python -m demucs.separate). Every failure is one line on stderr,
-// `fastdemucs: error: ...`; the exit status is 1 if anything failed.
+// (python -m demucs.separate). Informational lines go to stdout as the
+// official command prints them; progress and errors go to stderr. Every
+// failure is one line, `fastdemucs: error: ...`; the exit status is 1 if
+// anything failed.
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <iomanip>
 #include <iostream>
 #include <mutex>
 #include <new>
@@ -16,8 +20,10 @@
 
 #include "fastdemucs/fastdemucs.h"
 #include "io/audio_file.h"
+#include "io/temp_file.h"
 #include "options.h"
 #include "output_names.h"
+#include "remote/remote_models.h"
 
 namespace fs = std::filesystem;
 using fastdemucs::Error;
@@ -25,13 +31,14 @@ using fastdemucs::Error;
 namespace fastdemucs_cli {
 namespace {
 
-void report_error(const std::string& message) {
-    std::cerr << "fastdemucs: error: " << message << std::endl;
-}
+using Clock = std::chrono::steady_clock;
+
+void report_error(const std::string& message) { std::cerr << "fastdemucs: error: " << message << std::endl; }
 
 // Numbers for messages: "7.8", not std::to_string's "7.800000".
-std::string to_text(double value) {
+std::string to_text(double value, int decimals = -1) {
     std::ostringstream text;
+    if (decimals >= 0) text << std::fixed << std::setprecision(decimals);
     text << value;
     return text.str();
 }
@@ -42,7 +49,21 @@ std::string join(const std::vector<std::string>& items, const std::string& separ
     return joined;
 }
 
-// Informational lines go to stdout, as the official command prints them.
+double seconds_since(Clock::time_point start) {
+    return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// "0:07", "12:34", "1:02:03".
+std::string clock_text(double seconds) {
+    const long total = std::lround(std::max(0.0, seconds));
+    std::ostringstream text;
+    if (total >= 3600) text << total / 3600 << ':' << std::setw(2) << std::setfill('0') << (total / 60) % 60;
+    else text << total / 60;
+    text << ':' << std::setw(2) << std::setfill('0') << total % 60;
+    return text.str();
+}
+
+// Informational lines on stdout, as the official command prints them.
 class Console {
 public:
     explicit Console(const CliOptions& options) : options_(options) {}
@@ -57,44 +78,174 @@ private:
     const CliOptions& options_;
 };
 
-// A one-line progress display on stderr, only when it is a terminal. The
-// engine may report from worker threads, hence the lock.
-class ProgressLine {
+// Progress on stderr. On a terminal: one bar redrawn in place. Otherwise,
+// only with -v: a line at every tenth of the work. The engine may report from
+// worker threads, hence the lock.
+class ProgressDisplay {
 public:
-    explicit ProgressLine(bool enabled) : enabled_(enabled) {}
-    ~ProgressLine() { finish(); }
+    ProgressDisplay(bool terminal, bool enabled) : terminal_(terminal), enabled_(enabled) {}
+    ~ProgressDisplay() { clear(); }
 
-    void update(const fastdemucs::Progress& p) {
+    bool enabled() const { return enabled_; }
+
+    void start(const std::string& label) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        label_ = label;
+        start_ = Clock::now();
+        last_draw_ = Clock::time_point();
+        last_tenth_ = -1;
+    }
+
+    // `fraction` of the work is done; `counts` says it in units ("3/8 chunks").
+    void update(double fraction, const std::string& counts) {
         if (!enabled_) return;
         std::lock_guard<std::mutex> lock(mutex_);
-        const int64_t total = std::max<int64_t>(p.chunks_total, 1);
-        const int width = 30;
-        const int filled = static_cast<int>(width * std::min<int64_t>(p.chunks_done, total) / total);
-        std::fprintf(stderr, "\r  model %d/%d [%s%s] %lld/%lld", p.model_index + 1, p.models,
-                     std::string(filled, '#').c_str(), std::string(width - filled, ' ').c_str(),
-                     static_cast<long long>(p.chunks_done), static_cast<long long>(p.chunks_total));
-        std::fflush(stderr);
-        shown_ = true;
+        fraction = std::min(std::max(fraction, 0.0), 1.0);
+        const double elapsed = seconds_since(start_);
+        std::string timing = clock_text(elapsed) + " elapsed";
+        if (fraction > 0.0 && fraction < 1.0) timing += ", ~" + clock_text(elapsed * (1.0 - fraction) / fraction) + " left";
+        if (terminal_) {
+            const auto now = Clock::now();
+            if (fraction < 1.0 && now - last_draw_ < std::chrono::milliseconds(100)) return;
+            last_draw_ = now;
+            const int width = 30;
+            const int filled = static_cast<int>(std::floor(width * fraction));
+            char percent[8];
+            std::snprintf(percent, sizeof percent, "%3d%%", static_cast<int>(100 * fraction));
+            const std::string text = label_ + " [" + std::string(filled, '#') + std::string(width - filled, '.') +
+                                     "] " + percent + " " + counts + ", " + timing;
+            if (shown_ && text == last_text_) return;
+            last_text_ = text;
+            std::fprintf(stderr, "\r\033[K%s", text.c_str());
+            std::fflush(stderr);
+            shown_ = true;
+        } else {
+            const int tenth = static_cast<int>(std::floor(10 * fraction));
+            if (tenth <= last_tenth_) return;
+            last_tenth_ = tenth;
+            std::fprintf(stderr, "%s %3d%% %s, %s\n", label_.c_str(), tenth * 10, counts.c_str(), timing.c_str());
+            std::fflush(stderr);
+        }
     }
-    void finish() {
+
+    // Replaces the bar with a final line.
+    void line(const std::string& text) {
+        if (!enabled_) return;
         std::lock_guard<std::mutex> lock(mutex_);
-        if (shown_) std::fputc('\n', stderr);
-        shown_ = false;
+        clear_locked();
+        std::fprintf(stderr, "%s\n", text.c_str());
+        std::fflush(stderr);
+    }
+
+    void clear() {
+        std::lock_guard<std::mutex> lock(mutex_);
+        clear_locked();
     }
 
 private:
-    bool enabled_;
+    void clear_locked() {
+        if (!shown_) return;
+        std::fputs("\r\033[K", stderr);
+        std::fflush(stderr);
+        shown_ = false;
+    }
+
+    bool terminal_, enabled_;
     bool shown_ = false;
+    std::string label_, last_text_;
+    Clock::time_point start_, last_draw_;
+    int last_tenth_ = -1;
     std::mutex mutex_;
 };
 
-std::unique_ptr<fastdemucs::Separator> load_separator(const CliOptions& o) {
+// --- --list-models ---------------------------------------------------------
+
+void print_table(const std::string& title, const std::vector<std::vector<std::string>>& rows) {
+    std::cout << title << "\n";
+    std::vector<size_t> widths;
+    for (const auto& row : rows)
+        for (size_t i = 0; i < row.size(); ++i) {
+            if (widths.size() <= i) widths.push_back(0);
+            widths[i] = std::max(widths[i], row[i].size());
+        }
+    for (const auto& row : rows) {
+        std::string line = "    ";
+        for (size_t i = 0; i < row.size(); ++i) {
+            line += row[i];
+            if (i + 1 < row.size()) line += std::string(widths[i] - row[i].size() + 2, ' ');
+        }
+        std::cout << line << "\n";
+    }
+}
+
+// The official layout ("Bag of models:" then "Single models:", one name a
+// line, indented), each name followed by its stems, whether it is cached and
+// whether this engine runs it.
+void list_catalog_models(const CliOptions& o) {
+    fastdemucs::RemoteOptions remote;
+    remote.root_url = o.model_url;
+    const auto entries = fastdemucs::list_catalog(remote);
+    std::vector<std::vector<std::string>> bags, singles;
+    for (const auto& entry : entries) {
+        std::vector<std::string> row = {entry.name,
+                                        entry.sources.empty() ? "?" : join(entry.sources, ","),
+                                        entry.cached ? "cached" : "not cached",
+                                        entry.supported ? "supported" : "not supported yet"};
+        (entry.kind == fastdemucs::CatalogEntry::Kind::Bag ? bags : singles).push_back(row);
+    }
+    print_table("Bag of models:", bags);
+    print_table("Single models:", singles);
+    std::cout << "Cache: " << fastdemucs::resolve_options(remote).cache_dir << std::endl;
+}
+
+// A --repo folder, as the official LocalRepo / BagOnlyRepo list it: the
+// signature of every .th file, the name of every .yaml file.
+void list_repo_models(const CliOptions& o) {
+    std::error_code ec;
+    if (!fs::is_directory(o.repo, ec)) throw Error(o.repo + " must exist and be a directory.");
+    std::vector<std::vector<std::string>> bags, singles;
+    for (fs::directory_iterator it(o.repo, ec), end; !ec && it != end; it.increment(ec)) {
+        const fs::path& path = it->path();
+        const std::string stem = path.stem().string();
+        if (stem.empty() || stem[0] == '.') continue;
+        if (path.extension() == ".th") singles.push_back({stem.substr(0, stem.find('-'))});
+        else if (path.extension() == ".yaml") bags.push_back({stem});
+    }
+    if (ec) throw Error("cannot list " + o.repo + ": " + ec.message());
+    std::sort(bags.begin(), bags.end());
+    std::sort(singles.begin(), singles.end());
+    print_table("Bag of models:", bags);
+    print_table("Single models:", singles);
+    std::cout << std::flush;
+}
+
+// --- model -----------------------------------------------------------------
+
+std::unique_ptr<fastdemucs::Separator> load_separator(const CliOptions& o, ProgressDisplay& progress) {
     fastdemucs::LoadParams params = fastdemucs::load_default_params();
     params.name = o.name;
-    if (!o.repo.empty()) params.repo = o.repo;
+    params.repo = o.repo;
     params.device = o.device;
     params.device_index = o.device_index;
-    return fastdemucs::Separator::load(params);
+    params.precision = o.precision;
+    params.model_url = o.model_url;
+    params.offline = o.offline;
+    params.download_started = [&o, &progress](const std::string& url, const std::string& path) {
+        if (!o.quiet) std::cerr << "Downloading " << url << " to " << path << std::endl;
+        progress.start("  " + fs::path(path).filename().string());
+    };
+    params.download_progress = [&progress](int64_t done, int64_t total) {
+        const double mb = 1024.0 * 1024.0;
+        progress.update(total > 0 ? double(done) / double(total) : 0.0,
+                        to_text(done / mb, 1) + "/" + (total > 0 ? to_text(total / mb, 1) : "?") + " MB");
+    };
+    params.warning = [&progress](const std::string& message) {
+        progress.clear();
+        std::cerr << "fastdemucs: warning: " << message << std::endl;
+    };
+    auto model = fastdemucs::Separator::load(params);
+    progress.clear();
+    return model;
 }
 
 // Checks that need the model, made before any track is touched.
@@ -103,162 +254,206 @@ void check_against_model(const CliOptions& o, const fastdemucs::Separator& model
         throw Error("Cannot use a Transformer model with a longer segment than it was trained "
                     "for. Maximum segment is: " + to_text(model.max_segment()));
     const auto& sources = model.sources();
-    if (!o.two_stems.empty() &&
-        std::find(sources.begin(), sources.end(), o.two_stems) == sources.end())
+    if (!o.two_stems.empty() && std::find(sources.begin(), sources.end(), o.two_stems) == sources.end())
         throw Error("stem \"" + o.two_stems + "\" is not in selected model. STEM must be one of " +
                     join(sources, ", ") + ".");
 }
 
-// The official convert_audio_channels: mono is duplicated, extra channels
-// are dropped, a mono model gets the mean of the channels.
-fastdemucs::Audio match_channels(fastdemucs::Audio audio, int wanted, const std::string& track) {
-    if (audio.channels == wanted) return audio;
-    fastdemucs::Audio out;
-    out.channels = wanted;
-    out.samples = audio.samples;
-    out.samplerate = audio.samplerate;
-    out.data.assign(static_cast<size_t>(wanted) * audio.samples, 0.0f);
-    if (wanted == 1) {
-        for (int c = 0; c < audio.channels; ++c)
-            for (int64_t t = 0; t < audio.samples; ++t) out.data[t] += audio.channel(c)[t];
-        for (float& x : out.data) x /= static_cast<float>(audio.channels);
-    } else if (audio.channels == 1 || audio.channels > wanted) {
-        for (int c = 0; c < wanted; ++c) {
-            const float* source = audio.channel(audio.channels == 1 ? 0 : c);
-            std::copy(source, source + audio.samples, out.channel(c));
+void describe_model(const CliOptions& o, const fastdemucs::Separator& model, const Console& console) {
+    if (model.num_models() > 1)
+        console.info("Selected model is a bag of " + std::to_string(model.num_models()) +
+                     " models. You will see that many progress bars per track.");
+    std::string device = o.device_text;
+    if (o.device == fastdemucs::DeviceKind::Cuda)
+        device += o.precision == fastdemucs::Precision::Fp32   ? " (fp32)"
+                  : o.precision == fastdemucs::Precision::Bf16 ? " (bf16)"
+                                                               : " (fp16)";
+    console.detail("Model " + o.name + ": sources " + join(model.sources(), ", ") + ", " +
+                   std::to_string(model.samplerate()) + " Hz, " + std::to_string(model.audio_channels()) +
+                   " channels, segment " + to_text(model.max_segment()) + " s, on " + device);
+}
+
+// --- output ----------------------------------------------------------------
+
+// Fails early, before any download or separation, when the output folder
+// cannot be created: its nearest existing ancestor must be a writable folder.
+void check_output_folder(const fs::path& folder) {
+    std::error_code ec;
+    fs::path probe = folder;
+    while (!probe.empty() && !fs::exists(probe, ec)) {
+        if (!probe.has_parent_path() || probe.parent_path() == probe) {
+            probe = ".";
+            break;
         }
-    } else {
-        throw Error(track + " has " + std::to_string(audio.channels) + " channels, fewer than the " +
-                    std::to_string(wanted) + " the model needs, and is not mono");
+        probe = probe.parent_path();
     }
-    return out;
+    if (probe.empty()) probe = ".";
+    const std::string what = "cannot create the output folder " + folder.string() + ": ";
+    if (!fs::is_directory(probe, ec)) throw Error(what + probe.string() + " is not a folder");
+    if (::access(probe.c_str(), W_OK | X_OK) != 0) throw Error(what + probe.string() + " is not writable");
 }
 
-fastdemucs::Audio load_track(const std::string& track, const fastdemucs::Separator& model) {
+void create_output_folder(const fs::path& folder) {
+    std::error_code ec;
+    fs::create_directories(folder, ec);
+    if (ec || !fs::is_directory(folder))
+        throw Error("cannot create the output folder " + folder.string() + ": " +
+                    (ec ? ec.message() : std::string("not a folder")));
+}
+
+// One file to write for a track: what it holds and where it goes.
+struct StemOutput {
+    enum class Kind { Source, MixMinusSource, OtherSources };
+    Kind kind = Kind::Source;
+    int source = 0;  // index in the model's sources
+    fs::path path;
+    fastdemucs::WriteParams params;
+};
+
+// The files of one track, in the official order: every source, or with
+// --two-stems: minus_STEM (with --other-method minus), STEM, no_STEM (with add).
+std::vector<StemOutput> plan_outputs(const CliOptions& o, const fastdemucs::Separator& model,
+                                     const fs::path& out_dir, const std::string& track) {
+    using Kind = StemOutput::Kind;
+    const auto& sources = model.sources();
+    std::vector<std::pair<std::string, StemOutput>> planned;  // stem name, output
+    if (o.two_stems.empty()) {
+        for (size_t s = 0; s < sources.size(); ++s) planned.push_back({sources[s], {Kind::Source, int(s), {}, {}}});
+    } else {
+        const int chosen = static_cast<int>(std::find(sources.begin(), sources.end(), o.two_stems) - sources.begin());
+        if (o.other_method == OtherMethod::Minus)
+            planned.push_back({"minus_" + o.two_stems, {Kind::MixMinusSource, chosen, {}, {}}});
+        planned.push_back({o.two_stems, {Kind::Source, chosen, {}, {}}});
+        if (o.other_method == OtherMethod::Add)
+            planned.push_back({"no_" + o.two_stems, {Kind::OtherSources, chosen, {}, {}}});
+    }
+    const TrackName name = split_track_name(track);
+    std::vector<StemOutput> outputs;
+    for (auto& [stem, output] : planned) {
+        output.path = out_dir / format_filename(o.filename, name, stem, o.extension());
+        output.params = o.write_params(output.path.string());
+        outputs.push_back(output);
+    }
+    return outputs;
+}
+
+// The samples of one output: a source, the mix minus a source, or the other
+// sources summed in order (as the official command sums them).
+std::vector<float> output_samples(const StemOutput& output, const fastdemucs::Audio& mix,
+                                  const fastdemucs::Stems& stems) {
+    const size_t n = static_cast<size_t>(stems.channels) * stems.samples;
+    const float* selected = stems.stem(output.source);
+    switch (output.kind) {
+        case StemOutput::Kind::Source: return std::vector<float>(selected, selected + n);
+        case StemOutput::Kind::MixMinusSource: {
+            if (mix.channels != stems.channels || mix.samples != stems.samples)
+                throw Error("internal: stems and mix differ in shape");
+            std::vector<float> rest(n);
+            for (size_t i = 0; i < n; ++i) rest[i] = mix.data[i] - selected[i];
+            return rest;
+        }
+        case StemOutput::Kind::OtherSources: {
+            std::vector<float> rest(n, 0.0f);
+            for (int s = 0; s < static_cast<int>(stems.names.size()); ++s) {
+                if (s == output.source) continue;
+                const float* other = stems.stem(s);
+                for (size_t i = 0; i < n; ++i) rest[i] += other[i];
+            }
+            return rest;
+        }
+    }
+    return {};
+}
+
+// --- tracks ----------------------------------------------------------------
+
+fastdemucs::Audio load_track(const std::string& track, const fastdemucs::Separator& model, const Console& console) {
     fastdemucs::Audio audio = fastdemucs::read_audio(track);
-    if (audio.samplerate != model.samplerate())
-        throw Error(track + " has sample rate " + std::to_string(audio.samplerate) +
-                    " Hz but the model needs " + std::to_string(model.samplerate()) +
-                    " Hz; resampling is not supported yet");
-    if (audio.samples == 0) throw Error(track + " has no samples");
-    return match_channels(std::move(audio), model.audio_channels(), track);
+    std::string note = "  read " + std::to_string(audio.channels) + " channel(s) at " +
+                       std::to_string(audio.samplerate) + " Hz, " +
+                       to_text(double(audio.samples) / audio.samplerate, 2) + " s";
+    if (audio.samples == 0) throw Error(track + " has no audio samples");
+    if (audio.channels != model.audio_channels()) {
+        try {
+            audio = fastdemucs::convert_channels(audio, model.audio_channels());
+        } catch (const Error& e) {
+            throw Error(track + ": " + e.what());
+        }
+        note += ", channels converted to " + std::to_string(model.audio_channels());
+    }
+    if (audio.samplerate != model.samplerate()) {
+        audio = fastdemucs::resample(audio, model.samplerate());
+        note += ", resampled to " + std::to_string(model.samplerate()) + " Hz";
+    }
+    console.detail(note);
+    return audio;
 }
 
-fastdemucs::SeparateParams separate_params(const CliOptions& o, ProgressLine& progress) {
+fastdemucs::SeparateParams separate_params(const CliOptions& o, ProgressDisplay& progress) {
     fastdemucs::SeparateParams params = fastdemucs::separate_default_params();
     params.shifts = o.shifts;
     params.split = o.split;
     params.overlap = o.overlap;
     params.segment = o.segment;
     params.threads = o.jobs;
+    params.batch_size = o.batch_size;
     params.seed = o.seed;
-    params.progress = [&progress](const fastdemucs::Progress& p) { progress.update(p); };
+    if (progress.enabled())
+        params.progress = [&progress](const fastdemucs::Progress& p) {
+            const int64_t total = std::max<int64_t>(p.chunks_total, 1);
+            std::string counts = std::to_string(p.chunks_done) + "/" + std::to_string(p.chunks_total) + " chunks";
+            if (p.models > 1)
+                counts += " (model " + std::to_string(p.model_index + 1) + "/" + std::to_string(p.models) + ")";
+            progress.update(double(p.chunks_done) / double(total), counts);
+        };
     return params;
 }
 
-// Writes one track's stems (or, with --two-stems, STEM and its complement)
-// under out_dir, each file written atomically.
-class StemWriter {
-public:
-    StemWriter(const CliOptions& o, const fs::path& out_dir, const std::string& track,
-               const Console& console)
-        : options_(o), out_dir_(out_dir), name_(split_track_name(track)), console_(console),
-          params_(o.write_params()) {}
-
-    void write_all(const fastdemucs::Audio& mix, const fastdemucs::Stems& stems) const {
-        if (options_.two_stems.empty()) {
-            for (size_t s = 0; s < stems.names.size(); ++s)
-                write(stems.names[s], stems.stem(static_cast<int>(s)), stems);
-            return;
-        }
-        write_two_stems(mix, stems);
+void separate_track(const std::string& track, const CliOptions& o, const fastdemucs::Separator& model,
+                    const fs::path& out_dir, const Console& console, ProgressDisplay& progress) {
+    const auto start = Clock::now();
+    const std::vector<StemOutput> outputs = plan_outputs(o, model, out_dir, track);
+    const fastdemucs::Audio mix = load_track(track, model, console);
+    const std::string label = fs::path(track).filename().string();
+    progress.start(label);
+    const fastdemucs::Stems stems = model.separate(mix, separate_params(o, progress));
+    progress.clear();
+    for (const StemOutput& output : outputs) {
+        if (output.path.has_parent_path()) create_output_folder(output.path.parent_path());
+        const std::vector<float> samples = output_samples(output, mix, stems);
+        fastdemucs::write_audio(output.path.string(), samples.data(), stems.channels, stems.samples,
+                                stems.samplerate, output.params);
+        console.detail("  wrote " + output.path.string());
     }
-
-private:
-    // Same files, values and order as the official command: minus_STEM
-    // (mix - STEM), then STEM, then no_STEM (the other stems summed in order).
-    void write_two_stems(const fastdemucs::Audio& mix, const fastdemucs::Stems& stems) const {
-        const std::string& chosen = options_.two_stems;
-        const int index = static_cast<int>(
-            std::find(stems.names.begin(), stems.names.end(), chosen) - stems.names.begin());
-        const size_t n = static_cast<size_t>(stems.channels) * stems.samples;
-        const float* selected = stems.stem(index);
-        if (options_.other_method == OtherMethod::Minus) {
-            if (mix.channels != stems.channels || mix.samples != stems.samples)
-                throw Error("internal: stems and mix differ in shape");
-            std::vector<float> rest(n);
-            for (size_t i = 0; i < n; ++i) rest[i] = mix.data[i] - selected[i];
-            write("minus_" + chosen, rest.data(), stems);
-        }
-        write(chosen, selected, stems);
-        if (options_.other_method == OtherMethod::Add) {
-            std::vector<float> rest(n, 0.0f);
-            for (int s = 0; s < static_cast<int>(stems.names.size()); ++s) {
-                if (s == index) continue;
-                const float* other = stems.stem(s);
-                for (size_t i = 0; i < n; ++i) rest[i] += other[i];
-            }
-            write("no_" + chosen, rest.data(), stems);
-        }
-    }
-
-    void write(const std::string& stem, const float* data, const fastdemucs::Stems& stems) const {
-        const fs::path path =
-            out_dir_ / format_filename(options_.filename, name_, stem, options_.extension());
-        if (path.has_parent_path()) fs::create_directories(path.parent_path());
-        fastdemucs::write_audio(path.string(), data, stems.channels, stems.samples,
-                                stems.samplerate, params_);
-        console_.detail("  wrote " + path.string());
-    }
-
-    const CliOptions& options_;
-    fs::path out_dir_;
-    TrackName name_;
-    const Console& console_;
-    fastdemucs::WriteParams params_;
-};
-
-void separate_track(const std::string& track, const CliOptions& o,
-                    const fastdemucs::Separator& model, const fs::path& out_dir,
-                    const Console& console) {
-    const auto start = std::chrono::steady_clock::now();
-    const fastdemucs::Audio mix = load_track(track, model);
-    fastdemucs::Stems stems;
-    {
-        ProgressLine progress(!o.quiet && isatty(STDERR_FILENO));
-        stems = model.separate(mix, separate_params(o, progress));
-    }
-    StemWriter(o, out_dir, track, console).write_all(mix, stems);
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    console.detail("  " + to_text(mix.samples / double(mix.samplerate)) + " s of audio in " +
-                   to_text(seconds) + " s");
-}
-
-void describe_model(const CliOptions& o, const fastdemucs::Separator& model,
-                    const Console& console) {
-    if (model.num_models() > 1)
-        console.info("Selected model is a bag of " + std::to_string(model.num_models()) +
-                     " models. You will see that many progress bars per track.");
-    console.detail("Model " + o.name + ": sources " + join(model.sources(), ", ") + ", " +
-                   std::to_string(model.samplerate()) + " Hz, " +
-                   std::to_string(model.audio_channels()) + " channels, segment " +
-                   to_text(model.max_segment()) + " s");
+    const double seconds = seconds_since(start);
+    const double audio_seconds = double(mix.samples) / mix.samplerate;
+    progress.line(label + ": done in " + to_text(seconds, 2) + " s (" + to_text(audio_seconds, 1) +
+                  " s of audio, " + to_text(audio_seconds / std::max(seconds, 1e-9), 1) + "x real time)");
 }
 
 int run(int argc, char** argv) {
     CliOptions options;
     const int parse_status = parse_options(argc, argv, options);
     if (parse_status >= 0) return parse_status;
+    if (options.list_models) {
+        if (options.repo.empty()) list_catalog_models(options);
+        else list_repo_models(options);
+        return 0;
+    }
     const Console console(options);
+    const bool terminal = isatty(STDERR_FILENO) == 1;
+    ProgressDisplay progress(terminal, !options.quiet && (terminal || options.verbose));
+    fastdemucs::remove_temp_files_on_signals();
 
-    const auto model = load_separator(options);
+    const fs::path out_dir = fs::path(options.out) / options.name;
+    check_output_folder(out_dir);
+    console.detail("fastdemucs " + std::string(FASTDEMUCS_VERSION) + ", decoders: " + fastdemucs::audio_decoders());
+    const auto model = load_separator(options, progress);
     check_against_model(options, *model);
     describe_model(options, *model, console);
 
-    const fs::path out_dir = fs::path(options.out) / options.name;
-    fs::create_directories(out_dir);
-    console.info("Separated tracks will be stored in " + fs::weakly_canonical(out_dir).string());
+    create_output_folder(out_dir);
+    console.info("Separated tracks will be stored in " + fs::weakly_canonical(fs::absolute(out_dir)).string());
 
     bool all_done = true;
     for (const std::string& track : options.tracks) {
@@ -271,11 +466,13 @@ int run(int argc, char** argv) {
         }
         console.info("Separating track " + track);
         try {
-            separate_track(track, options, *model, out_dir, console);
+            separate_track(track, options, *model, out_dir, console, progress);
         } catch (const std::bad_alloc&) {
+            progress.clear();
             report_error(track + ": out of memory");
             all_done = false;
         } catch (const std::exception& e) {
+            progress.clear();
             report_error(e.what());
             all_done = false;
         }
@@ -289,6 +486,8 @@ int run(int argc, char** argv) {
 int main(int argc, char** argv) {
     try {
         return fastdemucs_cli::run(argc, argv);
+    } catch (const std::bad_alloc&) {
+        fastdemucs_cli::report_error("out of memory");
     } catch (const std::exception& e) {  // fastdemucs::Error included
         fastdemucs_cli::report_error(e.what());
     } catch (...) {

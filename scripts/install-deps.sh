@@ -4,8 +4,9 @@
 set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config
-  libopenblas-dev libfftw3-dev libzip-dev libyaml-cpp-dev libssl-dev
+  libopenblas-openmp-dev libfftw3-dev libzip-dev libyaml-cpp-dev libssl-dev
   libsndfile1-dev libcli11-dev libgtest-dev libcurl4-openssl-dev python3
+  libsoxr-dev libmp3lame-dev libavformat-dev libavcodec-dev libavutil-dev ffmpeg
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -3,7 +3,9 @@
 // --two-stems, file names and errors.
 #include <gtest/gtest.h>
 
+#include <pty.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -14,74 +16,21 @@
 
 #include "fastdemucs/fastdemucs.h"
 #include "io/audio_file.h"
+#include "test_cli_support.h"
 #include "test_support.h"
 
 #ifdef FASTDEMUCS_CLI_PATH
 
 using namespace fastdemucs;
+using namespace cli_testing;
 namespace fs = std::filesystem;
 using testing_support::Array;
 
 namespace {
 
-const std::vector<std::string> kSources = {"drums", "bass", "other", "vocals"};
-constexpr int64_t kSamples = 176400;  // mix_4s: 4 s at 44.1 kHz
+const std::vector<std::string>& kSources = tiny_sources();
 
-std::string quoted(const std::string& text) {
-    std::string q = "'";
-    for (char c : text) q += (c == '\'') ? std::string("'\\''") : std::string(1, c);
-    return q + "'";
-}
-
-std::string read_text(const std::string& path) {
-    std::ifstream in(path);
-    std::stringstream text;
-    text << in.rdbuf();
-    return text.str();
-}
-
-struct CliResult {
-    int status = -1;
-    std::string out, err;
-};
-
-class Cli : public ::testing::Test {
-protected:
-    void SetUp() override {
-        scratch_ = testing_support::make_temp_dir("cli");
-        fs::create_directory(logs());
-    }
-    void TearDown() override { fs::remove_all(scratch_); }
-
-    std::string logs() const { return scratch_ + "/logs"; }
-    std::string out_dir() const { return scratch_ + "/out"; }
-    std::string scratch(const std::string& name) const { return scratch_ + "/" + name; }
-    static std::string mix() { return testing_support::fixture("tiny/mix_4s.wav"); }
-
-    // Runs the command with the tiny repo and our output folder.
-    CliResult run(const std::string& args) const {
-        const std::string command = quoted(FASTDEMUCS_CLI_PATH) + " --repo " +
-                                    quoted(testing_support::fixture("tiny")) + " -o " +
-                                    quoted(out_dir()) + " " + args + " >" + quoted(logs() + "/out") +
-                                    " 2>" + quoted(logs() + "/err");
-        const int raw = std::system(command.c_str());
-        CliResult result;
-        result.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-        result.out = read_text(logs() + "/out");
-        result.err = read_text(logs() + "/err");
-        return result;
-    }
-    // The fast, exact mode the reference was computed in.
-    CliResult run_exact(const std::string& args) const {
-        return run("-n tiny -d cpu --shifts 0 --float32 --clip-mode none " + args);
-    }
-
-    std::string stem_path(const std::string& stem, const std::string& track = "mix_4s") const {
-        return out_dir() + "/tiny/" + track + "/" + stem + ".wav";
-    }
-
-    std::string scratch_;
-};
+class Cli : public CliFixture {};
 
 const Array& reference() {
     static const Array ref = testing_support::read_npy(testing_support::fixture("tiny/tiny_separate_4s.npy"));
@@ -105,29 +54,6 @@ std::vector<float> reference_sum(const std::vector<int>& stems) {
     for (int s : stems)
         for (int64_t i = 0; i < 2 * kSamples; ++i) sum[i] += reference_stem(s)[i];
     return sum;
-}
-
-// No file under `dir` is a leftover temporary file.
-void expect_no_temp_files(const std::string& dir) {
-    if (!fs::exists(dir)) return;
-    for (const auto& entry : fs::recursive_directory_iterator(dir))
-        EXPECT_EQ(entry.path().filename().string().find(".tmp-"), std::string::npos) << entry.path();
-}
-
-std::vector<std::string> files_under(const std::string& dir) {
-    std::vector<std::string> files;
-    if (!fs::exists(dir)) return files;
-    for (const auto& entry : fs::recursive_directory_iterator(dir))
-        if (entry.is_regular_file()) files.push_back(fs::relative(entry.path(), dir).string());
-    std::sort(files.begin(), files.end());
-    return files;
-}
-
-void write_float_wav(const std::string& path, const Audio& audio) {
-    WriteParams p;
-    p.format = SampleFormat::Float32;
-    p.clip = ClipMode::None;
-    write_audio(path, audio.data.data(), audio.channels, audio.samples, audio.samplerate, p);
 }
 
 }  // namespace
@@ -252,7 +178,10 @@ TEST_F(Cli, BadOptionValuesFailBeforeAnyWork) {
     const std::vector<std::string> bad = {
         "--clip-mode loud", "--other-method sum", "--shifts -1",  "--overlap 1.5",
         "--device tpu",     "--filename '{nope}'", "--segment 0", "--int24 --float32",
-        "--no-split --segment 1", "--shifts two", "--unknown-flag"};
+        "--no-split --segment 1", "--shifts two", "--unknown-flag", "--mp3-preset 9",
+        "--mp3-preset 1", "--mp3-bitrate 0", "--mp3-bitrate 999", "--flac --mp3", "--precision fp8",
+        "--batch-size -1", "--jobs -2", "-d cuda:x", "-d cuda1", "--verbose --quiet", "--overlap -0.1",
+        "-o ''"};
     for (const auto& args : bad) {
         const CliResult r = run("-n tiny " + args + " " + quoted(mix()));
         EXPECT_EQ(r.status, 1) << args;
@@ -271,14 +200,220 @@ TEST_F(Cli, SegmentLongerThanModelFails) {
     EXPECT_FALSE(fs::exists(out_dir()));
 }
 
-TEST_F(Cli, SampleRateMismatchFailsForThatTrack) {
-    Audio input = read_audio(mix());
-    input.samplerate = 22050;
-    write_float_wav(scratch("slow.wav"), input);
-    const CliResult r = run_exact(quoted(scratch("slow.wav")));
+
+TEST_F(Cli, UndecodableTrackReportsAndGoesOn) {
+    std::ofstream(scratch("notes.wav")) << "these are not samples\n";
+    const CliResult r = run_exact(quoted(scratch("notes.wav")) + " " + quoted(mix()));
     EXPECT_EQ(r.status, 1);
-    EXPECT_NE(r.err.find("sample rate 22050"), std::string::npos) << r.err;
-    EXPECT_TRUE(files_under(out_dir()).empty());
+    EXPECT_NE(r.err.find("fastdemucs: error: cannot decode " + scratch("notes.wav") + " (libsndfile: "),
+              std::string::npos)
+        << r.err;
+    EXPECT_FALSE(fs::exists(out_dir() + "/tiny/notes"));
+    for (const auto& s : kSources) EXPECT_TRUE(fs::exists(stem_path(s))) << s;
+    expect_no_temp_files(out_dir());
+}
+
+TEST_F(Cli, UnwritableOutputFolderFailsBeforeAnyWork) {
+    // Under a regular file nothing can be created, even by root.
+    std::ofstream(scratch("file.txt")) << "x";
+    const std::string blocked = scratch("file.txt") + "/out";
+    const CliResult r = run_command("--repo " + quoted(tiny_repo()) + " -n tiny -o " + quoted(blocked) + " " +
+                                    quoted(mix()));
+    EXPECT_EQ(r.status, 1);
+    EXPECT_NE(r.err.find("fastdemucs: error: cannot create the output folder " + blocked + "/tiny: " +
+                         scratch("file.txt") + " is not a folder"),
+              std::string::npos)
+        << r.err;
+    EXPECT_EQ(r.out, "");  // failed before loading the model
+    if (geteuid() != 0) {
+        fs::create_directory(scratch("ro"));
+        fs::permissions(scratch("ro"), fs::perms::owner_read | fs::perms::owner_exec);
+        const CliResult ro = run_command("--repo " + quoted(tiny_repo()) + " -n tiny -o " +
+                                         quoted(scratch("ro/out")) + " " + quoted(mix()));
+        fs::permissions(scratch("ro"), fs::perms::owner_all);
+        EXPECT_EQ(ro.status, 1);
+        EXPECT_NE(ro.err.find("is not writable"), std::string::npos) << ro.err;
+        EXPECT_TRUE(fs::is_empty(scratch("ro")));
+    }
+}
+
+TEST_F(Cli, FullDiskLeavesNoPartialFileAndKeepsTheOldOne) {
+    // A file size limit makes writes fail part way, as a full disk does; the
+    // shell ignores SIGXFSZ so the command sees the error (EFBIG).
+    fs::create_directories(out_dir() + "/tiny/mix_4s");
+    std::ofstream(stem_path("drums")) << "the previous drums";
+    const CliResult r = run("-n tiny -d cpu --shifts 0 --float32 --clip-mode none " + quoted(mix()), "",
+                            "trap '' XFSZ; ulimit -f 256;");
+    EXPECT_EQ(r.status, 1);
+    EXPECT_NE(r.err.find("fastdemucs: error: cannot write " + stem_path("drums") + ": "), std::string::npos)
+        << r.err;
+    EXPECT_EQ(read_text(stem_path("drums")), "the previous drums");
+    EXPECT_EQ(files_under(out_dir()), std::vector<std::string>{"tiny/mix_4s/drums.wav"});
+    expect_no_temp_files(out_dir());
+}
+
+TEST_F(Cli, ProgressGoesToStderrOnlyOnATerminalOrWithVerbose) {
+    const CliResult plain = run("-n tiny --shifts 0 " + quoted(mix()));
+    ASSERT_EQ(plain.status, 0) << plain.err;
+    EXPECT_EQ(plain.err, "");
+    EXPECT_NE(plain.out.find("Separating track " + mix()), std::string::npos) << plain.out;
+
+    const CliResult verbose = run("-n tiny --shifts 0 -v " + quoted(mix()));
+    ASSERT_EQ(verbose.status, 0) << verbose.err;
+    EXPECT_NE(verbose.err.find("mix_4s.wav 100% 3/3 chunks"), std::string::npos) << verbose.err;
+    EXPECT_NE(verbose.err.find("mix_4s.wav: done in "), std::string::npos) << verbose.err;
+    EXPECT_NE(verbose.out.find("wrote " + stem_path("vocals")), std::string::npos) << verbose.out;
+
+    const CliResult quiet = run("-n tiny --shifts 0 -q " + quoted(mix()));
+    ASSERT_EQ(quiet.status, 0) << quiet.err;
+    EXPECT_EQ(quiet.out, "");
+    EXPECT_EQ(quiet.err, "");
+}
+
+TEST_F(Cli, ProgressBarOnATerminal) {
+    // stdout and stderr on a pseudo-terminal: the bar is redrawn in place
+    // with \r and ends with the track's time.
+    int master = -1;
+    const pid_t pid = forkpty(&master, nullptr, nullptr, nullptr);
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        const std::string repo = tiny_repo(), out = out_dir(), track = mix();
+        ::execl(FASTDEMUCS_CLI_PATH, FASTDEMUCS_CLI_PATH, "--repo", repo.c_str(), "-n", "tiny", "--shifts", "0",
+                "-o", out.c_str(), track.c_str(), static_cast<char*>(nullptr));
+        ::_exit(127);
+    }
+    std::string screen;
+    char buffer[4096];
+    for (;;) {
+        const ssize_t got = ::read(master, buffer, sizeof buffer);
+        if (got <= 0) break;  // EIO once the child is gone
+        screen.append(buffer, static_cast<size_t>(got));
+    }
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    ::close(master);
+    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << screen;
+    EXPECT_NE(screen.find("\r"), std::string::npos) << screen;
+    EXPECT_NE(screen.find("3/3 chunks"), std::string::npos) << screen;
+    EXPECT_NE(screen.find("elapsed"), std::string::npos) << screen;
+    EXPECT_NE(screen.find("mix_4s.wav: done in "), std::string::npos) << screen;
+}
+
+TEST_F(Cli, SameSeedGivesTheSameStems) {
+    const std::string args = "-n tiny -d cpu --shifts 2 --seed 1234 --float32 --two-stems vocals "
+                             "--other-method none -j 1 ";
+    ASSERT_EQ(run(args + quoted(mix())).status, 0);
+    const Audio first = read_audio(stem_path("vocals"));
+    ASSERT_EQ(run(args + quoted(mix())).status, 0);
+    EXPECT_TRUE(same_samples(read_audio(stem_path("vocals")), first));
+}
+
+TEST_F(Cli, CudaDeviceNeedsTheCudaBackend) {
+#ifdef FASTDEMUCS_WITH_CUDA
+    GTEST_SKIP() << "this build has the CUDA backend";
+#else
+    for (const char* device : {"cuda", "cuda:1"}) {
+        const CliResult r = run(std::string("-n tiny -d ") + device + " " + quoted(mix()));
+        EXPECT_EQ(r.status, 1) << device;
+        EXPECT_NE(r.err.find("fastdemucs: error: this build of fastdemucs has no CUDA backend; use -d cpu"),
+                  std::string::npos)
+            << r.err;
+        EXPECT_FALSE(fs::exists(out_dir() + "/tiny/mix_4s")) << device;
+    }
+    // Without -d, a build without CUDA runs on the CPU.
+    const CliResult r = run("-n tiny --shifts 0 -v " + quoted(mix()));
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_NE(r.out.find(", on cpu"), std::string::npos) << r.out;
+#endif
+}
+
+TEST_F(Cli, HelpAndVersion) {
+    const CliResult help = run_command("--help");
+    EXPECT_EQ(help.status, 0);
+    for (const char* option : {"--name", "--repo", "--list-models", "--model-url", "--offline", "--out",
+                               "--filename", "--device", "--shifts", "--overlap", "--no-split", "--segment",
+                               "--two-stems", "--other-method", "--int24", "--float32", "--clip-mode", "--flac",
+                               "--mp3", "--mp3-bitrate", "--mp3-preset", "--jobs", "--precision", "--batch-size",
+                               "--seed", "--verbose", "--quiet"})
+        EXPECT_NE(help.out.find(option), std::string::npos) << option;
+    const CliResult version = run_command("--version");
+    EXPECT_EQ(version.status, 0);
+    EXPECT_EQ(version.out.rfind("fastdemucs ", 0), 0u) << version.out;
+}
+
+TEST_F(Cli, DemoClipSeparates) {
+    // The clip scripts/demo.sh separates (there with htdemucs_6s).
+    const std::string demo = (fs::path(__FILE__).parent_path().parent_path() / "demo" / "demo.flac").string();
+    const Audio clip = read_audio(demo);
+    EXPECT_EQ(clip.channels, 2);
+    EXPECT_EQ(clip.samplerate, 44100);
+    EXPECT_EQ(clip.samples, 8 * 44100);
+    EXPECT_LT(fs::file_size(demo), 1u << 20);
+    const CliResult r = run("-n tiny --shifts 0 " + quoted(demo));
+    ASSERT_EQ(r.status, 0) << r.err;
+    for (const auto& s : kSources) EXPECT_EQ(read_audio(stem_path(s, "demo")).samples, 8 * 44100) << s;
+}
+
+TEST_F(Cli, SixStemModel) {
+    // The htdemucs_6s architecture (random weights): six stems by name, and
+    // --two-stems with one of the two extra ones.
+    const std::string repo = testing_support::fixture("full6s");
+    const std::string track = testing_support::fixture("full6s/mix_3s.wav");
+    const CliResult r = run_command("--repo " + quoted(repo) + " -n full6s -d cpu --shifts 0 --float32 "
+                                    "--clip-mode none --filename '{stem}.{ext}' " + quoted(track));
+    ASSERT_EQ(r.status, 0) << r.err;
+    const std::vector<std::string> six = {"bass", "drums", "guitar", "other", "piano", "vocals"};
+    std::vector<std::string> expected;
+    for (const auto& s : six) expected.push_back("full6s/" + s + ".wav");
+    ASSERT_EQ(files_under(out_dir()), expected);
+    const Audio mix = read_audio(track);
+    std::vector<float> others(mix.data.size(), 0.0f);
+    for (const auto& s : six) {
+        const Audio stem = read_audio(out_dir() + "/full6s/" + s + ".wav");
+        ASSERT_EQ(stem.channels, 2) << s;
+        ASSERT_EQ(stem.samples, mix.samples) << s;
+        if (s != "piano")
+            for (size_t i = 0; i < others.size(); ++i) others[i] += stem.data[i];
+    }
+    // no_piano is the other five summed, written by the same run as piano.
+    const CliResult two = run_command("--repo " + quoted(repo) + " -n full6s -d cpu --shifts 0 --float32 "
+                                      "--clip-mode none --two-stems piano --filename 'two/{stem}.{ext}' " +
+                                      quoted(track));
+    ASSERT_EQ(two.status, 0) << two.err;
+    const Audio no_piano = read_audio(out_dir() + "/full6s/two/no_piano.wav");
+    EXPECT_GE(testing_support::snr_db(no_piano.data.data(), others.data(), int64_t(others.size())), 100.0);
+    EXPECT_TRUE(same_samples(read_audio(out_dir() + "/full6s/two/piano.wav"),
+                             read_audio(out_dir() + "/full6s/piano.wav")));
+}
+
+TEST_F(Cli, OverlapSegmentAndBagsLikeOfficial) {
+    const Array overlap50 = testing_support::read_npy(testing_support::fixture("tiny/tiny_separate_4s_overlap50.npy"));
+    ASSERT_EQ(run_exact("--overlap 0.5 " + quoted(mix())).status, 0);
+    for (int s = 0; s < 4; ++s) {
+        const std::vector<float> want(overlap50.data.begin() + s * 2 * kSamples,
+                                      overlap50.data.begin() + (s + 1) * 2 * kSamples);
+        expect_stem_matches(stem_path(kSources[s]), want, 80.0);
+    }
+    const Array bag = testing_support::read_npy(testing_support::fixture("tiny/tiny_bag_separate_4s.npy"));
+    const CliResult r = run("-n tiny_bag -d cpu --shifts 0 --float32 --clip-mode none " + quoted(mix()));
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_NE(r.out.find("Selected model is a bag of 4 models. You will see that many progress bars per track."),
+              std::string::npos)
+        << r.out;
+    for (int s = 0; s < 4; ++s) {
+        const std::vector<float> want(bag.data.begin() + s * 2 * kSamples, bag.data.begin() + (s + 1) * 2 * kSamples);
+        expect_stem_matches(out_dir() + "/tiny_bag/mix_4s/" + kSources[s] + ".wav", want, 80.0);
+    }
+    // A shorter segment, in seconds with decimals: same length, other stems
+    // (the random-weight model depends much on its context length).
+    fs::remove_all(out_dir());
+    ASSERT_EQ(run_exact("--segment 1.5 --two-stems vocals --other-method none " + quoted(mix())).status, 0);
+    const Audio vocals = read_audio(stem_path("vocals"));
+    ASSERT_EQ(vocals.samples, kSamples);
+    const double snr = testing_support::snr_db(vocals.data.data(), reference_stem(3), 2 * kSamples);
+    EXPECT_TRUE(std::isfinite(snr));
+    EXPECT_LT(snr, 80.0);
+    EXPECT_GT(std::fabs(vocals.data[kSamples / 2]) + std::fabs(vocals.data[kSamples / 3]), 0.0f);
 }
 
 #endif  // FASTDEMUCS_CLI_PATH

@@ -55,11 +55,23 @@ enum class Precision { Fp32, Fp16, Bf16 };
 
 struct LoadParams {
     std::string name = "htdemucs";  // bag name (NAME.yaml) or model signature
-    std::string repo;               // local folder with .th / .yaml files
+    std::string repo;               // local folder with .th / .yaml files; empty = pretrained models by name
     std::string checkpoint;         // or: one .th file, used directly
     DeviceKind device = DeviceKind::Cpu;
     int device_index = 0;
     Precision precision = Precision::Fp16;  // GPU only
+
+    // Models by name (repo and checkpoint empty): the released weights are
+    // downloaded once, verified and cached.
+    std::string model_url;  // root URL of a mirror; empty: $FASTDEMUCS_MODEL_URL, else the official one
+    std::string cache_dir;  // empty: torch.hub's ($TORCH_HOME/hub/checkpoints, ~/.cache/torch/hub/checkpoints)
+    bool offline = false;   // never use the network: a model not in the cache is an error naming the file
+    // Called once before each download starts (to tell the user what is fetched).
+    std::function<void(const std::string& url, const std::string& path)> download_started;
+    // Bytes done / total of the file being downloaded (total 0 while unknown).
+    std::function<void(int64_t done, int64_t total)> download_progress;
+    // Non-fatal problems (a damaged cached file being replaced); unset: stderr.
+    std::function<void(const std::string& message)> warning;
 };
 LoadParams load_default_params();
 
@@ -79,6 +91,7 @@ struct SeparateParams {
     int threads = 0;             // CPU threads; 0 = all cores
     uint64_t seed = 0;           // for the shift offsets; 0 = random
     bool normalize = true;       // normalise by the mono mix's mean/std, as the CLI does
+    int batch_size = 0;          // chunks per backend call; 0 = the backend's own choice
     std::function<void(const Progress&)> progress;
 };
 SeparateParams separate_default_params();

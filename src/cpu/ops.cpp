@@ -1,5 +1,7 @@
 #include "cpu/ops.h"
 
+#include "cpu/vector_math.h"
+
 #include <cblas.h>
 #include <omp.h>
 
@@ -32,7 +34,7 @@ Tensor conv2d_shifted(const Tensor& x, const float* weight, const float* bias, i
     const int64_t Hp = H + 2 * p.ph, Wp = W + 2 * p.pw;
     const int64_t Ho = Hp - int64_t(p.dh) * (p.kh - 1), Wo = Wp - int64_t(p.dw) * (p.kw - 1);
     const int64_t taps = int64_t(p.kh) * p.kw;
-    Tensor out({B, cout, Ho, Wo});
+    Tensor out = Tensor::uninitialized({B, cout, Ho, Wo});
 
     // Weights per tap: [kh*kw][Cout][Cin].
     std::vector<float> wk(taps * cout * cin);
@@ -42,8 +44,8 @@ Tensor conv2d_shifted(const Tensor& x, const float* weight, const float* bias, i
 
     const bool direct = taps == 1 && p.ph == 0 && p.pw == 0;
     const int64_t plane = Hp * Wp + int64_t(p.dw) * (p.kw - 1);  // tail read by the last shifts
-    std::vector<float> padded(direct ? 0 : cin * plane);
-    std::vector<float> full(direct ? 0 : cout * Ho * Wp);
+    Storage padded(direct ? 0 : cin * plane);
+    Storage full(direct ? 0 : cout * Ho * Wp);
 
     for (int64_t b = 0; b < B; b++) {
         const float* xb = x.ptr() + b * cin * H * W;
@@ -51,11 +53,11 @@ Tensor conv2d_shifted(const Tensor& x, const float* weight, const float* bias, i
         if (direct) {
             gemm(false, false, cout, H * W, cin, 1.0f, wk.data(), cin, xb, H * W, 0.0f, ob, H * W);
         } else {
-            std::fill(padded.begin(), padded.end(), 0.0f);
+            std::memset(padded.data(), 0, padded.size() * sizeof(float));
 #pragma omp parallel for collapse(2) schedule(static)
             for (int64_t c = 0; c < cin; c++)
                 for (int64_t h = 0; h < H; h++)
-                    std::memcpy(&padded[c * plane + (h + p.ph) * Wp + p.pw], xb + (c * H + h) * W, W * sizeof(float));
+                    std::memcpy(padded.data() + c * plane + (h + p.ph) * Wp + p.pw, xb + (c * H + h) * W, W * sizeof(float));
             for (int64_t t = 0; t < taps; t++) {
                 const int64_t i = t / p.kw, j = t % p.kw;
                 const float* shifted = padded.data() + i * p.dh * Wp + j * p.dw;
@@ -65,7 +67,7 @@ Tensor conv2d_shifted(const Tensor& x, const float* weight, const float* bias, i
 #pragma omp parallel for collapse(2) schedule(static)
             for (int64_t co = 0; co < cout; co++)
                 for (int64_t h = 0; h < Ho; h++)
-                    std::memcpy(ob + (co * Ho + h) * Wo, &full[(co * Ho + h) * Wp], Wo * sizeof(float));
+                    std::memcpy(ob + (co * Ho + h) * Wo, full.data() + (co * Ho + h) * Wp, Wo * sizeof(float));
         }
         if (bias) {
 #pragma omp parallel for schedule(static)
@@ -84,8 +86,8 @@ Tensor conv2d_im2col(const Tensor& x, const float* weight, const float* bias, in
     const int64_t Ho = (H + 2 * p.ph - int64_t(p.dh) * (p.kh - 1) - 1) / p.sh + 1;
     const int64_t Wo = (W + 2 * p.pw - int64_t(p.dw) * (p.kw - 1) - 1) / p.sw + 1;
     const int64_t rows = cin * p.kh * p.kw;
-    Tensor out({B, cout, Ho, Wo});
-    std::vector<float> cols(rows * Ho * Wo);
+    Tensor out = Tensor::uninitialized({B, cout, Ho, Wo});
+    Storage cols(rows * Ho * Wo);
     for (int64_t b = 0; b < B; b++) {
         const float* xb = x.ptr() + b * cin * H * W;
 #pragma omp parallel for schedule(static)
@@ -123,8 +125,8 @@ Tensor conv_transpose2d(const Tensor& x, const float* weight, const float* bias,
     const int64_t B = x.dim(0), cin = x.dim(1), H = x.dim(2), W = x.dim(3);
     const int64_t Ho = (H - 1) * sh + kh, Wo = (W - 1) * sw + kw;
     const int64_t rows = int64_t(cout) * kh * kw;
-    Tensor out({B, cout, Ho, Wo});
-    std::vector<float> cols(rows * H * W);
+    Tensor out = Tensor::uninitialized({B, cout, Ho, Wo});
+    Storage cols(rows * H * W);
     for (int64_t b = 0; b < B; b++) {
         // cols[(co, i, j), (h, w)] = sum_ci weight[ci, (co, i, j)] * x[ci, (h, w)]
         gemm(true, false, rows, H * W, cin, 1.0f, weight, rows, x.ptr() + b * cin * H * W, H * W, 0.0f, cols.data(),
@@ -160,25 +162,16 @@ void group_norm(Tensor& x, int groups, const float* weight, const float* bias, b
     for (int64_t b = 0; b < B; b++)
         for (int64_t g = 0; g < groups; g++)
             for (int64_t r = 0; r < R; r++) {
-                // Two passes in double: the mean first, then the centred variance.
-                double sum = 0.0;
-                for (int64_t c = g * cg; c < (g + 1) * cg; c++) {
-                    const float* row = d + ((b * C + c) * R + r) * W;
-                    for (int64_t w = 0; w < W; w++) sum += row[w];
-                }
-                const double n = double(cg * W), mean = sum / n;
+                auto row = [&](int64_t c) { return d + ((b * C + c) * R + r) * W; };
+                // Two passes: the mean first, then the centred variance.
+                double total = 0.0;
+                for (int64_t c = g * cg; c < (g + 1) * cg; c++) total += sum(row(c), W);
+                const double n = double(cg * W), mean = total / n;
                 double var = 0.0;
-                for (int64_t c = g * cg; c < (g + 1) * cg; c++) {
-                    const float* row = d + ((b * C + c) * R + r) * W;
-                    for (int64_t w = 0; w < W; w++) var += (row[w] - mean) * (row[w] - mean);
-                }
+                for (int64_t c = g * cg; c < (g + 1) * cg; c++) var += sum_squared_deviation(row(c), W, mean);
                 const double inv = 1.0 / std::sqrt(var / n + eps);
-                for (int64_t c = g * cg; c < (g + 1) * cg; c++) {
-                    float* row = d + ((b * C + c) * R + r) * W;
-                    const float scale = float(inv * weight[c]);
-                    const float shift = float(bias[c] - mean * inv * weight[c]);
-                    for (int64_t w = 0; w < W; w++) row[w] = row[w] * scale + shift;
-                }
+                for (int64_t c = g * cg; c < (g + 1) * cg; c++)
+                    scale_shift(row(c), row(c), W, float(inv * weight[c]), float(bias[c] - mean * inv * weight[c]));
             }
 }
 
@@ -188,19 +181,17 @@ void layer_norm(const float* x, float* y, int64_t rows, int64_t channels, const 
     for (int64_t r = 0; r < rows; r++) {
         const float* xr = x + r * channels;
         float* yr = y + r * channels;
-        double sum = 0.0;
-        for (int64_t c = 0; c < channels; c++) sum += xr[c];
-        const double mean = sum / channels;
-        double var = 0.0;
-        for (int64_t c = 0; c < channels; c++) var += (xr[c] - mean) * (xr[c] - mean);
-        const double inv = 1.0 / std::sqrt(var / channels + eps);
-        for (int64_t c = 0; c < channels; c++) yr[c] = float((xr[c] - mean) * inv) * weight[c] + bias[c];
+        const double mean = sum(xr, channels) / channels;
+        const double inv = 1.0 / std::sqrt(sum_squared_deviation(xr, channels, mean) / channels + eps);
+        const float m = float(mean), k = float(inv);
+        for (int64_t c = 0; c < channels; c++) yr[c] = (xr[c] - m) * k * weight[c] + bias[c];
     }
 }
 
 void gelu(float* x, int64_t n) {
+    constexpr int64_t kChunk = 1 << 14;
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * 0.70710678118654752f));
+    for (int64_t i = 0; i < n; i += kChunk) gelu_inplace(x + i, std::min(kChunk, n - i));
 }
 
 void gelu(Tensor& x) { gelu(x.ptr(), x.numel()); }
@@ -209,15 +200,14 @@ Tensor glu(const Tensor& x) {
     std::vector<int64_t> shape = x.shape;
     const int64_t B = shape[0], C = shape[1] / 2;
     shape[1] = C;
-    Tensor out(shape);
+    Tensor out = Tensor::uninitialized(shape);
     const int64_t inner = x.numel() / (B * 2 * C);
 #pragma omp parallel for collapse(2) schedule(static)
     for (int64_t b = 0; b < B; b++)
         for (int64_t c = 0; c < C; c++) {
             const float* a = x.ptr() + (b * 2 * C + c) * inner;
             const float* g = a + C * inner;
-            float* o = out.ptr() + (b * C + c) * inner;
-            for (int64_t i = 0; i < inner; i++) o[i] = a[i] / (1.0f + std::exp(-g[i]));
+            glu_gate(a, g, out.ptr() + (b * C + c) * inner, inner);
         }
     return out;
 }
@@ -248,7 +238,7 @@ Tensor crop(const Tensor& x, int axis, int64_t start, int64_t length) {
     for (int i = axis + 1; i < x.rank(); i++) inner *= shape[i];
     const int64_t n = shape[axis];
     shape[axis] = length;
-    Tensor out(shape);
+    Tensor out = Tensor::uninitialized(shape);
 #pragma omp parallel for schedule(static)
     for (int64_t o = 0; o < outer; o++)
         std::memcpy(out.ptr() + o * length * inner, x.ptr() + (o * n + start) * inner, length * inner * sizeof(float));

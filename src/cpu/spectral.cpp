@@ -76,7 +76,7 @@ Tensor stft_cac(const Tensor& x, int nfft) {
     const float norm = float(1.0 / std::sqrt(double(nfft)));
     Plans plans(nfft);
 
-    Tensor out({B, 2 * C, bins, frames});
+    Tensor out = Tensor::uninitialized({B, 2 * C, bins, frames});
 #pragma omp parallel
     {
         auto frame = fftw_buffer<float>(nfft);
@@ -120,7 +120,7 @@ Tensor istft_cac(const Tensor& z, int nfft, int64_t length) {
     const float norm = float(1.0 / std::sqrt(double(nfft)));
     Plans plans(nfft);
 
-    Tensor out({B, N, length});
+    Tensor out = Tensor::uninitialized({B, N, length});
 #pragma omp parallel
     {
         auto spec = fftw_buffer<fftwf_complex>(nfft / 2 + 1);

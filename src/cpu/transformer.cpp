@@ -4,6 +4,8 @@
 #include <cmath>
 
 #include "cpu/ops.h"
+#include "cpu/tensor.h"
+#include "cpu/vector_math.h"
 #include "model/embeddings.h"
 
 namespace fastdemucs::cpu {
@@ -22,25 +24,15 @@ void linear(const float* x, int64_t n, int64_t in, const float* w, const float* 
 // splits them. Query rows go in blocks so the scores stay small.
 void attention(const float* q, int64_t ldq, const float* k, const float* v, int64_t ldkv, int64_t n, int64_t m,
                int64_t c, int heads, float* out) {
-    const int64_t dh = c / heads, block = 256;
+    const int64_t dh = c / heads, block = 1024;
     const float scale = float(1.0 / std::sqrt(double(dh)));
-    std::vector<float> scores(block * m);
+    Storage scores(block * m);
     for (int h = 0; h < heads; h++)
         for (int64_t r0 = 0; r0 < n; r0 += block) {
             const int64_t rows = std::min(block, n - r0);
             gemm(false, true, rows, m, dh, scale, q + r0 * ldq + h * dh, ldq, k + h * dh, ldkv, 0.0f, scores.data(), m);
 #pragma omp parallel for schedule(static)
-            for (int64_t r = 0; r < rows; r++) {
-                float* s = scores.data() + r * m;
-                const float mx = *std::max_element(s, s + m);
-                double sum = 0.0;
-                for (int64_t j = 0; j < m; j++) {
-                    s[j] = std::exp(s[j] - mx);
-                    sum += s[j];
-                }
-                const float inv = float(1.0 / sum);
-                for (int64_t j = 0; j < m; j++) s[j] *= inv;
-            }
+            for (int64_t r = 0; r < rows; r++) softmax_rows(scores.data() + r * m, 1, m);
             gemm(false, false, rows, dh, m, 1.0f, scores.data(), m, v + h * dh, ldkv, 0.0f, out + r0 * c + h * dh, c);
         }
 }
@@ -56,7 +48,7 @@ void mha(const LayerWeights& w, const std::string& attn, const float* q, int64_t
          int64_t c, int heads, float* out) {
     const float* in_w = w(attn + "in_proj_weight");  // [3C, C]: q, k, v stacked
     const float* in_b = w(attn + "in_proj_bias");
-    std::vector<float> qp(n * c), kvp(m * 2 * c), o(n * c);
+    Storage qp(n * c), kvp(m * 2 * c), o(n * c);
     linear(q, n, c, in_w, in_b, c, qp.data());
     linear(kv, m, c, in_w + c * c, in_b + c, 2 * c, kvp.data());  // [M, 2C]: k | v
     attention(qp.data(), c, kvp.data(), kvp.data() + c, 2 * c, n, m, c, heads, o.data());
@@ -66,7 +58,7 @@ void mha(const LayerWeights& w, const std::string& attn, const float* q, int64_t
 // linear2(act(linear1(x))): x [N, C] -> out [N, C].
 void feed_forward(const LayerWeights& w, const float* x, int64_t n, int64_t c, int64_t hidden, bool use_gelu,
                   float* out) {
-    std::vector<float> h(n * hidden);
+    Storage h(n * hidden);
     linear(x, n, c, w("linear1.weight"), w("linear1.bias"), hidden, h.data());
     if (use_gelu) {
         gelu(h.data(), n * hidden);
@@ -108,11 +100,11 @@ void encoder_layer(const HTDemucsModel& model, const TransformerLayerPlan& plan,
     const float* gamma1 = cfg.t_layer_scale ? w("gamma_1.scale") : nullptr;
     const float* gamma2 = cfg.t_layer_scale ? w("gamma_2.scale") : nullptr;
     const std::string ff_norm = plan.cross ? "norm3." : "norm2.";
-    std::vector<float> a(n * c), b(n * c);
+    Storage a(n * c), b(n * c);
     if (cfg.t_norm_first) {
         layer_norm(x, a.data(), n, c, w("norm1.weight"), w("norm1.bias"));
         if (plan.cross) {
-            std::vector<float> kvn(m * c);
+            Storage kvn(m * c);
             layer_norm(kv, kvn.data(), m, c, w("norm2.weight"), w("norm2.bias"));
             mha(w, attn, a.data(), n, kvn.data(), m, c, cfg.t_heads, b.data());
         } else {
@@ -146,7 +138,7 @@ void cross_transformer(const HTDemucsModel& model, Tensor& x, Tensor& xt) {
 
     for (int64_t b = 0; b < B; b++) {
         // Tokens: frequency branch ordered (t1, fr), as rearrange "b c fr t1 -> b (t1 fr) c".
-        std::vector<float> tok(n1 * C), tok_t(T2 * C);
+        Storage tok(n1 * C), tok_t(T2 * C);
         const float* xb = x.ptr() + b * C * n1;
         for (int64_t c = 0; c < C; c++)
             for (int64_t f = 0; f < Fr; f++)
@@ -171,7 +163,7 @@ void cross_transformer(const HTDemucsModel& model, Tensor& x, Tensor& xt) {
                 encoder_layer(model, model.plan.layers_t[i], tok_t.data(), T2, nullptr, 0);
             } else {
                 // The time layer attends to the frequency tokens from before this layer.
-                std::vector<float> old = tok;
+                Storage old = tok;
                 encoder_layer(model, model.plan.layers[i], tok.data(), n1, tok_t.data(), T2);
                 encoder_layer(model, model.plan.layers_t[i], tok_t.data(), T2, old.data(), n1);
             }

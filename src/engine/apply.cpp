@@ -38,10 +38,11 @@ struct ChunkView {
     }
 };
 
+// One chunk to separate: where it starts in the view and how many samples of
+// it to keep (the model always sees valid_length samples around it).
 struct Job {
-    std::vector<float> input;  // [C, valid_length]
-    int64_t length;            // chunk length to keep (centre trim)
-    int64_t out_offset;        // where it lands in the split output
+    int64_t offset;
+    int64_t length;
 };
 
 int64_t segment_length_of(const ModelBackend& backend, const SeparateParams& params) {
@@ -50,35 +51,40 @@ int64_t segment_length_of(const ModelBackend& backend, const SeparateParams& par
     return cfg.segment_samples();
 }
 
-// Runs every job through the backend in batches; returns [S, C, length] per job.
-std::vector<std::vector<float>> run_jobs(ModelBackend& backend, std::vector<Job>& jobs, int64_t valid_length,
-                                         const std::function<void(int64_t)>& on_chunks) {
+// Runs the jobs through the backend in batches, handing each chunk's
+// centre-trimmed output [S, C, job.length] to `consume` as soon as its batch
+// is done: only one batch of chunks is ever held, whatever the track length.
+void run_jobs(ModelBackend& backend, const ChunkView& mix, const std::vector<Job>& jobs, int64_t valid_length,
+              const std::function<void(const Job&, const float*)>& consume,
+              const std::function<void(int64_t)>& on_chunks) {
     const auto& cfg = backend.model().config;
     const int C = cfg.audio_channels, S = cfg.num_sources();
-    std::vector<std::vector<float>> results(jobs.size());
     const size_t batch = std::max(1, backend.max_batch());
+    std::vector<float> in, out, trimmed;
     for (size_t first = 0; first < jobs.size(); first += batch) {
         const size_t n = std::min(batch, jobs.size() - first);
-        std::vector<float> in(n * C * valid_length), out(n * S * C * valid_length);
+        in.resize(n * C * valid_length);
+        out.resize(n * S * C * valid_length);
         for (size_t j = 0; j < n; j++) {
-            std::memcpy(in.data() + j * C * valid_length, jobs[first + j].input.data(), C * valid_length * sizeof(float));
-            std::vector<float>().swap(jobs[first + j].input);
+            const std::vector<float> padded = mix.sub(jobs[first + j].offset, jobs[first + j].length).padded(valid_length);
+            std::memcpy(in.data() + j * C * valid_length, padded.data(), padded.size() * sizeof(float));
         }
         backend.forward(in.data(), static_cast<int>(n), valid_length, out.data());
         for (size_t j = 0; j < n; j++) {
             // Official center_trim: the extra sample of an odd difference goes on the right.
             const int64_t keep = jobs[first + j].length, left = (valid_length - keep) / 2;
-            std::vector<float>& r = results[first + j];
-            r.resize(int64_t(S) * C * keep);
+            trimmed.resize(int64_t(S) * C * keep);
             for (int64_t sc = 0; sc < int64_t(S) * C; sc++)
-                std::memcpy(r.data() + sc * keep, out.data() + (j * S * C + sc) * valid_length + left, keep * sizeof(float));
+                std::memcpy(trimmed.data() + sc * keep, out.data() + (j * S * C + sc) * valid_length + left,
+                            keep * sizeof(float));
+            consume(jobs[first + j], trimmed.data());
         }
         if (on_chunks) on_chunks(static_cast<int64_t>(n));
     }
-    return results;
 }
 
 // apply_model on one view with shifts already handled: split or not.
+// Returns [S, C, mix.length].
 std::vector<float> apply_view(ModelBackend& backend, const ChunkView& mix, const SeparateParams& params,
                               const std::function<void(int64_t)>& on_chunks) {
     const auto& cfg = backend.model().config;
@@ -87,38 +93,33 @@ std::vector<float> apply_view(ModelBackend& backend, const ChunkView& mix, const
     const int64_t segment_length = segment_length_of(backend, params);
     // Without a segment override the model pads to its training length itself.
     const int64_t valid_length = params.segment > 0 ? segment_length : cfg.segment_samples();
+    std::vector<float> out(int64_t(S) * C * length, 0.0f);
 
     if (!params.split) {
         if (length > valid_length)
             throw Error("the track (" + std::to_string(length) + " samples) is longer than the model's segment (" +
                         std::to_string(valid_length) + " samples): use split mode");
-        std::vector<Job> jobs{{mix.padded(valid_length), length, 0}};
-        return std::move(run_jobs(backend, jobs, valid_length, on_chunks)[0]);
+        run_jobs(backend, mix, {{0, length}}, valid_length,
+                 [&](const Job&, const float* r) { std::copy(r, r + out.size(), out.begin()); }, on_chunks);
+        return out;
     }
 
-    const std::vector<int64_t> offsets = chunk_offsets(length, segment_length, params.overlap);
-    const std::vector<float> weight = transition_weight(segment_length, params.transition_power);
     std::vector<Job> jobs;
-    for (int64_t offset : offsets) {
-        ChunkView chunk = mix.sub(offset, segment_length);
-        jobs.push_back({chunk.padded(valid_length), chunk.length, offset});
-    }
-    std::vector<std::vector<float>> results = run_jobs(backend, jobs, valid_length, on_chunks);
-
-    std::vector<double> out(int64_t(S) * C * length, 0.0), sum_weight(length, 0.0);
-    for (size_t j = 0; j < jobs.size(); j++) {
-        const int64_t n = jobs[j].length, at = jobs[j].out_offset;
+    for (int64_t offset : chunk_offsets(length, segment_length, params.overlap))
+        jobs.push_back({offset, mix.sub(offset, segment_length).length});
+    const std::vector<float> weight = transition_weight(segment_length, params.transition_power);
+    std::vector<float> sum_weight(length, 0.0f);
+    run_jobs(backend, mix, jobs, valid_length, [&](const Job& job, const float* r) {
         for (int64_t sc = 0; sc < int64_t(S) * C; sc++) {
-            const float* r = results[j].data() + sc * n;
-            double* o = out.data() + sc * length + at;
-            for (int64_t i = 0; i < n; i++) o[i] += double(weight[i]) * r[i];
+            float* o = out.data() + sc * length + job.offset;
+            const float* rr = r + sc * job.length;
+            for (int64_t i = 0; i < job.length; i++) o[i] += weight[i] * rr[i];
         }
-        for (int64_t i = 0; i < n; i++) sum_weight[at + i] += weight[i];
-    }
-    std::vector<float> result(out.size());
+        for (int64_t i = 0; i < job.length; i++) sum_weight[job.offset + i] += weight[i];
+    }, on_chunks);
     for (int64_t sc = 0; sc < int64_t(S) * C; sc++)
-        for (int64_t i = 0; i < length; i++) result[sc * length + i] = float(out[sc * length + i] / sum_weight[i]);
-    return result;
+        for (int64_t i = 0; i < length; i++) out[sc * length + i] /= sum_weight[i];
+    return out;
 }
 
 void check_params(const ModelBackend& backend, const SeparateParams& params) {
@@ -188,7 +189,7 @@ std::vector<float> apply_single_model(ModelBackend& backend, const float* mix, i
     std::uniform_int_distribution<int64_t> pick(0, max_shift);
     SeparateParams inner = params;
     inner.shifts = 0;
-    std::vector<double> acc(int64_t(S) * channels * length, 0.0);
+    std::vector<float> acc(int64_t(S) * channels * length, 0.0f);
     for (int shift = 0; shift < params.shifts; shift++) {
         const int64_t offset = shift < int(shift_offsets.size()) ? shift_offsets[shift] : pick(rng);
         ChunkView shifted{padded.data(), channels, padded_len, offset, length + max_shift - offset};
@@ -197,9 +198,8 @@ std::vector<float> apply_single_model(ModelBackend& backend, const float* mix, i
         for (int64_t sc = 0; sc < int64_t(S) * channels; sc++)
             for (int64_t i = 0; i < length; i++) acc[sc * length + i] += res[sc * n + skip + i];
     }
-    std::vector<float> out(acc.size());
-    for (size_t i = 0; i < acc.size(); i++) out[i] = float(acc[i] / params.shifts);
-    return out;
+    for (auto& v : acc) v /= float(params.shifts);
+    return acc;
 }
 
 std::vector<float> separate_with_bag(const std::vector<BagMember>& bag, const float* mix, int channels,
@@ -230,7 +230,7 @@ std::vector<float> separate_with_bag(const std::vector<BagMember>& bag, const fl
         progress.chunks_total += count_chunks(length, segment_length_of(*member.backend, params), params,
                                               member.backend->model().config.samplerate);
 
-    std::vector<double> estimate(int64_t(S) * channels * length, 0.0);
+    std::vector<float> estimate(int64_t(S) * channels * length, 0.0f);
     std::vector<double> totals(S, 0.0);
     for (size_t m = 0; m < bag.size(); m++) {
         progress.model_index = static_cast<int>(m);
@@ -247,19 +247,19 @@ std::vector<float> separate_with_bag(const std::vector<BagMember>& bag, const fl
         for (int s = 0; s < S; s++) {
             const double w = bag[m].weights.empty() ? 1.0 : bag[m].weights[s];
             totals[s] += w;
+            const float wf = float(w);
             for (int64_t i = 0; i < int64_t(channels) * length; i++)
-                estimate[s * channels * length + i] += w * out[s * channels * length + i];
+                estimate[s * channels * length + i] += wf * out[s * channels * length + i];
         }
     }
-    std::vector<float> result(estimate.size());
     for (int s = 0; s < S; s++) {
         if (totals[s] == 0.0) throw Error("the bag's weights for source " + std::to_string(s) + " sum to zero");
         for (int64_t i = 0; i < int64_t(channels) * length; i++) {
-            const int64_t at = s * channels * length + i;
-            result[at] = float(estimate[at] / totals[s] * scale + mean);
+            float& v = estimate[s * channels * length + i];
+            v = float(v / totals[s] * scale + mean);
         }
     }
-    return result;
+    return estimate;
 }
 
 }  // namespace fastdemucs

@@ -4,6 +4,7 @@
 
 #include "engine/apply.h"
 #include "engine/repo.h"
+#include "remote/remote_models.h"
 #include "error.h"
 #include "fastdemucs/fastdemucs.h"
 
@@ -84,9 +85,17 @@ std::unique_ptr<Separator> Separator::load(const LoadParams& params) {
     if (!params.checkpoint.empty()) {
         spec.name = params.checkpoint;
         spec.checkpoints = {params.checkpoint};
-    } else {
-        if (params.repo.empty()) throw Error("no model folder given (--repo) for model " + params.name);
+    } else if (!params.repo.empty()) {
         spec = resolve_local_model(params.name, params.repo);
+    } else {
+        RemoteOptions remote;
+        remote.root_url = params.model_url;
+        remote.cache_dir = params.cache_dir;
+        remote.offline = params.offline;
+        remote.progress = params.download_progress;
+        remote.download_started = params.download_started;
+        remote.warning = params.warning;
+        spec = resolve_remote_model(params.name, remote);
     }
     if (!spec.weights.empty() && spec.weights.size() != spec.checkpoints.size())
         throw Error(spec.name + ": the bag has " + std::to_string(spec.weights.size()) + " weight lists for " +

@@ -1,4 +1,5 @@
-// Audio file reading and writing through libsndfile.
+// Audio file reading and writing: the dispatch between decoders, and the
+// libsndfile side (reading; writing WAV and FLAC).
 //
 // Writing reproduces what the official `demucs` command writes: its
 // save_audio applies the clip mode, then hands the float tensor to
@@ -10,78 +11,34 @@
 // 32767) never runs. Float32 files are written bit-exact.
 #include "io/audio_file.h"
 
-#include <fcntl.h>
 #include <sndfile.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
+#include <cctype>
 #include <cmath>
 #include <cstdint>
-#include <cstdio>
-#include <cstring>
 #include <filesystem>
 #include <limits>
 #include <memory>
-#include <random>
 #include <vector>
 
 #include "error.h"
+#include "io/codecs.h"
+#include "io/temp_file.h"
 
 namespace fastdemucs {
 namespace {
 
-constexpr int64_t kBlockFrames = 1 << 16;
+using io_detail::ClipTransform;
 
-// --- reading ---------------------------------------------------------------
+constexpr int64_t kBlockFrames = 1 << 16;
 
 struct SndfileCloser {
     void operator()(SNDFILE* file) const { sf_close(file); }
 };
 using SndfileHandle = std::unique_ptr<SNDFILE, SndfileCloser>;
 
-std::vector<float> read_interleaved(SNDFILE* file, int channels, const std::string& path) {
-    std::vector<float> interleaved;
-    std::vector<float> block(static_cast<size_t>(kBlockFrames) * channels);
-    for (;;) {
-        const sf_count_t got = sf_readf_float(file, block.data(), kBlockFrames);
-        if (got < 0) throw Error("cannot read " + path + ": " + sf_strerror(file));
-        if (got == 0) break;
-        interleaved.insert(interleaved.end(), block.begin(), block.begin() + got * channels);
-    }
-    if (sf_error(file) != SF_ERR_NO_ERROR)
-        throw Error("cannot read " + path + ": " + sf_strerror(file));
-    return interleaved;
-}
-
 // --- sample conversion -----------------------------------------------------
-
-float peak_abs(const float* data, int64_t n) {
-    float peak = 0.0f;
-    for (int64_t i = 0; i < n; ++i) peak = std::max(peak, std::fabs(data[i]));
-    return peak;
-}
-
-// The official prevent_clip, in float32 like the torch code: rescale divides
-// the whole signal by max(1.01 * peak, 1); clamp limits to [-0.99, 0.99].
-class ClipTransform {
-public:
-    ClipTransform(ClipMode mode, const float* data, int64_t n) : mode_(mode) {
-        if (mode_ == ClipMode::Rescale) divisor_ = std::max(1.01f * peak_abs(data, n), 1.0f);
-    }
-    float operator()(float x) const {
-        switch (mode_) {
-            case ClipMode::Rescale: return x / divisor_;
-            case ClipMode::Clamp: return std::min(std::max(x, -0.99f), 0.99f);
-            case ClipMode::None: break;
-        }
-        return x;
-    }
-
-private:
-    ClipMode mode_;
-    float divisor_ = 1.0f;
-};
 
 // torchaudio's float -> sox sample: scale by 2^31 in double, clamp to int32,
 // convert with truncation toward zero.
@@ -104,56 +61,6 @@ int32_t sox_sample_to_bits(int32_t sample, int bits) {
     return static_cast<int32_t>(rounded) - (top + 1);
 }
 
-// --- atomic temp file ------------------------------------------------------
-
-// A fresh, empty file `.NAME.tmp-XXXXXX` beside `final_path`, removed on
-// destruction unless committed (renamed over the final name).
-class TempFile {
-public:
-    explicit TempFile(const std::string& final_path) : final_path_(final_path) {
-        namespace fs = std::filesystem;
-        const fs::path target(final_path);
-        const fs::path folder = target.has_parent_path() ? target.parent_path() : fs::path(".");
-        std::random_device entropy;
-        std::mt19937_64 generator((uint64_t(entropy()) << 32) ^ entropy());
-        static const char alphabet[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-        for (int attempt = 0; attempt < 100; ++attempt) {
-            std::string suffix(6, 'x');
-            for (char& c : suffix) c = alphabet[generator() % (sizeof(alphabet) - 1)];
-            const std::string candidate =
-                (folder / ("." + target.filename().string() + ".tmp-" + suffix)).string();
-            // O_EXCL: never reuse someone else's file. Mode 0666 lets the
-            // umask decide, as for any ordinary new file.
-            const int fd = ::open(candidate.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-            if (fd >= 0) {
-                ::close(fd);
-                path_ = candidate;
-                return;
-            }
-            if (errno != EEXIST)
-                throw Error("cannot write " + final_path + ": " + std::strerror(errno));
-        }
-        throw Error("cannot write " + final_path + ": no free temporary file name");
-    }
-    ~TempFile() {
-        if (!committed_) ::unlink(path_.c_str());
-    }
-    TempFile(const TempFile&) = delete;
-    TempFile& operator=(const TempFile&) = delete;
-
-    const std::string& path() const { return path_; }
-    void commit() {
-        if (std::rename(path_.c_str(), final_path_.c_str()) != 0)
-            throw Error("cannot write " + final_path_ + ": " + std::strerror(errno));
-        committed_ = true;
-    }
-
-private:
-    std::string final_path_;
-    std::string path_;
-    bool committed_ = false;
-};
-
 // --- writing ---------------------------------------------------------------
 
 int sndfile_format(const WriteParams& params, const std::string& path) {
@@ -164,7 +71,7 @@ int sndfile_format(const WriteParams& params, const std::string& path) {
         container = SF_FORMAT_FLAC;
     else
         throw Error("cannot write " + path + ": unknown container '" + params.container +
-                    "' (wav or flac)");
+                    "' (wav, flac or mp3)");
     switch (params.format) {
         case SampleFormat::Int16: return container | SF_FORMAT_PCM_16;
         case SampleFormat::Int24: return container | SF_FORMAT_PCM_24;
@@ -224,27 +131,99 @@ void write_samples(SNDFILE* file, const std::string& path, const float* data, in
 
 }  // namespace
 
-Audio read_audio(const std::string& path) {
+namespace io_detail {
+
+bool decode_with_sndfile(const std::string& path, Audio& out, std::string& error) {
     SF_INFO info{};
     SndfileHandle file(sf_open(path.c_str(), SFM_READ, &info));
-    if (!file) throw Error("cannot read " + path + ": " + sf_strerror(nullptr));
-    if (info.channels <= 0) throw Error("cannot read " + path + ": no audio channels");
+    if (!file) {
+        error = sf_strerror(nullptr);
+        return false;
+    }
+    if (info.channels <= 0) {
+        error = "no audio channels";
+        return false;
+    }
     // int16 / 32768 (and int24 / 2^23): libsndfile's normalised reads divide
     // by 0x8000 / 0x800000, the same as FFmpeg's decoders used officially.
     sf_command(file.get(), SFC_SET_NORM_FLOAT, nullptr, SF_TRUE);
-    const std::vector<float> interleaved = read_interleaved(file.get(), info.channels, path);
-
-    Audio audio;
-    audio.channels = info.channels;
-    audio.samplerate = info.samplerate;
-    audio.samples = static_cast<int64_t>(interleaved.size()) / info.channels;
-    audio.data.resize(interleaved.size());
-    for (int c = 0; c < audio.channels; ++c) {
-        float* channel = audio.channel(c);
-        for (int64_t t = 0; t < audio.samples; ++t)
-            channel[t] = interleaved[t * audio.channels + c];
+    const int channels = info.channels;
+    std::vector<float> interleaved;
+    if (info.frames > 0 && info.frames < (int64_t(1) << 34) / channels)
+        interleaved.reserve(static_cast<size_t>(info.frames) * channels);
+    std::vector<float> block(static_cast<size_t>(kBlockFrames) * channels);
+    for (;;) {
+        const sf_count_t got = sf_readf_float(file.get(), block.data(), kBlockFrames);
+        if (got < 0) break;
+        if (got == 0) break;
+        interleaved.insert(interleaved.end(), block.begin(), block.begin() + got * channels);
     }
+    if (sf_error(file.get()) != SF_ERR_NO_ERROR) {
+        error = sf_strerror(file.get());
+        return false;
+    }
+    out = Audio();
+    out.channels = channels;
+    out.samplerate = info.samplerate;
+    out.samples = static_cast<int64_t>(interleaved.size()) / channels;
+    out.data.resize(interleaved.size());
+    for (int c = 0; c < channels; ++c) {
+        float* channel = out.channel(c);
+        for (int64_t t = 0; t < out.samples; ++t) channel[t] = interleaved[t * channels + c];
+    }
+    return true;
+}
+
+}  // namespace io_detail
+
+Audio read_audio(const std::string& path) {
+    std::error_code ec;
+    if (!std::filesystem::exists(path, ec)) throw Error("cannot read " + path + ": no such file");
+    if (std::filesystem::is_directory(path, ec)) throw Error("cannot read " + path + ": it is a folder");
+    Audio audio;
+    std::string sndfile_error;
+    bool decoded = io_detail::decode_with_sndfile(path, audio, sndfile_error);
+    std::string reasons = "libsndfile: " + sndfile_error;
+#ifdef FASTDEMUCS_WITH_FFMPEG
+    if (!decoded) {
+        std::string ffmpeg_error;
+        decoded = io_detail::decode_with_ffmpeg(path, audio, ffmpeg_error);
+        reasons += "; FFmpeg: " + ffmpeg_error;
+    }
+#else
+    if (!decoded) reasons += " (this build has no FFmpeg decoder)";
+#endif
+    if (!decoded) throw Error("cannot decode " + path + " (" + reasons + ")");
+    if (audio.samplerate <= 0) throw Error("cannot decode " + path + ": invalid sample rate");
     return audio;
+}
+
+std::string audio_decoders() {
+#ifdef FASTDEMUCS_WITH_FFMPEG
+    return "libsndfile, FFmpeg";
+#else
+    return "libsndfile";
+#endif
+}
+
+Audio load_audio(const std::string& path, int samplerate, int channels) {
+    Audio audio = read_audio(path);
+    try {
+        audio = convert_channels(audio, channels);
+    } catch (const Error& e) {
+        throw Error(path + ": " + e.what());
+    }
+    return resample(audio, samplerate);
+}
+
+std::string container_for_path(const std::string& path) {
+    std::string suffix = std::filesystem::path(path).extension().string();
+    std::transform(suffix.begin(), suffix.end(), suffix.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    if (suffix == ".wav") return "wav";
+    if (suffix == ".flac") return "flac";
+    if (suffix == ".mp3") return "mp3";
+    return "";
 }
 
 void write_audio(const std::string& path, const float* data, int channels, int64_t samples,
@@ -253,6 +232,13 @@ void write_audio(const std::string& path, const float* data, int channels, int64
         throw Error("cannot write " + path + ": invalid audio (channels " +
                     std::to_string(channels) + ", samples " + std::to_string(samples) +
                     ", samplerate " + std::to_string(samplerate) + ")");
+    if (params.container == "mp3") {
+        if (channels > 2) throw Error("cannot write " + path + ": MP3 holds at most 2 channels");
+        TempFile temp(path);
+        io_detail::encode_mp3(temp.path(), path, data, channels, samples, samplerate, params);
+        temp.commit();
+        return;
+    }
     SF_INFO info{};
     info.channels = channels;
     info.samplerate = samplerate;

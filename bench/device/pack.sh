@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Builds the GPU-only configuration here (the GPU machine has the CUDA
+# toolkit but none of our other libraries) and lays out .device/ — git-ignored,
+# carried to the GPU machine with `carry: [".device"]`:
+#   .device/bin      test binary, command, GPU benchmark
+#   .device/lib      the shared libraries they need that a bare CUDA image lacks
+#   .device/fixtures the fixture set asked for (tiny | full6s | none)
+#   .device/py       the official demucs package for the side-by-side baseline (never committed)
+# Usage: bench/device/pack.sh tiny|full6s|none [DEMUCS_ROOT]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+set_name=${1:-tiny}
+fixtures=${FASTDEMUCS_FIXTURES:-$(pwd)/../shared/fixtures}
+cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DFASTDEMUCS_CPU_BACKEND=OFF \
+  -DFASTDEMUCS_CUDA=ON -DFASTDEMUCS_FFMPEG=OFF -DFASTDEMUCS_DOWNLOAD=OFF -DBUILD_SHARED_LIBS=ON >/dev/null
+cmake --build build-device >/dev/null
+rm -rf .device && mkdir -p .device/bin .device/lib .device/fixtures
+cp build-device/tests/fastdemucs_tests build-device/fastdemucs build-device/bench/gpu_bench build-device/bench/gpu_dump .device/bin/
+cp build-device/libfastdemucs.so build-device/libfastdemucs_io.so .device/lib/
+strip .device/bin/* .device/lib/* || true
+# Everything the binaries link that is not glibc, the C++ runtime or CUDA.
+# libcrypto, libssl and zlib are on every Ubuntu CUDA image (python3 needs them).
+for bin in .device/bin/*; do ldd "$bin"; done | awk '/=> \//{print $3}' | sort -u | grep -v "$(pwd)/build-device" |
+  grep -v -E '/(libc|libm|libdl|librt|libpthread|libresolv|libnsl|libutil|libanl|libcrypto|libssl|libz|libstdc\+\+|libgcc_s|libcuda|libcudart|libcublas|libcublasLt|libcufft|libnvrtc|libnvJitLink)\.so' |
+  while read -r lib; do cp -L "$lib" .device/lib/; done
+case "$set_name" in
+  tiny)
+    mkdir -p .device/fixtures/tiny
+    cp "$fixtures"/tiny/{0d0b2025,6325d78b,597c7e2b,2834c0f1}.th "$fixtures"/tiny/*.yaml \
+       "$fixtures"/tiny/mix_{3,4}s.wav "$fixtures"/tiny/tiny_forward_1.5s.npz "$fixtures"/tiny/tiny_separate_4s*.npy \
+       "$fixtures"/tiny/tiny_bag_separate_4s.npy .device/fixtures/tiny/ ;;
+  full6s)
+    # 52 MiB of float16 weights: xz saves the few MiB that make the call fit.
+    mkdir -p .device/fixtures/full6s
+    [ -f build-device/full6s.th.xz ] || xz -T2 -6 -k -c "$fixtures"/full6s/full6s-86db6bad.th > build-device/full6s.th.xz
+    cp build-device/full6s.th.xz "$fixtures"/full6s/{full6s.yaml,mix_3s.wav,mix_12s.wav} .device/fixtures/full6s/ ;;
+  none) ;;
+esac
+if [ $# -ge 2 ]; then
+  mkdir -p .device/py && cp -r "$2/demucs" .device/py/
+  find .device/py -name '__pycache__' -prune -exec rm -rf {} +
+fi
+du -sh .device/* | sort -h
+du -sh .device

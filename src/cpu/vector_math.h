@@ -1,0 +1,25 @@
+// The element-wise and row-wise kernels of the CPU backend that are bound by
+// transcendental functions (exp, erf) or reductions. They live in their own
+// file, compiled with -ffast-math so that GCC maps expf/erff onto glibc's
+// vector math library (libmvec, <= 4 ulp) and vectorises the reductions;
+// nothing else in the engine is built that way.
+#pragma once
+
+#include <cstdint>
+
+namespace fastdemucs::cpu {
+
+// x = 0.5 x (1 + erf(x / sqrt 2)), the exact GELU.
+void gelu_inplace(float* x, int64_t n);
+// out = a * sigmoid(g), the second half of GLU.
+void glu_gate(const float* a, const float* g, float* out, int64_t n);
+// Each row of s [rows, cols] replaced by its softmax.
+void softmax_rows(float* s, int64_t rows, int64_t cols);
+// Sum and sum of squared deviations from `mean`, accumulated in double over
+// float partial sums (the rows here hold at most a few thousand values).
+double sum(const float* x, int64_t n);
+double sum_squared_deviation(const float* x, int64_t n, double mean);
+// y = x * scale + shift.
+void scale_shift(const float* x, float* y, int64_t n, float scale, float shift);
+
+}  // namespace fastdemucs::cpu

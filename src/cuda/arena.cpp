@@ -1,0 +1,35 @@
+#include "cuda/arena.h"
+
+#include <string>
+
+#include "error.h"
+
+namespace fastdemucs::cuda {
+
+void Arena::bind(void* base, size_t capacity) {
+    base_ = static_cast<char*>(base);
+    capacity_ = capacity;
+    top_ = peak_ = 0;
+    dry_ = false;
+}
+
+void Arena::start_dry() {
+    // A recognisable, aligned, never-dereferenced address space.
+    base_ = reinterpret_cast<char*>(uintptr_t(1) << 44);
+    capacity_ = 0;
+    top_ = peak_ = 0;
+    dry_ = true;
+}
+
+void* Arena::alloc_bytes(size_t bytes) {
+    const size_t size = (bytes + kAlign - 1) / kAlign * kAlign;
+    const size_t at = top_;
+    if (!dry_ && at + size > capacity_)
+        throw Error("internal error: GPU workspace overflow (" + std::to_string(at + size) + " > " +
+                    std::to_string(capacity_) + " bytes)");
+    top_ = at + size;
+    if (top_ > peak_) peak_ = top_;
+    return base_ + at;
+}
+
+}  // namespace fastdemucs::cuda

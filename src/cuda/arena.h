@@ -1,0 +1,56 @@
+// The forward's activation memory: one device allocation handed out as a
+// stack (bump pointer with mark/release). Every forward of a given batch
+// size takes the same buffers in the same order, so their addresses repeat
+// from call to call, which is what lets a captured CUDA graph be replayed.
+// In dry mode the arena has no memory: it only measures the peak, which is
+// how the workspace size (and max_batch) is derived from the model plan.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace fastdemucs::cuda {
+
+class Arena {
+public:
+    static constexpr size_t kAlign = 256;
+
+    // Serve allocations from [base, base + capacity).
+    void bind(void* base, size_t capacity);
+    // Measure only: allocations return distinct fake addresses, never dereferenced.
+    void start_dry();
+    bool dry() const { return dry_; }
+
+    void reset() { top_ = 0; }
+    size_t peak() const { return peak_; }
+    size_t capacity() const { return capacity_; }
+
+    void* alloc_bytes(size_t bytes);
+    template <typename T>
+    T* alloc(int64_t count) {
+        return static_cast<T*>(alloc_bytes(static_cast<size_t>(count) * sizeof(T)));
+    }
+
+    size_t mark() const { return top_; }
+    void release(size_t mark) { top_ = mark; }
+
+private:
+    char* base_ = nullptr;
+    size_t capacity_ = 0, top_ = 0, peak_ = 0;
+    bool dry_ = false;
+};
+
+// Releases everything taken from the arena after its construction.
+class ArenaScope {
+public:
+    explicit ArenaScope(Arena& arena) : arena_(arena), mark_(arena.mark()) {}
+    ~ArenaScope() { arena_.release(mark_); }
+    ArenaScope(const ArenaScope&) = delete;
+    ArenaScope& operator=(const ArenaScope&) = delete;
+
+private:
+    Arena& arena_;
+    size_t mark_;
+};
+
+}  // namespace fastdemucs::cuda

@@ -1,0 +1,98 @@
+// Shared pieces of the CUDA backend: error checking that turns every failed
+// CUDA / cuBLAS / cuFFT call into a one-line fastdemucs::Error, the element
+// types of GEMM operands, and the execution context every op receives.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cufft.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace fastdemucs::cuda {
+
+[[noreturn]] void fail_cuda(cudaError_t err, const char* expr, const char* file, int line);
+[[noreturn]] void fail_cublas(cublasStatus_t status, const char* expr, const char* file, int line);
+[[noreturn]] void fail_cufft(cufftResult status, const char* expr, const char* file, int line);
+
+#define FD_CUDA(expr)                                                                      \
+    do {                                                                                   \
+        const cudaError_t fd_err_ = (expr);                                                \
+        if (fd_err_ != cudaSuccess) ::fastdemucs::cuda::fail_cuda(fd_err_, #expr, __FILE__, __LINE__); \
+    } while (0)
+#define FD_CUBLAS(expr)                                                                    \
+    do {                                                                                   \
+        const cublasStatus_t fd_st_ = (expr);                                              \
+        if (fd_st_ != CUBLAS_STATUS_SUCCESS) ::fastdemucs::cuda::fail_cublas(fd_st_, #expr, __FILE__, __LINE__); \
+    } while (0)
+#define FD_CUFFT(expr)                                                                     \
+    do {                                                                                   \
+        const cufftResult fd_st_ = (expr);                                                 \
+        if (fd_st_ != CUFFT_SUCCESS) ::fastdemucs::cuda::fail_cufft(fd_st_, #expr, __FILE__, __LINE__); \
+    } while (0)
+// After every kernel launch: configuration errors surface here.
+#define FD_LAUNCH_CHECK() FD_CUDA(cudaGetLastError())
+
+// Element type of GEMM operands (weights and the activation copies fed to
+// cuBLAS / attention). Everything else is float32.
+enum class DType { F32, F16, BF16 };
+size_t dtype_bytes(DType t);
+const char* dtype_name(DType t);
+// p + n elements of type t.
+inline const void* offset(const void* p, int64_t n, DType t) {
+    return static_cast<const char*>(p) + n * static_cast<int64_t>(dtype_bytes(t));
+}
+inline void* offset(void* p, int64_t n, DType t) { return static_cast<char*>(p) + n * static_cast<int64_t>(dtype_bytes(t)); }
+
+enum class Act { None, Gelu, Relu };
+
+class Arena;
+
+// What every op needs. With `dry` set nothing is launched: ops only take
+// their buffers from the arena, which then measures the forward's peak
+// memory without touching the GPU.
+struct Ctx {
+    cudaStream_t stream = nullptr;
+    cublasHandle_t blas = nullptr;
+    DType gemm = DType::F32;
+    Arena* arena = nullptr;
+    bool dry = false;
+    bool fused_attention = true;
+};
+
+// Environment switches ("1", "true", "yes", "on" are true).
+bool env_flag(const char* name);
+std::string env_string(const char* name);
+
+// Free / total device memory in bytes of the current device.
+void device_memory(size_t* free_bytes, size_t* total_bytes);
+inline double mib(size_t bytes) { return double(bytes) / (1024.0 * 1024.0); }
+
+// RAII device allocation; a failure throws "out of GPU memory: need X MiB for WHAT, Y MiB free".
+class DeviceBuffer {
+public:
+    DeviceBuffer() = default;
+    DeviceBuffer(size_t bytes, const std::string& what);
+    ~DeviceBuffer();
+    DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), bytes_(o.bytes_) { o.ptr_ = nullptr, o.bytes_ = 0; }
+    DeviceBuffer& operator=(DeviceBuffer&& o) noexcept;
+    DeviceBuffer(const DeviceBuffer&) = delete;
+    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+    void* get() const { return ptr_; }
+    template <typename T>
+    T* as() const { return static_cast<T*>(ptr_); }
+    size_t bytes() const { return bytes_; }
+    void reset();
+
+private:
+    void* ptr_ = nullptr;
+    size_t bytes_ = 0;
+};
+
+// Synchronous host -> device copy into a fresh buffer.
+DeviceBuffer upload(const void* host, size_t bytes, const std::string& what);
+
+}  // namespace fastdemucs::cuda

@@ -1,0 +1,50 @@
+// Convolutions of the HTDemucs layers as cuBLAS GEMMs, batched over the
+// chunks of a batch with strided-batched calls (the weights are shared:
+// stride 0). Every convolution is seen as 2-D on [B, C, H, W]: [K, 1]
+// kernels over frequency, [1, K] over time ([B, C, 1, T]).
+//   - 1x1, no padding: one GEMM straight on the activations.
+//   - stride 1, several taps (DConv, rewrite 3x3): the "shifted GEMM" trick,
+//     one GEMM per tap over a zero-padded copy, accumulated with beta = 1,
+//     computed on the padded width and cropped (no im2col buffer).
+//   - strided (the encoders' K=8, S=4 convs): im2col then one GEMM.
+//   - transposed: one GEMM into columns, then an overlap-add gather (col2im)
+//     that also does the bias, the decoder's trim and the activation.
+// GEMM operands are converted to the context's operand type on the fly (the
+// padding / im2col kernels write it directly); outputs are float32.
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/common.h"
+#include "cuda/kernels.h"
+
+namespace fastdemucs::cuda {
+
+// A float32 activation [b, c, h, w] on the device.
+struct DTensor {
+    float* p = nullptr;
+    int64_t b = 0, c = 0, h = 0, w = 0;
+    int64_t numel() const { return b * c * h * w; }
+};
+
+struct ConvWeight {
+    const void* w = nullptr;     // operand type: conv [cout, cin * kh * kw]; transposed conv [cin, cout * kh * kw]
+    const void* taps = nullptr;  // conv only, for the shifted path: [kh * kw][cout][cin]
+    const float* bias = nullptr;
+    int cout = 0, cin = 0, kh = 1, kw = 1;
+};
+
+// Output size of a convolution over an input [.., H, Wl] (Wl may exceed the
+// stored width: zero extension on the right, as the time encoder's padding).
+void conv_output_size(int64_t H, int64_t Wl, const ConvWeight& w, const ConvGeom& g, int64_t* Ho, int64_t* Wo);
+
+// out = act(conv(x) + bias); g's kernel size is taken from the weight. out
+// must have the shape conv_output_size gives.
+void conv2d(const Ctx& ctx, const DTensor& x, int64_t Wl, const ConvWeight& w, ConvGeom g, const DTensor& out,
+            Act act);
+
+// out = act(window [h0, h0 + out.h) x [w0, w0 + out.w) of conv_transpose(x) + bias).
+void conv_transpose2d(const Ctx& ctx, const DTensor& x, const ConvWeight& w, int sh, int sw, int64_t h0, int64_t w0,
+                      const DTensor& out, Act act);
+
+}  // namespace fastdemucs::cuda

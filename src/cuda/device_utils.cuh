@@ -1,0 +1,106 @@
+// Device-side helpers shared by the .cu files: typed loads/stores, the
+// activations, grid sizing and the DType dispatch.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "cuda/common.h"
+
+namespace fastdemucs::cuda {
+
+constexpr int kThreads = 256;
+
+// Blocks for a grid-stride loop over n elements.
+inline unsigned grid_for(int64_t n, int threads = kThreads) {
+    const int64_t blocks = (n + threads - 1) / threads;
+    return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(blocks, int64_t(1) << 20)));
+}
+
+#define FD_GRID_STRIDE(i, n) \
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) {
+    return v;
+}
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) {
+    return __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+    return __float2bfloat16_rn(v);
+}
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+// GELU with the exact erf, as nn.GELU() / F.gelu default.
+__device__ __forceinline__ float gelu_exact(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+
+__device__ __forceinline__ float activate(float x, Act act) {
+    if (act == Act::Gelu) return gelu_exact(x);
+    if (act == Act::Relu) return fmaxf(x, 0.0f);
+    return x;
+}
+
+__device__ __forceinline__ double warp_sum(double v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, <= 1024); every thread gets the result.
+__device__ __forceinline__ double block_sum(double v, double* shared32) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+    v = warp_sum(v);
+    __syncthreads();  // shared32 may still be read from a previous call
+    if (lane == 0) shared32[warp] = v;
+    __syncthreads();
+    double t = lane < warps ? shared32[lane] : 0.0;
+    return warp_sum(t);
+}
+
+__device__ __forceinline__ float block_max(float v, float* shared32) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) shared32[warp] = v;
+    __syncthreads();
+    float t = lane < warps ? shared32[lane] : -INFINITY;
+    return warp_max(t);
+}
+
+// Runs BODY with T bound to the C++ type of dtype.
+#define FD_DISPATCH(dtype, T, ...)              \
+    switch (dtype) {                            \
+        case ::fastdemucs::cuda::DType::F32: {  \
+            using T = float;                    \
+            __VA_ARGS__;                        \
+            break;                              \
+        }                                       \
+        case ::fastdemucs::cuda::DType::F16: {  \
+            using T = __half;                   \
+            __VA_ARGS__;                        \
+            break;                              \
+        }                                       \
+        case ::fastdemucs::cuda::DType::BF16: { \
+            using T = __nv_bfloat16;            \
+            __VA_ARGS__;                        \
+            break;                              \
+        }                                       \
+    }
+
+}  // namespace fastdemucs::cuda

@@ -1,0 +1,50 @@
+#include "cuda/gemm.h"
+
+#include <limits>
+#include <string>
+
+#include "error.h"
+
+namespace fastdemucs::cuda {
+namespace {
+
+cudaDataType_t cuda_type(DType t) {
+    switch (t) {
+        case DType::F32: return CUDA_R_32F;
+        case DType::F16: return CUDA_R_16F;
+        case DType::BF16: return CUDA_R_16BF;
+    }
+    return CUDA_R_32F;
+}
+
+int as_int(int64_t v, const char* what) {
+    if (v < 0 || v > std::numeric_limits<int>::max())
+        throw Error(std::string("GEMM dimension out of range for cuBLAS: ") + what + " = " + std::to_string(v));
+    return static_cast<int>(v);
+}
+
+}  // namespace
+
+void gemm(const Ctx& ctx, DType ab, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+          const GemmOperand& a, const GemmOperand& b, float beta, float* c, int64_t ldc, int64_t stride_c,
+          int64_t batch) {
+    // Row-major sanity: the leading dimensions must cover a row.
+    if (a.ld < (trans_a ? m : k) || b.ld < (trans_b ? k : n) || ldc < n)
+        throw Error("internal error: GEMM leading dimension too small");
+    if (ctx.dry || m == 0 || n == 0 || batch == 0) return;
+    // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
+    const cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cudaDataType_t t = cuda_type(ab);
+    if (k == 0) throw Error("internal error: GEMM with k = 0");
+    FD_CUBLAS(cublasGemmStridedBatchedEx(ctx.blas, op_b, op_a, as_int(n, "n"), as_int(m, "m"), as_int(k, "k"), &alpha,
+                                         b.ptr, t, as_int(b.ld, "ldb"), b.stride, a.ptr, t, as_int(a.ld, "lda"),
+                                         a.stride, &beta, c, CUDA_R_32F, as_int(ldc, "ldc"), stride_c,
+                                         as_int(batch, "batch"), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+void linear(const Ctx& ctx, const void* x, int64_t rows, int64_t in, const void* w, int64_t out, float* y) {
+    gemm(ctx, ctx.gemm, false, true, rows, out, in, 1.0f, {x, in, 0}, {w, in, 0}, 0.0f, y, out, 0, 1);
+}
+
+}  // namespace fastdemucs::cuda

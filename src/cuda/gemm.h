@@ -1,0 +1,27 @@
+// Row-major GEMM on cuBLAS: C = alpha * op(A) op(B) + beta * C, with A and B
+// in the operand type (float32, or float16 / bfloat16 on tensor cores) and C
+// always float32, accumulated in float32 (CUBLAS_COMPUTE_32F: no TF32).
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/common.h"
+
+namespace fastdemucs::cuda {
+
+struct GemmOperand {
+    const void* ptr = nullptr;
+    int64_t ld = 0;      // row stride (row-major)
+    int64_t stride = 0;  // between batch items (0 = shared)
+};
+
+// op(A) is [m, k], op(B) is [k, n], C is [m, n] with row stride ldc; `batch`
+// independent products with the given strides. Does nothing in dry mode.
+void gemm(const Ctx& ctx, DType ab, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+          const GemmOperand& a, const GemmOperand& b, float beta, float* c, int64_t ldc, int64_t stride_c,
+          int64_t batch = 1);
+
+// y [rows, out] = x [rows, in] W^T, W [out, in] as nn.Linear stores it (no bias).
+void linear(const Ctx& ctx, const void* x, int64_t rows, int64_t in, const void* w, int64_t out, float* y);
+
+}  // namespace fastdemucs::cuda

@@ -1,0 +1,103 @@
+// Hand-written kernels of the CUDA backend: statistics and norms, the
+// element-wise passes, layout changes and the convolution helpers (im2col,
+// padding, crops, col2im). Each function launches on ctx.stream and does
+// nothing in dry mode; temporaries come from ctx.arena. All activations are
+// float32; `void*` outputs are in the given DType (GEMM operand copies).
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/common.h"
+
+namespace fastdemucs::cuda {
+
+// ---------------------------------------------------------------- statistics
+// Segment s = (b * G + g) * R + r of x holds x[((b * C + g * cg + k) * R + r) * W + w]
+// for k < cg = C / G, w < W: a GroupNorm group (R = 1, W = H * W), a group on
+// one row (per-row GroupNorm of [B, C, R, W]), or a whole item (C = G = R = 1).
+struct Segments {
+    int64_t B = 1, C = 1, G = 1, R = 1, W = 1;
+    int64_t count() const { return B * G * R; }
+    int64_t size() const { return C / G * W; }
+    int64_t numel() const { return B * C * R * W; }
+};
+
+enum class Spread { Variance, UnbiasedStd };
+
+// Per segment: mean and the biased variance or the unbiased std, computed
+// two-pass over chunks in double and merged exactly (Chan et al.).
+void segment_stats(const Ctx& ctx, const float* x, const Segments& seg, Spread spread, double* mean, double* out);
+
+// x[b, i] = (x[b, i] - mean[b]) / (1e-5 + std[b]) over n values per item.
+void normalize(const Ctx& ctx, float* x, int64_t B, int64_t n, const double* mean, const double* std);
+
+// GroupNorm of x (described by seg), affine per channel, then act; in place.
+void group_norm(const Ctx& ctx, float* x, const Segments& seg, const float* weight, const float* bias, float eps,
+                Act act);
+// GroupNorm(1, C) of token-major x [B, N, C] per item (the transformer's norm_out).
+void group_norm_tokens(const Ctx& ctx, float* x, int64_t B, int64_t N, int64_t C, const float* weight,
+                       const float* bias, float eps);
+// LayerNorm of the rows of x [rows, C] into y (type dt; y may be x when dt is F32).
+void layer_norm(const Ctx& ctx, const float* x, void* y, DType dt, int64_t rows, int64_t C, const float* weight,
+                const float* bias, float eps);
+
+// -------------------------------------------------------------- element-wise
+void gelu(const Ctx& ctx, float* x, int64_t n);
+// out[o, c, i] = act(in[o, c, i] + bias[c]) (bias may be null), written as dt;
+// out may be in when dt is F32.
+void bias_act(const Ctx& ctx, const float* in, void* out, DType dt, const float* bias, int64_t outer, int64_t C,
+              int64_t inner, Act act);
+void convert(const Ctx& ctx, const float* in, void* out, DType dt, int64_t n);
+// y[b, c, i] = x[b, c, i] * sigmoid(x[b, C + c, i]) for x [B, 2C, inner].
+void glu(const Ctx& ctx, const float* x, float* y, int64_t B, int64_t C, int64_t inner);
+// x[b, c, i] += scale[c] * glu(g)[b, c, i] (DConv residual with LayerScale).
+void glu_residual(const Ctx& ctx, const float* g, float* x, const float* scale, int64_t B, int64_t C, int64_t inner);
+void add(const Ctx& ctx, float* x, const float* y, int64_t n);
+// y[bc, h, w] += inject[bc, w] for every row h.
+void add_rows(const Ctx& ctx, float* y, const float* inject, int64_t BC, int64_t H, int64_t W);
+// x [B, C, F, T] += k * (s * table[f, c]).
+void add_freq_embedding(const Ctx& ctx, float* x, const float* table, int64_t B, int64_t C, int64_t F, int64_t T,
+                        float k, float s);
+// x [rows, C] += gamma[c] * (y + bias[c]) (gamma and bias may be null).
+void residual(const Ctx& ctx, float* x, const float* y, const float* bias, const float* gamma, int64_t rows,
+              int64_t C);
+// x[b * n + i] += weight * table[i].
+void add_broadcast(const Ctx& ctx, float* x, const float* table, float weight, int64_t B, int64_t n);
+void copy(const Ctx& ctx, float* dst, const float* src, int64_t n);
+
+// -------------------------------------------------------------------- layout
+// x [B, C, Fr, T] -> tok [B, T * Fr, C] (token t * Fr + f), and back.
+void to_tokens(const Ctx& ctx, const float* x, float* tok, int64_t B, int64_t C, int64_t Fr, int64_t T);
+void from_tokens(const Ctx& ctx, const float* tok, float* x, int64_t B, int64_t C, int64_t Fr, int64_t T);
+// Row softmax of s [rows, cols] into p (type dt; p may be s when dt is F32).
+void softmax_rows(const Ctx& ctx, const float* s, void* p, DType dt, int64_t rows, int64_t cols);
+
+// ------------------------------------------------------- convolution helpers
+struct ConvGeom {
+    int kh = 1, kw = 1;  // kernel
+    int sh = 1, sw = 1;  // stride
+    int ph = 0, pw = 0;  // zero padding both sides
+    int dh = 1, dw = 1;  // dilation
+};
+// cols [B, Cin * kh * kw, Ho * Wo] (type dt) from x [B, Cin, H, W]; input
+// positions outside [0, H) x [0, W) read zero (so a logical width beyond W
+// is a zero extension on the right).
+void im2col(const Ctx& ctx, const float* x, void* cols, DType dt, int64_t B, int64_t Cin, int64_t H, int64_t W,
+            const ConvGeom& g, int64_t Ho, int64_t Wo);
+// out [BC, plane] (type dt): each plane is x's [H, W] zero-padded to
+// [H + 2ph, Wp = W + 2pw] and followed by zeros up to `plane` values.
+void pad_planes(const Ctx& ctx, const float* x, void* out, DType dt, int64_t BC, int64_t H, int64_t W, int ph, int pw,
+                int64_t plane);
+// out [B, C, H, W] = act(full [B, C, H, Wfull][..., :W] + bias[c]).
+void crop_bias_act(const Ctx& ctx, const float* full, float* out, const float* bias, int64_t B, int64_t C, int64_t H,
+                   int64_t Wfull, int64_t W, Act act);
+// Transposed-convolution overlap-add: cols [B, C * kh * kw, H * W] -> the
+// window [h0, h0 + Hc) x [w0, w0 + Wc) of the full output
+// [B, C, (H - 1) * sh + kh, (W - 1) * sw + kw], plus bias[c], then act.
+void col2im(const Ctx& ctx, const float* cols, float* out, const float* bias, int64_t B, int64_t C, int64_t H,
+            int64_t W, int kh, int kw, int sh, int sw, int64_t h0, int64_t Hc, int64_t w0, int64_t Wc, Act act);
+// out [BC, Hc, Wc] = act(in [BC, Hin, Win][h0 : h0 + Hc, w0 : w0 + Wc]).
+void crop_act(const Ctx& ctx, const float* in, float* out, int64_t BC, int64_t Hin, int64_t Win, int64_t h0,
+              int64_t Hc, int64_t w0, int64_t Wc, Act act);
+
+}  // namespace fastdemucs::cuda

@@ -1,0 +1,178 @@
+#include "cuda/spectral.h"
+
+#include <cmath>
+#include <vector>
+
+#include "cuda/arena.h"
+#include "cuda/device_utils.cuh"
+#include "error.h"
+
+namespace fastdemucs::cuda {
+namespace {
+
+// Index into a signal of `length` samples reflected about its ends (no edge repeat).
+__device__ __forceinline__ int64_t reflect(int64_t i, int64_t length) {
+    if (i < 0) i = -i;
+    if (i >= length) i = 2 * (length - 1) - i;
+    return i;
+}
+
+// frames[(bc, t), n] = window[n] * the sample under STFT frame t + 2 (the
+// first two frames are dropped by _spec) of signal bc; the signal is padded
+// by the model (pad each side, reflect) then by torch.stft's centring
+// (nfft / 2 each side, reflect).
+__global__ void stft_frames_kernel(const float* __restrict__ x, float* __restrict__ frames,
+                                   const float* __restrict__ window, int64_t BC, int64_t L, int64_t T, int nfft,
+                                   int hop, int64_t pad, int64_t padded_len) {
+    FD_GRID_STRIDE(i, BC * T * nfft) {
+        const int64_t n = i % nfft, t = (i / nfft) % T, bc = i / (nfft * T);
+        const int64_t j = (t + 2) * hop + n;
+        const int64_t once = reflect(j - nfft / 2, padded_len);
+        const int64_t s = reflect(once - pad, L);
+        frames[i] = x[bc * L + s] * window[n];
+    }
+}
+
+// spec [(bc, t), bins + 1] -> out [B, 2C, bins, T], scaled.
+__global__ void stft_pack_kernel(const cufftComplex* __restrict__ spec, float* __restrict__ out, int64_t B,
+                                 int64_t C, int64_t bins, int64_t T, float norm) {
+    FD_GRID_STRIDE(i, B * 2 * C * bins * T) {
+        const int64_t t = i % T, k = (i / T) % bins, ch = (i / (T * bins)) % (2 * C), b = i / (T * bins * 2 * C);
+        const cufftComplex z = spec[((b * C + ch / 2) * T + t) * (bins + 1) + k];
+        out[i] = ((ch & 1) ? z.y : z.x) * norm;
+    }
+}
+
+// z [B, 2N, bins, T] (normalised) -> spec [(bn, t), bins + 1], Hermitian-valid.
+__global__ void istft_pack_kernel(const float* __restrict__ z, cufftComplex* __restrict__ spec,
+                                  const double* __restrict__ stats, int64_t B, int64_t N, int64_t bins, int64_t T) {
+    FD_GRID_STRIDE(i, B * N * T * (bins + 1)) {
+        const int64_t k = i % (bins + 1), t = (i / (bins + 1)) % T, bn = i / ((bins + 1) * T);
+        const int64_t b = bn / N, n = bn % N;
+        cufftComplex v;
+        v.x = 0.0f;
+        v.y = 0.0f;
+        if (k < bins) {
+            const float mean = float(stats[b]), std = float(stats[B + b]);
+            const float* re = z + ((b * 2 * N + 2 * n) * bins + k) * T + t;
+            v.x = re[0] * std + mean;
+            if (k > 0) v.y = re[bins * T] * std + mean;  // Im(DC) dropped: a real FFT's input is Hermitian
+        }
+        spec[i] = v;
+    }
+}
+
+// out[bn, j] = denorm(xt)[bn, j] + sum over frames of window * frame / envelope at j + offset.
+__global__ void istft_ola_add_kernel(const float* __restrict__ frames, const float* __restrict__ window,
+                                     const double* __restrict__ envelope, const float* __restrict__ xt,
+                                     const double* __restrict__ xt_stats, float* __restrict__ out, int64_t B,
+                                     int64_t N, int64_t L, int64_t T, int nfft, int hop, int64_t offset, float norm) {
+    FD_GRID_STRIDE(i, B * N * L) {
+        const int64_t j = i % L, bn = i / L, b = bn / N;
+        const int64_t p = offset + j;
+        const int64_t f_hi = p / hop;
+        const int64_t f_lo = p - nfft + 1 <= 0 ? 0 : (p - nfft + hop) / hop;
+        double acc = 0.0;
+        for (int64_t f = f_lo; f <= f_hi; f++) {
+            const int64_t t = f - 2;  // two silent frames precede the data frames
+            if (t < 0 || t >= T) continue;
+            const int64_t n = p - f * hop;
+            acc += double(frames[(bn * T + t) * nfft + n]) * double(norm) * double(window[n]);
+        }
+        const float wave = float(acc / envelope[p]);
+        const float time = xt[i] * float(xt_stats[B + b]) + float(xt_stats[b]);
+        out[i] = time + wave;
+    }
+}
+
+}  // namespace
+
+Spectral::Spectral(int nfft, int64_t length) : nfft_(nfft), hop_(nfft / 4), length_(length) {
+    if (nfft < 8 || nfft % 8 != 0) throw Error("nfft must be a multiple of 8");
+    frames_ = (length + hop_ - 1) / hop_;
+    const int64_t pad = hop_ / 2 * 3;
+    if (length <= pad + hop_) throw Error("the model's segment is shorter than the STFT padding");
+    // torch.hann_window(nfft) (periodic), as cpu/spectral.
+    std::vector<float> window(nfft);
+    for (int i = 0; i < nfft; i++) window[i] = float(0.5 - 0.5 * std::cos(2.0 * M_PI * i / nfft));
+    // Overlap-add of frames 0 .. T + 3 (two silent ones each side); output
+    // sample j sits at j + nfft / 2 + 3/2 hop.
+    const int64_t total_frames = frames_ + 4;
+    ola_len_ = nfft + int64_t(hop_) * (total_frames - 1);
+    offset_ = nfft / 2 + hop_ / 2 * 3;
+    if (offset_ + length > ola_len_) throw Error("istft: length too long for the frames");
+    std::vector<double> envelope(ola_len_, 0.0);
+    for (int64_t f = 0; f < total_frames; f++)
+        for (int n = 0; n < nfft; n++) envelope[f * hop_ + n] += double(window[n]) * window[n];
+    window_ = upload(window.data(), window.size() * sizeof(float), "the STFT window");
+    envelope_ = upload(envelope.data(), envelope.size() * sizeof(double), "the STFT window");
+}
+
+Spectral::~Spectral() {
+    for (auto& kv : plans_) cufftDestroy(kv.second.handle);
+}
+
+Spectral::Plan& Spectral::plan(cufftType type, int64_t transforms) {
+    const auto key = std::make_pair(int(type), transforms);
+    auto it = plans_.find(key);
+    if (it != plans_.end()) return it->second;
+    Plan p;
+    FD_CUFFT(cufftCreate(&p.handle));
+    try {
+        // The work area comes from the arena (set before each execution).
+        FD_CUFFT(cufftSetAutoAllocation(p.handle, 0));
+        long long n = nfft_;
+        const long long real_dist = nfft_, complex_dist = nfft_ / 2 + 1;
+        const bool forward = type == CUFFT_R2C;
+        FD_CUFFT(cufftMakePlanMany64(p.handle, 1, &n, nullptr, 1, forward ? real_dist : complex_dist, nullptr, 1,
+                                     forward ? complex_dist : real_dist, type, transforms, &p.work));
+    } catch (...) {
+        cufftDestroy(p.handle);
+        throw;
+    }
+    return plans_.emplace(key, p).first->second;
+}
+
+void Spectral::stft(const Ctx& ctx, int64_t B, int64_t C, const float* mix, float* spec) {
+    ArenaScope scope(*ctx.arena);
+    const int64_t T = frames_, bins = nfft_ / 2, transforms = B * C * T;
+    Plan& p = plan(CUFFT_R2C, transforms);
+    float* frames = ctx.arena->alloc<float>(transforms * nfft_);
+    cufftComplex* cplx = ctx.arena->alloc<cufftComplex>(transforms * (bins + 1));
+    void* work = ctx.arena->alloc_bytes(std::max<size_t>(p.work, 1));
+    if (ctx.dry) return;
+    const int64_t pad = hop_ / 2 * 3, padded_len = T * hop_ + 2 * pad;
+    stft_frames_kernel<<<grid_for(transforms * nfft_), kThreads, 0, ctx.stream>>>(
+        mix, frames, window_.as<float>(), B * C, length_, T, nfft_, hop_, pad, padded_len);
+    FD_LAUNCH_CHECK();
+    FD_CUFFT(cufftSetStream(p.handle, ctx.stream));
+    FD_CUFFT(cufftSetWorkArea(p.handle, work));
+    FD_CUFFT(cufftExecR2C(p.handle, frames, cplx));
+    const float norm = float(1.0 / std::sqrt(double(nfft_)));
+    stft_pack_kernel<<<grid_for(B * 2 * C * bins * T), kThreads, 0, ctx.stream>>>(cplx, spec, B, C, bins, T, norm);
+    FD_LAUNCH_CHECK();
+}
+
+void Spectral::istft_add(const Ctx& ctx, int64_t B, int64_t N, const float* z, const double* z_stats,
+                         const float* xt, const double* xt_stats, float* out) {
+    ArenaScope scope(*ctx.arena);
+    const int64_t T = frames_, bins = nfft_ / 2, transforms = B * N * T;
+    Plan& p = plan(CUFFT_C2R, transforms);
+    cufftComplex* cplx = ctx.arena->alloc<cufftComplex>(transforms * (bins + 1));
+    float* frames = ctx.arena->alloc<float>(transforms * nfft_);
+    void* work = ctx.arena->alloc_bytes(std::max<size_t>(p.work, 1));
+    if (ctx.dry) return;
+    istft_pack_kernel<<<grid_for(transforms * (bins + 1)), kThreads, 0, ctx.stream>>>(z, cplx, z_stats, B, N, bins,
+                                                                                        T);
+    FD_LAUNCH_CHECK();
+    FD_CUFFT(cufftSetStream(p.handle, ctx.stream));
+    FD_CUFFT(cufftSetWorkArea(p.handle, work));
+    FD_CUFFT(cufftExecC2R(p.handle, cplx, frames));
+    const float norm = float(1.0 / std::sqrt(double(nfft_)));
+    istft_ola_add_kernel<<<grid_for(B * N * length_), kThreads, 0, ctx.stream>>>(
+        frames, window_.as<float>(), envelope_.as<double>(), xt, xt_stats, out, B, N, length_, T, nfft_, hop_,
+        offset_, norm);
+    FD_LAUNCH_CHECK();
+}
+
+}  // namespace fastdemucs::cuda

@@ -1,0 +1,41 @@
+// The model's weights on the device, uploaded once per backend: every
+// tensor in float32 (norms, biases, scales, tables), plus the GEMM operands
+// (conv, transposed-conv and linear weights) in the backend's operand type,
+// plus a per-tap copy [kh * kw][cout][cin] of the stride-1 multi-tap conv
+// weights (rewrite, DConv) for the shifted-GEMM convolution.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "cuda/common.h"
+#include "model/model.h"
+
+namespace fastdemucs::cuda {
+
+class DeviceWeights {
+public:
+    DeviceWeights(const HTDemucsModel& model, DType gemm);
+
+    const float* f32(const std::string& name) const;
+    const void* gemm(const std::string& name) const;  // original layout, operand type
+    const void* taps(const std::string& name) const;  // per-tap layout, operand type
+    bool has_taps(const std::string& name) const { return entry(name).taps >= 0; }
+    const std::vector<int64_t>& shape(const std::string& name) const;
+    DType dtype() const { return dtype_; }
+    size_t bytes() const { return f32_.bytes() + gemm_.bytes(); }
+
+private:
+    struct Entry {
+        int64_t f32 = -1, gemm = -1, taps = -1;  // element offsets; -1 = absent
+        std::vector<int64_t> shape;
+    };
+    const Entry& entry(const std::string& name) const;
+
+    DType dtype_;
+    std::map<std::string, Entry> entries_;
+    DeviceBuffer f32_, gemm_;
+};
+
+}  // namespace fastdemucs::cuda

@@ -1,0 +1,54 @@
+// Internal to src/io: the decoders and encoders behind audio_file.h.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "io/audio_file.h"
+
+namespace fastdemucs {
+namespace io_detail {
+
+// Decoders: true and `out` filled on success, else false with `error` set
+// (a short reason, without the path).
+bool decode_with_sndfile(const std::string& path, Audio& out, std::string& error);
+#ifdef FASTDEMUCS_WITH_FFMPEG
+bool decode_with_ffmpeg(const std::string& path, Audio& out, std::string& error);
+#endif
+
+// Encodes MP3 into `file_path` (an already created, empty temporary file).
+// Errors name `final_path`.
+void encode_mp3(const std::string& file_path, const std::string& final_path, const float* data, int channels,
+                int64_t samples, int samplerate, const WriteParams& params);
+
+inline float peak_abs(const float* data, int64_t n) {
+    float peak = 0.0f;
+    for (int64_t i = 0; i < n; ++i) peak = std::max(peak, std::fabs(data[i]));
+    return peak;
+}
+
+// The official prevent_clip, in float32 like the torch code: rescale divides
+// the whole signal by max(1.01 * peak, 1); clamp limits to [-0.99, 0.99].
+class ClipTransform {
+public:
+    ClipTransform(ClipMode mode, const float* data, int64_t n) : mode_(mode) {
+        if (mode_ == ClipMode::Rescale) divisor_ = std::max(1.01f * peak_abs(data, n), 1.0f);
+    }
+    float operator()(float x) const {
+        switch (mode_) {
+            case ClipMode::Rescale: return x / divisor_;
+            case ClipMode::Clamp: return std::min(std::max(x, -0.99f), 0.99f);
+            case ClipMode::None: break;
+        }
+        return x;
+    }
+
+private:
+    ClipMode mode_;
+    float divisor_ = 1.0f;
+};
+
+}  // namespace io_detail
+}  // namespace fastdemucs

@@ -1,0 +1,339 @@
+// Unit tests of the CUDA backend's building blocks against host references
+// in double: attention (both paths, every operand type), the convolution
+// paths (1x1, shifted multi-tap, strided im2col with zero extension,
+// transposed with crop), GroupNorm per row, LayerNorm, segment statistics.
+// They pinpoint a broken kernel faster than the block-by-block forward test.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "cuda/arena.h"
+#include "cuda/attention.h"
+#include "cuda/common.h"
+#include "cuda/conv.h"
+#include "cuda/kernels.h"
+#include "engine/backend.h"
+#include "test_support.h"
+
+using namespace fastdemucs;
+using namespace fastdemucs::cuda;
+
+namespace {
+
+struct Gpu {
+    cudaStream_t stream = nullptr;
+    cublasHandle_t blas = nullptr;
+    DeviceBuffer memory;
+    Arena arena;
+    Gpu() {
+        FD_CUDA(cudaSetDevice(0));
+        FD_CUDA(cudaStreamCreate(&stream));
+        FD_CUBLAS(cublasCreate(&blas));
+        FD_CUBLAS(cublasSetStream(blas, stream));
+        memory = DeviceBuffer(size_t(256) << 20, "the test arena");
+        arena.bind(memory.get(), memory.bytes());
+    }
+    ~Gpu() {
+        cudaStreamSynchronize(stream);
+        cublasDestroy(blas);
+        cudaStreamDestroy(stream);
+    }
+    Ctx ctx(DType t = DType::F32, bool fused = true) {
+        Ctx c;
+        c.stream = stream, c.blas = blas, c.gemm = t, c.arena = &arena, c.fused_attention = fused;
+        return c;
+    }
+    template <typename T>
+    T* put(const std::vector<T>& host) {
+        T* d = arena.alloc<T>(int64_t(host.size()));
+        FD_CUDA(cudaMemcpy(d, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+        return d;
+    }
+    template <typename T>
+    std::vector<T> get(const T* d, size_t n) {
+        FD_CUDA(cudaStreamSynchronize(stream));
+        std::vector<T> h(n);
+        FD_CUDA(cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
+        return h;
+    }
+};
+
+// Values k / 64 with |k| <= 96: exact in float16 and bfloat16 too.
+std::vector<float> exact_random(size_t n, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::uniform_int_distribution<int> pick(-96, 96);
+    std::vector<float> v(n);
+    for (auto& x : v) x = float(pick(rng)) / 64.0f;
+    return v;
+}
+
+std::vector<float> random(size_t n, uint32_t seed, float scale = 1.0f, float shift = 0.0f) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> d(0.0f, 1.0f);
+    std::vector<float> v(n);
+    for (auto& x : v) x = shift + scale * d(rng);
+    return v;
+}
+
+double rel(const std::vector<float>& got, const std::vector<double>& ref) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < ref.size(); i++) {
+        num += (got[i] - ref[i]) * (got[i] - ref[i]);
+        den += ref[i] * ref[i];
+    }
+    return std::sqrt(num / den);
+}
+
+// Device copy of float data in operand type t (exact for exact_random values).
+void* put_as(Gpu& g, const std::vector<float>& host, DType t) {
+    float* f = g.put(host);
+    if (t == DType::F32) return f;
+    void* d = g.arena.alloc_bytes(host.size() * dtype_bytes(t));
+    convert(g.ctx(), f, d, t, int64_t(host.size()));
+    return d;
+}
+
+std::vector<float> get_as(Gpu& g, const void* d, DType t, size_t n) {
+    if (t == DType::F32) return g.get(static_cast<const float*>(d), n);
+    // Back to float through the attention-free path: convert is one-way, so read raw bits.
+    std::vector<uint16_t> raw = g.get(static_cast<const uint16_t*>(d), n);
+    std::vector<float> out(n);
+    for (size_t i = 0; i < n; i++) {
+        uint32_t bits;
+        if (t == DType::BF16) {
+            bits = uint32_t(raw[i]) << 16;
+        } else {  // IEEE half -> float
+            const uint32_t h = raw[i], sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+            if (exp == 0) {
+                const float v = std::ldexp(float(man), -24);
+                out[i] = sign ? -v : v;
+                continue;
+            }
+            bits = exp == 31 ? (sign | 0x7f800000u | (man << 13)) : (sign | ((exp + 112) << 23) | (man << 13));
+        }
+        std::memcpy(&out[i], &bits, 4);
+    }
+    return out;
+}
+
+void attention_case(DType t, bool fused, int heads, int dh) {
+    Gpu g;
+    const int64_t B = 2, N = 131, M = 77, C = int64_t(heads) * dh, ldq = 3 * C, ldkv = 2 * C;
+    const std::vector<float> q = exact_random(size_t(B * N * ldq), 1), kv = exact_random(size_t(B * M * ldkv), 2);
+    AttentionArgs a;
+    a.q = put_as(g, q, t), a.ldq = ldq;
+    a.k = put_as(g, kv, t), a.v = offset(a.k, C, t), a.ldkv = ldkv;
+    a.out = g.arena.alloc_bytes(size_t(B * N * C) * dtype_bytes(t)), a.ldo = C;
+    a.B = B, a.N = N, a.M = M, a.heads = heads, a.dh = dh;
+    attention(g.ctx(t, fused), a);
+    const std::vector<float> got = get_as(g, a.out, t, size_t(B * N * C));
+
+    std::vector<double> ref(size_t(B * N * C));
+    const double scale = 1.0 / std::sqrt(double(dh));
+    std::vector<double> s(M);
+    for (int64_t b = 0; b < B; b++)
+        for (int h = 0; h < heads; h++)
+            for (int64_t n = 0; n < N; n++) {
+                double mx = -1e300;
+                for (int64_t m = 0; m < M; m++) {
+                    double dot = 0;
+                    for (int d = 0; d < dh; d++)
+                        dot += double(q[(b * N + n) * ldq + h * dh + d]) * kv[(b * M + m) * ldkv + h * dh + d];
+                    s[m] = dot * scale;
+                    mx = std::max(mx, s[m]);
+                }
+                double sum = 0;
+                for (auto& v : s) sum += (v = std::exp(v - mx));
+                for (int d = 0; d < dh; d++) {
+                    double o = 0;
+                    for (int64_t m = 0; m < M; m++) o += s[m] / sum * kv[(b * M + m) * ldkv + C + h * dh + d];
+                    ref[(b * N + n) * C + h * dh + d] = o;
+                }
+            }
+    const double tol = t == DType::F32 ? 2e-6 : t == DType::F16 ? 3e-3 : 2e-2;
+    EXPECT_LE(rel(got, ref), tol) << dtype_name(t) << (fused ? " fused" : " cublas") << " dh " << dh;
+}
+
+// Host conv2d in double: x [B, Cin, H, W] zero-extended to width Wl.
+std::vector<double> conv_ref(const std::vector<float>& x, const std::vector<float>& w, const std::vector<float>& bias,
+                             int64_t B, int64_t Cin, int64_t H, int64_t W, int64_t Wl, int cout, const ConvGeom& g,
+                             int64_t Ho, int64_t Wo) {
+    std::vector<double> out(size_t(B * cout * Ho * Wo));
+    for (int64_t b = 0; b < B; b++)
+        for (int co = 0; co < cout; co++)
+            for (int64_t ho = 0; ho < Ho; ho++)
+                for (int64_t wo = 0; wo < Wo; wo++) {
+                    double acc = bias[co];
+                    for (int64_t ci = 0; ci < Cin; ci++)
+                        for (int i = 0; i < g.kh; i++)
+                            for (int j = 0; j < g.kw; j++) {
+                                const int64_t h = ho * g.sh + i * g.dh - g.ph, ww = wo * g.sw + j * g.dw - g.pw;
+                                if (h < 0 || h >= H || ww < 0 || ww >= W || ww >= Wl) continue;
+                                acc += double(w[((co * Cin + ci) * g.kh + i) * g.kw + j]) *
+                                       x[((b * Cin + ci) * H + h) * W + ww];
+                            }
+                    out[((b * cout + co) * Ho + ho) * Wo + wo] = acc;
+                }
+    return out;
+}
+
+void conv_case(int kh, int kw, ConvGeom g, int64_t extra_w) {
+    Gpu gpu;
+    const int64_t B = 2, Cin = 5, H = 9, W = 23, Wl = W + extra_w;
+    const int cout = 7;
+    g.kh = kh, g.kw = kw;
+    const std::vector<float> x = random(size_t(B * Cin * H * W), 3);
+    const std::vector<float> w = random(size_t(cout * Cin * kh * kw), 4, 0.3f);
+    const std::vector<float> bias = random(size_t(cout), 5);
+    std::vector<float> taps(w.size());
+    const int64_t nt = int64_t(kh) * kw;
+    for (int co = 0; co < cout; co++)
+        for (int64_t ci = 0; ci < Cin; ci++)
+            for (int64_t t = 0; t < nt; t++) taps[(t * cout + co) * Cin + ci] = w[(co * Cin + ci) * nt + t];
+    ConvWeight cw;
+    cw.w = gpu.put(w), cw.taps = gpu.put(taps), cw.bias = gpu.put(bias);
+    cw.cout = cout, cw.cin = int(Cin), cw.kh = kh, cw.kw = kw;
+    int64_t Ho = 0, Wo = 0;
+    conv_output_size(H, Wl, cw, g, &Ho, &Wo);
+    DTensor in{gpu.put(x), B, Cin, H, W};
+    DTensor out{gpu.arena.alloc<float>(B * cout * Ho * Wo), B, cout, Ho, Wo};
+    conv2d(gpu.ctx(), in, Wl, cw, g, out, Act::None);
+    const auto got = gpu.get(out.p, size_t(out.numel()));
+    const auto ref = conv_ref(x, w, bias, B, Cin, H, W, Wl, cout, g, Ho, Wo);
+    EXPECT_LE(rel(got, ref), 1e-6) << "kernel " << kh << "x" << kw << " stride " << g.sh << "," << g.sw;
+}
+
+}  // namespace
+
+TEST(KernelsCuda, AttentionBothPathsEveryType) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    for (DType t : {DType::F32, DType::F16, DType::BF16})
+        for (bool fused : {true, false})
+            for (int dh : {16, 48}) attention_case(t, fused, 3, dh);
+    attention_case(DType::F32, true, 2, 40);  // unsupported head size: falls back to cuBLAS
+}
+
+TEST(KernelsCuda, ConvolutionPaths) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    conv_case(1, 1, ConvGeom{}, 0);  // direct GEMM
+    ConvGeom dil;
+    dil.pw = 2, dil.dw = 2;
+    conv_case(1, 3, dil, 0);  // DConv: shifted, dilated
+    ConvGeom sq;
+    sq.ph = 1, sq.pw = 1;
+    conv_case(3, 3, sq, 0);  // rewrite 3x3: shifted
+    ConvGeom fs;
+    fs.sh = 4, fs.ph = 2;
+    conv_case(8, 1, fs, 0);  // frequency encoder: im2col
+    ConvGeom ts;
+    ts.sw = 4, ts.pw = 2;
+    conv_case(1, 8, ts, 1);  // time encoder with zero extension to the stride: im2col
+}
+
+TEST(KernelsCuda, TransposedConvolutionWithCrop) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    Gpu gpu;
+    const int64_t B = 2, Cin = 6, H = 5, W = 7;
+    const int cout = 3, kh = 8, kw = 1, sh = 4, sw = 1;
+    const std::vector<float> x = random(size_t(B * Cin * H * W), 6);
+    const std::vector<float> w = random(size_t(Cin * cout * kh * kw), 7, 0.3f);
+    const std::vector<float> bias = random(size_t(cout), 8);
+    ConvWeight cw;
+    cw.w = gpu.put(w), cw.bias = gpu.put(bias), cw.cout = cout, cw.cin = int(Cin), cw.kh = kh, cw.kw = kw;
+    const int64_t Hf = (H - 1) * sh + kh, Wf = (W - 1) * sw + kw, h0 = 2, Hc = Hf - 4;
+    DTensor in{gpu.put(x), B, Cin, H, W};
+    DTensor out{gpu.arena.alloc<float>(B * cout * Hc * Wf), B, cout, Hc, Wf};
+    conv_transpose2d(gpu.ctx(), in, cw, sh, sw, h0, 0, out, Act::None);
+    const auto got = gpu.get(out.p, size_t(out.numel()));
+    std::vector<double> full(size_t(B * cout * Hf * Wf), 0.0);
+    for (int64_t b = 0; b < B; b++)
+        for (int co = 0; co < cout; co++) {
+            for (int64_t i = 0; i < Hf * Wf; i++) full[(b * cout + co) * Hf * Wf + i] = bias[co];
+            for (int64_t ci = 0; ci < Cin; ci++)
+                for (int64_t h = 0; h < H; h++)
+                    for (int64_t ww = 0; ww < W; ww++)
+                        for (int i = 0; i < kh; i++)
+                            for (int j = 0; j < kw; j++)
+                                full[((b * cout + co) * Hf + h * sh + i) * Wf + ww * sw + j] +=
+                                    double(w[((ci * cout + co) * kh + i) * kw + j]) *
+                                    x[((b * Cin + ci) * H + h) * W + ww];
+        }
+    std::vector<double> ref(size_t(B * cout * Hc * Wf));
+    for (int64_t bc = 0; bc < B * cout; bc++)
+        for (int64_t h = 0; h < Hc; h++)
+            for (int64_t ww = 0; ww < Wf; ww++) ref[(bc * Hc + h) * Wf + ww] = full[(bc * Hf + h + h0) * Wf + ww];
+    EXPECT_LE(rel(got, ref), 1e-6);
+}
+
+TEST(KernelsCuda, GroupNormPerRowAndLayerNormAndStats) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    Gpu gpu;
+    // Per-row GroupNorm(1) of [B, C, R, W], as the DConv of the frequency branch.
+    const int64_t B = 2, C = 6, R = 5, W = 37;
+    const std::vector<float> x = random(size_t(B * C * R * W), 9, 2.0f, 3.0f);
+    const std::vector<float> wt = random(size_t(C), 10, 0.2f, 1.0f), bs = random(size_t(C), 11, 0.1f);
+    float* d = gpu.put(x);
+    Segments seg;
+    seg.B = B, seg.C = C, seg.G = 1, seg.R = R, seg.W = W;
+    group_norm(gpu.ctx(), d, seg, gpu.put(wt), gpu.put(bs), 1e-5f, Act::None);
+    const auto got = gpu.get(d, x.size());
+    std::vector<double> ref(x.size());
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t r = 0; r < R; r++) {
+            double sum = 0, var = 0;
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t w = 0; w < W; w++) sum += x[((b * C + c) * R + r) * W + w];
+            const double mean = sum / double(C * W);
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t w = 0; w < W; w++) {
+                    const double v = x[((b * C + c) * R + r) * W + w] - mean;
+                    var += v * v;
+                }
+            const double inv = 1.0 / std::sqrt(var / double(C * W) + 1e-5);
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t w = 0; w < W; w++) {
+                    const int64_t i = ((b * C + c) * R + r) * W + w;
+                    ref[i] = (x[i] - mean) * inv * wt[c] + bs[c];
+                }
+        }
+    EXPECT_LE(rel(got, ref), 1e-6) << "group norm per row";
+
+    // LayerNorm of rows.
+    const int64_t rows = 33, ch = 384;
+    const std::vector<float> t = random(size_t(rows * ch), 12, 1.5f, -0.5f);
+    const std::vector<float> lw = random(size_t(ch), 13, 0.2f, 1.0f), lb = random(size_t(ch), 14, 0.1f);
+    float* dt = gpu.put(t);
+    float* dy = gpu.arena.alloc<float>(rows * ch);
+    layer_norm(gpu.ctx(), dt, dy, DType::F32, rows, ch, gpu.put(lw), gpu.put(lb), 1e-5f);
+    const auto gy = gpu.get(dy, t.size());
+    std::vector<double> ry(t.size());
+    for (int64_t r = 0; r < rows; r++) {
+        double sum = 0, var = 0;
+        for (int64_t c = 0; c < ch; c++) sum += t[r * ch + c];
+        const double mean = sum / ch;
+        for (int64_t c = 0; c < ch; c++) var += (t[r * ch + c] - mean) * (t[r * ch + c] - mean);
+        const double inv = 1.0 / std::sqrt(var / ch + 1e-5);
+        for (int64_t c = 0; c < ch; c++) ry[r * ch + c] = (t[r * ch + c] - mean) * inv * lw[c] + lb[c];
+    }
+    EXPECT_LE(rel(gy, ry), 1e-6) << "layer norm";
+
+    // Whole-item statistics over many chunks (mean far from zero), unbiased std.
+    const int64_t n = 100003;
+    const std::vector<float> big = random(size_t(2 * n), 15, 0.5f, 40.0f);
+    double* stats = gpu.arena.alloc<double>(4);
+    Segments items;
+    items.B = 2, items.W = n;
+    segment_stats(gpu.ctx(), gpu.put(big), items, Spread::UnbiasedStd, stats, stats + 2);
+    const auto s = gpu.get(stats, 4);
+    for (int b = 0; b < 2; b++) {
+        double sum = 0, var = 0;
+        for (int64_t i = 0; i < n; i++) sum += big[b * n + i];
+        const double mean = sum / n;
+        for (int64_t i = 0; i < n; i++) var += (big[b * n + i] - mean) * (big[b * n + i] - mean);
+        EXPECT_NEAR(s[b], mean, 1e-12 * std::abs(mean));
+        EXPECT_NEAR(s[2 + b], std::sqrt(var / (n - 1)), 1e-10);
+    }
+}
