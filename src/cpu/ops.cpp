@@ -125,28 +125,33 @@ Tensor conv_transpose2d(const Tensor& x, const float* weight, const float* bias,
     const int64_t B = x.dim(0), cin = x.dim(1), H = x.dim(2), W = x.dim(3);
     const int64_t Ho = (H - 1) * sh + kh, Wo = (W - 1) * sw + kw;
     const int64_t rows = int64_t(cout) * kh * kw;
+    // Input positions go through in tiles, so the column buffer stays small
+    // (the outermost decoder's would be 132 MB in one piece).
+    const int64_t positions = H * W, tile = std::min<int64_t>(positions, 1 << 15);
     Tensor out = Tensor::uninitialized({B, cout, Ho, Wo});
-    Storage cols(rows * H * W);
+    Storage cols(rows * tile);
     for (int64_t b = 0; b < B; b++) {
-        // cols[(co, i, j), (h, w)] = sum_ci weight[ci, (co, i, j)] * x[ci, (h, w)]
-        gemm(true, false, rows, H * W, cin, 1.0f, weight, rows, x.ptr() + b * cin * H * W, H * W, 0.0f, cols.data(),
-             H * W);
         float* ob = out.ptr() + b * cout * Ho * Wo;
-        // Overlap-add; parallel over output channels so no two threads write the same cell.
 #pragma omp parallel for schedule(static)
-        for (int64_t co = 0; co < cout; co++) {
-            float* o = ob + co * Ho * Wo;
-            const float bv = bias ? bias[co] : 0.0f;
-            for (int64_t i = 0; i < Ho * Wo; i++) o[i] = bv;
-            for (int64_t i = 0; i < kh; i++)
-                for (int64_t j = 0; j < kw; j++) {
-                    const float* c = cols.data() + ((co * kh + i) * kw + j) * H * W;
-                    for (int64_t h = 0; h < H; h++) {
-                        float* orow = o + (h * sh + i) * Wo + j;
-                        const float* crow = c + h * W;
-                        for (int64_t w = 0; w < W; w++) orow[w * sw] += crow[w];
+        for (int64_t co = 0; co < cout; co++) std::fill_n(ob + co * Ho * Wo, Ho * Wo, bias ? bias[co] : 0.0f);
+        for (int64_t p0 = 0; p0 < positions; p0 += tile) {
+            const int64_t n = std::min(tile, positions - p0);
+            // cols[(co, i, j), p] = sum_ci weight[ci, (co, i, j)] * x[ci, p0 + p]
+            gemm(true, false, rows, n, cin, 1.0f, weight, rows, x.ptr() + b * cin * positions + p0, positions, 0.0f,
+                 cols.data(), n);
+            // Overlap-add; parallel over output channels so no two threads write the same cell.
+#pragma omp parallel for schedule(static)
+            for (int64_t co = 0; co < cout; co++) {
+                float* o = ob + co * Ho * Wo;
+                for (int64_t i = 0; i < kh; i++)
+                    for (int64_t j = 0; j < kw; j++) {
+                        const float* c = cols.data() + ((co * kh + i) * kw + j) * n;
+                        for (int64_t p = 0; p < n; p++) {
+                            const int64_t h = (p0 + p) / W, w = (p0 + p) % W;
+                            o[(h * sh + i) * Wo + w * sw + j] += c[p];
+                        }
                     }
-                }
+            }
         }
     }
     return out;

@@ -14,7 +14,7 @@ struct Pool {
     std::mutex mutex;
     std::multimap<int64_t, float*> free_blocks;
     int64_t pooled_bytes = 0;
-    static constexpr int64_t kMaxPooledBytes = int64_t(256) << 20;
+    static constexpr int64_t kMaxPooledBytes = int64_t(128) << 20;
 
     float* take(int64_t n) {
         {
