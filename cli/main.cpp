@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "export_command.h"
 #include "fastdemucs/fastdemucs.h"
 #include "io/audio_file.h"
 #include "io/temp_file.h"
@@ -485,6 +486,7 @@ int run(int argc, char** argv) {
 
 int main(int argc, char** argv) {
     try {
+        if (fastdemucs_cli::is_export_command(argc, argv)) return fastdemucs_cli::run_export(argc, argv);
         return fastdemucs_cli::run(argc, argv);
     } catch (const std::bad_alloc&) {
         fastdemucs_cli::report_error("out of memory");

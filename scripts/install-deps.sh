@@ -7,6 +7,7 @@ packages=(
   libopenblas-openmp-dev libfftw3-dev libzip-dev libyaml-cpp-dev libssl-dev
   libsndfile1-dev libcli11-dev libgtest-dev libcurl4-openssl-dev python3
   libsoxr-dev libmp3lame-dev libavformat-dev libavcodec-dev libavutil-dev ffmpeg
+  libonnx-dev libprotobuf-dev protobuf-compiler
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -16,4 +17,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+
+# The ONNX export tests run the exported model with ONNX Runtime (CPU) from
+# PyPI; they skip themselves when it cannot be installed (no network).
+if ! python3 -c "import onnxruntime, numpy" 2>/dev/null; then
+  python3 -m pip install --quiet onnxruntime numpy 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages onnxruntime numpy ||
+    echo "install-deps: could not install onnxruntime (the ONNX export tests will skip)" >&2
 fi
