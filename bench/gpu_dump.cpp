@@ -9,6 +9,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -57,10 +58,12 @@ int main(int argc, char** argv) {
             {"fp32", Precision::Fp32}, {"fp16", Precision::Fp16}, {"bf16", Precision::Bf16}};
         for (const auto& [name, precision] : precisions) {
             const bool half = precision != Precision::Fp32;
-            auto backend = make_cuda_backend(model, 0, precision);
-            std::vector<float> stems(int64_t(S) * C * mix3.samples);
-            backend->forward(mix3.data.data(), 1, mix3.samples, stems.data());
-            write_npy(out + "/forward_3s_" + name + ".npy", stems.data(), {S, C, mix3.samples}, false);
+            if (!std::getenv("GPU_DUMP_NO_FORWARD")) {
+                auto backend = make_cuda_backend(model, 0, precision);
+                std::vector<float> stems(int64_t(S) * C * mix3.samples);
+                backend->forward(mix3.data.data(), 1, mix3.samples, stems.data());
+                write_npy(out + "/forward_3s_" + name + ".npy", stems.data(), {S, C, mix3.samples}, false);
+            }
 
             LoadParams load = load_default_params();
             load.checkpoint = checkpoint;

@@ -41,9 +41,10 @@ struct Gpu {
         cublasDestroy(blas);
         cudaStreamDestroy(stream);
     }
-    Ctx ctx(DType t = DType::F32, bool fused = true) {
+    Ctx ctx(DType t = DType::F32, bool fused = true, bool tensor_cores = true, bool shifted_conv = false) {
         Ctx c;
         c.stream = stream, c.blas = blas, c.gemm = t, c.arena = &arena, c.fused_attention = fused;
+        c.tensor_core_attention = tensor_cores, c.shifted_conv = shifted_conv;
         return c;
     }
     template <typename T>
@@ -119,16 +120,17 @@ std::vector<float> get_as(Gpu& g, const void* d, DType t, size_t n) {
     return out;
 }
 
-void attention_case(DType t, bool fused, int heads, int dh) {
+void attention_case(DType t, bool fused, int heads, int dh, bool tensor_cores = true, int64_t N = 131,
+                    int64_t M = 77) {
     Gpu g;
-    const int64_t B = 2, N = 131, M = 77, C = int64_t(heads) * dh, ldq = 3 * C, ldkv = 2 * C;
+    const int64_t B = 2, C = int64_t(heads) * dh, ldq = 3 * C, ldkv = 2 * C;
     const std::vector<float> q = exact_random(size_t(B * N * ldq), 1), kv = exact_random(size_t(B * M * ldkv), 2);
     AttentionArgs a;
     a.q = put_as(g, q, t), a.ldq = ldq;
     a.k = put_as(g, kv, t), a.v = offset(a.k, C, t), a.ldkv = ldkv;
     a.out = g.arena.alloc_bytes(size_t(B * N * C) * dtype_bytes(t)), a.ldo = C;
     a.B = B, a.N = N, a.M = M, a.heads = heads, a.dh = dh;
-    attention(g.ctx(t, fused), a);
+    attention(g.ctx(t, fused, tensor_cores), a);
     const std::vector<float> got = get_as(g, a.out, t, size_t(B * N * C));
 
     std::vector<double> ref(size_t(B * N * C));
@@ -154,7 +156,8 @@ void attention_case(DType t, bool fused, int heads, int dh) {
                 }
             }
     const double tol = t == DType::F32 ? 2e-6 : t == DType::F16 ? 3e-3 : 2e-2;
-    EXPECT_LE(rel(got, ref), tol) << dtype_name(t) << (fused ? " fused" : " cublas") << " dh " << dh;
+    EXPECT_LE(rel(got, ref), tol) << dtype_name(t) << (fused ? (tensor_cores ? " fused" : " fused simt") : " cublas")
+                                  << " dh " << dh << " N " << N << " M " << M;
 }
 
 // Host conv2d in double: x [B, Cin, H, W] zero-extended to width Wl.
@@ -180,13 +183,16 @@ std::vector<double> conv_ref(const std::vector<float>& x, const std::vector<floa
     return out;
 }
 
-void conv_case(int kh, int kw, ConvGeom g, int64_t extra_w) {
+// Reduced-precision operands use exactly representable values: the result is exact in float32 too.
+void conv_case(int kh, int kw, ConvGeom g, int64_t extra_w, bool shifted = false, DType t = DType::F32) {
     Gpu gpu;
     const int64_t B = 2, Cin = 5, H = 9, W = 23, Wl = W + extra_w;
     const int cout = 7;
     g.kh = kh, g.kw = kw;
-    const std::vector<float> x = random(size_t(B * Cin * H * W), 3);
-    const std::vector<float> w = random(size_t(cout * Cin * kh * kw), 4, 0.3f);
+    const std::vector<float> x = t == DType::F32 ? random(size_t(B * Cin * H * W), 3)
+                                                 : exact_random(size_t(B * Cin * H * W), 3);
+    const std::vector<float> w = t == DType::F32 ? random(size_t(cout * Cin * kh * kw), 4, 0.3f)
+                                                 : exact_random(size_t(cout * Cin * kh * kw), 4);
     const std::vector<float> bias = random(size_t(cout), 5);
     std::vector<float> taps(w.size());
     const int64_t nt = int64_t(kh) * kw;
@@ -194,16 +200,17 @@ void conv_case(int kh, int kw, ConvGeom g, int64_t extra_w) {
         for (int64_t ci = 0; ci < Cin; ci++)
             for (int64_t t = 0; t < nt; t++) taps[(t * cout + co) * Cin + ci] = w[(co * Cin + ci) * nt + t];
     ConvWeight cw;
-    cw.w = gpu.put(w), cw.taps = gpu.put(taps), cw.bias = gpu.put(bias);
+    cw.w = put_as(gpu, w, t), cw.taps = put_as(gpu, taps, t), cw.bias = gpu.put(bias);
     cw.cout = cout, cw.cin = int(Cin), cw.kh = kh, cw.kw = kw;
     int64_t Ho = 0, Wo = 0;
     conv_output_size(H, Wl, cw, g, &Ho, &Wo);
     DTensor in{gpu.put(x), B, Cin, H, W};
     DTensor out{gpu.arena.alloc<float>(B * cout * Ho * Wo), B, cout, Ho, Wo};
-    conv2d(gpu.ctx(), in, Wl, cw, g, out, Act::None);
+    conv2d(gpu.ctx(t, true, true, shifted), in, Wl, cw, g, out, Act::None);
     const auto got = gpu.get(out.p, size_t(out.numel()));
     const auto ref = conv_ref(x, w, bias, B, Cin, H, W, Wl, cout, g, Ho, Wo);
-    EXPECT_LE(rel(got, ref), 1e-6) << "kernel " << kh << "x" << kw << " stride " << g.sh << "," << g.sw;
+    EXPECT_LE(rel(got, ref), 1e-6) << "kernel " << kh << "x" << kw << " stride " << g.sh << "," << g.sw
+                                   << (shifted ? " shifted" : "") << " " << dtype_name(t);
 }
 
 }  // namespace
@@ -212,8 +219,12 @@ TEST(KernelsCuda, AttentionBothPathsEveryType) {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
     for (DType t : {DType::F32, DType::F16, DType::BF16})
         for (bool fused : {true, false})
-            for (int dh : {16, 48}) attention_case(t, fused, 3, dh);
+            for (int dh : {16, 32, 48, 64}) attention_case(t, fused, 3, dh);
     attention_case(DType::F32, true, 2, 40);  // unsupported head size: falls back to cuBLAS
+    // Several key tiles, partial query and key tiles, both fused kernels.
+    for (DType t : {DType::F16, DType::BF16})
+        for (bool tensor_cores : {true, false}) attention_case(t, true, 2, 64, tensor_cores, 300, 200);
+    attention_case(DType::F16, true, 8, 64, true, 64, 129);
 }
 
 TEST(KernelsCuda, ConvolutionPaths) {
@@ -221,51 +232,63 @@ TEST(KernelsCuda, ConvolutionPaths) {
     conv_case(1, 1, ConvGeom{}, 0);  // direct GEMM
     ConvGeom dil;
     dil.pw = 2, dil.dw = 2;
-    conv_case(1, 3, dil, 0);  // DConv: shifted, dilated
     ConvGeom sq;
     sq.ph = 1, sq.pw = 1;
-    conv_case(3, 3, sq, 0);  // rewrite 3x3: shifted
+    for (bool shifted : {false, true}) {
+        conv_case(1, 3, dil, 0, shifted);  // DConv: dilated (im2col, or shifted GEMMs)
+        conv_case(3, 3, sq, 0, shifted);   // rewrite 3x3
+    }
     ConvGeom fs;
     fs.sh = 4, fs.ph = 2;
     conv_case(8, 1, fs, 0);  // frequency encoder: im2col
     ConvGeom ts;
     ts.sw = 4, ts.pw = 2;
     conv_case(1, 8, ts, 1);  // time encoder with zero extension to the stride: im2col
+    // Reduced precision: operand rows padded to 16 bytes (odd widths), output cropped.
+    for (DType t : {DType::F16, DType::BF16}) {
+        conv_case(1, 1, ConvGeom{}, 0, false, t);
+        conv_case(3, 3, sq, 0, false, t);
+        conv_case(1, 8, ts, 1, false, t);
+    }
 }
 
 TEST(KernelsCuda, TransposedConvolutionWithCrop) {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
-    Gpu gpu;
-    const int64_t B = 2, Cin = 6, H = 5, W = 7;
-    const int cout = 3, kh = 8, kw = 1, sh = 4, sw = 1;
-    const std::vector<float> x = random(size_t(B * Cin * H * W), 6);
-    const std::vector<float> w = random(size_t(Cin * cout * kh * kw), 7, 0.3f);
-    const std::vector<float> bias = random(size_t(cout), 8);
-    ConvWeight cw;
-    cw.w = gpu.put(w), cw.bias = gpu.put(bias), cw.cout = cout, cw.cin = int(Cin), cw.kh = kh, cw.kw = kw;
-    const int64_t Hf = (H - 1) * sh + kh, Wf = (W - 1) * sw + kw, h0 = 2, Hc = Hf - 4;
-    DTensor in{gpu.put(x), B, Cin, H, W};
-    DTensor out{gpu.arena.alloc<float>(B * cout * Hc * Wf), B, cout, Hc, Wf};
-    conv_transpose2d(gpu.ctx(), in, cw, sh, sw, h0, 0, out, Act::None);
-    const auto got = gpu.get(out.p, size_t(out.numel()));
-    std::vector<double> full(size_t(B * cout * Hf * Wf), 0.0);
-    for (int64_t b = 0; b < B; b++)
-        for (int co = 0; co < cout; co++) {
-            for (int64_t i = 0; i < Hf * Wf; i++) full[(b * cout + co) * Hf * Wf + i] = bias[co];
-            for (int64_t ci = 0; ci < Cin; ci++)
-                for (int64_t h = 0; h < H; h++)
-                    for (int64_t ww = 0; ww < W; ww++)
-                        for (int i = 0; i < kh; i++)
-                            for (int j = 0; j < kw; j++)
-                                full[((b * cout + co) * Hf + h * sh + i) * Wf + ww * sw + j] +=
-                                    double(w[((ci * cout + co) * kh + i) * kw + j]) *
-                                    x[((b * Cin + ci) * H + h) * W + ww];
-        }
-    std::vector<double> ref(size_t(B * cout * Hc * Wf));
-    for (int64_t bc = 0; bc < B * cout; bc++)
-        for (int64_t h = 0; h < Hc; h++)
-            for (int64_t ww = 0; ww < Wf; ww++) ref[(bc * Hc + h) * Wf + ww] = full[(bc * Hf + h + h0) * Wf + ww];
-    EXPECT_LE(rel(got, ref), 1e-6);
+    for (DType t : {DType::F32, DType::F16}) {
+        Gpu gpu;
+        const int64_t B = 2, Cin = 6, H = 5, W = 7;
+        const int cout = 3, kh = 8, kw = 1, sh = 4, sw = 1;
+        const std::vector<float> x = t == DType::F32 ? random(size_t(B * Cin * H * W), 6)
+                                                     : exact_random(size_t(B * Cin * H * W), 6);
+        const std::vector<float> w = t == DType::F32 ? random(size_t(Cin * cout * kh * kw), 7, 0.3f)
+                                                     : exact_random(size_t(Cin * cout * kh * kw), 7);
+        const std::vector<float> bias = random(size_t(cout), 8);
+        ConvWeight cw;
+        cw.w = put_as(gpu, w, t), cw.bias = gpu.put(bias), cw.cout = cout, cw.cin = int(Cin), cw.kh = kh, cw.kw = kw;
+        const int64_t Hf = (H - 1) * sh + kh, Wf = (W - 1) * sw + kw, h0 = 2, Hc = Hf - 4;
+        DTensor in{gpu.put(x), B, Cin, H, W};
+        DTensor out{gpu.arena.alloc<float>(B * cout * Hc * Wf), B, cout, Hc, Wf};
+        conv_transpose2d(gpu.ctx(t), in, cw, sh, sw, h0, 0, out, Act::None);
+        const auto got = gpu.get(out.p, size_t(out.numel()));
+        std::vector<double> full(size_t(B * cout * Hf * Wf), 0.0);
+        for (int64_t b = 0; b < B; b++)
+            for (int co = 0; co < cout; co++) {
+                for (int64_t i = 0; i < Hf * Wf; i++) full[(b * cout + co) * Hf * Wf + i] = bias[co];
+                for (int64_t ci = 0; ci < Cin; ci++)
+                    for (int64_t h = 0; h < H; h++)
+                        for (int64_t ww = 0; ww < W; ww++)
+                            for (int i = 0; i < kh; i++)
+                                for (int j = 0; j < kw; j++)
+                                    full[((b * cout + co) * Hf + h * sh + i) * Wf + ww * sw + j] +=
+                                        double(w[((ci * cout + co) * kh + i) * kw + j]) *
+                                        x[((b * Cin + ci) * H + h) * W + ww];
+            }
+        std::vector<double> ref(size_t(B * cout * Hc * Wf));
+        for (int64_t bc = 0; bc < B * cout; bc++)
+            for (int64_t h = 0; h < Hc; h++)
+                for (int64_t ww = 0; ww < Wf; ww++) ref[(bc * Hc + h) * Wf + ww] = full[(bc * Hf + h + h0) * Wf + ww];
+        EXPECT_LE(rel(got, ref), 1e-6) << dtype_name(t);
+    }
 }
 
 TEST(KernelsCuda, GroupNormPerRowAndLayerNormAndStats) {

@@ -1,12 +1,19 @@
 // The official command path (normalise, apply_model with split and overlap,
 // bags) through the public API on the CUDA backend, in every precision,
-// against the fixtures' float64 references. Skips itself without a GPU.
+// against the fixtures' float64 references; these run the whole-track GPU
+// path (ModelBackend::separate_track). The TrackPath tests check that path
+// against the host path of engine/apply (FASTDEMUCS_HOST_APPLY=1) with the
+// same backend: shifts, segment override, overlap, no split, long tracks
+// with a partial last batch, bags, progress. Skips itself without a GPU.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 
+#include "engine/apply.h"
 #include "engine/backend.h"
+#include "model/model.h"
 #include "fastdemucs/fastdemucs.h"
 #include "io/audio_file.h"
 #include "test_support.h"
@@ -81,6 +88,62 @@ void full6s_12s(Precision precision) {
     expect_stems_match(sep->separate(mix, no_shift(0.25)), ref, precision, "full6s 12s");
 }
 
+// Sets an environment variable for the lifetime of the object.
+struct ScopedEnv {
+    std::string name;
+    ScopedEnv(const std::string& n, const std::string& value) : name(n) { setenv(n.c_str(), value.c_str(), 1); }
+    ~ScopedEnv() { unsetenv(name.c_str()); }
+};
+
+// The GPU path must reproduce the host path around the same forward: the
+// chunk batches may differ (the last batch of a view), nothing else.
+constexpr double kTrackVsHost = 1e-5;
+
+// `seconds` of audio from a mix: its repetitions, each with its own gain and
+// sign so that no two chunks see the same samples.
+Audio tiled(const Audio& mix, double seconds) {
+    Audio out;
+    out.channels = mix.channels;
+    out.samplerate = mix.samplerate;
+    out.samples = static_cast<int64_t>(seconds * mix.samplerate);
+    out.data.resize(size_t(out.channels) * out.samples);
+    for (int c = 0; c < out.channels; c++)
+        for (int64_t t = 0; t < out.samples; t++) {
+            const int64_t rep = t / mix.samples;
+            const float gain = (rep % 2 ? -1.0f : 1.0f) * (0.6f + 0.1f * float(rep % 5));
+            out.data[size_t(c) * out.samples + t] = gain * mix.channel(c)[t % mix.samples];
+        }
+    return out;
+}
+
+Audio head(const Audio& mix, double seconds) {
+    Audio out = mix;
+    out.samples = std::min<int64_t>(mix.samples, static_cast<int64_t>(seconds * mix.samplerate));
+    out.data.clear();
+    for (int c = 0; c < mix.channels; c++)
+        out.data.insert(out.data.end(), mix.channel(c), mix.channel(c) + out.samples);
+    return out;
+}
+
+// Separates with the GPU track path and with the host path; expects them equal to kTrackVsHost.
+void expect_track_equals_host(const Separator& sep, const Audio& mix, const SeparateParams& p,
+                              const std::string& what, double tol = kTrackVsHost) {
+    Stems gpu = sep.separate(mix, p);
+    Stems host;
+    {
+        ScopedEnv env("FASTDEMUCS_HOST_APPLY", "1");
+        host = sep.separate(mix, p);
+    }
+    ASSERT_EQ(gpu.data.size(), host.data.size());
+    ASSERT_EQ(gpu.data.size(), size_t(sep.sources().size()) * mix.channels * mix.samples);
+    const int64_t per_stem = gpu.channels * gpu.samples;
+    for (size_t s = 0; s < gpu.names.size(); s++) {
+        const double rel = testing_support::relative_l2(gpu.stem(s), host.stem(s), per_stem);
+        std::cout << "[ track    ] " << what << " " << gpu.names[s] << ": relative " << rel << "\n";
+        EXPECT_LE(rel, tol) << what << " " << gpu.names[s];
+    }
+}
+
 }  // namespace
 
 TEST(SeparateCuda, TinyOverlap25Fp32) {
@@ -138,4 +201,134 @@ TEST(SeparateCuda, Full6sCommandPath12sBf16) {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
     REQUIRE_FIXTURES("full6s/full6s-86db6bad.th", "full6s/full6s.yaml", "full6s/mix_12s.wav", "full6s/full6s_separate_12s.sources0-2.npy", "full6s/full6s_separate_12s.sources3-5.npy");
     full6s_12s(Precision::Bf16);
+}
+
+TEST(SeparateCuda, TrackPathEqualsHostPathShifts) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    REQUIRE_FIXTURES("tiny/0d0b2025.th", "tiny/tiny.yaml", "tiny/mix_4s.wav");
+    auto sep = load("tiny", "tiny", Precision::Fp32);
+    Audio mix = read_audio(testing_support::fixture("tiny/mix_4s.wav"));
+    SeparateParams p = no_shift(0.25);
+    p.shifts = 2;
+    p.seed = 7;
+    expect_track_equals_host(*sep, mix, p, "tiny shifts 2");
+    p.shifts = 1;
+    p.seed = 3;
+    expect_track_equals_host(*sep, mix, p, "tiny shifts 1");
+    p.shifts = 3;
+    p.normalize = false;
+    expect_track_equals_host(*sep, mix, p, "tiny shifts 3 unnormalised");
+}
+
+TEST(SeparateCuda, TrackPathEqualsHostPathSegmentAndOverlap) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    REQUIRE_FIXTURES("tiny/0d0b2025.th", "tiny/tiny.yaml", "tiny/mix_4s.wav");
+    auto sep = load("tiny", "tiny", Precision::Fp32);
+    Audio mix = read_audio(testing_support::fixture("tiny/mix_4s.wav"));
+    SeparateParams p = no_shift(0.5);
+    expect_track_equals_host(*sep, mix, p, "tiny overlap 0.5");
+    p.segment = 1.0;  // each 1 s chunk zero-padded to the model's 2 s
+    expect_track_equals_host(*sep, mix, p, "tiny segment 1 s overlap 0.5");
+    p.overlap = 0.25;
+    p.shifts = 2;
+    p.seed = 11;
+    p.transition_power = 2.0;
+    expect_track_equals_host(*sep, mix, p, "tiny segment 1 s shifts 2 power 2");
+    p.segment = 1.3;  // an odd chunk length: centre trims with an odd difference
+    p.overlap = 0.1;
+    expect_track_equals_host(*sep, mix, p, "tiny segment 1.3 s overlap 0.1");
+}
+
+TEST(SeparateCuda, TrackPathEqualsHostPathNoSplit) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    REQUIRE_FIXTURES("tiny/0d0b2025.th", "tiny/tiny.yaml", "tiny/mix_4s.wav");
+    auto sep = load("tiny", "tiny", Precision::Fp32);
+    Audio mix = head(read_audio(testing_support::fixture("tiny/mix_4s.wav")), 1.5);
+    SeparateParams p = no_shift(0.25);
+    p.split = false;
+    expect_track_equals_host(*sep, mix, p, "tiny no split");
+    p.shifts = 1;  // 1.5 s + up to 0.5 s of shift padding still fits the 2 s segment
+    p.seed = 5;
+    expect_track_equals_host(*sep, mix, p, "tiny no split shifts 1");
+    Audio longer = head(read_audio(testing_support::fixture("tiny/mix_4s.wav")), 2.5);
+    EXPECT_THROW(sep->separate(longer, p), Error);
+}
+
+TEST(SeparateCuda, TrackPathEqualsHostPathLongTrackAndBatches) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    REQUIRE_FIXTURES("tiny/0d0b2025.th", "tiny/tiny.yaml", "tiny/mix_4s.wav");
+    auto sep = load("tiny", "tiny", Precision::Fp32);
+    // 37 s: 25 chunks of 1.5 s stride, several batches and a partial last one.
+    Audio mix = tiled(read_audio(testing_support::fixture("tiny/mix_4s.wav")), 37.0);
+    SeparateParams p = no_shift(0.25);
+    int64_t reported = 0, calls = 0, last_total = 0;
+    p.progress = [&](const Progress& pr) {
+        EXPECT_GT(pr.chunks_done, reported);
+        reported = pr.chunks_done;
+        last_total = pr.chunks_total;
+        calls++;
+    };
+    Stems with_progress = sep->separate(mix, p);  // the GPU path reports each batch once it is done
+    EXPECT_EQ(last_total, 25);
+    EXPECT_EQ(reported, 25);
+    EXPECT_GE(calls, 4);
+    p.progress = nullptr;
+    const Stems quiet = sep->separate(mix, p);  // reporting changes nothing
+    EXPECT_LE(testing_support::relative_l2(quiet.data.data(), with_progress.data.data(), int64_t(quiet.data.size())),
+              1e-6);
+    expect_track_equals_host(*sep, mix, p, "tiny 37 s");
+    p.progress = nullptr;
+    p.batch_size = 3;
+    expect_track_equals_host(*sep, mix, p, "tiny 37 s batch 3");
+    p.batch_size = 0;
+    p.shifts = 2;
+    p.seed = 2;
+    expect_track_equals_host(*sep, mix, p, "tiny 37 s shifts 2");
+}
+
+TEST(SeparateCuda, TrackPathEqualsHostPathBag) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    REQUIRE_FIXTURES("tiny/tiny_bag.yaml", "tiny/mix_4s.wav");
+    auto sep = load("tiny", "tiny_bag", Precision::Fp32);
+    Audio mix = read_audio(testing_support::fixture("tiny/mix_4s.wav"));
+    SeparateParams p = no_shift(0.25);
+    p.shifts = 1;
+    p.seed = 9;
+    expect_track_equals_host(*sep, mix, p, "tiny_bag shifts 1");
+}
+
+TEST(SeparateCuda, TrackPathApplySingleModelWithOffsets) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    REQUIRE_FIXTURES("tiny/0d0b2025.th", "tiny/mix_3s.wav");
+    auto model = load_htdemucs(testing_support::fixture("tiny/0d0b2025.th"));
+    auto backend = make_cuda_backend(model, 0, Precision::Fp32);
+    Audio mix = read_audio(testing_support::fixture("tiny/mix_3s.wav"));
+    SeparateParams p = no_shift(0.25);
+    p.shifts = 2;
+    const std::vector<int64_t> offsets = {1234, 22050};
+    auto gpu = apply_single_model(*backend, mix.data.data(), mix.channels, mix.samples, p, offsets);
+    std::vector<float> host;
+    {
+        ScopedEnv env("FASTDEMUCS_HOST_APPLY", "1");
+        host = apply_single_model(*backend, mix.data.data(), mix.channels, mix.samples, p, offsets);
+    }
+    ASSERT_EQ(gpu.size(), host.size());
+    EXPECT_LE(testing_support::relative_l2(gpu.data(), host.data(), host.size()), kTrackVsHost);
+    // An offset of max_shift is the unshifted track (as on the host).
+    p.shifts = 1;
+    auto at_max = apply_single_model(*backend, mix.data.data(), mix.channels, mix.samples, p, {22050});
+    p.shifts = 0;
+    auto plain = apply_single_model(*backend, mix.data.data(), mix.channels, mix.samples, p, {});
+    EXPECT_LE(testing_support::relative_l2(at_max.data(), plain.data(), plain.size()), 1e-6);
+}
+
+TEST(SeparateCuda, TrackPathEqualsHostPathFull6s) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    REQUIRE_FIXTURES("full6s/full6s-86db6bad.th", "full6s/full6s.yaml", "full6s/mix_12s.wav");
+    auto sep = load("full6s", "full6s", Precision::Fp32);
+    Audio mix = read_audio(testing_support::fixture("full6s/mix_12s.wav"));
+    SeparateParams p = no_shift(0.25);
+    p.shifts = 1;
+    p.seed = 4;
+    expect_track_equals_host(*sep, mix, p, "full6s 12 s shifts 1");
 }

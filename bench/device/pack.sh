@@ -7,16 +7,21 @@
 #   .device/fixtures the fixture set asked for (tiny | full6s | none)
 #   .device/py       the official demucs package for the side-by-side baseline (never committed)
 # Usage: bench/device/pack.sh tiny|full6s|none [DEMUCS_ROOT]
+# PACK_CUDA=OFF PACK_EXPORT=ON builds only what `fastdemucs export` needs
+# (the ONNX check of full6s on the GPU machine: bench/device/onnx_full6s.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 set_name=${1:-tiny}
 fixtures=${FASTDEMUCS_FIXTURES:-$(pwd)/../shared/fixtures}
 cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DFASTDEMUCS_CPU_BACKEND=OFF \
-  -DFASTDEMUCS_CUDA=ON -DFASTDEMUCS_FFMPEG=OFF -DFASTDEMUCS_DOWNLOAD=OFF -DBUILD_SHARED_LIBS=ON >/dev/null
+  -DFASTDEMUCS_CUDA=ON -DFASTDEMUCS_FFMPEG=OFF -DFASTDEMUCS_DOWNLOAD=OFF -DBUILD_SHARED_LIBS=ON \
+  -DFASTDEMUCS_EXPORT=${PACK_EXPORT:-OFF} -DFASTDEMUCS_CUDA=${PACK_CUDA:-ON} >/dev/null
 cmake --build build-device >/dev/null
 rm -rf .device && mkdir -p .device/bin .device/lib .device/fixtures
-cp build-device/tests/fastdemucs_tests build-device/fastdemucs build-device/bench/gpu_bench build-device/bench/gpu_dump .device/bin/
-cp build-device/libfastdemucs.so build-device/libfastdemucs_io.so .device/lib/
+for f in tests/fastdemucs_tests fastdemucs bench/gpu_bench bench/gpu_dump; do
+  [ -f "build-device/$f" ] && cp "build-device/$f" .device/bin/
+done
+cp build-device/libfastdemucs*.so .device/lib/
 strip .device/bin/* .device/lib/* || true
 # Everything the binaries link that is not glibc, the C++ runtime or CUDA.
 # libcrypto, libssl and zlib are on every Ubuntu CUDA image (python3 needs them).

@@ -8,6 +8,7 @@
 #include "cuda/device_utils.cuh"
 #include "cuda/gemm.h"
 #include "cuda/kernels.h"
+#include "cuda/profile.h"
 #include "error.h"
 
 namespace fastdemucs::cuda {
@@ -119,6 +120,240 @@ __global__ void __launch_bounds__(kQueryRows) fused_attention_kernel(const T* __
     }
 }
 
+// ------------------------------------------------------------------------------
+// Tensor-core flash attention for float16 / bfloat16 operands (FlashAttention-2
+// scheme on mma.sync.m16n8k16, fragment layouts as in the PTX ISA):
+// a block of 4 warps takes 64 query rows (16 per warp, Q fragments kept in
+// registers) and walks the keys in tiles of 64 staged in shared memory (K as
+// stored, V transposed and in float16). S = Q K^T accumulates in float32;
+// the online softmax (base-2, running max and sum per row) runs on the
+// accumulator fragments; P is rounded to float16 and multiplied by V with
+// float32 accumulation; one division by the row sum at the end. In bfloat16
+// mode Q K^T runs in bfloat16 (the operands' own type) and P V in float16
+// (V converted exactly, P keeps 11 bits instead of 8).
+
+constexpr int kTcWarps = 4;
+constexpr int kTcRows = 16 * kTcWarps;  // query rows per block
+constexpr int kTcKeys = 64;             // keys per tile
+constexpr int kTcVtStride = kTcKeys + 8;  // halves per transposed-V row (bank-conflict-free fragment loads)
+
+template <typename T>
+__device__ __forceinline__ void mma_qk(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+template <>
+__device__ __forceinline__ void mma_qk<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma_qk<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                      uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Bit-level views of 16-bit values (no type punning through pointers).
+__device__ __forceinline__ uint16_t bits16(__half v) { return __half_as_ushort(v); }
+__device__ __forceinline__ uint16_t bits16(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
+// Two 16-bit values in one register, lo in the low half (the lower column / row of a fragment).
+__device__ __forceinline__ uint32_t pack16(uint16_t lo, uint16_t hi) { return uint32_t(lo) | (uint32_t(hi) << 16); }
+
+__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
+    return pack16(bits16(__float2half_rn(lo)), bits16(__float2half_rn(hi)));
+}
+
+// A V element as float16 (exact for float16; bfloat16 saturated to float16's range).
+__device__ __forceinline__ uint16_t half_bits_sat(uint16_t b, __half) { return b; }
+__device__ __forceinline__ uint16_t half_bits_sat(uint16_t b, __nv_bfloat16) {
+    const float v = __bfloat162float(__ushort_as_bfloat16(b));
+    return bits16(__float2half_rn(fminf(fmaxf(v, -65504.0f), 65504.0f)));
+}
+
+// Element x (0..7) of 8 packed 16-bit values.
+__device__ __forceinline__ uint16_t lane16(const uint4& v, int x) {
+    const uint32_t w = x < 2 ? v.x : x < 4 ? v.y : x < 6 ? v.z : v.w;
+    return (x & 1) ? uint16_t(w >> 16) : uint16_t(w & 0xffffu);
+}
+
+template <typename T, int DH>
+__global__ void __launch_bounds__(32 * kTcWarps) tc_attention_kernel(const T* __restrict__ q, int64_t ldq,
+                                                                     const T* __restrict__ k,
+                                                                     const T* __restrict__ v, int64_t ldkv,
+                                                                     T* __restrict__ out, int64_t ldo, int N, int M,
+                                                                     float scale_log2) {
+    static_assert(DH % 16 == 0 && DH <= 128, "head size must be a multiple of 16");
+    constexpr int kKsStride = DH + 8;  // 16-bit elements per staged K row
+    constexpr int kChunks = DH / 8;    // 16-byte chunks per head row
+    // Shared tiles as 32-bit words: K [key][DH + 8] in T, V transposed [dim][keys + 8] in float16.
+    __shared__ __align__(16) uint32_t ks[kTcKeys * kKsStride / 2];
+    __shared__ __align__(16) uint32_t vt[DH * kTcVtStride / 2];
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int g = lane / 4, tig = lane % 4;  // fragment row group, thread in group
+    const int64_t b = blockIdx.z;
+    const int h = blockIdx.y;
+    const int row0 = blockIdx.x * kTcRows + warp * 16;
+
+    // Q fragments: rows row0 + g and row0 + g + 8, all DH columns.
+    uint32_t qa[DH / 16][4];
+    {
+        const T* qb = q + b * int64_t(N) * ldq + int64_t(h) * DH;
+        const int r0 = row0 + g, r1 = row0 + g + 8;
+        auto pair = [&](int r, int c) -> uint32_t {
+            if (r >= N) return 0u;
+            const T* p = qb + int64_t(r) * ldq + c;
+            return pack16(bits16(p[0]), bits16(p[1]));
+        };
+#pragma unroll
+        for (int kk = 0; kk < DH / 16; kk++) {
+            const int c = kk * 16 + tig * 2;
+            qa[kk][0] = pair(r0, c);
+            qa[kk][1] = pair(r1, c);
+            qa[kk][2] = pair(r0, c + 8);
+            qa[kk][3] = pair(r1, c + 8);
+        }
+    }
+    float o[DH / 8][4];
+#pragma unroll
+    for (int d = 0; d < DH / 8; d++) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;  // rows g and g + 8
+
+    const T* kb = k + b * int64_t(M) * ldkv + int64_t(h) * DH;
+    const T* vb = v + b * int64_t(M) * ldkv + int64_t(h) * DH;
+    for (int k0 = 0; k0 < M; k0 += kTcKeys) {
+        __syncthreads();  // the previous tile is consumed
+        // K tile [key][DH] as stored; keys past M are zeros.
+        for (int e = threadIdx.x; e < kTcKeys * kChunks; e += 32 * kTcWarps) {
+            const int j = e / kChunks, c = e % kChunks;
+            uint4 val = make_uint4(0u, 0u, 0u, 0u);
+            if (k0 + j < M) val = *reinterpret_cast<const uint4*>(kb + int64_t(k0 + j) * ldkv + c * 8);
+            *reinterpret_cast<uint4*>(ks + (j * kKsStride + c * 8) / 2) = val;
+        }
+        // V tile transposed into vt[dim][key] (float16), two keys per 32-bit store.
+        for (int e = threadIdx.x; e < (kTcKeys / 2) * kChunks; e += 32 * kTcWarps) {
+            const int pair = e % (kTcKeys / 2), c = e / (kTcKeys / 2);
+            const int j = 2 * pair;
+            uint4 va = make_uint4(0u, 0u, 0u, 0u), vb2 = make_uint4(0u, 0u, 0u, 0u);
+            if (k0 + j < M) va = *reinterpret_cast<const uint4*>(vb + int64_t(k0 + j) * ldkv + c * 8);
+            if (k0 + j + 1 < M) vb2 = *reinterpret_cast<const uint4*>(vb + int64_t(k0 + j + 1) * ldkv + c * 8);
+#pragma unroll
+            for (int x = 0; x < 8; x++)
+                vt[((c * 8 + x) * kTcVtStride + j) / 2] =
+                    pack16(half_bits_sat(lane16(va, x), T()), half_bits_sat(lane16(vb2, x), T()));
+        }
+        __syncthreads();
+
+        // S = Q K^T for 64 keys: 8 tiles of 8 keys.
+        float s[kTcKeys / 8][4];
+#pragma unroll
+        for (int j = 0; j < kTcKeys / 8; j++) {
+            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+            const uint32_t* kr = ks + ((j * 8 + g) * kKsStride + tig * 2) / 2;
+#pragma unroll
+            for (int kk = 0; kk < DH / 16; kk++) mma_qk<T>(s[j], qa[kk], kr[kk * 8], kr[kk * 8 + 4]);
+        }
+        // Online softmax in base 2 on the fragments (this thread: rows g, g + 8; keys j * 8 + tig * 2, + 1).
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < kTcKeys / 8; j++) {
+            const int key = k0 + j * 8 + tig * 2;
+            s[j][0] = key < M ? s[j][0] * scale_log2 : -INFINITY;
+            s[j][1] = key + 1 < M ? s[j][1] * scale_log2 : -INFINITY;
+            s[j][2] = key < M ? s[j][2] * scale_log2 : -INFINITY;
+            s[j][3] = key + 1 < M ? s[j][3] * scale_log2 : -INFINITY;
+            mx0 = fmaxf(mx0, fmaxf(s[j][0], s[j][1]));
+            mx1 = fmaxf(mx1, fmaxf(s[j][2], s[j][3]));
+        }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        // Key k0 < M is valid, so the new maxima are finite.
+        const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
+        const float c0 = exp2f(m0 - n0), c1 = exp2f(m1 - n1);  // 0 on the first tile
+        m0 = n0, m1 = n1;
+        l0 *= c0, l1 *= c1;
+#pragma unroll
+        for (int d = 0; d < DH / 8; d++) {
+            o[d][0] *= c0, o[d][1] *= c0;
+            o[d][2] *= c1, o[d][3] *= c1;
+        }
+#pragma unroll
+        for (int j = 0; j < kTcKeys / 8; j++) {
+            s[j][0] = exp2f(s[j][0] - n0);
+            s[j][1] = exp2f(s[j][1] - n0);
+            s[j][2] = exp2f(s[j][2] - n1);
+            s[j][3] = exp2f(s[j][3] - n1);
+            l0 += s[j][0] + s[j][1];
+            l1 += s[j][2] + s[j][3];
+        }
+        // O += P V: 4 steps of 16 keys; P's accumulator layout is the A operand's.
+#pragma unroll
+        for (int t = 0; t < kTcKeys / 16; t++) {
+            uint32_t pa[4];
+            pa[0] = pack_half2(s[2 * t][0], s[2 * t][1]);
+            pa[1] = pack_half2(s[2 * t][2], s[2 * t][3]);
+            pa[2] = pack_half2(s[2 * t + 1][0], s[2 * t + 1][1]);
+            pa[3] = pack_half2(s[2 * t + 1][2], s[2 * t + 1][3]);
+#pragma unroll
+            for (int d = 0; d < DH / 8; d++) {
+                const uint32_t* vr = vt + ((d * 8 + g) * kTcVtStride + t * 16 + tig * 2) / 2;
+                mma_qk<__half>(o[d], pa, vr[0], vr[4]);
+            }
+        }
+    }
+    // Row sums: the four threads of a group hold parts of the same rows.
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float i0 = 1.0f / l0, i1 = 1.0f / l1;
+    T* ob = out + b * int64_t(N) * ldo + int64_t(h) * DH;
+    const int r0 = row0 + g, r1 = row0 + g + 8;
+#pragma unroll
+    for (int d = 0; d < DH / 8; d++) {
+        const int c = d * 8 + tig * 2;
+        if (r0 < N) {
+            T* p = ob + int64_t(r0) * ldo + c;
+            p[0] = from_float<T>(o[d][0] * i0);
+            p[1] = from_float<T>(o[d][1] * i0);
+        }
+        if (r1 < N) {
+            T* p = ob + int64_t(r1) * ldo + c;
+            p[0] = from_float<T>(o[d][2] * i1);
+            p[1] = from_float<T>(o[d][3] * i1);
+        }
+    }
+}
+
+template <typename T, int DH>
+void launch_tc(const Ctx& ctx, const AttentionArgs& a, float scale) {
+    const dim3 grid(unsigned((a.N + kTcRows - 1) / kTcRows), unsigned(a.heads), unsigned(a.B));
+    const float scale_log2 = float(double(scale) * 1.4426950408889634);
+    tc_attention_kernel<T, DH><<<grid, 32 * kTcWarps, 0, ctx.stream>>>(
+        static_cast<const T*>(a.q), a.ldq, static_cast<const T*>(a.k), static_cast<const T*>(a.v), a.ldkv,
+        static_cast<T*>(a.out), a.ldo, int(a.N), int(a.M), scale_log2);
+    FD_LAUNCH_CHECK();
+}
+
+template <int DH>
+void launch_tc_typed(const Ctx& ctx, const AttentionArgs& a, float scale) {
+    if (ctx.gemm == DType::F16)
+        launch_tc<__half, DH>(ctx, a, scale);
+    else
+        launch_tc<__nv_bfloat16, DH>(ctx, a, scale);
+}
+
+// The tensor-core kernel reads 16-byte rows: every row start must be 16-byte aligned.
+bool tc_layout_ok(const AttentionArgs& a) {
+    auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+    return a.ldq % 8 == 0 && a.ldkv % 8 == 0 && a.ldo % 2 == 0 && aligned(a.q) && aligned(a.k) && aligned(a.v) &&
+           reinterpret_cast<uintptr_t>(a.out) % 4 == 0;
+}
+
 template <int DH>
 void launch_fused(const Ctx& ctx, const AttentionArgs& a, float scale) {
     const dim3 grid(unsigned((a.N + kQueryRows - 1) / kQueryRows), unsigned(a.heads), unsigned(a.B));
@@ -176,6 +411,7 @@ void attention(const Ctx& ctx, const AttentionArgs& a) {
     if (a.dh * a.heads > a.ldq || a.dh * a.heads > a.ldkv || a.dh * a.heads > a.ldo || a.N <= 0 || a.M <= 0)
         throw Error("internal error: attention arguments");
     const float scale = float(1.0 / std::sqrt(double(a.dh)));
+    ProfileSpan span(ctx, ProfKind::Attention);
     if (!(ctx.fused_attention && fused_attention_supported(a.dh))) {
         attention_cublas(ctx, a, scale);
         return;
@@ -183,6 +419,15 @@ void attention(const Ctx& ctx, const AttentionArgs& a) {
     if (ctx.dry) return;
     if (a.B > 65535 || a.heads > 65535 || a.N > int64_t(0x7fffffff) || a.M > int64_t(0x7fffffff))
         throw Error("attention: too many batch items, heads or tokens");
+    if (ctx.gemm != DType::F32 && ctx.tensor_core_attention && tc_layout_ok(a)) {
+        switch (a.dh) {
+            case 16: launch_tc_typed<16>(ctx, a, scale); return;
+            case 32: launch_tc_typed<32>(ctx, a, scale); return;
+            case 48: launch_tc_typed<48>(ctx, a, scale); return;
+            case 64: launch_tc_typed<64>(ctx, a, scale); return;
+            default: break;
+        }
+    }
     switch (a.dh) {
         case 16: launch_fused<16>(ctx, a, scale); break;
         case 32: launch_fused<32>(ctx, a, scale); break;

@@ -3,10 +3,14 @@
 // nn.MultiheadAttention splits them. q, k, v and out are in the context's
 // operand type; scores, softmax and accumulation are float32.
 //
-// Two implementations, same function:
-//   - fused (default): one kernel, online softmax, one query row per thread,
-//     K/V tiles in shared memory; never materialises the scores. Head sizes
-//     16, 32, 48, 64.
+// Three implementations, same function:
+//   - fused, tensor cores (default in float16 / bfloat16): FlashAttention-2
+//     style on mma.sync m16n8k16, 64 query rows per block, K/V tiles of 64
+//     keys in shared memory, online softmax on the float32 accumulator
+//     fragments, P rounded to float16 for P V. Head sizes 16, 32, 48, 64.
+//   - fused, SIMT (float32, or FASTDEMUCS_ATTENTION=simt): one query row per
+//     thread in float32 arithmetic, K/V tiles in shared memory. Same head sizes.
+//     Neither fused kernel materialises the scores.
 //   - cuBLAS (FASTDEMUCS_ATTENTION=cublas, or other head sizes): per batch
 //     item and block of query rows, strided-batched GEMMs over the heads
 //     into a bounded score buffer, a softmax kernel, a second GEMM.

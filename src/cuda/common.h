@@ -49,6 +49,7 @@ inline void* offset(void* p, int64_t n, DType t) { return static_cast<char*>(p) 
 enum class Act { None, Gelu, Relu };
 
 class Arena;
+class Profiler;
 
 // What every op needs. With `dry` set nothing is launched: ops only take
 // their buffers from the arena, which then measures the forward's peak
@@ -60,6 +61,9 @@ struct Ctx {
     Arena* arena = nullptr;
     bool dry = false;
     bool fused_attention = true;
+    bool tensor_core_attention = true;  // float16 / bfloat16 fused attention on mma.sync (else the SIMT kernel)
+    bool shifted_conv = false;          // stride-1 multi-tap convs as shifted GEMMs (else im2col + one GEMM)
+    Profiler* prof = nullptr;  // FASTDEMUCS_PROFILE (eager forwards only)
 };
 
 // Environment switches ("1", "true", "yes", "on" are true).

@@ -1,5 +1,6 @@
 #include "cuda/conv.h"
 
+#include <algorithm>
 #include <string>
 
 #include "cuda/arena.h"
@@ -14,12 +15,31 @@ std::string dims(const DTensor& t) {
            std::to_string(t.w) + "]";
 }
 
-// x as a GEMM operand: itself in float32, else a converted copy from the arena.
-const void* operand(const Ctx& ctx, const DTensor& x) {
-    if (ctx.gemm == DType::F32) return x.p;
-    void* t = ctx.arena->alloc_bytes(size_t(x.numel()) * dtype_bytes(ctx.gemm));
-    convert(ctx, x.p, t, ctx.gemm, x.numel());
+// Row stride of a GEMM operand / output with n columns: rows start on 16
+// bytes in float16 / bfloat16 (cuBLAS's tensor-core kernels want aligned
+// rows; an odd stride such as the time branch's 85995 falls back to slow
+// kernels). Float32 operands are used in place.
+int64_t gemm_ld(const Ctx& ctx, int64_t n) { return ctx.gemm == DType::F32 ? n : (n + 7) / 8 * 8; }
+
+// x [B, C, H, W] as a GEMM operand [B * C, ld]: itself in float32, else a
+// converted copy from the arena with row stride ld (columns past H * W unset).
+const void* operand(const Ctx& ctx, const DTensor& x, int64_t ld) {
+    const int64_t n = x.h * x.w;
+    if (ctx.gemm == DType::F32 && ld == n) return x.p;
+    void* t = ctx.arena->alloc_bytes(size_t(x.b * x.c * ld) * dtype_bytes(ctx.gemm));
+    convert_rows(ctx, x.p, t, ctx.gemm, x.b * x.c, n, ld);
     return t;
+}
+
+// Column buffers (im2col operands, transposed-conv columns) are taken for
+// as many batch items at a time as fit this many bytes (at least one): the
+// largest (the outermost decoder's 3x3 rewrite: 432 x 512 x 336 values per
+// item) then cost a fixed buffer instead of memory per chunk, and each
+// GEMM still has a whole item (>= 3 GFLOP) to itself.
+constexpr int64_t kColumnBudget = int64_t(128) << 20;
+
+int64_t items_per_slice(int64_t B, int64_t bytes_per_item) {
+    return std::max<int64_t>(1, std::min<int64_t>(B, kColumnBudget / std::max<int64_t>(1, bytes_per_item)));
 }
 
 }  // namespace
@@ -43,16 +63,23 @@ void conv2d(const Ctx& ctx, const DTensor& x, int64_t Wl, const ConvWeight& w, C
     const DType dt = ctx.gemm;
     const int64_t B = x.b, cin = x.c, cout = w.cout, taps = int64_t(w.kh) * w.kw;
 
-    if (g.sh == 1 && g.sw == 1 && Wl == x.w) {
-        if (taps == 1 && g.ph == 0 && g.pw == 0) {
-            // out[b] [cout, HW] = W [cout, cin] x[b] [cin, HW]
-            const int64_t HW = x.h * x.w;
-            const void* xb = operand(ctx, x);
+    if (g.sh == 1 && g.sw == 1 && Wl == x.w && taps == 1 && g.ph == 0 && g.pw == 0) {
+        // out[b] [cout, HW] = W [cout, cin] x[b] [cin, HW]
+        const int64_t HW = x.h * x.w, ld = gemm_ld(ctx, HW);
+        const void* xb = operand(ctx, x, ld);
+        if (ld == HW) {
             gemm(ctx, dt, false, false, cout, HW, cin, 1.0f, {w.w, cin, 0}, {xb, HW, cin * HW}, 0.0f, out.p, HW,
                  cout * HW, B);
             bias_act(ctx, out.p, out.p, DType::F32, w.bias, B, cout, HW, act);
-            return;
+        } else {
+            float* full = ctx.arena->alloc<float>(B * cout * ld);
+            gemm(ctx, dt, false, false, cout, ld, cin, 1.0f, {w.w, cin, 0}, {xb, ld, cin * ld}, 0.0f, full, ld,
+                 cout * ld, B);
+            crop_bias_act(ctx, full, out.p, w.bias, B, cout, 1, ld, HW, act);
         }
+        return;
+    }
+    if (g.sh == 1 && g.sw == 1 && Wl == x.w && ctx.shifted_conv) {
         if (!w.taps) throw Error("internal error: conv2d needs the per-tap weights");
         // Shifted GEMMs over planes padded to [Hp, Wp] (+ a tail read by the last shifts).
         const int64_t Hp = x.h + 2 * g.ph, Wp = x.w + 2 * g.pw;
@@ -73,12 +100,26 @@ void conv2d(const Ctx& ctx, const DTensor& x, int64_t Wl, const ConvWeight& w, C
         return;
     }
 
-    // Strided (or zero-extended): im2col [B, cin * taps, Ho * Wo] then one GEMM per item.
-    const int64_t K = cin * taps, N = Ho * Wo;
-    void* cols = ctx.arena->alloc_bytes(size_t(B * K * N) * dtype_bytes(dt));
-    im2col(ctx, x.p, cols, dt, B, cin, x.h, x.w, g, Ho, Wo);
-    gemm(ctx, dt, false, false, cout, N, K, 1.0f, {w.w, K, 0}, {cols, N, K * N}, 0.0f, out.p, N, cout * N, B);
-    bias_act(ctx, out.p, out.p, DType::F32, w.bias, B, cout, N, act);
+    // Everything else (strided, zero-extended, padded multi-tap): im2col
+    // [items, cin * taps, Ho * Wo] (rows padded to ld) then one GEMM per
+    // item, over slices of the batch.
+    const int64_t K = cin * taps, N = Ho * Wo, ld = gemm_ld(ctx, N);
+    const int64_t slice = items_per_slice(B, K * ld * int64_t(dtype_bytes(dt)));
+    void* cols = ctx.arena->alloc_bytes(size_t(slice * K * ld) * dtype_bytes(dt));
+    float* full = ld == N ? nullptr : ctx.arena->alloc<float>(slice * cout * ld);
+    for (int64_t b0 = 0; b0 < B; b0 += slice) {
+        const int64_t nb = std::min(slice, B - b0);
+        im2col(ctx, x.p + b0 * cin * x.h * x.w, cols, dt, nb, cin, x.h, x.w, g, Ho, Wo, ld);
+        float* o = out.p + b0 * cout * N;
+        if (!full) {
+            gemm(ctx, dt, false, false, cout, N, K, 1.0f, {w.w, K, 0}, {cols, N, K * N}, 0.0f, o, N, cout * N, nb);
+        } else {
+            gemm(ctx, dt, false, false, cout, ld, K, 1.0f, {w.w, K, 0}, {cols, ld, K * ld}, 0.0f, full, ld,
+                 cout * ld, nb);
+            crop_bias_act(ctx, full, o, w.bias, nb, cout, 1, ld, N, act);
+        }
+    }
+    if (!full) bias_act(ctx, out.p, out.p, DType::F32, w.bias, B, cout, N, act);
 }
 
 void conv_transpose2d(const Ctx& ctx, const DTensor& x, const ConvWeight& w, int sh, int sw, int64_t h0, int64_t w0,
@@ -87,12 +128,18 @@ void conv_transpose2d(const Ctx& ctx, const DTensor& x, const ConvWeight& w, int
         throw Error("internal error: conv_transpose2d shapes: input " + dims(x) + ", output " + dims(out));
     ArenaScope scope(*ctx.arena);
     const DType dt = ctx.gemm;
-    const int64_t B = x.b, rows = int64_t(w.cout) * w.kh * w.kw, HW = x.h * x.w;
-    const void* xb = operand(ctx, x);
-    float* cols = ctx.arena->alloc<float>(B * rows * HW);
-    // cols[b] [cout * kh * kw, HW] = W^T (W stored [cin, cout * kh * kw]) x[b] [cin, HW]
-    gemm(ctx, dt, true, false, rows, HW, x.c, 1.0f, {w.w, rows, 0}, {xb, HW, x.c * HW}, 0.0f, cols, HW, rows * HW, B);
-    col2im(ctx, cols, out.p, w.bias, B, w.cout, x.h, x.w, w.kh, w.kw, sh, sw, h0, out.h, w0, out.w, act);
+    const int64_t B = x.b, rows = int64_t(w.cout) * w.kh * w.kw, HW = x.h * x.w, ld = gemm_ld(ctx, HW);
+    const void* xb = operand(ctx, x, ld);
+    const int64_t slice = items_per_slice(B, rows * ld * int64_t(sizeof(float)));
+    float* cols = ctx.arena->alloc<float>(slice * rows * ld);
+    for (int64_t b0 = 0; b0 < B; b0 += slice) {
+        const int64_t nb = std::min(slice, B - b0);
+        // cols[b] [cout * kh * kw, ld] = W^T (W stored [cin, cout * kh * kw]) x[b] [cin, ld]
+        gemm(ctx, dt, true, false, rows, ld, x.c, 1.0f, {w.w, rows, 0}, {offset(xb, b0 * x.c * ld, dt), ld, x.c * ld},
+             0.0f, cols, ld, rows * ld, nb);
+        col2im(ctx, cols, out.p + b0 * w.cout * out.h * out.w, w.bias, nb, w.cout, x.h, x.w, w.kh, w.kw, sh, sw, h0,
+               out.h, w0, out.w, act, ld);
+    }
 }
 
 }  // namespace fastdemucs::cuda

@@ -3,14 +3,18 @@
 // stride 0). Every convolution is seen as 2-D on [B, C, H, W]: [K, 1]
 // kernels over frequency, [1, K] over time ([B, C, 1, T]).
 //   - 1x1, no padding: one GEMM straight on the activations.
-//   - stride 1, several taps (DConv, rewrite 3x3): the "shifted GEMM" trick,
-//     one GEMM per tap over a zero-padded copy, accumulated with beta = 1,
-//     computed on the padded width and cropped (no im2col buffer).
-//   - strided (the encoders' K=8, S=4 convs): im2col then one GEMM.
+//   - everything else (strided encoder convs, DConv 1x3, rewrite 3x3): im2col
+//     then one GEMM (K = cin * taps).
+//   - with ctx.shifted_conv (FASTDEMUCS_SHIFTED_CONV=1), stride 1 with several
+//     taps: the "shifted GEMM" trick, one GEMM per tap over a zero-padded
+//     copy, accumulated with beta = 1, computed on the padded width and
+//     cropped (no im2col buffer, but misaligned operands and one float32
+//     output pass per tap: much slower on tensor cores).
 //   - transposed: one GEMM into columns, then an overlap-add gather (col2im)
 //     that also does the bias, the decoder's trim and the activation.
 // GEMM operands are converted to the context's operand type on the fly (the
-// padding / im2col kernels write it directly); outputs are float32.
+// padding / im2col kernels write it directly), their rows padded to 16 bytes
+// in float16 / bfloat16; outputs are float32.
 #pragma once
 
 #include <cstdint>

@@ -1,13 +1,17 @@
 // The HTDemucs forward pass on one CUDA GPU: a walk over the model plan,
-// step for step the function of cpu/cpu_backend (the float32 oracle).
+// step for step the function of cpu/cpu_backend (the float32 oracle), and
+// the whole apply_model of a track on the device (separate_track).
 //
 // Design notes
 // ------------
 // Files: common (errors, context, device buffers), arena (the workspace),
 // kernels (norms, statistics, element-wise, layout, conv helpers), gemm
 // (cuBLAS wrapper), conv (convolutions as GEMMs), spectral (cuFFT STFT /
-// iSTFT), attention (fused kernel + cuBLAS path), transformer (the cross
-// transformer), weights (upload), and this file (the walk, memory, graphs).
+// iSTFT), attention (tensor-core and SIMT fused kernels + cuBLAS path),
+// transformer (the cross transformer), weights (upload), track (the
+// whole-track kernels: normalisation, chunk gather, overlap-add, shifts),
+// profile (FASTDEMUCS_PROFILE), and this file (the walk, memory, graphs,
+// the track loop).
 //
 // Memory layout. Activations are float32, NCHW as in PyTorch: the frequency
 // branch [B, C, F, T], the time branch [B, C, 1, L]; the transformer works
@@ -17,12 +21,16 @@
 // rows. GEMM operands are the only values stored in reduced precision: in
 // Fp16 / Bf16 mode the weights are converted once at load and activations
 // are converted right before each GEMM by the kernel that prepares the
-// operand anyway (im2col, padding, LayerNorm, bias + GELU, attention
-// output); GEMMs accumulate in float32 into float32 outputs
-// (CUBLAS_COMPUTE_32F). In Fp32 mode the operands are float32 with
+// operand anyway (im2col, LayerNorm, bias + GELU, attention output), with
+// rows padded to 16 bytes (odd time-branch lengths would push cuBLAS off its
+// tensor-core kernels; the GEMM then writes a padded output that the
+// bias / activation pass crops). GEMMs accumulate in float32 into float32
+// outputs (CUBLAS_COMPUTE_32F). In Fp32 mode the operands are float32 with
 // CUBLAS_COMPUTE_32F and the default math mode: no TF32 anywhere. Norms,
 // statistics (in double), softmax, STFT / iSTFT and overlap-add are float32
-// or better in every mode.
+// or better in every mode; the attention of Fp16 / Bf16 runs on tensor
+// cores with float32 scores and softmax, its probabilities rounded to
+// float16 for the P V product (as FlashAttention-2 does).
 //
 // Libraries vs hand-written kernels. cuBLAS does every GEMM (convolutions,
 // transposed convolutions, linear layers, the attention fallback), cuFFT the
@@ -36,6 +44,21 @@
 // decoder trim fused, token transposes, and the fused attention (online
 // softmax, never materialising batch x heads x tokens^2 scores).
 //
+// What keeps the glue cheap (each was a measurable share of a forward):
+// element-wise kernels index in 32 bits whenever the tensor allows (a 64-bit
+// division by a runtime value is a long software sequence; every per-batch
+// activation is < 2^31 values); GroupNorm computes its per-row affine
+// {scale, shift} once per (item, channel, row) instead of a double sqrt and
+// division per value; the transposed-conv overlap-add visits only the taps
+// that land on an output (kernel / stride of them, not all); spectrogram
+// packing and token layouts go through shared-memory tiles so that reads and
+// writes are both coalesced. Stride-1 multi-tap convolutions (the decoders'
+// 3x3 rewrites: about half of the model's convolution FLOPs, and the DConv
+// 1x3) are im2col + one GEMM with aligned rows: the former "shifted GEMM"
+// form (one GEMM per tap on shifted, hence misaligned, operands, re-reading
+// and re-writing the float32 output per tap) kept cuBLAS off its fast
+// kernels (FASTDEMUCS_SHIFTED_CONV=1 restores it, for comparison).
+//
 // Workspace. All activation memory is one device allocation used as a stack
 // (cuda/arena): each op takes its output and temporaries and releases the
 // temporaries on return. Its size is measured, not guessed: a dry run of
@@ -43,17 +66,22 @@
 // gives the exact peak for a batch size. Per-chunk memory:
 //     per_chunk = peak(B = 2) - peak(B = 1),  fixed = peak(1) - per_chunk
 // (everything scales with B except the attention fallback's bounded score
-// buffer). The peak is reached in the outermost frequency decoder: all skip
+// buffer and the column buffers once they reach their budget: the linear
+// model then overestimates, which only makes max_batch() careful; the
+// workspace itself is always the measured peak). The peak is reached in the outermost frequency decoder: all skip
 // connections of both encoders (sum over layers of C_i * F_i * T, about
 // 24 M values for htdemucs at 7.8 s) + the mix / stems / spectrogram
-// buffers (7.6 M) + the outputs of the deeper decoders (about 22 M) + the outermost
-// decoder's output z (24 x 2048 x 336 = 16.5 M) + its rewrite step: the
-// rewritten input (8.3 M), the 3x3 conv's padded operand (8.3 M) and its
-// padded-width output (16.6 M) and the GLU input (16.5 M); the transposed
-// conv's column buffer (C_out * K * F_in * T = 192 x 512 x 336 = 33 M)
-// comes right after and is smaller. In all about 120 M values, ~0.5 GB per
-// chunk in Fp32 for htdemucs_6s (a bit less in Fp16 / Bf16, whose padded
-// and im2col operands are 2-byte). max_batch() is
+// buffers (7.6 M) + the outputs of the deeper decoders (about 22 M) + the
+// outermost decoder's output z (24 x 2048 x 336 = 16.5 M) + its rewrite
+// step: the rewritten input (8.3 M), the 3x3 conv's output (16.5 M) and the
+// GLU input. Column buffers (im2col operands, transposed-conv columns) are
+// taken for as many chunks at a time as fit 128 MiB, at least one: the 3x3
+// rewrite's im2col operand (432 x 512 x 336 = 74 M values per chunk, 2-byte
+// in Fp16 / Bf16) and the transposed conv's columns (192 x 512 x 336 = 33 M
+// float32) are fixed buffers of one chunk each, not per-chunk memory. In
+// all about 95 M values, ~0.4 GB per chunk for htdemucs_6s, plus ~0.3 GB
+// fixed (estimates from the shapes; the dry run measures the real peak).
+// max_batch() is
 //     min(cap, (free + workspace held - reserve - fixed) / per_chunk)
 // with reserve = 256 MiB + 2% of the card and cap = 8 (FASTDEMUCS_MAX_BATCH).
 // The workspace is allocated on the first forward of a batch size that needs
@@ -65,7 +93,53 @@
 // the kernels); the second is captured into a CUDA graph (addresses repeat:
 // same arena, same order) and every later call replays it. Taps bypass the
 // graph. FASTDEMUCS_NO_GRAPH=1 disables graphs; FASTDEMUCS_ATTENTION=cublas
-// selects the cuBLAS attention path.
+// selects the cuBLAS attention path, =simt the float32-arithmetic fused
+// kernel in every precision. FASTDEMUCS_PROFILE=1 runs every forward eagerly
+// and prints a per-block table (cuda/profile.h).
+//
+// The whole track (separate_track, engine/apply's host path on the device;
+// FASTDEMUCS_HOST_APPLY=1 forces the host path). The track is uploaded once
+// into the middle of a zero-padded buffer [C, L + 2 * max_shift] (the shift
+// padding, max_shift = int(0.5 * samplerate)); the mono-mix statistics are a
+// device reduction in double (fixed grid: deterministic), the normalisation
+// is applied in place. For each shift (or the one unshifted view) the chunks
+// are gathered straight into the forward's input buffer in the arena
+// (ChunkView::padded: centred, zeros beyond the signal, zeros up to the
+// training length), the forward runs (graph replay), and its output is
+// centre-trimmed, weighted and added into a view accumulator
+// [S * C, L + max_shift] in chunk order; then divided by the summed weights,
+// added into the shift average, divided by the shift count and
+// de-normalised. Every float step uses explicitly rounded intrinsics in the
+// host loop's order, so the path reproduces the host path exactly up to the
+// order of the double sums of the statistics (and the batch composition of
+// the forwards). With one shift or none the result is the view
+// accumulator's window [skip, skip + L) itself, with two or more a separate
+// accumulator holds the average. The stems go down once, in pieces: during
+// the last (or only) shift, as soon as a batch's overlap-add is done, the
+// samples before the next chunk's start are final; a second stream waits
+// for that batch's event, finishes them (division, average,
+// de-normalisation) and copies them to the host while the main stream runs
+// the next batch (the host thread blocks in each pageable copy, but the GPU
+// has the next batch queued). The host output is sized by the backend just
+// before the first piece, so its zero-fill also overlaps device work.
+// Nothing goes back up. Progress is reported one batch late (an event per
+// batch), so the GPU always has the next batch queued. Device memory for a
+// track of L samples (C channels, S sources), besides the workspace and the
+// weights:
+//     track   4 C (L + 2 max_shift)
+//     view    4 S C (L + max_shift)      (4 S C L without shifts)
+//     weights 4 (L + max_shift)          (the summed transition weights)
+//     average 4 S C L                    (only with shifts >= 2)
+// For htdemucs_6s (S = 6, C = 2) one hour at 44.1 kHz (158.8 M samples) is
+// 1.27 + 7.62 + 0.64 = 9.5 GB (17.2 GB with shifts >= 2), plus the workspace
+// (~3.5 GB at batch 8 by the estimate above; the dry run has the exact
+// figure): it fits an 80 GB card with room to spare. A 3-minute track takes
+// 0.48 GB (shifts 0 or 1). The batch
+// is max_batch()'s with the track's buffers set aside (the workspace shrinks
+// if it must); when not even one chunk fits, a clear Error says so (and
+// names FASTDEMUCS_HOST_APPLY=1, which streams through host memory instead).
+// The buffers are freed when the call returns (a bag's models run one after
+// the other: each takes them in turn).
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -80,9 +154,12 @@
 #include "cuda/common.h"
 #include "cuda/conv.h"
 #include "cuda/kernels.h"
+#include "cuda/profile.h"
 #include "cuda/spectral.h"
+#include "cuda/track.h"
 #include "cuda/transformer.h"
 #include "cuda/weights.h"
+#include "engine/apply.h"
 #include "engine/backend.h"
 #include "error.h"
 
@@ -113,6 +190,16 @@ struct StreamOwner {
     StreamOwner& operator=(const StreamOwner&) = delete;
 };
 
+struct EventOwner {
+    cudaEvent_t event = nullptr;
+    EventOwner() { FD_CUDA(cudaEventCreateWithFlags(&event, cudaEventDisableTiming)); }
+    ~EventOwner() {
+        if (event) cudaEventDestroy(event);
+    }
+    EventOwner(const EventOwner&) = delete;
+    EventOwner& operator=(const EventOwner&) = delete;
+};
+
 struct BlasOwner {
     cublasHandle_t handle = nullptr;
     BlasOwner() { FD_CUBLAS(cublasCreate(&handle)); }
@@ -134,6 +221,8 @@ public:
         : model_(std::move(model)), device_(device), dtype_(operand_type(precision)) {
         FD_CUDA(cudaSetDevice(device_));
         stream_ = std::make_unique<StreamOwner>();
+        copy_stream_ = std::make_unique<StreamOwner>();
+        for (auto& e : ready_) e = std::make_unique<EventOwner>();
         blas_ = std::make_unique<BlasOwner>();
         FD_CUBLAS(cublasSetStream(blas_->handle, stream_->stream));
         // No TF32: default math with CUBLAS_COMPUTE_32F (set per call) never uses it.
@@ -151,8 +240,15 @@ public:
         ctx_.stream = stream_->stream;
         ctx_.blas = blas_->handle;
         ctx_.gemm = dtype_;
-        ctx_.fused_attention = env_string("FASTDEMUCS_ATTENTION") != "cublas";
+        const std::string attention = env_string("FASTDEMUCS_ATTENTION");
+        ctx_.fused_attention = attention != "cublas";
+        ctx_.tensor_core_attention = attention != "simt";
+        ctx_.shifted_conv = env_flag("FASTDEMUCS_SHIFTED_CONV");
         graphs_enabled_ = !env_flag("FASTDEMUCS_NO_GRAPH");
+        if (env_flag("FASTDEMUCS_PROFILE")) {
+            profiler_ = std::make_unique<Profiler>();
+            graphs_enabled_ = false;  // events per block need eager launches
+        }
         const std::string cap = env_string("FASTDEMUCS_MAX_BATCH");
         batch_cap_ = cap.empty() ? kDefaultBatchCap : std::max(1, std::atoi(cap.c_str()));
 
@@ -165,6 +261,7 @@ public:
     ~CudaBackend() override {
         cudaSetDevice(device_);
         if (stream_) cudaStreamSynchronize(stream_->stream);
+        if (copy_stream_) cudaStreamSynchronize(copy_stream_->stream);
         destroy_graphs();
         cudaGetLastError();
     }
@@ -214,18 +311,175 @@ public:
             ~TapGuard() { slot = nullptr; }
         } guard{tap_};
         tap_ = tap;
-        const bool use_graph = graphs_enabled_ && !tap;
-        auto it = graphs_.find(batch);
-        if (use_graph && it != graphs_.end()) {
-            FD_CUDA(cudaGraphLaunch(it->second, stream));
-        } else if (use_graph && eager_done_.count(batch)) {
-            capture_and_launch(ctx, batch);
-        } else {
-            device_forward(ctx, batch);
-            eager_done_.insert(batch);
-        }
+        run_forward(ctx, batch);
         FD_CUDA(cudaMemcpy2DAsync(out, row, io.out, pitch, row, size_t(batch * S * C), cudaMemcpyDeviceToHost, stream));
         FD_CUDA(cudaStreamSynchronize(stream));
+    }
+
+    bool has_track_path() const override { return true; }
+
+    bool separate_track(const float* mix, int64_t length, const SeparateParams& params,
+                        const std::vector<int64_t>& shift_offsets, std::vector<float>& out,
+                        const std::function<void(int64_t)>& on_chunks) override {
+        const auto& cfg = model_->config;
+        const int C = cfg.audio_channels;
+        const int64_t S = cfg.num_sources(), SC = S * C, L = length;
+        if (L <= 0) throw Error("the track is empty");
+        if (int64_t(shift_offsets.size()) != int64_t(params.shifts))
+            throw Error("internal error: separate_track needs one offset per shift");
+        FD_CUDA(cudaSetDevice(device_));
+        const cudaStream_t stream = stream_->stream;
+
+        // The views and their chunks, as engine/apply cuts them.
+        const int64_t max_shift = static_cast<int64_t>(0.5 * cfg.samplerate);
+        const int64_t segment =
+            params.segment > 0 ? static_cast<int64_t>(double(cfg.samplerate) * params.segment) : length_;
+        if (segment < 1 || segment > length_) throw Error("internal error: segment outside the model's length");
+        ChunkGrid g;
+        g.total = L + 2 * max_shift;
+        g.segment = g.valid = segment;  // the model sees exactly the segment around each chunk
+        g.model_length = length_;
+        g.stride = params.split ? static_cast<int64_t>((1.0 - params.overlap) * double(segment)) : segment;
+        if (g.stride <= 0) throw Error("--overlap leaves no stride between chunks");
+        struct Cut {
+            int64_t start, length, skip;  // view start in the track buffer, view length, track start in the view
+        };
+        std::vector<Cut> cuts;
+        if (params.shifts == 0) cuts.push_back({max_shift, L, 0});
+        for (int64_t o : shift_offsets) {
+            if (o < 0 || o > max_shift) throw Error("internal error: shift offset out of range");
+            cuts.push_back({o, L + max_shift - o, max_shift - o});
+        }
+        int64_t max_jobs = 1;
+        for (const Cut& cut : cuts) {
+            if (!params.split && cut.length > segment)
+                throw Error("the track (" + std::to_string(cut.length) +
+                            " samples) is longer than the model's segment (" + std::to_string(segment) +
+                            " samples): use split mode");
+            g.view_length = cut.length;
+            max_jobs = std::max(max_jobs, g.jobs());
+        }
+        const bool weighted = params.split;
+        const std::vector<float> weight = weighted ? transition_weight(segment, params.transition_power)
+                                                   : std::vector<float>();
+        const int64_t pitch = params.shifts == 0 ? L : L + max_shift;  // row length of the view accumulator
+
+        // Device memory: one buffer for the track-sized arrays (see the design notes).
+        size_t bytes = 0;
+        auto take = [&bytes](size_t n) {
+            const size_t at = bytes;
+            bytes += (n + 255) / 256 * 256;
+            return at;
+        };
+        const size_t at_track = take(size_t(C) * g.total * sizeof(float));
+        const size_t at_view = take(size_t(SC) * pitch * sizeof(float));
+        const size_t at_sum = take(weighted ? size_t(pitch) * sizeof(float) : 0);
+        const size_t at_acc = take(params.shifts >= 2 ? size_t(SC) * L * sizeof(float) : 0);
+        const size_t at_weight = take(weight.size() * sizeof(float));
+        const size_t at_stats = take((2 + size_t(track_stats_partials())) * sizeof(double));
+        const int batch = track_batch(bytes, max_jobs, params.batch_size, double(L) / cfg.samplerate);
+        DeviceBuffer buffer(bytes, "the track's buffers");
+        char* base = buffer.as<char>();
+        float* track = reinterpret_cast<float*>(base + at_track);
+        float* view = reinterpret_cast<float*>(base + at_view);
+        float* sum_weight = weighted ? reinterpret_cast<float*>(base + at_sum) : nullptr;
+        float* acc = reinterpret_cast<float*>(base + at_acc);
+        float* weight_d = reinterpret_cast<float*>(base + at_weight);
+        double* stats = reinterpret_cast<double*>(base + at_stats);
+        double* partial = stats + 2;
+        // On any exit the streams are drained before the buffers go.
+        const cudaStream_t copy_stream = copy_stream_->stream;
+        struct Drain {
+            cudaStream_t a, b;
+            ~Drain() {
+                cudaStreamSynchronize(a);
+                cudaStreamSynchronize(b);
+                cudaGetLastError();
+            }
+        } drain{stream, copy_stream};
+        ProgressPump progress(on_chunks);
+
+        // Upload once: the track in the middle of its zero padding.
+        if (max_shift > 0) {
+            FD_CUDA(cudaMemset2DAsync(track, size_t(g.total) * sizeof(float), 0, size_t(max_shift) * sizeof(float),
+                                      size_t(C), stream));
+            FD_CUDA(cudaMemset2DAsync(track + max_shift + L, size_t(g.total) * sizeof(float), 0,
+                                      size_t(max_shift) * sizeof(float), size_t(C), stream));
+        }
+        FD_CUDA(cudaMemcpy2DAsync(track + max_shift, size_t(g.total) * sizeof(float), mix, size_t(L) * sizeof(float),
+                                  size_t(L) * sizeof(float), size_t(C), cudaMemcpyHostToDevice, stream));
+        if (weighted)
+            FD_CUDA(cudaMemcpyAsync(weight_d, weight.data(), weight.size() * sizeof(float), cudaMemcpyHostToDevice,
+                                    stream));
+        if (params.normalize) {
+            track_stats(stream, track + max_shift, C, L, g.total, partial, stats);
+            track_normalize(stream, track + max_shift, C, L, g.total, stats);
+        }
+
+        // The last (or only) shift is finished and downloaded region by
+        // region on the copy stream as soon as no later chunk touches it,
+        // while the next batch runs; the output vector is sized (zero-filled
+        // by the host) while the first batches run.
+        const double* st = params.normalize ? stats : nullptr;
+        float* result = params.shifts <= 1 ? nullptr : acc;  // the view's window itself when <= 1 shift
+        const int64_t result_pitch = params.shifts <= 1 ? pitch : L;
+        int64_t done = 0;  // track samples [0, done) finished and downloaded
+        auto download = [&](const Cut& cut, const ShiftStep& step, int64_t upto, cudaEvent_t ready) {
+            upto = std::min(upto, L);
+            if (upto <= done) return;
+            float* dst = result ? result : view + cut.skip;
+            FD_CUDA(cudaStreamWaitEvent(copy_stream, ready, 0));
+            finish_shift(copy_stream, view, pitch, cut.skip, sum_weight, SC, done, upto, step, st, dst,
+                         result_pitch);
+            if (out.size() != size_t(SC * L)) out.resize(size_t(SC * L));
+            FD_CUDA(cudaMemcpy2DAsync(out.data() + done, size_t(L) * sizeof(float), dst + done,
+                                      size_t(result_pitch) * sizeof(float), size_t(upto - done) * sizeof(float),
+                                      size_t(SC), cudaMemcpyDeviceToHost, copy_stream));
+            done = upto;
+        };
+
+        Ctx ctx = ctx_;
+        ctx.arena = &arena_;
+        for (size_t s = 0; s < cuts.size(); s++) {
+            const Cut& cut = cuts[s];
+            g.view_start = cut.start;
+            g.view_length = cut.length;
+            ShiftStep step;
+            step.shifts = params.shifts;
+            step.first = s == 0;
+            step.last = s + 1 == cuts.size();
+            FD_CUDA(cudaMemsetAsync(view, 0, size_t(SC) * pitch * sizeof(float), stream));
+            if (weighted) sum_weights(stream, g, weight_d, sum_weight);
+            const int64_t jobs = g.jobs();
+            int64_t pending = -1;  // track samples final after the previous batch (last shift)
+            int slot = 0;
+            for (int64_t first = 0; first < jobs; first += batch) {
+                const int n = static_cast<int>(std::min<int64_t>(batch, jobs - first));
+                const Io io = alloc_io(ctx, n);
+                gather_chunks(stream, track, C, g, first, n, io.in);
+                run_forward(ctx, n);
+                accumulate_chunks(stream, io.out, SC, g, first, n, weighted ? weight_d : nullptr, view, pitch);
+                if (step.last) {
+                    FD_CUDA(cudaEventRecord(ready_[slot]->event, stream));
+                    // The previous batch's region, while this batch runs.
+                    if (pending >= 0) download(cut, step, pending, ready_[slot ^ 1]->event);
+                    // View samples before the next chunk's start are final.
+                    pending = first + n < jobs ? (first + n) * g.stride - cut.skip : L;
+                    slot ^= 1;
+                }
+                progress.enqueued(n, stream);
+            }
+            if (step.last) {
+                download(cut, step, pending, ready_[slot ^ 1]->event);
+            } else {
+                finish_shift(stream, view, pitch, cut.skip, sum_weight, SC, 0, L, step, st, acc, L);
+            }
+        }
+        if (done != L) throw Error("internal error: the track was not downloaded whole");
+        FD_CUDA(cudaStreamSynchronize(copy_stream));
+        FD_CUDA(cudaStreamSynchronize(stream));
+        progress.flush();
+        return true;
     }
 
 private:
@@ -245,14 +499,115 @@ private:
 
     void ensure_workspace(int batch) {
         const size_t need = measure(batch);
-        if (workspace_.bytes() < need) {
-            destroy_graphs();  // they point into the old workspace
-            FD_CUDA(cudaStreamSynchronize(stream_->stream));
-            workspace_.reset();
-            arena_.bind(nullptr, 0);
-            workspace_ = DeviceBuffer(need, "batch " + std::to_string(batch));
-        }
+        if (workspace_.bytes() < need) resize_workspace(need, "batch " + std::to_string(batch));
         arena_.bind(workspace_.get(), workspace_.bytes());
+    }
+
+    void resize_workspace(size_t bytes, const std::string& what) {
+        destroy_graphs();  // they point into the old workspace
+        FD_CUDA(cudaStreamSynchronize(stream_->stream));
+        workspace_.reset();
+        arena_.bind(nullptr, 0);
+        workspace_ = DeviceBuffer(bytes, what);
+        arena_.bind(workspace_.get(), workspace_.bytes());
+    }
+
+    // Chunks per forward for a whole track whose own buffers take
+    // `track_bytes`: as max_batch() with that memory set aside, at most the
+    // jobs of one view and params.batch_size. Sizes the workspace for it
+    // (shrinking a larger one if the track's buffers need the room) or
+    // throws a clear Error when even one chunk does not fit.
+    int track_batch(size_t track_bytes, int64_t max_jobs, int batch_size, double seconds) {
+        size_t free_b = 0, total_b = 0;
+        device_memory(&free_b, &total_b);
+        const size_t reserve = (size_t(256) << 20) + total_b / 50;
+        const size_t avail = free_b + workspace_.bytes();
+        const size_t one = measure(1);
+        if (avail < reserve + track_bytes + one) {
+            char msg[512];
+            std::snprintf(msg, sizeof msg,
+                          "out of GPU memory: a %.0f s track needs %.0f MiB for its buffers and %.0f MiB for one "
+                          "chunk (+ %.0f MiB reserve), %.0f MiB available; shorten it, or set "
+                          "FASTDEMUCS_HOST_APPLY=1 to stream it through host memory",
+                          seconds, mib(track_bytes), mib(one), mib(reserve), mib(avail));
+            throw Error(msg);
+        }
+        const size_t room = avail - reserve - track_bytes;
+        int64_t batch = per_chunk_ > 0 && room > fixed_ ? int64_t((room - fixed_) / per_chunk_) : 1;
+        batch = std::min<int64_t>({batch, batch_cap_, max_jobs});
+        if (batch_size > 0) batch = std::min<int64_t>(batch, batch_size);
+        batch = std::max<int64_t>(batch, 1);
+        while (batch > 1 && measure(int(batch)) > room) batch--;
+        const size_t need = measure(int(batch));
+        // Grow, or give back a larger workspace when the track's buffers need its memory.
+        if (workspace_.bytes() < need || (workspace_.bytes() > need && free_b < track_bytes + reserve))
+            resize_workspace(need, "batch " + std::to_string(batch));
+        arena_.bind(workspace_.get(), workspace_.bytes());
+        return int(batch);
+    }
+
+    // Reports finished batches to on_chunks one batch late, so the GPU
+    // always has the next batch queued while the host waits.
+    class ProgressPump {
+    public:
+        explicit ProgressPump(const std::function<void(int64_t)>& fn) : fn_(fn) {
+            if (!fn_) return;
+            for (auto& e : events_) FD_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+        }
+        ~ProgressPump() {
+            for (auto& e : events_)
+                if (e) cudaEventDestroy(e);
+        }
+        ProgressPump(const ProgressPump&) = delete;
+        ProgressPump& operator=(const ProgressPump&) = delete;
+        void enqueued(int64_t n, cudaStream_t stream) {
+            if (!fn_) return;
+            FD_CUDA(cudaEventRecord(events_[head_], stream));
+            counts_[head_] = n;
+            head_ ^= 1;
+            wait(head_);
+        }
+        void flush() {
+            if (!fn_) return;
+            wait(head_);
+            wait(head_ ^ 1);
+        }
+
+    private:
+        void wait(int slot) {
+            if (counts_[slot] == 0) return;
+            FD_CUDA(cudaEventSynchronize(events_[slot]));
+            const int64_t n = counts_[slot];
+            counts_[slot] = 0;
+            fn_(n);
+        }
+        const std::function<void(int64_t)>& fn_;
+        cudaEvent_t events_[2] = {nullptr, nullptr};
+        int64_t counts_[2] = {0, 0};
+        int head_ = 0;
+    };
+
+    // The forward of `batch` chunks already in the arena's input buffer:
+    // eager on the first call of a batch size, captured on the second,
+    // replayed after (taps always eager).
+    void run_forward(const Ctx& ctx, int batch) {
+        const bool use_graph = graphs_enabled_ && !tap_;
+        auto it = graphs_.find(batch);
+        if (use_graph && it != graphs_.end()) {
+            FD_CUDA(cudaGraphLaunch(it->second, ctx.stream));
+        } else if (use_graph && eager_done_.count(batch)) {
+            capture_and_launch(ctx, batch);
+        } else if (profiler_ && !tap_) {
+            Ctx profiled = ctx;
+            profiled.prof = profiler_.get();
+            profiler_->begin_forward(ctx.stream, batch);
+            device_forward(profiled, batch);
+            profiler_->end_forward(ctx.stream);
+            eager_done_.insert(batch);
+        } else {
+            device_forward(ctx, batch);
+            eager_done_.insert(batch);
+        }
     }
 
     void destroy_graphs() {
@@ -311,6 +666,7 @@ private:
         const int64_t T = spectral_->frames(), bins = spectral_->bins();
 
         DTensor x{arena.alloc<float>(B * 2 * C * bins * T), B, 2 * C, bins, T};
+        profile_block(ctx, "stft + normalise");
         spectral_->stft(ctx, B, C, io.in, x.p);
         emit(ctx, "spec", x);
         double* spec_stats = arena.alloc<double>(2 * B);  // mean[B], std[B]
@@ -329,6 +685,7 @@ private:
 
         if (x.c != S * 2 * C || x.h != bins || x.w != T || xt.c != S * C || xt.h != 1 || xt.w != L)
             throw Error("internal error: unexpected output shapes of the network");
+        profile_block(ctx, "istft + sum");
         spectral_->istft_add(ctx, B, S * C, x.p, spec_stats, xt.p, time_stats, io.out);
     }
 
@@ -344,6 +701,7 @@ private:
             if (idx < plan.tencoder.size()) {
                 const auto& tenc = plan.tencoder[idx];
                 lengths_t.push_back(xt.w);
+                profile_block(ctx, "tencoder." + std::to_string(idx));
                 xt = encoder_layer(ctx, tenc, xt, nullptr);
                 emit(ctx, "tencoder." + std::to_string(idx), xt);
                 if (!tenc.empty) {
@@ -353,6 +711,7 @@ private:
                     inject = &injected;
                 }
             }
+            profile_block(ctx, "encoder." + std::to_string(idx));
             x = encoder_layer(ctx, plan.encoder[idx], x, inject);
             emit(ctx, "encoder." + std::to_string(idx), x);
             if (idx == 0 && plan.freq_emb_rows) {
@@ -367,6 +726,7 @@ private:
         if (cfg.t_layers > 0) {
             const int64_t B = x.b, F = x.h, T = x.w;
             if (plan.bottom) {
+                profile_block(ctx, "channel_upsamplers");
                 x = conv1x1(ctx, DTensor{x.p, B, x.c, 1, F * T}, "channel_upsampler.");
                 emit(ctx, "channel_upsampler", x);
                 x = DTensor{x.p, B, x.c, F, T};
@@ -387,6 +747,7 @@ private:
             transformer_->run(ctx, B, x.p, xt.p);
             emit(ctx, "crosstransformer.0", x);
             if (plan.bottom) {
+                profile_block(ctx, "channel_downsamplers");
                 x = conv1x1(ctx, DTensor{x.p, B, x.c, 1, F * T}, "channel_downsampler.");
                 emit(ctx, "channel_downsampler", x);
                 x = DTensor{x.p, B, x.c, F, T};
@@ -402,6 +763,7 @@ private:
             const bool t_here = idx >= offset;
             const bool need_pre = t_here && plan.tdecoder[idx - offset].empty;
             DTensor pre;
+            profile_block(ctx, "decoder." + std::to_string(idx));
             x = decoder_layer(ctx, plan.decoder[idx], x, &skip, lengths.back(), need_pre ? &pre : nullptr);
             lengths.pop_back();
             emit(ctx, "decoder." + std::to_string(idx) + ".0", x);
@@ -409,6 +771,7 @@ private:
                 const auto& tdec = plan.tdecoder[idx - offset];
                 const int64_t length_t = lengths_t.back();
                 lengths_t.pop_back();
+                profile_block(ctx, "tdecoder." + std::to_string(idx - offset));
                 if (tdec.empty) {
                     // The frequency branch is down to one row: it feeds the time decoder.
                     if (pre.h != 1) throw Error("internal error: empty time decoder input has several rows");
@@ -611,11 +974,14 @@ private:
     int64_t length_ = 0;
     // Destroyed in reverse: the cuBLAS handle before its workspace, both before the stream.
     std::unique_ptr<StreamOwner> stream_;
+    std::unique_ptr<StreamOwner> copy_stream_;  // the whole-track path's finishing and downloads
+    std::unique_ptr<EventOwner> ready_[2];  // a batch's overlap-add is done (whole-track path)
     DeviceBuffer blas_workspace_;
     std::unique_ptr<BlasOwner> blas_;
     std::unique_ptr<DeviceWeights> weights_;
     std::unique_ptr<Spectral> spectral_;
     std::unique_ptr<CrossTransformer> transformer_;
+    std::unique_ptr<Profiler> profiler_;
     DeviceBuffer workspace_;
     Arena arena_;
     Ctx ctx_;

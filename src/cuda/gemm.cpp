@@ -3,6 +3,7 @@
 #include <limits>
 #include <string>
 
+#include "cuda/profile.h"
 #include "error.h"
 
 namespace fastdemucs::cuda {
@@ -37,6 +38,7 @@ void gemm(const Ctx& ctx, DType ab, bool trans_a, bool trans_b, int64_t m, int64
     const cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
     const cudaDataType_t t = cuda_type(ab);
     if (k == 0) throw Error("internal error: GEMM with k = 0");
+    ProfileSpan span(ctx, ProfKind::Gemm);
     FD_CUBLAS(cublasGemmStridedBatchedEx(ctx.blas, op_b, op_a, as_int(n, "n"), as_int(m, "m"), as_int(k, "k"), &alpha,
                                          b.ptr, t, as_int(b.ld, "ldb"), b.stride, a.ptr, t, as_int(a.ld, "lda"),
                                          a.stride, &beta, c, CUDA_R_32F, as_int(ldc, "ldc"), stride_c,

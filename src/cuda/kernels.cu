@@ -7,12 +7,28 @@
 namespace fastdemucs::cuda {
 namespace {
 
+// Element-wise kernels index with I = uint32_t when every index fits (every
+// per-batch activation does): a 64-bit division by a runtime value is a
+// long software sequence, a 32-bit one a few instructions.
+#define FD_INDEX_DISPATCH(n, I, ...)               \
+    if ((n) < (int64_t(1) << 31)) {                \
+        using I = uint32_t;                        \
+        __VA_ARGS__;                               \
+    } else {                                       \
+        using I = int64_t;                         \
+        __VA_ARGS__;                               \
+    }
+
+#define FD_GRID_STRIDE_I(I, i, n) \
+    for (I i = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); i < I(n); i += I(gridDim.x) * I(blockDim.x))
+
 // ------------------------------------------------------------------ statistics
 
 constexpr int64_t kStatChunk = 8192;  // values per partial-statistics block
 
 // One block per (segment, chunk): count, mean and centred sum of squares of
 // the chunk, two passes in double.
+template <typename I>
 __global__ void segment_partial_kernel(const float* __restrict__ x, Segments seg, int64_t splits, int64_t chunk,
                                        double* __restrict__ partial) {
     __shared__ double shared[32];
@@ -22,20 +38,21 @@ __global__ void segment_partial_kernel(const float* __restrict__ x, Segments seg
     const int64_t b = s / (seg.G * seg.R), g = (s / seg.R) % seg.G, r = s % seg.R;
     const float* base = x + ((b * seg.C + g * cg) * seg.R + r) * seg.W;
     const int64_t row_stride = seg.R * seg.W;
-    const int64_t lo = sp * chunk, hi = min(size, lo + chunk);
-    const int64_t n = hi > lo ? hi - lo : 0;
+    const I W = I(seg.W);
+    const I lo = I(sp * chunk), hi = I(min(size, sp * chunk + chunk));
+    const int64_t n = hi > lo ? int64_t(hi - lo) : 0;
 
     double sum = 0.0;
-    for (int64_t e = lo + threadIdx.x; e < hi; e += blockDim.x) {
-        const int64_t k = e / seg.W, w = e - k * seg.W;
-        sum += base[k * row_stride + w];
+    for (I e = lo + I(threadIdx.x); e < hi; e += I(blockDim.x)) {
+        const I k = e / W, w = e - k * W;
+        sum += base[int64_t(k) * row_stride + w];
     }
     sum = block_sum(sum, shared);
     const double mean = n > 0 ? sum / double(n) : 0.0;
     double m2 = 0.0;
-    for (int64_t e = lo + threadIdx.x; e < hi; e += blockDim.x) {
-        const int64_t k = e / seg.W, w = e - k * seg.W;
-        const double d = double(base[k * row_stride + w]) - mean;
+    for (I e = lo + I(threadIdx.x); e < hi; e += I(blockDim.x)) {
+        const I k = e / W, w = e - k * W;
+        const double d = double(base[int64_t(k) * row_stride + w]) - mean;
         m2 += d * d;
     }
     m2 = block_sum(m2, shared);
@@ -68,39 +85,56 @@ __global__ void segment_finalize_kernel(const double* __restrict__ partial, int6
     }
 }
 
+// inv[b] = 1 / (1e-5 + std[b]), once per item instead of once per value.
+__global__ void inv_std_kernel(const double* __restrict__ std, int64_t B, double* __restrict__ inv) {
+    FD_GRID_STRIDE(b, B) inv[b] = 1.0 / (1e-5 + std[b]);
+}
+
+template <typename I>
 __global__ void normalize_kernel(float* x, int64_t B, int64_t n, const double* __restrict__ mean,
-                                 const double* __restrict__ std) {
-    FD_GRID_STRIDE(i, B * n) {
-        const int64_t b = i / n;
-        const double inv = 1.0 / (1e-5 + std[b]);
-        x[i] = float((double(x[i]) - mean[b]) * inv);
+                                 const double* __restrict__ inv) {
+    FD_GRID_STRIDE_I(I, i, I(B) * I(n)) {
+        const I b = i / I(n);
+        x[i] = float((double(x[i]) - mean[b]) * inv[b]);
     }
 }
 
-__global__ void group_norm_apply_kernel(float* x, Segments seg, const double* __restrict__ mean,
-                                        const double* __restrict__ var, const float* __restrict__ weight,
-                                        const float* __restrict__ bias, float eps, Act act) {
-    const int64_t cg = seg.C / seg.G, total = seg.B * seg.C * seg.R * seg.W;
-    FD_GRID_STRIDE(i, total) {
-        const int64_t r = (i / seg.W) % seg.R;
-        const int64_t c = (i / (seg.W * seg.R)) % seg.C;
-        const int64_t b = i / (seg.W * seg.R * seg.C);
+// Per (item, channel, row) q = (b * C + c) * R + r of a GroupNorm: the
+// affine map of its values, {scale, shift} (the double arithmetic of the
+// per-value formula, done once per row).
+__global__ void group_norm_coef_kernel(Segments seg, const double* __restrict__ mean,
+                                       const double* __restrict__ var, const float* __restrict__ weight,
+                                       const float* __restrict__ bias, float eps, float2* __restrict__ coef) {
+    const int64_t cg = seg.C / seg.G;
+    FD_GRID_STRIDE(q, seg.B * seg.C * seg.R) {
+        const int64_t r = q % seg.R, c = (q / seg.R) % seg.C, b = q / (seg.R * seg.C);
         const int64_t s = (b * seg.G + c / cg) * seg.R + r;
         const double inv = 1.0 / sqrt(var[s] + double(eps));
         const float scale = float(inv * weight[c]);
         const float shift = float(bias[c] - mean[s] * inv * weight[c]);
-        x[i] = activate(x[i] * scale + shift, act);
+        coef[q] = make_float2(scale, shift);
     }
 }
 
-__global__ void group_norm_tokens_apply_kernel(float* x, int64_t B, int64_t N, int64_t C,
-                                               const double* __restrict__ mean, const double* __restrict__ var,
-                                               const float* __restrict__ weight, const float* __restrict__ bias,
-                                               float eps) {
-    FD_GRID_STRIDE(i, B * N * C) {
-        const int64_t b = i / (N * C), c = i % C;
-        const double inv = 1.0 / sqrt(var[b] + double(eps));
-        x[i] = float((double(x[i]) - mean[b]) * inv) * weight[c] + bias[c];
+template <typename I>
+__global__ void group_norm_apply_kernel(float* x, I total, I W, const float2* __restrict__ coef, Act act) {
+    FD_GRID_STRIDE_I(I, i, total) {
+        const float2 k = coef[i / W];
+        x[i] = activate(x[i] * k.x + k.y, act);
+    }
+}
+
+__global__ void inv_sqrt_kernel(const double* __restrict__ var, int64_t B, float eps, double* __restrict__ inv) {
+    FD_GRID_STRIDE(b, B) inv[b] = 1.0 / sqrt(var[b] + double(eps));
+}
+
+template <typename I>
+__global__ void group_norm_tokens_apply_kernel(float* x, I B, I N, I C, const double* __restrict__ mean,
+                                               const double* __restrict__ inv, const float* __restrict__ weight,
+                                               const float* __restrict__ bias) {
+    FD_GRID_STRIDE_I(I, i, B * N * C) {
+        const I b = i / (N * C), c = i % C;
+        x[i] = float((double(x[i]) - mean[b]) * inv[b]) * weight[c] + bias[c];
     }
 }
 
@@ -132,12 +166,12 @@ __global__ void gelu_kernel(float* x, int64_t n) {
     FD_GRID_STRIDE(i, n) x[i] = gelu_exact(x[i]);
 }
 
-template <typename T>
-__global__ void bias_act_kernel(const float* in, T* out, const float* __restrict__ bias, int64_t outer, int64_t C,
-                                int64_t inner, Act act) {
-    FD_GRID_STRIDE(i, outer * C * inner) {
+template <typename T, typename I>
+__global__ void bias_act_kernel(const float* in, T* out, const float* __restrict__ bias, I total, I C, I inner,
+                                Act act) {
+    FD_GRID_STRIDE_I(I, i, total) {
         float v = in[i];
-        if (bias) v += bias[(i / inner) % C];
+        if (bias) v += bias[(inner == 1 ? i : i / inner) % C];
         out[i] = from_float<T>(activate(v, act));
     }
 }
@@ -147,22 +181,39 @@ __global__ void convert_kernel(const float* __restrict__ in, T* __restrict__ out
     FD_GRID_STRIDE(i, n) out[i] = from_float<T>(in[i]);
 }
 
-__global__ void glu_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t B, int64_t C, int64_t inner) {
-    FD_GRID_STRIDE(i, B * C * inner) {
-        const int64_t k = i % inner, bc = i / inner, b = bc / C, c = bc % C;
-        const float a = x[(b * 2 * C + c) * inner + k];
-        const float g = x[(b * 2 * C + C + c) * inner + k];
+template <typename T, typename I>
+__global__ void convert_rows_kernel(const float* __restrict__ in, T* __restrict__ out, I rows, I n, I ld) {
+    FD_GRID_STRIDE_I(I, i, rows * n) {
+        const I r = i / n, j = i - r * n;
+        out[int64_t(r) * ld + j] = from_float<T>(in[i]);
+    }
+}
+
+// x [B, 2C, inner] -> the a (first C) and gate (last C) values of output i of [B, C, inner].
+template <typename I>
+__device__ __forceinline__ I glu_index(I i, I C, I inner) {
+    const I k = i % inner, bc = i / inner, b = bc / C;
+    return (bc + b * C) * inner + k;  // (b * 2C + c) * inner + k
+}
+
+template <typename I>
+__global__ void glu_kernel(const float* __restrict__ x, float* __restrict__ y, I total, I C, I inner) {
+    FD_GRID_STRIDE_I(I, i, total) {
+        const I at = glu_index(i, C, inner);
+        const float a = x[at];
+        const float g = x[at + C * inner];
         y[i] = a / (1.0f + expf(-g));
     }
 }
 
+template <typename I>
 __global__ void glu_residual_kernel(const float* __restrict__ gates, float* __restrict__ x,
-                                    const float* __restrict__ scale, int64_t B, int64_t C, int64_t inner) {
-    FD_GRID_STRIDE(i, B * C * inner) {
-        const int64_t k = i % inner, bc = i / inner, b = bc / C, c = bc % C;
-        const float a = gates[(b * 2 * C + c) * inner + k];
-        const float g = gates[(b * 2 * C + C + c) * inner + k];
-        x[i] += scale[c] * (a / (1.0f + expf(-g)));
+                                    const float* __restrict__ scale, I total, I C, I inner) {
+    FD_GRID_STRIDE_I(I, i, total) {
+        const I at = glu_index(i, C, inner);
+        const float a = gates[at];
+        const float g = gates[at + C * inner];
+        x[i] += scale[(i / inner) % C] * (a / (1.0f + expf(-g)));
     }
 }
 
@@ -170,51 +221,93 @@ __global__ void add_kernel(float* x, const float* y, int64_t n) {  // x may be y
     FD_GRID_STRIDE(i, n) x[i] += y[i];
 }
 
-__global__ void add_rows_kernel(float* __restrict__ y, const float* __restrict__ inject, int64_t BC, int64_t H,
-                                int64_t W) {
-    FD_GRID_STRIDE(i, BC * H * W) {
-        const int64_t w = i % W, bc = i / (H * W);
+template <typename I>
+__global__ void add_rows_kernel(float* __restrict__ y, const float* __restrict__ inject, I BC, I H, I W) {
+    FD_GRID_STRIDE_I(I, i, BC * H * W) {
+        const I w = i % W, bc = i / (H * W);
         y[i] += inject[bc * W + w];
     }
 }
 
-__global__ void freq_embedding_kernel(float* x, const float* __restrict__ table, int64_t B, int64_t C, int64_t F,
-                                      int64_t T, float k, float s) {
-    FD_GRID_STRIDE(i, B * C * F * T) {
-        const int64_t f = (i / T) % F, c = (i / (T * F)) % C;
+template <typename I>
+__global__ void freq_embedding_kernel(float* x, const float* __restrict__ table, I B, I C, I F, I T, float k,
+                                      float s) {
+    FD_GRID_STRIDE_I(I, i, B * C * F * T) {
+        const I ft = i / T, f = ft % F, c = (ft / F) % C;
         x[i] += k * (table[f * C + c] * s);
     }
 }
 
+template <typename I>
 __global__ void residual_kernel(float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ bias,
-                                const float* __restrict__ gamma, int64_t rows, int64_t C) {
-    FD_GRID_STRIDE(i, rows * C) {
-        const int64_t c = i % C;
+                                const float* __restrict__ gamma, I total, I C) {
+    FD_GRID_STRIDE_I(I, i, total) {
+        const I c = i % C;
         const float v = y[i] + (bias ? bias[c] : 0.0f);
         x[i] += gamma ? gamma[c] * v : v;
     }
 }
 
-__global__ void add_broadcast_kernel(float* __restrict__ x, const float* __restrict__ table, float weight, int64_t B,
-                                     int64_t n) {
-    FD_GRID_STRIDE(i, B * n) x[i] += weight * table[i % n];
+template <typename I>
+__global__ void add_broadcast_kernel(float* __restrict__ x, const float* __restrict__ table, float weight, I total,
+                                     I n) {
+    FD_GRID_STRIDE_I(I, i, total) x[i] += weight * table[i % n];
 }
 
 // ---------------------------------------------------------------------- layout
 
-__global__ void to_tokens_kernel(const float* __restrict__ x, float* __restrict__ tok, int64_t B, int64_t C,
-                                 int64_t Fr, int64_t T) {
-    FD_GRID_STRIDE(i, B * C * Fr * T) {
-        const int64_t c = i % C, n = (i / C) % (T * Fr), b = i / (C * T * Fr);
-        const int64_t t = n / Fr, f = n % Fr;
+// Batched transpose through shared memory: for each z < Z, the matrix
+// in(z) [R, S] (element (r, s) at in + in_z(z) + r * in_r + s) goes to
+// out(z) [S, R] (element (s, r) at out + out_z(z) + s * out_s + r), with
+// z = (z1, z2) and base offsets z1 * a1 + z2 * a2. Reads and writes are
+// coalesced (a plain gather reads with a stride of R elements).
+struct TransposeMap {
+    int64_t Z2 = 1;                 // z = z1 * Z2 + z2
+    int64_t in_a1 = 0, in_a2 = 0, in_r = 0;
+    int64_t out_a1 = 0, out_a2 = 0, out_s = 0;
+    int64_t R = 0, S = 0;
+};
+
+constexpr int kTile = 32;
+
+__global__ void transpose_kernel(const float* __restrict__ in, float* __restrict__ out, TransposeMap m) {
+    __shared__ float tile[kTile][kTile + 1];
+    const int64_t z = blockIdx.z, z1 = z / m.Z2, z2 = z % m.Z2;
+    const float* ib = in + z1 * m.in_a1 + z2 * m.in_a2;
+    float* ob = out + z1 * m.out_a1 + z2 * m.out_a2;
+    const int64_t r0 = int64_t(blockIdx.y) * kTile, s0 = int64_t(blockIdx.x) * kTile;
+    for (int dy = threadIdx.y; dy < kTile; dy += blockDim.y) {
+        const int64_t r = r0 + dy, s = s0 + threadIdx.x;
+        if (r < m.R && s < m.S) tile[dy][threadIdx.x] = ib[r * m.in_r + s];
+    }
+    __syncthreads();
+    for (int dy = threadIdx.y; dy < kTile; dy += blockDim.y) {
+        const int64_t s = s0 + dy, r = r0 + threadIdx.x;
+        if (r < m.R && s < m.S) ob[s * m.out_s + r] = tile[threadIdx.x][dy];
+    }
+}
+
+bool launch_transpose(const Ctx& ctx, const float* in, float* out, int64_t Z, const TransposeMap& m) {
+    const int64_t gx = (m.S + kTile - 1) / kTile, gy = (m.R + kTile - 1) / kTile;
+    if (Z > 65535 || gy > 65535 || gx > int64_t(0x7fffffff)) return false;
+    transpose_kernel<<<dim3(unsigned(gx), unsigned(gy), unsigned(Z)), dim3(kTile, 8), 0, ctx.stream>>>(in, out, m);
+    FD_LAUNCH_CHECK();
+    return true;
+}
+
+template <typename I>
+__global__ void to_tokens_kernel(const float* __restrict__ x, float* __restrict__ tok, I B, I C, I Fr, I T) {
+    FD_GRID_STRIDE_I(I, i, B * C * Fr * T) {
+        const I c = i % C, n = (i / C) % (T * Fr), b = i / (C * T * Fr);
+        const I t = n / Fr, f = n % Fr;
         tok[i] = x[((b * C + c) * Fr + f) * T + t];
     }
 }
 
-__global__ void from_tokens_kernel(const float* __restrict__ tok, float* __restrict__ x, int64_t B, int64_t C,
-                                   int64_t Fr, int64_t T) {
-    FD_GRID_STRIDE(i, B * C * Fr * T) {
-        const int64_t t = i % T, f = (i / T) % Fr, c = (i / (T * Fr)) % C, b = i / (T * Fr * C);
+template <typename I>
+__global__ void from_tokens_kernel(const float* __restrict__ tok, float* __restrict__ x, I B, I C, I Fr, I T) {
+    FD_GRID_STRIDE_I(I, i, B * C * Fr * T) {
+        const I t = i % T, f = (i / T) % Fr, c = (i / (T * Fr)) % C, b = i / (T * Fr * C);
         x[i] = tok[(b * T * Fr + t * Fr + f) * C + c];
     }
 }
@@ -238,73 +331,77 @@ __global__ void softmax_rows_kernel(const float* s, T* p, int64_t cols) {
 
 // --------------------------------------------------------- convolution helpers
 
-template <typename T>
-__global__ void im2col_kernel(const float* __restrict__ x, T* __restrict__ cols, int64_t B, int64_t Cin, int64_t H,
-                              int64_t W, ConvGeom g, int64_t Ho, int64_t Wo) {
-    const int64_t K = Cin * g.kh * g.kw;
-    FD_GRID_STRIDE(i, B * K * Ho * Wo) {
-        const int64_t wo = i % Wo, ho = (i / Wo) % Ho, r = (i / (Wo * Ho)) % K, b = i / (Wo * Ho * K);
-        const int64_t ci = r / (g.kh * g.kw), ki = (r / g.kw) % g.kh, kj = r % g.kw;
-        const int64_t h = ho * g.sh + ki * g.dh - g.ph, w = wo * g.sw + kj * g.dw - g.pw;
-        const float v = (h >= 0 && h < H && w >= 0 && w < W) ? x[((b * Cin + ci) * H + h) * W + w] : 0.0f;
-        cols[i] = from_float<T>(v);
+template <typename T, typename I>
+__global__ void im2col_kernel(const float* __restrict__ x, T* __restrict__ cols, I rows, I K, I Cin, int64_t H,
+                              int64_t W, ConvGeom g, I Wo, I N, int64_t ld) {
+    const I taps = I(g.kh) * I(g.kw);
+    FD_GRID_STRIDE_I(I, i, rows * N) {
+        const I q = i / N, n = i - q * N;  // q = b * K + r
+        const I ho = n / Wo, wo = n - ho * Wo;
+        const I b = q / K, r = q - b * K;
+        const I ci = r / taps, t = r - ci * taps;
+        const I ki = t / I(g.kw), kj = t - ki * I(g.kw);
+        const int64_t h = int64_t(ho) * g.sh + int64_t(ki) * g.dh - g.ph;
+        const int64_t w = int64_t(wo) * g.sw + int64_t(kj) * g.dw - g.pw;
+        const float v = (h >= 0 && h < H && w >= 0 && w < W) ? x[((int64_t(b) * Cin + ci) * H + h) * W + w] : 0.0f;
+        cols[int64_t(q) * ld + n] = from_float<T>(v);
     }
 }
 
-template <typename T>
-__global__ void pad_planes_kernel(const float* __restrict__ x, T* __restrict__ out, int64_t BC, int64_t H, int64_t W,
-                                  int ph, int pw, int64_t plane) {
-    const int64_t Hp = H + 2 * ph, Wp = W + 2 * pw;
-    FD_GRID_STRIDE(i, BC * plane) {
-        const int64_t bc = i / plane, p = i % plane;
-        const int64_t hp = p / Wp, wp = p % Wp;
-        const int64_t h = hp - ph, w = wp - pw;
-        const float v = (hp < Hp && h >= 0 && h < H && w >= 0 && w < W) ? x[(bc * H + h) * W + w] : 0.0f;
+template <typename T, typename I>
+__global__ void pad_planes_kernel(const float* __restrict__ x, T* __restrict__ out, I BC, I H, I W, int ph, int pw,
+                                  I plane) {
+    const I Hp = H + 2 * I(ph), Wp = W + 2 * I(pw);
+    FD_GRID_STRIDE_I(I, i, BC * plane) {
+        const I bc = i / plane, p = i - bc * plane;
+        const I hp = p / Wp, wp = p - hp * Wp;
+        const int64_t h = int64_t(hp) - ph, w = int64_t(wp) - pw;
+        const float v = (hp < Hp && h >= 0 && h < H && w >= 0 && w < W) ? x[(int64_t(bc) * H + h) * W + w] : 0.0f;
         out[i] = from_float<T>(v);
     }
 }
 
+template <typename I>
 __global__ void crop_bias_act_kernel(const float* __restrict__ full, float* __restrict__ out,
-                                     const float* __restrict__ bias, int64_t B, int64_t C, int64_t H, int64_t Wfull,
-                                     int64_t W, Act act) {
-    FD_GRID_STRIDE(i, B * C * H * W) {
-        const int64_t w = i % W, h = (i / W) % H, bc = i / (W * H), c = bc % C;
-        float v = full[(bc * H + h) * Wfull + w];
-        if (bias) v += bias[c];
+                                     const float* __restrict__ bias, I C, I H, I Wfull, I W, I total, Act act) {
+    FD_GRID_STRIDE_I(I, i, total) {
+        const I row = i / W, w = i - row * W;  // row = bc * H + h
+        float v = full[int64_t(row) * Wfull + w];
+        if (bias) v += bias[(row / H) % C];
         out[i] = activate(v, act);
     }
 }
 
+// Only the taps that land on an output position are visited (for stride s,
+// kernel k: k / s of them), in increasing tap order as a plain loop would.
+template <typename I>
 __global__ void col2im_kernel(const float* __restrict__ cols, float* __restrict__ out, const float* __restrict__ bias,
-                              int64_t B, int64_t C, int64_t H, int64_t W, int kh, int kw, int sh, int sw, int64_t h0,
-                              int64_t Hc, int64_t w0, int64_t Wc, Act act) {
-    const int64_t HW = H * W;
-    FD_GRID_STRIDE(i, B * C * Hc * Wc) {
-        const int64_t wo = i % Wc + w0, ho = (i / Wc) % Hc + h0, bc = i / (Wc * Hc), c = bc % C;
+                              I C, I H, I W, int kh, int kw, int sh, int sw, I h0, I Hc, I w0, I Wc, I total,
+                              int64_t ld, Act act) {
+    FD_GRID_STRIDE_I(I, i, total) {
+        const I row = i / Wc, wo = i - row * Wc + w0;  // row = bc * Hc + (ho - h0)
+        const I bc = row / Hc, ho = row - bc * Hc + h0, c = bc % C;
         float acc = bias ? bias[c] : 0.0f;
-        const float* cb = cols + bc * int64_t(kh) * kw * HW;
-        for (int ki = 0; ki < kh; ki++) {
-            const int64_t hh = ho - ki;
-            if (hh < 0 || hh % sh != 0) continue;
-            const int64_t h = hh / sh;
+        const float* cb = cols + int64_t(bc) * kh * kw * ld;
+        for (I ki = ho % I(sh); ki < I(kh) && ki <= ho; ki += I(sh)) {
+            const I h = (ho - ki) / I(sh);
             if (h >= H) continue;
-            for (int kj = 0; kj < kw; kj++) {
-                const int64_t ww = wo - kj;
-                if (ww < 0 || ww % sw != 0) continue;
-                const int64_t w = ww / sw;
+            for (I kj = wo % I(sw); kj < I(kw) && kj <= wo; kj += I(sw)) {
+                const I w = (wo - kj) / I(sw);
                 if (w >= W) continue;
-                acc += cb[(int64_t(ki) * kw + kj) * HW + h * W + w];
+                acc += cb[int64_t(ki * I(kw) + kj) * ld + int64_t(h) * W + w];
             }
         }
         out[i] = activate(acc, act);
     }
 }
 
-__global__ void crop_act_kernel(const float* __restrict__ in, float* __restrict__ out, int64_t BC, int64_t Hin,
-                                int64_t Win, int64_t h0, int64_t Hc, int64_t w0, int64_t Wc, Act act) {
-    FD_GRID_STRIDE(i, BC * Hc * Wc) {
-        const int64_t w = i % Wc, h = (i / Wc) % Hc, bc = i / (Wc * Hc);
-        out[i] = activate(in[(bc * Hin + h + h0) * Win + w + w0], act);
+template <typename I>
+__global__ void crop_act_kernel(const float* __restrict__ in, float* __restrict__ out, I Hin, I Win, I h0, I Hc,
+                                I w0, I Wc, I total, Act act) {
+    FD_GRID_STRIDE_I(I, i, total) {
+        const I row = i / Wc, w = i - row * Wc, bc = row / Hc, h = row - bc * Hc;
+        out[i] = activate(in[(int64_t(bc) * Hin + h + h0) * Win + w + w0], act);
     }
 }
 
@@ -318,16 +415,22 @@ void segment_stats(const Ctx& ctx, const float* x, const Segments& seg, Spread s
     double* partial = ctx.arena->alloc<double>(3 * count * splits);
     if (ctx.dry || count == 0) return;
     if (count * splits > int64_t(0x7fffffff)) throw Error("segment_stats: too many segments");
-    segment_partial_kernel<<<unsigned(count * splits), kThreads, 0, ctx.stream>>>(x, seg, splits, kStatChunk,
-                                                                                   partial);
+    FD_INDEX_DISPATCH(size, I,
+                      segment_partial_kernel<I><<<unsigned(count * splits), kThreads, 0, ctx.stream>>>(
+                          x, seg, splits, kStatChunk, partial));
     FD_LAUNCH_CHECK();
     segment_finalize_kernel<<<grid_for(count), kThreads, 0, ctx.stream>>>(partial, count, splits, spread, mean, out);
     FD_LAUNCH_CHECK();
 }
 
 void normalize(const Ctx& ctx, float* x, int64_t B, int64_t n, const double* mean, const double* std) {
+    ArenaScope scope(*ctx.arena);
+    double* inv = ctx.arena->alloc<double>(B);
     if (ctx.dry || B * n == 0) return;
-    normalize_kernel<<<grid_for(B * n), kThreads, 0, ctx.stream>>>(x, B, n, mean, std);
+    inv_std_kernel<<<grid_for(B), kThreads, 0, ctx.stream>>>(std, B, inv);
+    FD_LAUNCH_CHECK();
+    FD_INDEX_DISPATCH(B * n, I,
+                      normalize_kernel<I><<<grid_for(B * n), kThreads, 0, ctx.stream>>>(x, B, n, mean, inv));
     FD_LAUNCH_CHECK();
 }
 
@@ -337,10 +440,16 @@ void group_norm(const Ctx& ctx, float* x, const Segments& seg, const float* weig
     ArenaScope scope(*ctx.arena);
     double* mean = ctx.arena->alloc<double>(seg.count());
     double* var = ctx.arena->alloc<double>(seg.count());
+    const int64_t rows = seg.B * seg.C * seg.R;
+    float2* coef = ctx.arena->alloc<float2>(rows);
     segment_stats(ctx, x, seg, Spread::Variance, mean, var);
-    if (ctx.dry) return;
-    group_norm_apply_kernel<<<grid_for(seg.numel()), kThreads, 0, ctx.stream>>>(x, seg, mean, var, weight, bias, eps,
-                                                                                 act);
+    if (ctx.dry || rows == 0) return;
+    group_norm_coef_kernel<<<grid_for(rows), kThreads, 0, ctx.stream>>>(seg, mean, var, weight, bias, eps, coef);
+    FD_LAUNCH_CHECK();
+    const int64_t total = seg.numel();
+    FD_INDEX_DISPATCH(total, I,
+                      group_norm_apply_kernel<I><<<grid_for(total), kThreads, 0, ctx.stream>>>(x, I(total), I(seg.W),
+                                                                                               coef, act));
     FD_LAUNCH_CHECK();
 }
 
@@ -349,12 +458,16 @@ void group_norm_tokens(const Ctx& ctx, float* x, int64_t B, int64_t N, int64_t C
     ArenaScope scope(*ctx.arena);
     double* mean = ctx.arena->alloc<double>(B);
     double* var = ctx.arena->alloc<double>(B);
+    double* inv = ctx.arena->alloc<double>(B);
     Segments seg;
     seg.B = B, seg.W = N * C;
     segment_stats(ctx, x, seg, Spread::Variance, mean, var);
     if (ctx.dry) return;
-    group_norm_tokens_apply_kernel<<<grid_for(B * N * C), kThreads, 0, ctx.stream>>>(x, B, N, C, mean, var, weight,
-                                                                                      bias, eps);
+    inv_sqrt_kernel<<<grid_for(B), kThreads, 0, ctx.stream>>>(var, B, eps, inv);
+    FD_LAUNCH_CHECK();
+    FD_INDEX_DISPATCH(B * N * C, I,
+                      group_norm_tokens_apply_kernel<I><<<grid_for(B * N * C), kThreads, 0, ctx.stream>>>(
+                          x, I(B), I(N), I(C), mean, inv, weight, bias));
     FD_LAUNCH_CHECK();
 }
 
@@ -381,8 +494,9 @@ void bias_act(const Ctx& ctx, const float* in, void* out, DType dt, const float*
     if (ctx.dry || n == 0) return;
     if (dt == DType::F32 && out == in && !bias && act == Act::None) return;
     FD_DISPATCH(dt, T,
-                bias_act_kernel<T><<<grid_for(n), kThreads, 0, ctx.stream>>>(in, static_cast<T*>(out), bias, outer,
-                                                                             C, inner, act));
+                FD_INDEX_DISPATCH(n, I,
+                                  bias_act_kernel<T, I><<<grid_for(n), kThreads, 0, ctx.stream>>>(
+                                      in, static_cast<T*>(out), bias, I(n), I(C), I(inner), act)));
     FD_LAUNCH_CHECK();
 }
 
@@ -397,16 +511,33 @@ void convert(const Ctx& ctx, const float* in, void* out, DType dt, int64_t n) {
     FD_LAUNCH_CHECK();
 }
 
+void convert_rows(const Ctx& ctx, const float* in, void* out, DType dt, int64_t rows, int64_t n, int64_t ld) {
+    if (ld < n) throw Error("internal error: convert_rows stride");
+    if (ld == n) return convert(ctx, in, out, dt, rows * n);
+    if (ctx.dry || rows * n == 0) return;
+    FD_DISPATCH(dt, T,
+                FD_INDEX_DISPATCH(rows * n, I,
+                                  convert_rows_kernel<T, I><<<grid_for(rows * n), kThreads, 0, ctx.stream>>>(
+                                      in, static_cast<T*>(out), I(rows), I(n), I(ld))));
+    FD_LAUNCH_CHECK();
+}
+
 void glu(const Ctx& ctx, const float* x, float* y, int64_t B, int64_t C, int64_t inner) {
-    if (ctx.dry || B * C * inner == 0) return;
-    glu_kernel<<<grid_for(B * C * inner), kThreads, 0, ctx.stream>>>(x, y, B, C, inner);
+    const int64_t n = B * C * inner;
+    if (ctx.dry || n == 0) return;
+    // The gate half sits at index + C * inner < 2n.
+    FD_INDEX_DISPATCH(2 * n, I,
+                      glu_kernel<I><<<grid_for(n), kThreads, 0, ctx.stream>>>(x, y, I(n), I(C), I(inner)));
     FD_LAUNCH_CHECK();
 }
 
 void glu_residual(const Ctx& ctx, const float* g, float* x, const float* scale, int64_t B, int64_t C,
                   int64_t inner) {
-    if (ctx.dry || B * C * inner == 0) return;
-    glu_residual_kernel<<<grid_for(B * C * inner), kThreads, 0, ctx.stream>>>(g, x, scale, B, C, inner);
+    const int64_t n = B * C * inner;
+    if (ctx.dry || n == 0) return;
+    FD_INDEX_DISPATCH(2 * n, I,
+                      glu_residual_kernel<I><<<grid_for(n), kThreads, 0, ctx.stream>>>(g, x, scale, I(n), I(C),
+                                                                                       I(inner)));
     FD_LAUNCH_CHECK();
 }
 
@@ -417,28 +548,37 @@ void add(const Ctx& ctx, float* x, const float* y, int64_t n) {
 }
 
 void add_rows(const Ctx& ctx, float* y, const float* inject, int64_t BC, int64_t H, int64_t W) {
-    if (ctx.dry || BC * H * W == 0) return;
-    add_rows_kernel<<<grid_for(BC * H * W), kThreads, 0, ctx.stream>>>(y, inject, BC, H, W);
+    const int64_t n = BC * H * W;
+    if (ctx.dry || n == 0) return;
+    FD_INDEX_DISPATCH(n, I,
+                      add_rows_kernel<I><<<grid_for(n), kThreads, 0, ctx.stream>>>(y, inject, I(BC), I(H), I(W)));
     FD_LAUNCH_CHECK();
 }
 
 void add_freq_embedding(const Ctx& ctx, float* x, const float* table, int64_t B, int64_t C, int64_t F, int64_t T,
                         float k, float s) {
-    if (ctx.dry || B * C * F * T == 0) return;
-    freq_embedding_kernel<<<grid_for(B * C * F * T), kThreads, 0, ctx.stream>>>(x, table, B, C, F, T, k, s);
+    const int64_t n = B * C * F * T;
+    if (ctx.dry || n == 0) return;
+    FD_INDEX_DISPATCH(n, I,
+                      freq_embedding_kernel<I><<<grid_for(n), kThreads, 0, ctx.stream>>>(x, table, I(B), I(C), I(F),
+                                                                                         I(T), k, s));
     FD_LAUNCH_CHECK();
 }
 
 void residual(const Ctx& ctx, float* x, const float* y, const float* bias, const float* gamma, int64_t rows,
               int64_t C) {
-    if (ctx.dry || rows * C == 0) return;
-    residual_kernel<<<grid_for(rows * C), kThreads, 0, ctx.stream>>>(x, y, bias, gamma, rows, C);
+    const int64_t n = rows * C;
+    if (ctx.dry || n == 0) return;
+    FD_INDEX_DISPATCH(n, I,
+                      residual_kernel<I><<<grid_for(n), kThreads, 0, ctx.stream>>>(x, y, bias, gamma, I(n), I(C)));
     FD_LAUNCH_CHECK();
 }
 
 void add_broadcast(const Ctx& ctx, float* x, const float* table, float weight, int64_t B, int64_t n) {
     if (ctx.dry || B * n == 0) return;
-    add_broadcast_kernel<<<grid_for(B * n), kThreads, 0, ctx.stream>>>(x, table, weight, B, n);
+    FD_INDEX_DISPATCH(B * n, I,
+                      add_broadcast_kernel<I><<<grid_for(B * n), kThreads, 0, ctx.stream>>>(x, table, weight,
+                                                                                             I(B * n), I(n)));
     FD_LAUNCH_CHECK();
 }
 
@@ -448,14 +588,33 @@ void copy(const Ctx& ctx, float* dst, const float* src, int64_t n) {
 }
 
 void to_tokens(const Ctx& ctx, const float* x, float* tok, int64_t B, int64_t C, int64_t Fr, int64_t T) {
-    if (ctx.dry || B * C * Fr * T == 0) return;
-    to_tokens_kernel<<<grid_for(B * C * Fr * T), kThreads, 0, ctx.stream>>>(x, tok, B, C, Fr, T);
+    const int64_t n = B * C * Fr * T;
+    if (ctx.dry || n == 0) return;
+    // For each (b, f): x[b, :, f, :] [C, T] (row stride Fr * T) -> tok[b, t * Fr + f, :] [T, C] (row stride Fr * C).
+    TransposeMap m;
+    m.Z2 = Fr;
+    m.in_a1 = C * Fr * T, m.in_a2 = T, m.in_r = Fr * T;
+    m.out_a1 = T * Fr * C, m.out_a2 = C, m.out_s = Fr * C;
+    m.R = C, m.S = T;
+    if (launch_transpose(ctx, x, tok, B * Fr, m)) return;
+    FD_INDEX_DISPATCH(n, I,
+                      to_tokens_kernel<I><<<grid_for(n), kThreads, 0, ctx.stream>>>(x, tok, I(B), I(C), I(Fr), I(T)));
     FD_LAUNCH_CHECK();
 }
 
 void from_tokens(const Ctx& ctx, const float* tok, float* x, int64_t B, int64_t C, int64_t Fr, int64_t T) {
-    if (ctx.dry || B * C * Fr * T == 0) return;
-    from_tokens_kernel<<<grid_for(B * C * Fr * T), kThreads, 0, ctx.stream>>>(tok, x, B, C, Fr, T);
+    const int64_t n = B * C * Fr * T;
+    if (ctx.dry || n == 0) return;
+    // For each (b, f): tok[b, t * Fr + f, :] [T, C] -> x[b, :, f, :] [C, T].
+    TransposeMap m;
+    m.Z2 = Fr;
+    m.in_a1 = T * Fr * C, m.in_a2 = C, m.in_r = Fr * C;
+    m.out_a1 = C * Fr * T, m.out_a2 = T, m.out_s = Fr * T;
+    m.R = T, m.S = C;
+    if (launch_transpose(ctx, tok, x, B * Fr, m)) return;
+    FD_INDEX_DISPATCH(n, I,
+                      from_tokens_kernel<I><<<grid_for(n), kThreads, 0, ctx.stream>>>(tok, x, I(B), I(C), I(Fr),
+                                                                                      I(T)));
     FD_LAUNCH_CHECK();
 }
 
@@ -468,12 +627,15 @@ void softmax_rows(const Ctx& ctx, const float* s, void* p, DType dt, int64_t row
 }
 
 void im2col(const Ctx& ctx, const float* x, void* cols, DType dt, int64_t B, int64_t Cin, int64_t H, int64_t W,
-            const ConvGeom& g, int64_t Ho, int64_t Wo) {
-    const int64_t n = B * Cin * g.kh * g.kw * Ho * Wo;
-    if (ctx.dry || n == 0) return;
+            const ConvGeom& g, int64_t Ho, int64_t Wo, int64_t ld) {
+    const int64_t K = Cin * g.kh * g.kw, N = Ho * Wo, rows = B * K;
+    if (ld == 0) ld = N;
+    if (ld < N) throw Error("internal error: im2col stride");
+    if (ctx.dry || rows * N == 0) return;
     FD_DISPATCH(dt, T,
-                im2col_kernel<T><<<grid_for(n), kThreads, 0, ctx.stream>>>(x, static_cast<T*>(cols), B, Cin, H, W,
-                                                                           g, Ho, Wo));
+                FD_INDEX_DISPATCH(rows * N, I,
+                                  im2col_kernel<T, I><<<grid_for(rows * N), kThreads, 0, ctx.stream>>>(
+                                      x, static_cast<T*>(cols), I(rows), I(K), I(Cin), H, W, g, I(Wo), I(N), ld)));
     FD_LAUNCH_CHECK();
 }
 
@@ -482,35 +644,47 @@ void pad_planes(const Ctx& ctx, const float* x, void* out, DType dt, int64_t BC,
     if (plane < (H + 2 * ph) * (W + 2 * pw)) throw Error("pad_planes: plane too small");
     if (ctx.dry || BC * plane == 0) return;
     FD_DISPATCH(dt, T,
-                pad_planes_kernel<T><<<grid_for(BC * plane), kThreads, 0, ctx.stream>>>(
-                    x, static_cast<T*>(out), BC, H, W, ph, pw, plane));
+                FD_INDEX_DISPATCH(BC * plane, I,
+                                  pad_planes_kernel<T, I><<<grid_for(BC * plane), kThreads, 0, ctx.stream>>>(
+                                      x, static_cast<T*>(out), I(BC), I(H), I(W), ph, pw, I(plane))));
     FD_LAUNCH_CHECK();
 }
 
 void crop_bias_act(const Ctx& ctx, const float* full, float* out, const float* bias, int64_t B, int64_t C, int64_t H,
                    int64_t Wfull, int64_t W, Act act) {
     if (W > Wfull) throw Error("crop_bias_act: crop wider than the input");
-    if (ctx.dry || B * C * H * W == 0) return;
-    crop_bias_act_kernel<<<grid_for(B * C * H * W), kThreads, 0, ctx.stream>>>(full, out, bias, B, C, H, Wfull, W,
-                                                                                act);
+    const int64_t n = B * C * H * W;
+    if (ctx.dry || n == 0) return;
+    FD_INDEX_DISPATCH(B * C * H * Wfull, I,
+                      crop_bias_act_kernel<I><<<grid_for(n), kThreads, 0, ctx.stream>>>(
+                          full, out, bias, I(C), I(H), I(Wfull), I(W), I(n), act));
     FD_LAUNCH_CHECK();
 }
 
 void col2im(const Ctx& ctx, const float* cols, float* out, const float* bias, int64_t B, int64_t C, int64_t H,
-            int64_t W, int kh, int kw, int sh, int sw, int64_t h0, int64_t Hc, int64_t w0, int64_t Wc, Act act) {
+            int64_t W, int kh, int kw, int sh, int sw, int64_t h0, int64_t Hc, int64_t w0, int64_t Wc, Act act,
+            int64_t ld) {
     const int64_t Hf = (H - 1) * sh + kh, Wf = (W - 1) * sw + kw;
+    if (ld == 0) ld = H * W;
+    if (ld < H * W) throw Error("internal error: col2im stride");
     if (h0 < 0 || w0 < 0 || h0 + Hc > Hf || w0 + Wc > Wf) throw Error("col2im: crop outside the output");
-    if (ctx.dry || B * C * Hc * Wc == 0) return;
-    col2im_kernel<<<grid_for(B * C * Hc * Wc), kThreads, 0, ctx.stream>>>(cols, out, bias, B, C, H, W, kh, kw, sh, sw,
-                                                                           h0, Hc, w0, Wc, act);
+    const int64_t n = B * C * Hc * Wc;
+    if (ctx.dry || n == 0) return;
+    FD_INDEX_DISPATCH(std::max(n, B * C * Hf * Wf), I,
+                      col2im_kernel<I><<<grid_for(n), kThreads, 0, ctx.stream>>>(
+                          cols, out, bias, I(C), I(H), I(W), kh, kw, sh, sw, I(h0), I(Hc), I(w0), I(Wc), I(n), ld,
+                          act));
     FD_LAUNCH_CHECK();
 }
 
 void crop_act(const Ctx& ctx, const float* in, float* out, int64_t BC, int64_t Hin, int64_t Win, int64_t h0,
               int64_t Hc, int64_t w0, int64_t Wc, Act act) {
     if (h0 < 0 || w0 < 0 || h0 + Hc > Hin || w0 + Wc > Win) throw Error("crop_act: crop outside the input");
-    if (ctx.dry || BC * Hc * Wc == 0) return;
-    crop_act_kernel<<<grid_for(BC * Hc * Wc), kThreads, 0, ctx.stream>>>(in, out, BC, Hin, Win, h0, Hc, w0, Wc, act);
+    const int64_t n = BC * Hc * Wc;
+    if (ctx.dry || n == 0) return;
+    FD_INDEX_DISPATCH(BC * Hin * Win, I,
+                      crop_act_kernel<I><<<grid_for(n), kThreads, 0, ctx.stream>>>(in, out, I(Hin), I(Win), I(h0),
+                                                                                   I(Hc), I(w0), I(Wc), I(n), act));
     FD_LAUNCH_CHECK();
 }
 

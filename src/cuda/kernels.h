@@ -48,6 +48,8 @@ void gelu(const Ctx& ctx, float* x, int64_t n);
 void bias_act(const Ctx& ctx, const float* in, void* out, DType dt, const float* bias, int64_t outer, int64_t C,
               int64_t inner, Act act);
 void convert(const Ctx& ctx, const float* in, void* out, DType dt, int64_t n);
+// out [rows, ld] (type dt) = in [rows, n] (ld >= n; columns past n left unset).
+void convert_rows(const Ctx& ctx, const float* in, void* out, DType dt, int64_t rows, int64_t n, int64_t ld);
 // y[b, c, i] = x[b, c, i] * sigmoid(x[b, C + c, i]) for x [B, 2C, inner].
 void glu(const Ctx& ctx, const float* x, float* y, int64_t B, int64_t C, int64_t inner);
 // x[b, c, i] += scale[c] * glu(g)[b, c, i] (DConv residual with LayerScale).
@@ -79,11 +81,12 @@ struct ConvGeom {
     int ph = 0, pw = 0;  // zero padding both sides
     int dh = 1, dw = 1;  // dilation
 };
-// cols [B, Cin * kh * kw, Ho * Wo] (type dt) from x [B, Cin, H, W]; input
+// cols [B, Cin * kh * kw, ld] (type dt, ld >= Ho * Wo, 0 = Ho * Wo; the
+// columns past Ho * Wo are left unset) from x [B, Cin, H, W]; input
 // positions outside [0, H) x [0, W) read zero (so a logical width beyond W
 // is a zero extension on the right).
 void im2col(const Ctx& ctx, const float* x, void* cols, DType dt, int64_t B, int64_t Cin, int64_t H, int64_t W,
-            const ConvGeom& g, int64_t Ho, int64_t Wo);
+            const ConvGeom& g, int64_t Ho, int64_t Wo, int64_t ld = 0);
 // out [BC, plane] (type dt): each plane is x's [H, W] zero-padded to
 // [H + 2ph, Wp = W + 2pw] and followed by zeros up to `plane` values.
 void pad_planes(const Ctx& ctx, const float* x, void* out, DType dt, int64_t BC, int64_t H, int64_t W, int ph, int pw,
@@ -91,11 +94,12 @@ void pad_planes(const Ctx& ctx, const float* x, void* out, DType dt, int64_t BC,
 // out [B, C, H, W] = act(full [B, C, H, Wfull][..., :W] + bias[c]).
 void crop_bias_act(const Ctx& ctx, const float* full, float* out, const float* bias, int64_t B, int64_t C, int64_t H,
                    int64_t Wfull, int64_t W, Act act);
-// Transposed-convolution overlap-add: cols [B, C * kh * kw, H * W] -> the
-// window [h0, h0 + Hc) x [w0, w0 + Wc) of the full output
+// Transposed-convolution overlap-add: cols [B, C * kh * kw, ld] (ld >= H * W,
+// 0 = H * W) -> the window [h0, h0 + Hc) x [w0, w0 + Wc) of the full output
 // [B, C, (H - 1) * sh + kh, (W - 1) * sw + kw], plus bias[c], then act.
 void col2im(const Ctx& ctx, const float* cols, float* out, const float* bias, int64_t B, int64_t C, int64_t H,
-            int64_t W, int kh, int kw, int sh, int sw, int64_t h0, int64_t Hc, int64_t w0, int64_t Wc, Act act);
+            int64_t W, int kh, int kw, int sh, int sw, int64_t h0, int64_t Hc, int64_t w0, int64_t Wc, Act act,
+            int64_t ld = 0);
 // out [BC, Hc, Wc] = act(in [BC, Hin, Win][h0 : h0 + Hc, w0 : w0 + Wc]).
 void crop_act(const Ctx& ctx, const float* in, float* out, int64_t BC, int64_t Hin, int64_t Win, int64_t h0,
               int64_t Hc, int64_t w0, int64_t Wc, Act act);

@@ -5,6 +5,7 @@
 
 #include "cuda/arena.h"
 #include "cuda/device_utils.cuh"
+#include "cuda/profile.h"
 #include "error.h"
 
 namespace fastdemucs::cuda {
@@ -17,67 +18,110 @@ __device__ __forceinline__ int64_t reflect(int64_t i, int64_t length) {
     return i;
 }
 
+#define FD_INDEX_DISPATCH(n, I, ...)               \
+    if ((n) < (int64_t(1) << 31)) {                \
+        using I = uint32_t;                        \
+        __VA_ARGS__;                               \
+    } else {                                       \
+        using I = int64_t;                         \
+        __VA_ARGS__;                               \
+    }
+#define FD_GRID_STRIDE_I(I, i, n) \
+    for (I i = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); i < I(n); i += I(gridDim.x) * I(blockDim.x))
+
 // frames[(bc, t), n] = window[n] * the sample under STFT frame t + 2 (the
 // first two frames are dropped by _spec) of signal bc; the signal is padded
 // by the model (pad each side, reflect) then by torch.stft's centring
 // (nfft / 2 each side, reflect).
+template <typename I>
 __global__ void stft_frames_kernel(const float* __restrict__ x, float* __restrict__ frames,
-                                   const float* __restrict__ window, int64_t BC, int64_t L, int64_t T, int nfft,
-                                   int hop, int64_t pad, int64_t padded_len) {
-    FD_GRID_STRIDE(i, BC * T * nfft) {
-        const int64_t n = i % nfft, t = (i / nfft) % T, bc = i / (nfft * T);
-        const int64_t j = (t + 2) * hop + n;
+                                   const float* __restrict__ window, I total, int64_t L, I T, int nfft, int hop,
+                                   int64_t pad, int64_t padded_len) {
+    FD_GRID_STRIDE_I(I, i, total) {
+        const I n = i % I(nfft), ft = i / I(nfft), t = ft % T, bc = ft / T;
+        const int64_t j = int64_t(t + 2) * hop + n;
         const int64_t once = reflect(j - nfft / 2, padded_len);
         const int64_t s = reflect(once - pad, L);
-        frames[i] = x[bc * L + s] * window[n];
+        frames[i] = x[int64_t(bc) * L + s] * window[n];
     }
 }
 
-// spec [(bc, t), bins + 1] -> out [B, 2C, bins, T], scaled.
-__global__ void stft_pack_kernel(const cufftComplex* __restrict__ spec, float* __restrict__ out, int64_t B,
-                                 int64_t C, int64_t bins, int64_t T, float norm) {
-    FD_GRID_STRIDE(i, B * 2 * C * bins * T) {
-        const int64_t t = i % T, k = (i / T) % bins, ch = (i / (T * bins)) % (2 * C), b = i / (T * bins * 2 * C);
-        const cufftComplex z = spec[((b * C + ch / 2) * T + t) * (bins + 1) + k];
-        out[i] = ((ch & 1) ? z.y : z.x) * norm;
+// spec [(bc, t), bins + 1] -> out [B, 2C, bins, T], scaled. Grid (T tiles,
+// bin tiles, B * C): a 32 x 32 tile goes through shared memory so that both
+// the complex reads (along bins) and the writes (along T) are coalesced.
+__global__ void stft_pack_kernel(const cufftComplex* __restrict__ spec, float* __restrict__ out, int64_t bins,
+                                 int64_t T, float norm) {
+    __shared__ float re[32][33], im[32][33];
+    const int64_t bc = blockIdx.z, t0 = int64_t(blockIdx.x) * 32, k0 = int64_t(blockIdx.y) * 32;
+    for (int dy = threadIdx.y; dy < 32; dy += blockDim.y) {
+        const int64_t t = t0 + dy, k = k0 + threadIdx.x;
+        if (t < T && k < bins) {
+            const cufftComplex z = spec[(bc * T + t) * (bins + 1) + k];
+            re[dy][threadIdx.x] = z.x * norm;
+            im[dy][threadIdx.x] = z.y * norm;
+        }
+    }
+    __syncthreads();
+    float* o_re = out + (2 * bc) * bins * T;  // channel 2c of item b: (b * 2C + 2c) = 2 * (b * C + c)
+    float* o_im = o_re + bins * T;
+    for (int dy = threadIdx.y; dy < 32; dy += blockDim.y) {
+        const int64_t k = k0 + dy, t = t0 + threadIdx.x;
+        if (t < T && k < bins) {
+            o_re[k * T + t] = re[threadIdx.x][dy];
+            o_im[k * T + t] = im[threadIdx.x][dy];
+        }
     }
 }
 
 // z [B, 2N, bins, T] (normalised) -> spec [(bn, t), bins + 1], Hermitian-valid.
+// Grid (bin tiles over bins + 1, T tiles, B * N), tiled like stft_pack.
 __global__ void istft_pack_kernel(const float* __restrict__ z, cufftComplex* __restrict__ spec,
                                   const double* __restrict__ stats, int64_t B, int64_t N, int64_t bins, int64_t T) {
-    FD_GRID_STRIDE(i, B * N * T * (bins + 1)) {
-        const int64_t k = i % (bins + 1), t = (i / (bins + 1)) % T, bn = i / ((bins + 1) * T);
-        const int64_t b = bn / N, n = bn % N;
-        cufftComplex v;
-        v.x = 0.0f;
-        v.y = 0.0f;
-        if (k < bins) {
-            const float mean = float(stats[b]), std = float(stats[B + b]);
-            const float* re = z + ((b * 2 * N + 2 * n) * bins + k) * T + t;
-            v.x = re[0] * std + mean;
-            if (k > 0) v.y = re[bins * T] * std + mean;  // Im(DC) dropped: a real FFT's input is Hermitian
+    __shared__ float re[32][33], im[32][33];
+    const int64_t bn = blockIdx.z, b = bn / N, n = bn % N;
+    const int64_t k0 = int64_t(blockIdx.x) * 32, t0 = int64_t(blockIdx.y) * 32;
+    const float mean = float(stats[b]), std = float(stats[B + b]);
+    const float* zr = z + ((b * 2 * N + 2 * n) * bins) * T;
+    const float* zi = zr + bins * T;
+    for (int dy = threadIdx.y; dy < 32; dy += blockDim.y) {
+        const int64_t k = k0 + dy, t = t0 + threadIdx.x;
+        float vr = 0.0f, vi = 0.0f;
+        if (k < bins && t < T) {
+            vr = zr[k * T + t] * std + mean;
+            if (k > 0) vi = zi[k * T + t] * std + mean;  // Im(DC) dropped: a real FFT's input is Hermitian
         }
-        spec[i] = v;
+        re[dy][threadIdx.x] = vr;
+        im[dy][threadIdx.x] = vi;
+    }
+    __syncthreads();
+    for (int dy = threadIdx.y; dy < 32; dy += blockDim.y) {
+        const int64_t t = t0 + dy, k = k0 + threadIdx.x;
+        if (t < T && k <= bins) {
+            cufftComplex v;
+            v.x = re[threadIdx.x][dy];  // zero for the Nyquist bin k = bins
+            v.y = im[threadIdx.x][dy];
+            spec[(bn * T + t) * (bins + 1) + k] = v;
+        }
     }
 }
 
 // out[bn, j] = denorm(xt)[bn, j] + sum over frames of window * frame / envelope at j + offset.
+template <typename I>
 __global__ void istft_ola_add_kernel(const float* __restrict__ frames, const float* __restrict__ window,
                                      const double* __restrict__ envelope, const float* __restrict__ xt,
                                      const double* __restrict__ xt_stats, float* __restrict__ out, int64_t B,
-                                     int64_t N, int64_t L, int64_t T, int nfft, int hop, int64_t offset, float norm) {
-    FD_GRID_STRIDE(i, B * N * L) {
-        const int64_t j = i % L, bn = i / L, b = bn / N;
+                                     I N, I L, I T, int nfft, int hop, int64_t offset, float norm, I total) {
+    FD_GRID_STRIDE_I(I, i, total) {
+        const I bn = i / L, j = i - bn * L, b = bn / N;
         const int64_t p = offset + j;
-        const int64_t f_hi = p / hop;
-        const int64_t f_lo = p - nfft + 1 <= 0 ? 0 : (p - nfft + hop) / hop;
+        const int64_t f_hi = I(p) / I(hop);
+        const int64_t f_lo = p - nfft + 1 <= 0 ? 0 : I(p - nfft + hop) / I(hop);
         double acc = 0.0;
         for (int64_t f = f_lo; f <= f_hi; f++) {
             const int64_t t = f - 2;  // two silent frames precede the data frames
             if (t < 0 || t >= T) continue;
             const int64_t n = p - f * hop;
-            acc += double(frames[(bn * T + t) * nfft + n]) * double(norm) * double(window[n]);
+            acc += double(frames[(int64_t(bn) * T + t) * nfft + n]) * double(norm) * double(window[n]);
         }
         const float wave = float(acc / envelope[p]);
         const float time = xt[i] * float(xt_stats[B + b]) + float(xt_stats[b]);
@@ -142,14 +186,21 @@ void Spectral::stft(const Ctx& ctx, int64_t B, int64_t C, const float* mix, floa
     void* work = ctx.arena->alloc_bytes(std::max<size_t>(p.work, 1));
     if (ctx.dry) return;
     const int64_t pad = hop_ / 2 * 3, padded_len = T * hop_ + 2 * pad;
-    stft_frames_kernel<<<grid_for(transforms * nfft_), kThreads, 0, ctx.stream>>>(
-        mix, frames, window_.as<float>(), B * C, length_, T, nfft_, hop_, pad, padded_len);
+    const int64_t n = transforms * nfft_;
+    FD_INDEX_DISPATCH(n, I,
+                      stft_frames_kernel<I><<<grid_for(n), kThreads, 0, ctx.stream>>>(
+                          mix, frames, window_.as<float>(), I(n), length_, I(T), nfft_, hop_, pad, padded_len));
     FD_LAUNCH_CHECK();
     FD_CUFFT(cufftSetStream(p.handle, ctx.stream));
     FD_CUFFT(cufftSetWorkArea(p.handle, work));
-    FD_CUFFT(cufftExecR2C(p.handle, frames, cplx));
+    {
+        ProfileSpan span(ctx, ProfKind::Fft);
+        FD_CUFFT(cufftExecR2C(p.handle, frames, cplx));
+    }
     const float norm = float(1.0 / std::sqrt(double(nfft_)));
-    stft_pack_kernel<<<grid_for(B * 2 * C * bins * T), kThreads, 0, ctx.stream>>>(cplx, spec, B, C, bins, T, norm);
+    if (B * C > 65535) throw Error("stft: too many signals in one batch");
+    const dim3 grid(unsigned((T + 31) / 32), unsigned((bins + 31) / 32), unsigned(B * C));
+    stft_pack_kernel<<<grid, dim3(32, 8), 0, ctx.stream>>>(cplx, spec, bins, T, norm);
     FD_LAUNCH_CHECK();
 }
 
@@ -162,16 +213,22 @@ void Spectral::istft_add(const Ctx& ctx, int64_t B, int64_t N, const float* z, c
     float* frames = ctx.arena->alloc<float>(transforms * nfft_);
     void* work = ctx.arena->alloc_bytes(std::max<size_t>(p.work, 1));
     if (ctx.dry) return;
-    istft_pack_kernel<<<grid_for(transforms * (bins + 1)), kThreads, 0, ctx.stream>>>(z, cplx, z_stats, B, N, bins,
-                                                                                        T);
+    if (B * N > 65535) throw Error("istft: too many signals in one batch");
+    const dim3 grid(unsigned((bins + 1 + 31) / 32), unsigned((T + 31) / 32), unsigned(B * N));
+    istft_pack_kernel<<<grid, dim3(32, 8), 0, ctx.stream>>>(z, cplx, z_stats, B, N, bins, T);
     FD_LAUNCH_CHECK();
     FD_CUFFT(cufftSetStream(p.handle, ctx.stream));
     FD_CUFFT(cufftSetWorkArea(p.handle, work));
-    FD_CUFFT(cufftExecC2R(p.handle, cplx, frames));
+    {
+        ProfileSpan span(ctx, ProfKind::Fft);
+        FD_CUFFT(cufftExecC2R(p.handle, cplx, frames));
+    }
     const float norm = float(1.0 / std::sqrt(double(nfft_)));
-    istft_ola_add_kernel<<<grid_for(B * N * length_), kThreads, 0, ctx.stream>>>(
-        frames, window_.as<float>(), envelope_.as<double>(), xt, xt_stats, out, B, N, length_, T, nfft_, hop_,
-        offset_, norm);
+    const int64_t n = B * N * length_;
+    FD_INDEX_DISPATCH(n, I,
+                      istft_ola_add_kernel<I><<<grid_for(n), kThreads, 0, ctx.stream>>>(
+                          frames, window_.as<float>(), envelope_.as<double>(), xt, xt_stats, out, B, I(N),
+                          I(length_), I(T), nfft_, hop_, offset_, norm, I(n)));
     FD_LAUNCH_CHECK();
 }
 

@@ -7,6 +7,7 @@
 #include "cuda/attention.h"
 #include "cuda/gemm.h"
 #include "cuda/kernels.h"
+#include "cuda/profile.h"
 #include "error.h"
 #include "model/embeddings.h"
 
@@ -69,6 +70,7 @@ void CrossTransformer::run(const Ctx& ctx, int64_t B, float* x, float* xt) const
     w.attn = arena.alloc_bytes(size_t(rows * C) * op);
     w.proj = arena.alloc<float>(rows * C);
 
+    profile_block(ctx, "transformer.in");
     // Tokens: "b c fr t1 -> b (t1 fr) c" and "b c t2 -> b t2 c".
     to_tokens(ctx, x, tok, B, C, Fr_, T1_);
     to_tokens(ctx, xt, tok_t, B, C, 1, T2_);
@@ -83,16 +85,22 @@ void CrossTransformer::run(const Ctx& ctx, int64_t B, float* x, float* xt) const
     add_broadcast(ctx, tok_t, pos1d_.as<float>(), wpos, B, T2_ * C);
 
     for (size_t i = 0; i < plan.layers.size(); i++) {
+        const std::string name = "transformer." + std::to_string(i) + (plan.layers[i].cross ? ".cross" : ".self");
         if (!plan.layers[i].cross) {
+            profile_block(ctx, name + ".freq");
             layer(ctx, w, plan.layers[i], tok, B, n1, nullptr, 0);
+            profile_block(ctx, name + ".time");
             layer(ctx, w, plan.layers_t[i], tok_t, B, T2_, nullptr, 0);
         } else {
             // The time layer attends to the frequency tokens from before this layer.
+            profile_block(ctx, name + ".freq");
             copy(ctx, old, tok, rows1 * C);
             layer(ctx, w, plan.layers[i], tok, B, n1, tok_t, T2_);
+            profile_block(ctx, name + ".time");
             layer(ctx, w, plan.layers_t[i], tok_t, B, T2_, old, n1);
         }
     }
+    profile_block(ctx, "transformer.out");
     from_tokens(ctx, tok, x, B, C, Fr_, T1_);
     from_tokens(ctx, tok_t, xt, B, C, 1, T2_);
 }

@@ -2,7 +2,8 @@
 // tensor in float32 (norms, biases, scales, tables), plus the GEMM operands
 // (conv, transposed-conv and linear weights) in the backend's operand type,
 // plus a per-tap copy [kh * kw][cout][cin] of the stride-1 multi-tap conv
-// weights (rewrite, DConv) for the shifted-GEMM convolution.
+// weights (rewrite, DConv) for the shifted-GEMM convolution (used only with
+// FASTDEMUCS_SHIFTED_CONV=1).
 #pragma once
 
 #include <map>

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 
@@ -168,14 +169,56 @@ int64_t count_chunks(int64_t length, int64_t segment_length, const SeparateParam
     return static_cast<int64_t>(chunk_offsets(length, segment_length, params.overlap).size());
 }
 
-std::vector<float> apply_single_model(ModelBackend& backend, const float* mix, int channels, int64_t length,
-                                      const SeparateParams& params, const std::vector<int64_t>& shift_offsets,
-                                      const std::function<void(int64_t)>& on_chunks) {
+namespace {
+
+bool host_apply_forced() {
+    const char* v = std::getenv("FASTDEMUCS_HOST_APPLY");
+    return v && *v && std::strcmp(v, "0") != 0 && std::strcmp(v, "false") != 0 && std::strcmp(v, "no") != 0;
+}
+
+// Checks everything the host path would refuse, before any work: the
+// parameters, the channels, and (without split) the length of every view.
+// Returns the shift offsets: `given` first, then drawn from the seed, in the
+// order the host path has always drawn them.
+std::vector<int64_t> prepare(const ModelBackend& backend, int channels, int64_t length, const SeparateParams& params,
+                             const std::vector<int64_t>& given) {
     const auto& cfg = backend.model().config;
     check_params(backend, params);
     if (channels != cfg.audio_channels)
         throw Error("the model expects " + std::to_string(cfg.audio_channels) + " channels, got " +
                     std::to_string(channels));
+    if (length <= 0) throw Error("the track is empty");
+    std::vector<int64_t> offsets;
+    const int64_t max_shift = static_cast<int64_t>(0.5 * cfg.samplerate);
+    if (params.shifts > 0) {
+        std::mt19937_64 rng(params.seed ? params.seed : std::random_device{}());
+        std::uniform_int_distribution<int64_t> pick(0, max_shift);
+        for (int shift = 0; shift < params.shifts; shift++) {
+            const int64_t offset = shift < int(given.size()) ? given[shift] : pick(rng);
+            if (offset < 0 || offset > max_shift)
+                throw Error("shift offset " + std::to_string(offset) + " outside [0, " + std::to_string(max_shift) +
+                            "]");
+            offsets.push_back(offset);
+        }
+    }
+    if (!params.split) {
+        const int64_t valid_length = params.segment > 0 ? segment_length_of(backend, params) : cfg.segment_samples();
+        std::vector<int64_t> views;
+        if (offsets.empty()) views.push_back(length);
+        for (int64_t o : offsets) views.push_back(length + max_shift - o);
+        for (int64_t n : views)
+            if (n > valid_length)
+                throw Error("the track (" + std::to_string(n) + " samples) is longer than the model's segment (" +
+                            std::to_string(valid_length) + " samples): use split mode");
+    }
+    return offsets;
+}
+
+// apply_model on the host (chunks gathered here, one backend call per batch).
+std::vector<float> host_apply(ModelBackend& backend, const float* mix, int channels, int64_t length,
+                              const SeparateParams& params, const std::vector<int64_t>& offsets,
+                              const std::function<void(int64_t)>& on_chunks) {
+    const auto& cfg = backend.model().config;
     ChunkView whole{mix, channels, length, 0, length};
     if (params.shifts == 0) return apply_view(backend, whole, params, on_chunks);
 
@@ -185,13 +228,11 @@ std::vector<float> apply_single_model(ModelBackend& backend, const float* mix, i
     const int64_t max_shift = static_cast<int64_t>(0.5 * cfg.samplerate);
     const int64_t padded_len = length + 2 * max_shift;
     const std::vector<float> padded = whole.padded(padded_len);
-    std::mt19937_64 rng(params.seed ? params.seed : std::random_device{}());
-    std::uniform_int_distribution<int64_t> pick(0, max_shift);
     SeparateParams inner = params;
     inner.shifts = 0;
     std::vector<float> acc(int64_t(S) * channels * length, 0.0f);
     for (int shift = 0; shift < params.shifts; shift++) {
-        const int64_t offset = shift < int(shift_offsets.size()) ? shift_offsets[shift] : pick(rng);
+        const int64_t offset = offsets[shift];
         ChunkView shifted{padded.data(), channels, padded_len, offset, length + max_shift - offset};
         std::vector<float> res = apply_view(backend, shifted, inner, on_chunks);
         const int64_t n = shifted.length, skip = max_shift - offset;
@@ -202,27 +243,63 @@ std::vector<float> apply_single_model(ModelBackend& backend, const float* mix, i
     return acc;
 }
 
+// The backend's own whole-track path if it has one, else the host path
+// framed by the normalisation (params.normalize).
+std::vector<float> run_model(ModelBackend& backend, const float* mix, int channels, int64_t length,
+                             const SeparateParams& params, const std::vector<int64_t>& offsets,
+                             const std::function<void(int64_t)>& on_chunks) {
+    const int S = backend.model().config.num_sources();
+    if (backend.has_track_path() && !host_apply_forced()) {
+        std::vector<float> out;
+        if (backend.separate_track(mix, length, params, offsets, out, on_chunks)) {
+            if (int64_t(out.size()) != int64_t(S) * channels * length)
+                throw Error("internal error: the backend's track path returned a wrong size");
+            return out;
+        }
+    }
+    if (!params.normalize) return host_apply(backend, mix, channels, length, params, offsets, on_chunks);
+
+    // The official CLI normalises by the mono mix: (wav - mean) / (std + 1e-8), std unbiased.
+    std::vector<double> mono(length, 0.0);
+    for (int c = 0; c < channels; c++)
+        for (int64_t i = 0; i < length; i++) mono[i] += mix[c * length + i];
+    double sum = 0.0;
+    for (auto& v : mono) sum += (v /= channels);
+    const double mean = sum / length;
+    double var = 0.0;
+    for (auto v : mono) var += (v - mean) * (v - mean);
+    const double scale = (length > 1 ? std::sqrt(var / double(length - 1)) : 0.0) + 1e-8;
+    mono = {};
+    std::vector<float> normalized(mix, mix + int64_t(channels) * length);
+    for (auto& v : normalized) v = float((v - mean) / scale);
+    std::vector<float> out = host_apply(backend, normalized.data(), channels, length, params, offsets, on_chunks);
+    for (auto& v : out) v = float(double(v) * scale + mean);
+    return out;
+}
+
+}  // namespace
+
+std::vector<float> apply_single_model(ModelBackend& backend, const float* mix, int channels, int64_t length,
+                                      const SeparateParams& params, const std::vector<int64_t>& shift_offsets,
+                                      const std::function<void(int64_t)>& on_chunks) {
+    const std::vector<int64_t> offsets = prepare(backend, channels, length, params, shift_offsets);
+    SeparateParams plain = params;
+    plain.normalize = false;
+    return run_model(backend, mix, channels, length, plain, offsets, on_chunks);
+}
+
+std::vector<float> separate_single_model(ModelBackend& backend, const float* mix, int channels, int64_t length,
+                                         const SeparateParams& params, const std::vector<int64_t>& shift_offsets,
+                                         const std::function<void(int64_t)>& on_chunks) {
+    const std::vector<int64_t> offsets = prepare(backend, channels, length, params, shift_offsets);
+    return run_model(backend, mix, channels, length, params, offsets, on_chunks);
+}
+
 std::vector<float> separate_with_bag(const std::vector<BagMember>& bag, const float* mix, int channels,
                                      int64_t length, const SeparateParams& params) {
     if (bag.empty()) throw Error("no model to run");
     if (length <= 0) throw Error("the track is empty");
     const int S = bag[0].backend->model().config.num_sources();
-
-    // The official CLI normalises by the mono mix: (wav - mean) / (std + 1e-8), std unbiased.
-    double mean = 0.0, scale = 1.0;
-    std::vector<float> normalized(mix, mix + int64_t(channels) * length);
-    if (params.normalize) {
-        std::vector<double> mono(length, 0.0);
-        for (int c = 0; c < channels; c++)
-            for (int64_t i = 0; i < length; i++) mono[i] += mix[c * length + i];
-        double sum = 0.0;
-        for (auto& v : mono) sum += (v /= channels);
-        mean = sum / length;
-        double var = 0.0;
-        for (auto v : mono) var += (v - mean) * (v - mean);
-        scale = (length > 1 ? std::sqrt(var / double(length - 1)) : 0.0) + 1e-8;
-        for (auto& v : normalized) v = float((v - mean) / scale);
-    }
 
     Progress progress;
     progress.models = static_cast<int>(bag.size());
@@ -230,6 +307,22 @@ std::vector<float> separate_with_bag(const std::vector<BagMember>& bag, const fl
         progress.chunks_total += count_chunks(length, segment_length_of(*member.backend, params), params,
                                               member.backend->model().config.samplerate);
 
+    // One model of weight 1 (a plain model): its stems are the result (the
+    // weighted mean below would only add 0 and divide by 1).
+    bool plain = bag.size() == 1;
+    for (double w : bag[0].weights) plain = plain && w == 1.0;
+    if (plain) {
+        progress.model_index = 0;
+        bag[0].backend->set_threads(params.threads);
+        auto on_chunks = [&](int64_t n) {
+            progress.chunks_done += n;
+            if (params.progress) params.progress(progress);
+        };
+        return separate_single_model(*bag[0].backend, mix, channels, length, params, {}, on_chunks);
+    }
+
+    // Each model normalises the raw mix by the same statistics and returns
+    // de-normalised stems: their weighted mean is the official bag's result.
     std::vector<float> estimate(int64_t(S) * channels * length, 0.0f);
     std::vector<double> totals(S, 0.0);
     for (size_t m = 0; m < bag.size(); m++) {
@@ -242,8 +335,8 @@ std::vector<float> separate_with_bag(const std::vector<BagMember>& bag, const fl
         SeparateParams member_params = params;
         // Each model draws its own shifts, as the official bag does.
         if (params.seed) member_params.seed = params.seed + 1000003ULL * m;
-        std::vector<float> out =
-            apply_single_model(*bag[m].backend, normalized.data(), channels, length, member_params, {}, on_chunks);
+        std::vector<float> out = separate_single_model(*bag[m].backend, mix, channels, length, member_params, {},
+                                                       on_chunks);
         for (int s = 0; s < S; s++) {
             const double w = bag[m].weights.empty() ? 1.0 : bag[m].weights[s];
             totals[s] += w;
@@ -256,7 +349,7 @@ std::vector<float> separate_with_bag(const std::vector<BagMember>& bag, const fl
         if (totals[s] == 0.0) throw Error("the bag's weights for source " + std::to_string(s) + " sum to zero");
         for (int64_t i = 0; i < int64_t(channels) * length; i++) {
             float& v = estimate[s * channels * length + i];
-            v = float(v / totals[s] * scale + mean);
+            v = float(v / totals[s]);
         }
     }
     return estimate;

@@ -26,9 +26,18 @@ std::vector<float> separate_with_bag(const std::vector<BagMember>& bag, const fl
 
 // One model, no normalisation: the official apply_model(model, mix[None]).
 // `shift_offsets` replaces the random offsets when not empty (tests).
+// Runs ModelBackend::separate_track when the backend provides it (unless
+// FASTDEMUCS_HOST_APPLY=1), else the host path here: both use the same offsets.
 std::vector<float> apply_single_model(ModelBackend& backend, const float* mix, int channels, int64_t length,
                                       const SeparateParams& params, const std::vector<int64_t>& shift_offsets,
                                       const std::function<void(int64_t)>& on_chunks = nullptr);
+
+// One member of a bag: apply_single_model framed by the CLI's normalisation
+// when params.normalize is set ((mix - mean) / (std + 1e-8) of the mono mix,
+// undone on the stems), so that a backend can do all of it in its own memory.
+std::vector<float> separate_single_model(ModelBackend& backend, const float* mix, int channels, int64_t length,
+                                         const SeparateParams& params, const std::vector<int64_t>& shift_offsets,
+                                         const std::function<void(int64_t)>& on_chunks = nullptr);
 
 // The official split's chunk starts and its blending weight, exposed for tests.
 std::vector<int64_t> chunk_offsets(int64_t length, int64_t segment_length, double overlap);

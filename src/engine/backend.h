@@ -31,6 +31,24 @@ public:
     virtual int max_batch() const = 0;
     // CPU threads to use from now on (0 = all cores).
     virtual void set_threads(int threads) = 0;
+    // Optional: the whole apply_model of one model on a track, in the
+    // backend's own memory (engine/apply's host path is the reference):
+    // mix [audio_channels, length] (host) -> out [sources, audio_channels,
+    // length] (host; resized by the backend, which may do so while its device
+    // works), normalised by the mono mix and de-normalised when
+    // params.normalize is set. shift_offsets holds exactly params.shifts
+    // offsets in [0, int(0.5 * samplerate)], drawn by the caller; params are
+    // already validated. on_chunks (may be empty) is called with the number
+    // of chunks done after each batch. Returns false when not provided (the
+    // caller then runs the host path); throws Error on failure.
+    // has_track_path() says beforehand whether it is provided.
+    virtual bool has_track_path() const { return false; }
+    virtual bool separate_track(const float* mix, int64_t length, const SeparateParams& params,
+                                const std::vector<int64_t>& shift_offsets, std::vector<float>& out,
+                                const std::function<void(int64_t)>& on_chunks) {
+        (void)mix, (void)length, (void)params, (void)shift_offsets, (void)out, (void)on_chunks;
+        return false;
+    }
 };
 
 #ifdef FASTDEMUCS_WITH_CPU

@@ -1,0 +1,193 @@
+#include "cuda/track.h"
+
+#include "cuda/device_utils.cuh"
+#include "error.h"
+
+namespace fastdemucs::cuda {
+namespace {
+
+constexpr int kStatBlocks = 1024;  // fixed: the reduction order does not depend on the device
+
+// Per block: the sum over its samples of the mono mix (mean == null) or of
+// its squared deviation from *mean. mono[i] = (x[0, i] + ... + x[C-1, i]) / C
+// in double, as the host computes it.
+__global__ void mono_partial_kernel(const float* __restrict__ x, int C, int64_t L, int64_t pitch,
+                                    const double* __restrict__ mean, double* __restrict__ partial) {
+    __shared__ double shared[32];
+    const double mu = mean ? *mean : 0.0;
+    double acc = 0.0;
+    FD_GRID_STRIDE(i, L) {
+        double m = 0.0;
+        for (int c = 0; c < C; c++) m = __dadd_rn(m, double(x[c * pitch + i]));
+        m = __ddiv_rn(m, double(C));
+        if (mean) {
+            const double d = __dsub_rn(m, mu);
+            acc = __dadd_rn(acc, __dmul_rn(d, d));
+        } else {
+            acc = __dadd_rn(acc, m);
+        }
+    }
+    acc = block_sum(acc, shared);
+    if (threadIdx.x == 0) partial[blockIdx.x] = acc;
+}
+
+// One block: stats[0] = sum / L (first pass) or stats[1] = sqrt(sum / (L - 1)) + 1e-8.
+__global__ void mono_finish_kernel(const double* __restrict__ partial, int n, int64_t L, bool spread,
+                                   double* __restrict__ stats) {
+    __shared__ double shared[32];
+    double acc = 0.0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) acc += partial[i];
+    acc = block_sum(acc, shared);
+    if (threadIdx.x != 0) return;
+    if (!spread)
+        stats[0] = acc / double(L);
+    else
+        stats[1] = (L > 1 ? sqrt(acc / double(L - 1)) : 0.0) + 1e-8;
+}
+
+__global__ void normalize_track_kernel(float* x, int C, int64_t L, int64_t pitch, const double* __restrict__ stats) {
+    const double mean = stats[0], scale = stats[1];
+    FD_GRID_STRIDE(i, int64_t(C) * L) {
+        const int64_t c = i / L, t = i - c * L;
+        float& v = x[c * pitch + t];
+        v = float(__ddiv_rn(__dsub_rn(double(v), mean), scale));
+    }
+}
+
+__device__ __forceinline__ int64_t job_length(const ChunkGrid& g, int64_t k) {
+    return min(g.view_length - k * g.stride, g.segment);
+}
+
+__global__ void gather_chunks_kernel(const float* __restrict__ track, int C, ChunkGrid g, int64_t first, int count,
+                                     float* __restrict__ in) {
+    const int64_t ML = g.model_length;
+    FD_GRID_STRIDE(i, int64_t(count) * C * ML) {
+        const int64_t t = i % ML, c = (i / ML) % C, k = first + i / (ML * C);
+        float v = 0.0f;
+        if (t < g.valid) {
+            const int64_t len = job_length(g, k);
+            const int64_t start = g.view_start + k * g.stride - (g.valid - len) / 2;
+            const int64_t p = start + t;
+            if (p >= 0 && p < g.total) v = track[c * g.total + p];
+        }
+        in[i] = v;
+    }
+}
+
+// First chunk that may cover view position j (chunks are at most segment long).
+__device__ __forceinline__ int64_t first_cover(const ChunkGrid& g, int64_t j) {
+    return j >= g.segment ? (j - g.segment) / g.stride + 1 : 0;
+}
+
+__global__ void accumulate_chunks_kernel(const float* __restrict__ out, int64_t SC, ChunkGrid g, int64_t first,
+                                         int count, int64_t lo, int64_t span, const float* __restrict__ weight,
+                                         float* __restrict__ view, int64_t pitch) {
+    const int64_t ML = g.model_length;
+    const int64_t last = first + count - 1;
+    FD_GRID_STRIDE(i, SC * span) {
+        const int64_t j = lo + i % span, sc = i / span;
+        const int64_t k_lo = max(first, first_cover(g, j)), k_hi = min(last, j / g.stride);
+        float* dst = view + sc * pitch + j;
+        float acc = *dst;
+        for (int64_t k = k_lo; k <= k_hi; k++) {
+            const int64_t off = k * g.stride, len = job_length(g, k);
+            if (j >= off + len) continue;
+            const int64_t left = (g.valid - len) / 2;  // official center_trim
+            const float r = out[((k - first) * SC + sc) * ML + left + (j - off)];
+            acc = weight ? __fadd_rn(acc, __fmul_rn(weight[j - off], r)) : r;
+        }
+        *dst = acc;
+    }
+}
+
+__global__ void sum_weights_kernel(ChunkGrid g, const float* __restrict__ weight, float* __restrict__ sum_weight) {
+    const int64_t last = (g.view_length + g.stride - 1) / g.stride - 1;
+    FD_GRID_STRIDE(j, g.view_length) {
+        float s = 0.0f;
+        for (int64_t k = first_cover(g, j); k <= min(last, j / g.stride); k++) {
+            const int64_t off = k * g.stride;
+            if (j < off + job_length(g, k)) s = __fadd_rn(s, weight[j - off]);
+        }
+        sum_weight[j] = s;
+    }
+}
+
+__global__ void finish_shift_kernel(const float* view, int64_t view_pitch, int64_t skip,
+                                    const float* __restrict__ sum_weight, int64_t SC, int64_t t0, int64_t width,
+                                    ShiftStep step, const double* __restrict__ stats, float* dst,
+                                    int64_t dst_pitch) {
+    FD_GRID_STRIDE(i, SC * width) {
+        const int64_t sc = i / width, t = t0 + (i - sc * width), j = skip + t;
+        float v = view[sc * view_pitch + j];
+        if (sum_weight) v = __fdiv_rn(v, sum_weight[j]);
+        float* d = dst + sc * dst_pitch + t;
+        if (step.shifts > 0) {
+            v = __fadd_rn(step.first ? 0.0f : *d, v);
+            if (step.last) v = __fdiv_rn(v, float(step.shifts));
+        }
+        if (step.last && stats) v = float(__dadd_rn(__dmul_rn(double(v), stats[1]), stats[0]));
+        *d = v;
+    }
+}
+
+}  // namespace
+
+int track_stats_partials() { return kStatBlocks; }
+
+void track_stats(cudaStream_t stream, const float* x, int C, int64_t L, int64_t pitch, double* partial,
+                 double* stats) {
+    if (L <= 0) throw Error("track_stats: empty track");
+    mono_partial_kernel<<<kStatBlocks, kThreads, 0, stream>>>(x, C, L, pitch, nullptr, partial);
+    FD_LAUNCH_CHECK();
+    mono_finish_kernel<<<1, 1024, 0, stream>>>(partial, kStatBlocks, L, false, stats);
+    FD_LAUNCH_CHECK();
+    mono_partial_kernel<<<kStatBlocks, kThreads, 0, stream>>>(x, C, L, pitch, stats, partial);
+    FD_LAUNCH_CHECK();
+    mono_finish_kernel<<<1, 1024, 0, stream>>>(partial, kStatBlocks, L, true, stats);
+    FD_LAUNCH_CHECK();
+}
+
+void track_normalize(cudaStream_t stream, float* x, int C, int64_t L, int64_t pitch, const double* stats) {
+    normalize_track_kernel<<<grid_for(int64_t(C) * L), kThreads, 0, stream>>>(x, C, L, pitch, stats);
+    FD_LAUNCH_CHECK();
+}
+
+void gather_chunks(cudaStream_t stream, const float* track, int C, const ChunkGrid& g, int64_t first, int count,
+                   float* in) {
+    if (count <= 0 || first < 0 || first + count > g.jobs() || g.valid > g.model_length || g.segment > g.valid)
+        throw Error("internal error: gather_chunks arguments");
+    const int64_t n = int64_t(count) * C * g.model_length;
+    gather_chunks_kernel<<<grid_for(n), kThreads, 0, stream>>>(track, C, g, first, count, in);
+    FD_LAUNCH_CHECK();
+}
+
+void accumulate_chunks(cudaStream_t stream, const float* out, int64_t SC, const ChunkGrid& g, int64_t first,
+                       int count, const float* weight, float* view, int64_t pitch) {
+    if (count <= 0 || first < 0 || first + count > g.jobs() || pitch < g.view_length)
+        throw Error("internal error: accumulate_chunks arguments");
+    if (!weight && g.jobs() != 1) throw Error("internal error: unweighted overlap-add of several chunks");
+    const int64_t last = first + count - 1;
+    const int64_t lo = first * g.stride;
+    const int64_t hi = std::min(g.view_length, last * g.stride + g.segment);
+    if (hi <= lo) return;
+    const int64_t span = hi - lo;
+    accumulate_chunks_kernel<<<grid_for(SC * span), kThreads, 0, stream>>>(out, SC, g, first, count, lo, span, weight,
+                                                                          view, pitch);
+    FD_LAUNCH_CHECK();
+}
+
+void sum_weights(cudaStream_t stream, const ChunkGrid& g, const float* weight, float* sum_weight) {
+    sum_weights_kernel<<<grid_for(g.view_length), kThreads, 0, stream>>>(g, weight, sum_weight);
+    FD_LAUNCH_CHECK();
+}
+
+void finish_shift(cudaStream_t stream, const float* view, int64_t view_pitch, int64_t skip, const float* sum_weight,
+                  int64_t SC, int64_t t0, int64_t t1, const ShiftStep& step, const double* stats, float* dst,
+                  int64_t dst_pitch) {
+    if (t1 <= t0) return;
+    finish_shift_kernel<<<grid_for(SC * (t1 - t0)), kThreads, 0, stream>>>(view, view_pitch, skip, sum_weight, SC, t0,
+                                                                            t1 - t0, step, stats, dst, dst_pitch);
+    FD_LAUNCH_CHECK();
+}
+
+}  // namespace fastdemucs::cuda
