@@ -21,13 +21,6 @@
 using namespace fastdemucs;
 using testing_support::Array;
 
-// Skips when a fixture file is absent (the GPU machine may carry only a subset).
-#define REQUIRE_FIXTURES(...)                                                        \
-    do {                                                                             \
-        for (const char* f_ : {__VA_ARGS__})                                         \
-            if (!std::filesystem::exists(testing_support::fixture(f_)))              \
-                GTEST_SKIP() << "fixture not present: " << f_;                       \
-    } while (0)
 
 namespace {
 

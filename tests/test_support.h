@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
 #include <map>
 #include <string>
 #include <vector>
@@ -31,3 +32,11 @@ double snr_db(const float* out, const float* ref, int64_t n);
 std::string make_temp_dir(const std::string& tag);
 
 }  // namespace testing_support
+
+// Skips when a fixture file is absent (the GPU machine may carry only a subset).
+#define REQUIRE_FIXTURES(...)                                                        \
+    do {                                                                             \
+        for (const char* f_ : {__VA_ARGS__})                                         \
+            if (!std::filesystem::exists(testing_support::fixture(f_)))              \
+                GTEST_SKIP() << "fixture not present: " << f_;                       \
+    } while (0)

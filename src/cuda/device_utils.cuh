@@ -104,3 +104,18 @@ __device__ __forceinline__ float block_max(float v, float* shared32) {
     }
 
 }  // namespace fastdemucs::cuda
+
+// Element-wise kernels index with I = uint32_t when every index fits (every
+// per-batch activation does): a 64-bit division by a runtime value is a
+// long software sequence, a 32-bit one a few instructions.
+#define FD_INDEX_DISPATCH(n, I, ...)               \
+    if ((n) < (int64_t(1) << 31)) {                \
+        using I = uint32_t;                        \
+        __VA_ARGS__;                               \
+    } else {                                       \
+        using I = int64_t;                         \
+        __VA_ARGS__;                               \
+    }
+
+#define FD_GRID_STRIDE_I(I, i, n) \
+    for (I i = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); i < I(n); i += I(gridDim.x) * I(blockDim.x))

@@ -18,16 +18,6 @@ __device__ __forceinline__ int64_t reflect(int64_t i, int64_t length) {
     return i;
 }
 
-#define FD_INDEX_DISPATCH(n, I, ...)               \
-    if ((n) < (int64_t(1) << 31)) {                \
-        using I = uint32_t;                        \
-        __VA_ARGS__;                               \
-    } else {                                       \
-        using I = int64_t;                         \
-        __VA_ARGS__;                               \
-    }
-#define FD_GRID_STRIDE_I(I, i, n) \
-    for (I i = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); i < I(n); i += I(gridDim.x) * I(blockDim.x))
 
 // frames[(bc, t), n] = window[n] * the sample under STFT frame t + 2 (the
 // first two frames are dropped by _spec) of signal bc; the signal is padded
