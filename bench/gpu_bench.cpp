@@ -8,6 +8,7 @@
 // against the float64 reference (bench/official_baseline.py). Prints one
 // JSON line per precision: median and all times, achieved TFLOP/s from the
 // FLOP count, peak GPU memory in use.
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -70,7 +71,28 @@ int main(int argc, char** argv) {
 
         const std::pair<const char*, Precision> precisions[] = {
             {"fp32", Precision::Fp32}, {"fp16", Precision::Fp16}, {"bf16", Precision::Bf16}};
+        // GPU_BENCH_PRECISIONS=fp16,fp32 picks precisions; GPU_BENCH_NCU=1 only
+        // runs one batched forward per precision between cudaProfilerStart/Stop
+        // (for `ncu --profile-from-start off`).
+        const char* only = std::getenv("GPU_BENCH_PRECISIONS");
+        const bool ncu = std::getenv("GPU_BENCH_NCU") != nullptr;
         for (const auto& [name, precision] : precisions) {
+            if (only && ("," + std::string(only) + ",").find("," + std::string(name) + ",") == std::string::npos)
+                continue;
+            if (ncu) {
+                auto backend = make_cuda_backend(model, 0, precision);
+                const int batch = backend->max_batch();
+                const int64_t L = model->config.segment_samples();
+                std::vector<float> in(int64_t(batch) * track.channels * L),
+                    out(int64_t(batch) * model->config.num_sources() * track.channels * L);
+                for (int64_t i = 0; i < int64_t(in.size()); i++) in[i] = track.data[i % track.data.size()];
+                backend->forward(in.data(), batch, L, out.data());
+                cudaProfilerStart();
+                backend->forward(in.data(), batch, L, out.data());
+                cudaProfilerStop();
+                std::printf("{\"mode\": \"ncu_%s\", \"batch\": %d}\n", name, batch);
+                continue;
+            }
             LoadParams load = load_default_params();
             load.checkpoint = checkpoint;
             load.device = DeviceKind::Cuda;

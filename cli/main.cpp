@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <future>
 #include <iomanip>
 #include <iostream>
 #include <mutex>
@@ -415,18 +416,34 @@ void separate_track(const std::string& track, const CliOptions& o, const fastdem
     const auto start = Clock::now();
     const std::vector<StemOutput> outputs = plan_outputs(o, model, out_dir, track);
     const fastdemucs::Audio mix = load_track(track, model, console);
+    const double read_seconds = seconds_since(start);
     const std::string label = fs::path(track).filename().string();
     progress.start(label);
     const fastdemucs::Stems stems = model.separate(mix, separate_params(o, progress));
     progress.clear();
-    for (const StemOutput& output : outputs) {
+    const double separated_seconds = seconds_since(start);
+    // The stems are encoded and written in parallel (one thread each: the
+    // encoders are independent, and sample conversion + encoding, not the
+    // disk, is what takes the time); each file still appears only when
+    // complete. The first failure is reported once every writer is done.
+    for (const StemOutput& output : outputs)
         if (output.path.has_parent_path()) create_output_folder(output.path.parent_path());
-        const std::vector<float> samples = output_samples(output, mix, stems);
-        fastdemucs::write_audio(output.path.string(), samples.data(), stems.channels, stems.samples,
-                                stems.samplerate, output.params);
-        console.detail("  wrote " + output.path.string());
+    std::vector<std::future<void>> writers;
+    for (const StemOutput& output : outputs)
+        writers.push_back(std::async(std::launch::async, [&output, &mix, &stems] {
+            const std::vector<float> samples = output_samples(output, mix, stems);
+            fastdemucs::write_audio(output.path.string(), samples.data(), stems.channels, stems.samples,
+                                    stems.samplerate, output.params);
+        }));
+    for (auto& writer : writers) writer.wait();
+    for (size_t i = 0; i < writers.size(); i++) {
+        writers[i].get();
+        console.detail("  wrote " + outputs[i].path.string());
     }
     const double seconds = seconds_since(start);
+    console.detail("  read " + to_text(read_seconds, 3) + " s, separate " +
+                   to_text(separated_seconds - read_seconds, 3) + " s, write " +
+                   to_text(seconds - separated_seconds, 3) + " s");
     const double audio_seconds = double(mix.samples) / mix.samplerate;
     progress.line(label + ": done in " + to_text(seconds, 2) + " s (" + to_text(audio_seconds, 1) +
                   " s of audio, " + to_text(audio_seconds / std::max(seconds, 1e-9), 1) + "x real time)");
@@ -449,7 +466,9 @@ int run(int argc, char** argv) {
     const fs::path out_dir = fs::path(options.out) / options.name;
     check_output_folder(out_dir);
     console.detail("fastdemucs " + std::string(FASTDEMUCS_VERSION) + ", decoders: " + fastdemucs::audio_decoders());
+    const auto load_start = Clock::now();
     const auto model = load_separator(options, progress);
+    console.detail("model ready in " + to_text(seconds_since(load_start), 3) + " s");
     check_against_model(options, *model);
     describe_model(options, *model, console);
 

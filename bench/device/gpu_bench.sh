@@ -5,7 +5,7 @@
 #      compared here with the fixture references (bench/compare_stems.py);
 #   2. the official code on a deterministic 3-minute track through the same
 #      checkpoint (the htdemucs_6s architecture): float64 reference, command
-#      path fp32, batched torch.compile fp16 (bench/official_baseline.py);
+#      path fp32, all chunks batched in eager fp32, batched torch.compile fp16 (bench/official_baseline.py);
 #   3. fastdemucs model time in fp32 / fp16 / bf16 (gpu_bench) and the
 #      fidelity of each against that float64 reference;
 #   4. the fastdemucs command end to end (process start to six WAV files).
@@ -16,19 +16,14 @@ out=${OUT:-/tmp/bench}
 work=/tmp/bench-work
 mkdir -p "$out" "$work"
 log=$out/bench.log
-export LD_LIBRARY_PATH=$PWD/.device/lib:${LD_LIBRARY_PATH:-}
-export PYTHONUNBUFFERED=1
-fx=.device/fixtures/full6s
-ckpt=$fx/full6s-86db6bad.th
-[ -f "$ckpt" ] || python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" "$fx/full6s.th.xz" "$ckpt"
-rm -f "$fx/full6s.th.xz"
+. bench/device/common.sh
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
   if [ "${BENCH_DUMP:-1}" = 1 ]; then
     .device/bin/gpu_dump "$ckpt" "$fx/mix_3s.wav" "$fx/mix_12s.wav" "$out"
   fi
   python3 bench/official_baseline.py --demucs-root .device/py --checkpoint "$ckpt" --seconds "${BENCH_SECONDS:-180}" \
-    --runs "${BENCH_RUNS:-5}" --out "$work" --modes "${BENCH_MODES:-reference,command,compiled}" --shifts "${BENCH_SHIFTS:-0}"
+    --runs "${BENCH_RUNS:-5}" --out "$work" --modes "${BENCH_MODES:-reference,command,eager32,compiled}" --shifts "${BENCH_SHIFTS:-0}"
   .device/bin/gpu_bench "$ckpt" "$work/track.wav" "$work" "${BENCH_RUNS:-5}"
   python3 bench/compare_stems.py "$work/reference.npy" "$work"/stems_*.npy
   # The command, end to end: process start to exit, six WAV files written.
@@ -36,12 +31,13 @@ rm -f "$fx/full6s.th.xz"
     for run in 1 2 3; do
       rm -rf "$work/sep"
       start=$EPOCHREALTIME
-      .device/bin/fastdemucs --repo "$fx" -n full6s -d cuda --precision "$precision" -o "$work/sep" \
+      .device/bin/fastdemucs -v --repo "$fx" -n full6s -d cuda --precision "$precision" -o "$work/sep" \
         "$work/track.wav" > "$work/cli.log" 2>&1 || { cat "$work/cli.log"; break; }
       end=$EPOCHREALTIME
+      grep -E "model ready|read .* separate" "$work/cli.log"
       echo "{\"mode\": \"command_$precision\", \"run\": $run, \"seconds\": $(python3 -c "print(round($end - $start, 3))"), \"files\": $(ls "$work/sep/full6s/track" | wc -l)}"
     done
   done
 } 2>&1 | tee "$log"
 echo "== summary"
-grep -E '^\{|NVIDIA' "$log"
+grep -E '^\{|NVIDIA|model ready|, separate ' "$log"

@@ -39,7 +39,7 @@
 // library offers: the STFT framing with its double reflect padding and frame
 // trimming, the Hermitian fix-up before C2R and the overlap-add with the
 // window envelope (fused with the final sum of the two branches),
-// GroupNorm per group or per frequency row with double two-pass statistics,
+// GroupNorm per group or per frequency row with statistics in double,
 // GLU (+ LayerScale residual), the transposed-conv overlap-add with the
 // decoder trim fused, token transposes, and the fused attention (online
 // softmax, never materialising batch x heads x tokens^2 scores).
@@ -424,6 +424,21 @@ public:
         float* result = params.shifts <= 1 ? nullptr : acc;  // the view's window itself when <= 1 shift
         const int64_t result_pitch = params.shifts <= 1 ? pitch : L;
         int64_t done = 0;  // track samples [0, done) finished and downloaded
+        // The output is page-locked for the downloads (while the GPU runs the
+        // next batch): pageable copies crawl through a staging buffer at a
+        // fraction of the bus speed and block this thread while they do.
+        struct Pinned {
+            cudaStream_t copies;
+            void* p = nullptr;
+            ~Pinned() {
+                if (p) {
+                    cudaStreamSynchronize(copies);  // no copy may still target it
+                    cudaHostUnregister(p);
+                }
+                cudaGetLastError();
+            }
+        } pinned{copy_stream};
+        const bool pin = !env_flag("FASTDEMUCS_NO_PIN");
         auto download = [&](const Cut& cut, const ShiftStep& step, int64_t upto, cudaEvent_t ready) {
             upto = std::min(upto, L);
             if (upto <= done) return;
@@ -432,6 +447,11 @@ public:
             finish_shift(copy_stream, view, pitch, cut.skip, sum_weight, SC, done, upto, step, st, dst,
                          result_pitch);
             if (out.size() != size_t(SC * L)) out.resize(size_t(SC * L));
+            if (pin && !pinned.p) {
+                if (cudaHostRegister(out.data(), out.size() * sizeof(float), cudaHostRegisterDefault) == cudaSuccess)
+                    pinned.p = out.data();
+                cudaGetLastError();  // not pinned: the copies still work, slower
+            }
             FD_CUDA(cudaMemcpy2DAsync(out.data() + done, size_t(L) * sizeof(float), dst + done,
                                       size_t(result_pitch) * sizeof(float), size_t(upto - done) * sizeof(float),
                                       size_t(SC), cudaMemcpyDeviceToHost, copy_stream));
@@ -821,6 +841,11 @@ private:
         return w;
     }
 
+    static ConvWeight without_bias(ConvWeight w) {
+        w.bias = nullptr;
+        return w;
+    }
+
     DTensor conv1x1(const Ctx& ctx, const DTensor& x, const std::string& prefix) const {
         const ConvWeight w = conv_weight(prefix, 1, 1);
         DTensor y = alloc(ctx, x.b, w.cout, x.h, x.w);
@@ -847,14 +872,17 @@ private:
             ArenaScope scope(*ctx.arena);
             ConvGeom g;
             g.dw = d.dilations[i], g.pw = d.dilations[i];
+            // The convolutions' biases are folded into the norms that follow them.
             DTensor h = alloc(ctx, x.b, d.hidden, x.h, x.w);
-            conv2d(ctx, x, x.w, conv_weight(p + "0.", 1, 3), g, h, Act::None);
+            const ConvWeight w0 = conv_weight(p + "0.", 1, 3);
+            conv2d(ctx, x, x.w, without_bias(w0), g, h, Act::None);
             group_norm(ctx, h.p, rows_of(h), weights_->f32(p + "1.weight"), weights_->f32(p + "1.bias"), 1e-5f,
-                       Act::Gelu);
+                       Act::Gelu, w0.bias);
             DTensor y = alloc(ctx, x.b, 2 * d.channels, x.h, x.w);
-            conv2d(ctx, h, h.w, conv_weight(p + "3.", 1, 1), ConvGeom{}, y, Act::None);
+            const ConvWeight w3 = conv_weight(p + "3.", 1, 1);
+            conv2d(ctx, h, h.w, without_bias(w3), ConvGeom{}, y, Act::None);
             group_norm(ctx, y.p, rows_of(y), weights_->f32(p + "4.weight"), weights_->f32(p + "4.bias"), 1e-5f,
-                       Act::None);
+                       Act::None, w3.bias);
             glu_residual(ctx, y.p, x.p, weights_->f32(p + "6.scale"), x.b, x.c, x.h * x.w);
         }
     }
@@ -870,13 +898,14 @@ private:
         int64_t Ho = 0, Wo = 0;
         conv_output_size(x.h, x.w, w, g, &Ho, &Wo);
         DTensor y = alloc(ctx, x.b, w.cout, Ho, Wo);
-        conv2d(ctx, x, x.w, w, g, y, Act::None);
+        // The convolution's bias goes to the norm or the GLU (no pass of its own).
+        conv2d(ctx, x, x.w, without_bias(w), g, y, Act::None);
         if (norm)
             group_norm(ctx, y.p, groups_of(y, groups), weights_->f32(prefix + norm_name + "weight"),
-                       weights_->f32(prefix + norm_name + "bias"), 1e-5f, Act::None);
+                       weights_->f32(prefix + norm_name + "bias"), 1e-5f, Act::None, w.bias);
         if (out.c * 2 != y.c || out.h != Ho || out.w != Wo || out.b != y.b)
             throw Error("internal error: rewrite output shape");
-        glu(ctx, y.p, out.p, y.b, out.c, Ho * Wo);
+        glu(ctx, y.p, out.p, y.b, out.c, Ho * Wo, norm ? nullptr : w.bias);
     }
 
     DTensor encoder_layer(const Ctx& ctx, const EncoderLayerPlan& e, const DTensor& x, const DTensor* inject) const {
@@ -1005,6 +1034,11 @@ int cuda_device_count() {
         return 0;
     }
     return n;
+}
+
+void cuda_initialize(int device_index) {
+    if (cudaSetDevice(device_index) == cudaSuccess) cudaFree(nullptr);
+    cudaGetLastError();
 }
 
 std::unique_ptr<ModelBackend> make_cuda_backend(std::shared_ptr<const HTDemucsModel> model, int device_index,

@@ -12,63 +12,84 @@ namespace {
 
 constexpr int64_t kStatChunk = 8192;  // values per partial-statistics block
 
-// One block per (segment, chunk): count, mean and centred sum of squares of
-// the chunk, two passes in double.
+// One block per (segment, chunk): count, sum and sum of squares of the
+// chunk, accumulated in double. One pass: with float32 inputs and double
+// sums, E[x^2] - E[x]^2 loses nothing that matters unless |mean| / std
+// exceeds ~1e6, and it reads each value once instead of twice.
+// offset (optional) is a per-channel value added to x first (a convolution's
+// bias folded into the norm that follows it).
 template <typename I>
 __global__ void segment_partial_kernel(const float* __restrict__ x, Segments seg, int64_t splits, int64_t chunk,
-                                       double* __restrict__ partial) {
+                                       Divisor<I> W, const float* __restrict__ offset, double* __restrict__ partial) {
     __shared__ double shared[32];
     const int64_t blk = blockIdx.x;
     const int64_t s = blk / splits, sp = blk % splits;
     const int64_t cg = seg.C / seg.G, size = cg * seg.W;
     const int64_t b = s / (seg.G * seg.R), g = (s / seg.R) % seg.G, r = s % seg.R;
     const float* base = x + ((b * seg.C + g * cg) * seg.R + r) * seg.W;
-    const int64_t row_stride = seg.R * seg.W;
-    const I W = I(seg.W);
     const I lo = I(sp * chunk), hi = I(min(size, sp * chunk + chunk));
     const int64_t n = hi > lo ? int64_t(hi - lo) : 0;
 
-    double sum = 0.0;
-    for (I e = lo + I(threadIdx.x); e < hi; e += I(blockDim.x)) {
-        const I k = e / W, w = e - k * W;
-        sum += base[int64_t(k) * row_stride + w];
+    double sum = 0.0, sq = 0.0;
+    const float* channel_offset = offset ? offset + g * cg : nullptr;
+    if (seg.R == 1 && !offset) {  // the segment is contiguous
+#pragma unroll 4
+        for (I e = lo + I(threadIdx.x); e < hi; e += I(blockDim.x)) {
+            const double v = base[e];
+            sum += v, sq += v * v;
+        }
+    } else {
+        const int64_t row_stride = seg.R * seg.W;
+#pragma unroll 4
+        for (I e = lo + I(threadIdx.x); e < hi; e += I(blockDim.x)) {
+            const I k = W.div(e), w = e - k * W.value();  // k: the channel within the group
+            float f = base[int64_t(k) * row_stride + w];
+            if (channel_offset) f += channel_offset[k];
+            const double v = f;
+            sum += v, sq += v * v;
+        }
     }
     sum = block_sum(sum, shared);
-    const double mean = n > 0 ? sum / double(n) : 0.0;
-    double m2 = 0.0;
-    for (I e = lo + I(threadIdx.x); e < hi; e += I(blockDim.x)) {
-        const I k = e / W, w = e - k * W;
-        const double d = double(base[int64_t(k) * row_stride + w]) - mean;
-        m2 += d * d;
-    }
-    m2 = block_sum(m2, shared);
+    sq = block_sum(sq, shared);
     if (threadIdx.x == 0) {
         partial[3 * blk] = double(n);
-        partial[3 * blk + 1] = mean;
-        partial[3 * blk + 2] = m2;
+        partial[3 * blk + 1] = sum;
+        partial[3 * blk + 2] = sq;
     }
 }
 
-__global__ void segment_finalize_kernel(const double* __restrict__ partial, int64_t segments, int64_t splits,
-                                        Spread spread, double* __restrict__ mean_out, double* __restrict__ out) {
+__device__ __forceinline__ void finish_segment(double n, double sum, double sq, Spread spread, double* mean_out,
+                                               double* out) {
+    const double mean = sum / n;
+    const double var = fmax(sq / n - mean * mean, 0.0);
+    *mean_out = mean;
+    *out = spread == Spread::Variance ? var : sqrt(var * (n / (n - 1.0)));
+}
+
+// Segments of one chunk: a thread each.
+__global__ void segment_finalize_single_kernel(const double* __restrict__ partial, int64_t segments, Spread spread,
+                                               double* __restrict__ mean_out, double* __restrict__ out) {
     FD_GRID_STRIDE(s, segments) {
-        double n = 0.0, mean = 0.0, m2 = 0.0;
-        for (int64_t sp = 0; sp < splits; sp++) {
-            const double* p = partial + 3 * (s * splits + sp);
-            const double nb = p[0];
-            if (nb <= 0.0) continue;
-            if (n == 0.0) {
-                n = nb, mean = p[1], m2 = p[2];
-            } else {
-                const double delta = p[1] - mean, total = n + nb;
-                mean += delta * (nb / total);
-                m2 += p[2] + delta * delta * (n * nb / total);
-                n = total;
-            }
-        }
-        mean_out[s] = mean;
-        out[s] = spread == Spread::Variance ? m2 / n : sqrt(m2 / (n - 1.0));
+        const double* p = partial + 3 * s;
+        finish_segment(p[0], p[1], p[2], spread, mean_out + s, out + s);
     }
+}
+
+// Segments of several chunks: a block each, the chunks' sums added in a
+// fixed order (deterministic).
+__global__ void segment_finalize_kernel(const double* __restrict__ partial, int64_t splits, Spread spread,
+                                        double* __restrict__ mean_out, double* __restrict__ out) {
+    __shared__ double shared[32];
+    const int64_t s = blockIdx.x;
+    double n = 0.0, sum = 0.0, sq = 0.0;
+    for (int64_t sp = threadIdx.x; sp < splits; sp += blockDim.x) {
+        const double* p = partial + 3 * (s * splits + sp);
+        n += p[0], sum += p[1], sq += p[2];
+    }
+    n = block_sum(n, shared);
+    sum = block_sum(sum, shared);
+    sq = block_sum(sq, shared);
+    if (threadIdx.x == 0) finish_segment(n, sum, sq, spread, mean_out + s, out + s);
 }
 
 // inv[b] = 1 / (1e-5 + std[b]), once per item instead of once per value.
@@ -77,10 +98,10 @@ __global__ void inv_std_kernel(const double* __restrict__ std, int64_t B, double
 }
 
 template <typename I>
-__global__ void normalize_kernel(float* x, int64_t B, int64_t n, const double* __restrict__ mean,
+__global__ void normalize_kernel(float* x, I total, Divisor<I> n, const double* __restrict__ mean,
                                  const double* __restrict__ inv) {
-    FD_GRID_STRIDE_I(I, i, I(B) * I(n)) {
-        const I b = i / I(n);
+    FD_GRID_STRIDE_I(I, i, total) {
+        const I b = n.div(i);
         x[i] = float((double(x[i]) - mean[b]) * inv[b]);
     }
 }
@@ -88,26 +109,31 @@ __global__ void normalize_kernel(float* x, int64_t B, int64_t n, const double* _
 // Per (item, channel, row) q = (b * C + c) * R + r of a GroupNorm: the
 // affine map of its values, {scale, shift} (the double arithmetic of the
 // per-value formula, done once per row).
+// With an input offset (x + offset[c] is normalised) the shift absorbs it.
 __global__ void group_norm_coef_kernel(Segments seg, const double* __restrict__ mean,
                                        const double* __restrict__ var, const float* __restrict__ weight,
-                                       const float* __restrict__ bias, float eps, float2* __restrict__ coef) {
+                                       const float* __restrict__ bias, const float* __restrict__ offset, float eps,
+                                       float2* __restrict__ coef) {
     const int64_t cg = seg.C / seg.G;
     FD_GRID_STRIDE(q, seg.B * seg.C * seg.R) {
         const int64_t r = q % seg.R, c = (q / seg.R) % seg.C, b = q / (seg.R * seg.C);
         const int64_t s = (b * seg.G + c / cg) * seg.R + r;
         const double inv = 1.0 / sqrt(var[s] + double(eps));
         const float scale = float(inv * weight[c]);
-        const float shift = float(bias[c] - mean[s] * inv * weight[c]);
+        const double centre = offset ? mean[s] - double(offset[c]) : mean[s];
+        const float shift = float(bias[c] - centre * inv * weight[c]);
         coef[q] = make_float2(scale, shift);
     }
 }
 
 template <typename I>
-__global__ void group_norm_apply_kernel(float* x, I total, I W, const float2* __restrict__ coef, Act act) {
-    FD_GRID_STRIDE_I(I, i, total) {
-        const float2 k = coef[i / W];
-        x[i] = activate(x[i] * k.x + k.y, act);
-    }
+__global__ void group_norm_apply_kernel(float* x, I total, Divisor<I> W, const float2* __restrict__ coef, Act act) {
+    grid_stride_batched<kUnroll>(
+        total, [&](I i) { return x[i]; },
+        [&](I i, float v) {
+            const float2 k = coef[W.div(i)];
+            x[i] = activate(v * k.x + k.y, act);
+        });
 }
 
 __global__ void inv_sqrt_kernel(const double* __restrict__ var, int64_t B, float eps, double* __restrict__ inv) {
@@ -115,11 +141,11 @@ __global__ void inv_sqrt_kernel(const double* __restrict__ var, int64_t B, float
 }
 
 template <typename I>
-__global__ void group_norm_tokens_apply_kernel(float* x, I B, I N, I C, const double* __restrict__ mean,
-                                               const double* __restrict__ inv, const float* __restrict__ weight,
-                                               const float* __restrict__ bias) {
-    FD_GRID_STRIDE_I(I, i, B * N * C) {
-        const I b = i / (N * C), c = i % C;
+__global__ void group_norm_tokens_apply_kernel(float* x, I total, Divisor<I> NC, Divisor<I> C,
+                                               const double* __restrict__ mean, const double* __restrict__ inv,
+                                               const float* __restrict__ weight, const float* __restrict__ bias) {
+    FD_GRID_STRIDE_I(I, i, total) {
+        const I b = NC.div(i), c = C.mod(i);
         x[i] = float((double(x[i]) - mean[b]) * inv[b]) * weight[c] + bias[c];
     }
 }
@@ -153,66 +179,82 @@ __global__ void gelu_kernel(float* x, int64_t n) {
 }
 
 template <typename T, typename I>
-__global__ void bias_act_kernel(const float* in, T* out, const float* __restrict__ bias, I total, I C, I inner,
-                                Act act) {
-    FD_GRID_STRIDE_I(I, i, total) {
-        float v = in[i];
-        if (bias) v += bias[(inner == 1 ? i : i / inner) % C];
-        out[i] = from_float<T>(activate(v, act));
-    }
+__global__ void bias_act_kernel(const float* in, T* out, const float* __restrict__ bias, I total, Divisor<I> C,
+                                Divisor<I> inner, Act act) {
+    grid_stride_batched<kUnroll>(
+        total, [&](I i) { return in[i]; },
+        [&](I i, float v) {
+            if (bias) v += bias[C.mod(inner.div(i))];
+            out[i] = from_float<T>(activate(v, act));
+        });
 }
 
 template <typename T>
 __global__ void convert_kernel(const float* __restrict__ in, T* __restrict__ out, int64_t n) {
-    FD_GRID_STRIDE(i, n) out[i] = from_float<T>(in[i]);
+    grid_stride_batched<kUnroll>(
+        n, [&](int64_t i) { return in[i]; }, [&](int64_t i, float v) { out[i] = from_float<T>(v); });
 }
 
 template <typename T, typename I>
-__global__ void convert_rows_kernel(const float* __restrict__ in, T* __restrict__ out, I rows, I n, I ld) {
-    FD_GRID_STRIDE_I(I, i, rows * n) {
-        const I r = i / n, j = i - r * n;
-        out[int64_t(r) * ld + j] = from_float<T>(in[i]);
-    }
+__global__ void convert_rows_kernel(const float* __restrict__ in, T* __restrict__ out, I total, Divisor<I> n, I ld) {
+    grid_stride_batched<kUnroll>(
+        total, [&](I i) { return in[i]; },
+        [&](I i, float v) {
+            const I r = n.div(i), j = i - r * n.value();
+            out[int64_t(r) * ld + j] = from_float<T>(v);
+        });
 }
 
 // x [B, 2C, inner] -> the a (first C) and gate (last C) values of output i of [B, C, inner].
+// Also gives c.
 template <typename I>
-__device__ __forceinline__ I glu_index(I i, I C, I inner) {
-    const I k = i % inner, bc = i / inner, b = bc / C;
-    return (bc + b * C) * inner + k;  // (b * 2C + c) * inner + k
+__device__ __forceinline__ I glu_index(I i, Divisor<I> C, Divisor<I> inner, I* c) {
+    const I bc = inner.div(i), k = i - bc * inner.value(), b = C.div(bc);
+    *c = bc - b * C.value();
+    return (bc + b * C.value()) * inner.value() + k;  // (b * 2C + c) * inner + k
 }
 
 template <typename I>
-__global__ void glu_kernel(const float* __restrict__ x, float* __restrict__ y, I total, I C, I inner) {
-    FD_GRID_STRIDE_I(I, i, total) {
-        const I at = glu_index(i, C, inner);
-        const float a = x[at];
-        const float g = x[at + C * inner];
-        y[i] = a / (1.0f + expf(-g));
-    }
+__global__ void glu_kernel(const float* __restrict__ x, float* __restrict__ y, I total, Divisor<I> C,
+                           Divisor<I> inner, const float* __restrict__ bias) {
+    const I half = C.value() * inner.value();
+    grid_stride_batched<kUnroll>(
+        total,
+        [&](I i) {
+            I c;
+            const I at = glu_index(i, C, inner, &c);
+            float2 ag = make_float2(x[at], x[at + half]);
+            if (bias) ag.x += bias[c], ag.y += bias[c + C.value()];
+            return ag;
+        },
+        [&](I i, float2 ag) { y[i] = ag.x / (1.0f + expf(-ag.y)); });
 }
 
 template <typename I>
 __global__ void glu_residual_kernel(const float* __restrict__ gates, float* __restrict__ x,
-                                    const float* __restrict__ scale, I total, I C, I inner) {
-    FD_GRID_STRIDE_I(I, i, total) {
-        const I at = glu_index(i, C, inner);
-        const float a = gates[at];
-        const float g = gates[at + C * inner];
-        x[i] += scale[(i / inner) % C] * (a / (1.0f + expf(-g)));
-    }
+                                    const float* __restrict__ scale, I total, Divisor<I> C, Divisor<I> inner) {
+    const I half = C.value() * inner.value();
+    grid_stride_batched<kUnroll>(
+        total,
+        [&](I i) {
+            I c;
+            const I at = glu_index(i, C, inner, &c);
+            return make_float4(gates[at], gates[at + half], x[i], scale[c]);
+        },
+        [&](I i, float4 v) { x[i] = v.z + v.w * (v.x / (1.0f + expf(-v.y))); });
 }
 
 __global__ void add_kernel(float* x, const float* y, int64_t n) {  // x may be y
-    FD_GRID_STRIDE(i, n) x[i] += y[i];
+    grid_stride_batched<kUnroll>(
+        n, [&](int64_t i) { return x[i] + y[i]; }, [&](int64_t i, float v) { x[i] = v; });
 }
 
 template <typename I>
-__global__ void add_rows_kernel(float* __restrict__ y, const float* __restrict__ inject, I BC, I H, I W) {
-    FD_GRID_STRIDE_I(I, i, BC * H * W) {
-        const I w = i % W, bc = i / (H * W);
-        y[i] += inject[bc * W + w];
-    }
+__global__ void add_rows_kernel(float* __restrict__ y, const float* __restrict__ inject, I total, Divisor<I> HW,
+                                Divisor<I> W) {
+    grid_stride_batched<kUnroll>(
+        total, [&](I i) { return y[i] + inject[HW.div(i) * W.value() + W.mod(i)]; },
+        [&](I i, float v) { y[i] = v; });
 }
 
 template <typename I>
@@ -226,12 +268,14 @@ __global__ void freq_embedding_kernel(float* x, const float* __restrict__ table,
 
 template <typename I>
 __global__ void residual_kernel(float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ bias,
-                                const float* __restrict__ gamma, I total, I C) {
-    FD_GRID_STRIDE_I(I, i, total) {
-        const I c = i % C;
-        const float v = y[i] + (bias ? bias[c] : 0.0f);
-        x[i] += gamma ? gamma[c] * v : v;
-    }
+                                const float* __restrict__ gamma, I total, Divisor<I> C) {
+    grid_stride_batched<kUnroll>(
+        total, [&](I i) { return make_float2(x[i], y[i]); },
+        [&](I i, float2 xy) {
+            const I c = C.mod(i);
+            const float v = xy.y + (bias ? bias[c] : 0.0f);
+            x[i] = xy.x + (gamma ? gamma[c] * v : v);
+        });
 }
 
 template <typename I>
@@ -317,20 +361,40 @@ __global__ void softmax_rows_kernel(const float* s, T* p, int64_t cols) {
 
 // --------------------------------------------------------- convolution helpers
 
+// Grid y walks the rows q = b * K + r of the column matrix, kUnroll rows at
+// a time with their (b, ci, ki, kj) decoded once; grid x and the threads
+// walk the Ho * Wo outputs (one division each, shared by the rows), so reads
+// along wo and writes are both coalesced and kUnroll loads are in flight.
 template <typename T, typename I>
-__global__ void im2col_kernel(const float* __restrict__ x, T* __restrict__ cols, I rows, I K, I Cin, int64_t H,
-                              int64_t W, ConvGeom g, I Wo, I N, int64_t ld) {
-    const I taps = I(g.kh) * I(g.kw);
-    FD_GRID_STRIDE_I(I, i, rows * N) {
-        const I q = i / N, n = i - q * N;  // q = b * K + r
-        const I ho = n / Wo, wo = n - ho * Wo;
-        const I b = q / K, r = q - b * K;
-        const I ci = r / taps, t = r - ci * taps;
-        const I ki = t / I(g.kw), kj = t - ki * I(g.kw);
-        const int64_t h = int64_t(ho) * g.sh + int64_t(ki) * g.dh - g.ph;
-        const int64_t w = int64_t(wo) * g.sw + int64_t(kj) * g.dw - g.pw;
-        const float v = (h >= 0 && h < H && w >= 0 && w < W) ? x[((int64_t(b) * Cin + ci) * H + h) * W + w] : 0.0f;
-        cols[int64_t(q) * ld + n] = from_float<T>(v);
+__global__ void im2col_kernel(const float* __restrict__ x, T* __restrict__ cols, I rows, Divisor<I> K,
+                              Divisor<I> taps, Divisor<I> kw, I Cin, int H, int W, ConvGeom g, Divisor<I> Wo, I N,
+                              int64_t ld) {
+    constexpr int U = kUnroll;
+    for (I q0 = I(blockIdx.y); q0 < rows; q0 += I(U) * I(gridDim.y)) {
+        const float* plane[U];
+        T* out[U];
+        int h_off[U], w_off[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const I q = min(q0 + I(u) * I(gridDim.y), rows - 1);  // rows past the end repeat the last one
+            const I b = K.div(q), r = q - b * K.value();
+            const I ci = taps.div(r), t = r - ci * taps.value();
+            const I ki = kw.div(t), kj = t - ki * kw.value();
+            plane[u] = x + (int64_t(b) * Cin + ci) * int64_t(H) * W;
+            out[u] = cols + int64_t(q) * ld;
+            h_off[u] = int(ki) * g.dh - g.ph, w_off[u] = int(kj) * g.dw - g.pw;
+        }
+        for (I n = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); n < N; n += I(gridDim.x) * I(blockDim.x)) {
+            const I ho = Wo.div(n), wo = n - ho * Wo.value();
+            float v[U];
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const int h = int(ho) * g.sh + h_off[u], w = int(wo) * g.sw + w_off[u];
+                v[u] = (h >= 0 && h < H && w >= 0 && w < W) ? plane[u][int64_t(h) * W + w] : 0.0f;
+            }
+#pragma unroll
+            for (int u = 0; u < U; u++) out[u][n] = from_float<T>(v[u]);
+        }
     }
 }
 
@@ -349,53 +413,62 @@ __global__ void pad_planes_kernel(const float* __restrict__ x, T* __restrict__ o
 
 template <typename I>
 __global__ void crop_bias_act_kernel(const float* __restrict__ full, float* __restrict__ out,
-                                     const float* __restrict__ bias, I C, I H, I Wfull, I W, I total, Act act) {
-    FD_GRID_STRIDE_I(I, i, total) {
-        const I row = i / W, w = i - row * W;  // row = bc * H + h
-        float v = full[int64_t(row) * Wfull + w];
-        if (bias) v += bias[(row / H) % C];
-        out[i] = activate(v, act);
-    }
+                                     const float* __restrict__ bias, Divisor<I> C, Divisor<I> H, I Wfull,
+                                     Divisor<I> W, I total, Act act) {
+    grid_stride_batched<kUnroll>(
+        total,
+        [&](I i) {
+            const I row = W.div(i), w = i - row * W.value();  // row = bc * H + h
+            float v = full[int64_t(row) * Wfull + w];
+            if (bias) v += bias[C.mod(H.div(row))];
+            return v;
+        },
+        [&](I i, float v) { out[i] = activate(v, act); });
 }
 
 // Only the taps that land on an output position are visited (for stride s,
 // kernel k: k / s of them), in increasing tap order as a plain loop would.
 template <typename I>
 __global__ void col2im_kernel(const float* __restrict__ cols, float* __restrict__ out, const float* __restrict__ bias,
-                              I C, I H, I W, int kh, int kw, int sh, int sw, I h0, I Hc, I w0, I Wc, I total,
-                              int64_t ld, Act act) {
-    FD_GRID_STRIDE_I(I, i, total) {
-        const I row = i / Wc, wo = i - row * Wc + w0;  // row = bc * Hc + (ho - h0)
-        const I bc = row / Hc, ho = row - bc * Hc + h0, c = bc % C;
+                              Divisor<I> C, I H, I W, int kh, int kw, Divisor<I> sh, Divisor<I> sw, I h0, Divisor<I> Hc,
+                              I w0, Divisor<I> Wc, I total, int64_t ld, Act act) {
+    grid_stride_batched<kUnroll>(total, [&](I i) {
+        const I row = Wc.div(i), wo = i - row * Wc.value() + w0;  // row = bc * Hc + (ho - h0)
+        const I bc = Hc.div(row), ho = row - bc * Hc.value() + h0, c = C.mod(bc);
         float acc = bias ? bias[c] : 0.0f;
         const float* cb = cols + int64_t(bc) * kh * kw * ld;
-        for (I ki = ho % I(sh); ki < I(kh) && ki <= ho; ki += I(sh)) {
-            const I h = (ho - ki) / I(sh);
+        // ki = ho mod sh, then every sh-th tap: h = (ho - ki) / sh steps down by one.
+        const I h_top = sh.div(ho), w_top = sw.div(wo);
+        const I ki0 = ho - h_top * sh.value(), kj0 = wo - w_top * sw.value();
+        for (I ki = ki0, h = h_top; ki < I(kh) && ki <= ho; ki += sh.value(), h--) {
             if (h >= H) continue;
-            for (I kj = wo % I(sw); kj < I(kw) && kj <= wo; kj += I(sw)) {
-                const I w = (wo - kj) / I(sw);
+            for (I kj = kj0, w = w_top; kj < I(kw) && kj <= wo; kj += sw.value(), w--) {
                 if (w >= W) continue;
                 acc += cb[int64_t(ki * I(kw) + kj) * ld + int64_t(h) * W + w];
             }
         }
-        out[i] = activate(acc, act);
-    }
+        return acc;
+    }, [&](I i, float acc) { out[i] = activate(acc, act); });
 }
 
 template <typename I>
-__global__ void crop_act_kernel(const float* __restrict__ in, float* __restrict__ out, I Hin, I Win, I h0, I Hc,
-                                I w0, I Wc, I total, Act act) {
-    FD_GRID_STRIDE_I(I, i, total) {
-        const I row = i / Wc, w = i - row * Wc, bc = row / Hc, h = row - bc * Hc;
-        out[i] = activate(in[(int64_t(bc) * Hin + h + h0) * Win + w + w0], act);
-    }
+__global__ void crop_act_kernel(const float* __restrict__ in, float* __restrict__ out, I Hin, I Win, I h0,
+                                Divisor<I> Hc, I w0, Divisor<I> Wc, I total, Act act) {
+    grid_stride_batched<kUnroll>(
+        total,
+        [&](I i) {
+            const I row = Wc.div(i), w = i - row * Wc.value(), bc = Hc.div(row), h = row - bc * Hc.value();
+            return in[(int64_t(bc) * Hin + h + h0) * Win + w + w0];
+        },
+        [&](I i, float v) { out[i] = activate(v, act); });
 }
 
 }  // namespace
 
 // ------------------------------------------------------------------ host side
 
-void segment_stats(const Ctx& ctx, const float* x, const Segments& seg, Spread spread, double* mean, double* out) {
+void segment_stats(const Ctx& ctx, const float* x, const Segments& seg, Spread spread, double* mean, double* out,
+                   const float* offset) {
     const int64_t size = seg.size(), count = seg.count();
     const int64_t splits = std::max<int64_t>(1, (size + kStatChunk - 1) / kStatChunk);
     double* partial = ctx.arena->alloc<double>(3 * count * splits);
@@ -403,9 +476,13 @@ void segment_stats(const Ctx& ctx, const float* x, const Segments& seg, Spread s
     if (count * splits > int64_t(0x7fffffff)) throw Error("segment_stats: too many segments");
     FD_INDEX_DISPATCH(size, I,
                       segment_partial_kernel<I><<<unsigned(count * splits), kThreads, 0, ctx.stream>>>(
-                          x, seg, splits, kStatChunk, partial));
+                          x, seg, splits, kStatChunk, Divisor<I>(seg.W), offset, partial));
     FD_LAUNCH_CHECK();
-    segment_finalize_kernel<<<grid_for(count), kThreads, 0, ctx.stream>>>(partial, count, splits, spread, mean, out);
+    if (splits == 1)
+        segment_finalize_single_kernel<<<grid_for(count), kThreads, 0, ctx.stream>>>(partial, count, spread, mean,
+                                                                                    out);
+    else
+        segment_finalize_kernel<<<unsigned(count), kThreads, 0, ctx.stream>>>(partial, splits, spread, mean, out);
     FD_LAUNCH_CHECK();
 }
 
@@ -416,26 +493,28 @@ void normalize(const Ctx& ctx, float* x, int64_t B, int64_t n, const double* mea
     inv_std_kernel<<<grid_for(B), kThreads, 0, ctx.stream>>>(std, B, inv);
     FD_LAUNCH_CHECK();
     FD_INDEX_DISPATCH(B * n, I,
-                      normalize_kernel<I><<<grid_for(B * n), kThreads, 0, ctx.stream>>>(x, B, n, mean, inv));
+                      normalize_kernel<I><<<grid_for(B * n), kThreads, 0, ctx.stream>>>(x, I(B * n), Divisor<I>(n), mean,
+                                                                                         inv));
     FD_LAUNCH_CHECK();
 }
 
 void group_norm(const Ctx& ctx, float* x, const Segments& seg, const float* weight, const float* bias, float eps,
-                Act act) {
+                Act act, const float* input_bias) {
     if (seg.C % seg.G != 0) throw Error("group_norm: channels not divisible by groups");
     ArenaScope scope(*ctx.arena);
     double* mean = ctx.arena->alloc<double>(seg.count());
     double* var = ctx.arena->alloc<double>(seg.count());
     const int64_t rows = seg.B * seg.C * seg.R;
     float2* coef = ctx.arena->alloc<float2>(rows);
-    segment_stats(ctx, x, seg, Spread::Variance, mean, var);
+    segment_stats(ctx, x, seg, Spread::Variance, mean, var, input_bias);
     if (ctx.dry || rows == 0) return;
-    group_norm_coef_kernel<<<grid_for(rows), kThreads, 0, ctx.stream>>>(seg, mean, var, weight, bias, eps, coef);
+    group_norm_coef_kernel<<<grid_for(rows), kThreads, 0, ctx.stream>>>(seg, mean, var, weight, bias, input_bias,
+                                                                        eps, coef);
     FD_LAUNCH_CHECK();
     const int64_t total = seg.numel();
     FD_INDEX_DISPATCH(total, I,
-                      group_norm_apply_kernel<I><<<grid_for(total), kThreads, 0, ctx.stream>>>(x, I(total), I(seg.W),
-                                                                                               coef, act));
+                      group_norm_apply_kernel<I><<<grid_for(total), kThreads, 0, ctx.stream>>>(
+                          x, I(total), Divisor<I>(seg.W), coef, act));
     FD_LAUNCH_CHECK();
 }
 
@@ -453,7 +532,7 @@ void group_norm_tokens(const Ctx& ctx, float* x, int64_t B, int64_t N, int64_t C
     FD_LAUNCH_CHECK();
     FD_INDEX_DISPATCH(B * N * C, I,
                       group_norm_tokens_apply_kernel<I><<<grid_for(B * N * C), kThreads, 0, ctx.stream>>>(
-                          x, I(B), I(N), I(C), mean, inv, weight, bias));
+                          x, I(B * N * C), Divisor<I>(N * C), Divisor<I>(C), mean, inv, weight, bias));
     FD_LAUNCH_CHECK();
 }
 
@@ -482,7 +561,7 @@ void bias_act(const Ctx& ctx, const float* in, void* out, DType dt, const float*
     FD_DISPATCH(dt, T,
                 FD_INDEX_DISPATCH(n, I,
                                   bias_act_kernel<T, I><<<grid_for(n), kThreads, 0, ctx.stream>>>(
-                                      in, static_cast<T*>(out), bias, I(n), I(C), I(inner), act)));
+                                      in, static_cast<T*>(out), bias, I(n), Divisor<I>(C), Divisor<I>(inner), act)));
     FD_LAUNCH_CHECK();
 }
 
@@ -504,16 +583,17 @@ void convert_rows(const Ctx& ctx, const float* in, void* out, DType dt, int64_t 
     FD_DISPATCH(dt, T,
                 FD_INDEX_DISPATCH(rows * n, I,
                                   convert_rows_kernel<T, I><<<grid_for(rows * n), kThreads, 0, ctx.stream>>>(
-                                      in, static_cast<T*>(out), I(rows), I(n), I(ld))));
+                                      in, static_cast<T*>(out), I(rows * n), Divisor<I>(n), I(ld))));
     FD_LAUNCH_CHECK();
 }
 
-void glu(const Ctx& ctx, const float* x, float* y, int64_t B, int64_t C, int64_t inner) {
+void glu(const Ctx& ctx, const float* x, float* y, int64_t B, int64_t C, int64_t inner, const float* bias) {
     const int64_t n = B * C * inner;
     if (ctx.dry || n == 0) return;
     // The gate half sits at index + C * inner < 2n.
     FD_INDEX_DISPATCH(2 * n, I,
-                      glu_kernel<I><<<grid_for(n), kThreads, 0, ctx.stream>>>(x, y, I(n), I(C), I(inner)));
+                      glu_kernel<I><<<grid_for(n), kThreads, 0, ctx.stream>>>(x, y, I(n), Divisor<I>(C),
+                                                                               Divisor<I>(inner), bias));
     FD_LAUNCH_CHECK();
 }
 
@@ -522,8 +602,8 @@ void glu_residual(const Ctx& ctx, const float* g, float* x, const float* scale, 
     const int64_t n = B * C * inner;
     if (ctx.dry || n == 0) return;
     FD_INDEX_DISPATCH(2 * n, I,
-                      glu_residual_kernel<I><<<grid_for(n), kThreads, 0, ctx.stream>>>(g, x, scale, I(n), I(C),
-                                                                                       I(inner)));
+                      glu_residual_kernel<I><<<grid_for(n), kThreads, 0, ctx.stream>>>(
+                          g, x, scale, I(n), Divisor<I>(C), Divisor<I>(inner)));
     FD_LAUNCH_CHECK();
 }
 
@@ -537,7 +617,8 @@ void add_rows(const Ctx& ctx, float* y, const float* inject, int64_t BC, int64_t
     const int64_t n = BC * H * W;
     if (ctx.dry || n == 0) return;
     FD_INDEX_DISPATCH(n, I,
-                      add_rows_kernel<I><<<grid_for(n), kThreads, 0, ctx.stream>>>(y, inject, I(BC), I(H), I(W)));
+                      add_rows_kernel<I><<<grid_for(n), kThreads, 0, ctx.stream>>>(y, inject, I(n), Divisor<I>(H * W),
+                                                                                    Divisor<I>(W)));
     FD_LAUNCH_CHECK();
 }
 
@@ -556,7 +637,8 @@ void residual(const Ctx& ctx, float* x, const float* y, const float* bias, const
     const int64_t n = rows * C;
     if (ctx.dry || n == 0) return;
     FD_INDEX_DISPATCH(n, I,
-                      residual_kernel<I><<<grid_for(n), kThreads, 0, ctx.stream>>>(x, y, bias, gamma, I(n), I(C)));
+                      residual_kernel<I><<<grid_for(n), kThreads, 0, ctx.stream>>>(x, y, bias, gamma, I(n),
+                                                                                    Divisor<I>(C)));
     FD_LAUNCH_CHECK();
 }
 
@@ -618,10 +700,13 @@ void im2col(const Ctx& ctx, const float* x, void* cols, DType dt, int64_t B, int
     if (ld == 0) ld = N;
     if (ld < N) throw Error("internal error: im2col stride");
     if (ctx.dry || rows * N == 0) return;
+    if (H * W >= (int64_t(1) << 31)) throw Error("im2col: input plane too large");
+    const dim3 grid = grid_2d(rows, N);
     FD_DISPATCH(dt, T,
-                FD_INDEX_DISPATCH(rows * N, I,
-                                  im2col_kernel<T, I><<<grid_for(rows * N), kThreads, 0, ctx.stream>>>(
-                                      x, static_cast<T*>(cols), I(rows), I(K), I(Cin), H, W, g, I(Wo), I(N), ld)));
+                FD_INDEX_DISPATCH(rows * ld, I,
+                                  im2col_kernel<T, I><<<grid, kThreads, 0, ctx.stream>>>(
+                                      x, static_cast<T*>(cols), I(rows), Divisor<I>(K), Divisor<I>(g.kh * g.kw),
+                                      Divisor<I>(g.kw), I(Cin), int(H), int(W), g, Divisor<I>(Wo), I(N), ld)));
     FD_LAUNCH_CHECK();
 }
 
@@ -643,7 +728,7 @@ void crop_bias_act(const Ctx& ctx, const float* full, float* out, const float* b
     if (ctx.dry || n == 0) return;
     FD_INDEX_DISPATCH(B * C * H * Wfull, I,
                       crop_bias_act_kernel<I><<<grid_for(n), kThreads, 0, ctx.stream>>>(
-                          full, out, bias, I(C), I(H), I(Wfull), I(W), I(n), act));
+                          full, out, bias, Divisor<I>(C), Divisor<I>(H), I(Wfull), Divisor<I>(W), I(n), act));
     FD_LAUNCH_CHECK();
 }
 
@@ -658,8 +743,8 @@ void col2im(const Ctx& ctx, const float* cols, float* out, const float* bias, in
     if (ctx.dry || n == 0) return;
     FD_INDEX_DISPATCH(std::max(n, B * C * Hf * Wf), I,
                       col2im_kernel<I><<<grid_for(n), kThreads, 0, ctx.stream>>>(
-                          cols, out, bias, I(C), I(H), I(W), kh, kw, sh, sw, I(h0), I(Hc), I(w0), I(Wc), I(n), ld,
-                          act));
+                          cols, out, bias, Divisor<I>(C), I(H), I(W), kh, kw, Divisor<I>(sh), Divisor<I>(sw), I(h0),
+                          Divisor<I>(Hc), I(w0), Divisor<I>(Wc), I(n), ld, act));
     FD_LAUNCH_CHECK();
 }
 
@@ -669,8 +754,8 @@ void crop_act(const Ctx& ctx, const float* in, float* out, int64_t BC, int64_t H
     const int64_t n = BC * Hc * Wc;
     if (ctx.dry || n == 0) return;
     FD_INDEX_DISPATCH(BC * Hin * Win, I,
-                      crop_act_kernel<I><<<grid_for(n), kThreads, 0, ctx.stream>>>(in, out, I(Hin), I(Win), I(h0),
-                                                                                   I(Hc), I(w0), I(Wc), I(n), act));
+                      crop_act_kernel<I><<<grid_for(n), kThreads, 0, ctx.stream>>>(
+                          in, out, I(Hin), I(Win), I(h0), Divisor<I>(Hc), I(w0), Divisor<I>(Wc), I(n), act));
     FD_LAUNCH_CHECK();
 }
 

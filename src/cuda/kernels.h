@@ -24,16 +24,20 @@ struct Segments {
 
 enum class Spread { Variance, UnbiasedStd };
 
-// Per segment: mean and the biased variance or the unbiased std, computed
-// two-pass over chunks in double and merged exactly (Chan et al.).
-void segment_stats(const Ctx& ctx, const float* x, const Segments& seg, Spread spread, double* mean, double* out);
+// Per segment: mean and the biased variance or the unbiased std, from sums
+// and sums of squares in double over chunks, added in a fixed order; of
+// x + offset[c] when a per-channel offset is given.
+void segment_stats(const Ctx& ctx, const float* x, const Segments& seg, Spread spread, double* mean, double* out,
+                   const float* offset = nullptr);
 
 // x[b, i] = (x[b, i] - mean[b]) / (1e-5 + std[b]) over n values per item.
 void normalize(const Ctx& ctx, float* x, int64_t B, int64_t n, const double* mean, const double* std);
 
-// GroupNorm of x (described by seg), affine per channel, then act; in place.
+// GroupNorm of x + input_bias[c] (x described by seg; input_bias, optional,
+// is the producing convolution's bias, folded in here instead of a pass of
+// its own), affine per channel, then act; in place.
 void group_norm(const Ctx& ctx, float* x, const Segments& seg, const float* weight, const float* bias, float eps,
-                Act act);
+                Act act, const float* input_bias = nullptr);
 // GroupNorm(1, C) of token-major x [B, N, C] per item (the transformer's norm_out).
 void group_norm_tokens(const Ctx& ctx, float* x, int64_t B, int64_t N, int64_t C, const float* weight,
                        const float* bias, float eps);
@@ -50,8 +54,10 @@ void bias_act(const Ctx& ctx, const float* in, void* out, DType dt, const float*
 void convert(const Ctx& ctx, const float* in, void* out, DType dt, int64_t n);
 // out [rows, ld] (type dt) = in [rows, n] (ld >= n; columns past n left unset).
 void convert_rows(const Ctx& ctx, const float* in, void* out, DType dt, int64_t rows, int64_t n, int64_t ld);
-// y[b, c, i] = x[b, c, i] * sigmoid(x[b, C + c, i]) for x [B, 2C, inner].
-void glu(const Ctx& ctx, const float* x, float* y, int64_t B, int64_t C, int64_t inner);
+// y[b, c, i] = a * sigmoid(g), a = x[b, c, i] + bias[c], g = x[b, C + c, i] + bias[C + c]
+// for x [B, 2C, inner] (bias [2C], optional: the producing convolution's).
+void glu(const Ctx& ctx, const float* x, float* y, int64_t B, int64_t C, int64_t inner,
+         const float* bias = nullptr);
 // x[b, c, i] += scale[c] * glu(g)[b, c, i] (DConv residual with LayerScale).
 void glu_residual(const Ctx& ctx, const float* g, float* x, const float* scale, int64_t B, int64_t C, int64_t inner);
 void add(const Ctx& ctx, float* x, const float* y, int64_t n);

@@ -60,6 +60,10 @@ std::unique_ptr<ModelBackend> make_cuda_backend(std::shared_ptr<const HTDemucsMo
                                                 Precision precision);
 // Number of usable CUDA devices (0 without a driver or GPU); never throws.
 int cuda_device_count();
+// Creates the device's context (the driver's start-up, ~0.1-0.3 s), so that
+// it can run on another thread while the checkpoint is read; errors are
+// left for make_cuda_backend to report. Never throws.
+void cuda_initialize(int device_index);
 #endif
 
 }  // namespace fastdemucs

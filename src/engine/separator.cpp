@@ -81,6 +81,17 @@ LoadParams load_default_params() { return LoadParams{}; }
 SeparateParams separate_default_params() { return SeparateParams{}; }
 
 std::unique_ptr<Separator> Separator::load(const LoadParams& params) {
+#ifdef FASTDEMUCS_WITH_CUDA
+    // The driver starts while the model is found and read (joined on every exit).
+    std::thread cuda_start;
+    if (params.device == DeviceKind::Cuda) cuda_start = std::thread(cuda_initialize, params.device_index);
+    struct Join {
+        std::thread& t;
+        ~Join() {
+            if (t.joinable()) t.join();
+        }
+    } join{cuda_start};
+#endif
     BagSpec spec;
     if (!params.checkpoint.empty()) {
         spec.name = params.checkpoint;
@@ -103,7 +114,11 @@ std::unique_ptr<Separator> Separator::load(const LoadParams& params) {
     std::vector<BagMember> bag;
     for (size_t i = 0; i < spec.checkpoints.size(); i++) {
         BagMember m;
-        m.backend = make_backend(load_htdemucs(spec.checkpoints[i]), params);
+        auto model = load_htdemucs(spec.checkpoints[i]);
+#ifdef FASTDEMUCS_WITH_CUDA
+        if (cuda_start.joinable()) cuda_start.join();
+#endif
+        m.backend = make_backend(std::move(model), params);
         if (!spec.weights.empty()) m.weights = spec.weights[i];
         bag.push_back(std::move(m));
     }

@@ -1,0 +1,10 @@
+# Sourced by the device scripts (run ON the GPU machine, from the repository
+# root): library path, and the full6s checkpoint unpacked from .device/.
+export LD_LIBRARY_PATH=$PWD/.device/lib:${LD_LIBRARY_PATH:-}
+export PYTHONUNBUFFERED=1
+fx=.device/fixtures/full6s
+ckpt=$fx/full6s-86db6bad.th
+if [ -f "$fx/full6s.th.xz" ]; then
+  [ -f "$ckpt" ] || python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" "$fx/full6s.th.xz" "$ckpt"
+  rm -f "$fx/full6s.th.xz"
+fi
