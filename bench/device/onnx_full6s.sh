@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs ON the GPU machine, over `PACK_CUDA=OFF PACK_EXPORT=ON bench/device/pack.sh full6s`:
+# Runs ON the GPU machine, over `PACK_CUDA=OFF PACK_EXPORT=ON PACK_BUILD=build-export bench/device/pack.sh full6s`:
 # exports full6s to ONNX with `fastdemucs export`, runs it with the
 # machine's onnxruntime on mix_3s (zero-padded to the 7.8 s segment, as the
 # model does) and writes the first 3 s of the stems to $OUT/onnx_forward_3s.npy

@@ -7,25 +7,27 @@
 #   .device/fixtures the fixture set asked for (tiny | full6s | none)
 #   .device/py       the official demucs package for the side-by-side baseline (never committed)
 # Usage: bench/device/pack.sh tiny|full6s|none [DEMUCS_ROOT]
-# PACK_CUDA=OFF PACK_EXPORT=ON builds only what `fastdemucs export` needs
+# PACK_CUDA=OFF PACK_EXPORT=ON PACK_BUILD=build-export builds only what `fastdemucs export` needs
 # (the ONNX check of full6s on the GPU machine: bench/device/onnx_full6s.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 set_name=${1:-tiny}
+# A build folder per configuration, so that switching does not rebuild everything.
+build=${PACK_BUILD:-build-device}
 fixtures=${FASTDEMUCS_FIXTURES:-$(pwd)/../shared/fixtures}
-cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DFASTDEMUCS_CPU_BACKEND=OFF \
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFASTDEMUCS_CPU_BACKEND=OFF \
   -DFASTDEMUCS_CUDA=ON -DFASTDEMUCS_FFMPEG=OFF -DFASTDEMUCS_DOWNLOAD=OFF -DBUILD_SHARED_LIBS=ON \
   -DFASTDEMUCS_EXPORT=${PACK_EXPORT:-OFF} -DFASTDEMUCS_CUDA=${PACK_CUDA:-ON} >/dev/null
-cmake --build build-device >/dev/null
+cmake --build "$build" >/dev/null
 rm -rf .device && mkdir -p .device/bin .device/lib .device/fixtures
 for f in tests/fastdemucs_tests fastdemucs bench/gpu_bench bench/gpu_dump; do
-  [ -f "build-device/$f" ] && cp "build-device/$f" .device/bin/
+  [ -f "$build/$f" ] && cp "$build/$f" .device/bin/
 done
-cp build-device/libfastdemucs*.so .device/lib/
+cp "$build"/libfastdemucs*.so .device/lib/
 strip .device/bin/* .device/lib/* || true
 # Everything the binaries link that is not glibc, the C++ runtime or CUDA.
 # libcrypto, libssl and zlib are on every Ubuntu CUDA image (python3 needs them).
-for bin in .device/bin/*; do ldd "$bin"; done | awk '/=> \//{print $3}' | sort -u | grep -v "$(pwd)/build-device" |
+for bin in .device/bin/*; do ldd "$bin"; done | awk '/=> \//{print $3}' | sort -u | grep -v "$(pwd)/$build" |
   grep -v -E '/(libc|libm|libdl|librt|libpthread|libresolv|libnsl|libutil|libanl|libcrypto|libssl|libz|libstdc\+\+|libgcc_s|libcuda|libcudart|libcublas|libcublasLt|libcufft|libnvrtc|libnvJitLink)\.so' |
   while read -r lib; do cp -L "$lib" .device/lib/; done
 case "$set_name" in
@@ -37,6 +39,7 @@ case "$set_name" in
   full6s)
     # 52 MiB of float16 weights: xz saves the few MiB that make the call fit.
     mkdir -p .device/fixtures/full6s
+    mkdir -p build-device
     [ -f build-device/full6s.th.xz ] || xz -T2 -6 -k -c "$fixtures"/full6s/full6s-86db6bad.th > build-device/full6s.th.xz
     cp build-device/full6s.th.xz "$fixtures"/full6s/{full6s.yaml,mix_3s.wav,mix_12s.wav} .device/fixtures/full6s/ ;;
   none) ;;

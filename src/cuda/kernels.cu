@@ -230,18 +230,35 @@ __global__ void glu_kernel(const float* __restrict__ x, float* __restrict__ y, I
         [&](I i, float2 ag) { y[i] = ag.x / (1.0f + expf(-ag.y)); });
 }
 
+// x [B, C, R, W] += scale[c] * a * sigmoid(g), where a and g are y [B, 2C, R, W]
+// at channels c and C + c through their GroupNorm affine maps coef[(b * 2C + ch) * R + r].
 template <typename I>
-__global__ void glu_residual_kernel(const float* __restrict__ gates, float* __restrict__ x,
-                                    const float* __restrict__ scale, I total, Divisor<I> C, Divisor<I> inner) {
-    const I half = C.value() * inner.value();
+__global__ void glu_norm_residual_kernel(const float* __restrict__ y, float* __restrict__ x,
+                                         const float* __restrict__ scale, const float2* __restrict__ coef, I total,
+                                         Divisor<I> C, Divisor<I> R, Divisor<I> W) {
+    const I half = C.value() * R.value() * W.value();  // offset of the gate half within an item of y
+    auto locate = [&](I i, I* at, I* row_a, I* c) {
+        const I q = W.div(i), w = i - q * W.value();  // q = (b * C + c) * R + r
+        const I bc = R.div(q), r = q - bc * R.value();
+        const I b = C.div(bc);
+        *c = bc - b * C.value();
+        *row_a = (bc + b * C.value()) * R.value() + r;  // (b * 2C + c) * R + r
+        *at = *row_a * W.value() + w;
+    };
     grid_stride_batched<kUnroll>(
         total,
         [&](I i) {
-            I c;
-            const I at = glu_index(i, C, inner, &c);
-            return make_float4(gates[at], gates[at + half], x[i], scale[c]);
+            I at, row_a, c;
+            locate(i, &at, &row_a, &c);
+            return make_float3(y[at], y[at + half], x[i]);
         },
-        [&](I i, float4 v) { x[i] = v.z + v.w * (v.x / (1.0f + expf(-v.y))); });
+        [&](I i, float3 v) {
+            I at, row_a, c;
+            locate(i, &at, &row_a, &c);
+            const float2 ka = coef[row_a], kg = coef[row_a + C.value() * R.value()];
+            const float a = v.x * ka.x + ka.y, g = v.y * kg.x + kg.y;
+            x[i] = v.z + scale[c] * (a / (1.0f + expf(-g)));
+        });
 }
 
 __global__ void add_kernel(float* x, const float* y, int64_t n) {  // x may be y
@@ -498,19 +515,32 @@ void normalize(const Ctx& ctx, float* x, int64_t B, int64_t n, const double* mea
     FD_LAUNCH_CHECK();
 }
 
-void group_norm(const Ctx& ctx, float* x, const Segments& seg, const float* weight, const float* bias, float eps,
-                Act act, const float* input_bias) {
+namespace {
+
+// The GroupNorm's affine map per (item, channel, row), from the arena (the caller's scope).
+float2* group_norm_coefficients(const Ctx& ctx, const float* x, const Segments& seg, const float* weight,
+                                const float* bias, float eps, const float* input_bias) {
     if (seg.C % seg.G != 0) throw Error("group_norm: channels not divisible by groups");
+    const int64_t rows = seg.B * seg.C * seg.R;
+    float2* coef = ctx.arena->alloc<float2>(rows);
     ArenaScope scope(*ctx.arena);
     double* mean = ctx.arena->alloc<double>(seg.count());
     double* var = ctx.arena->alloc<double>(seg.count());
-    const int64_t rows = seg.B * seg.C * seg.R;
-    float2* coef = ctx.arena->alloc<float2>(rows);
     segment_stats(ctx, x, seg, Spread::Variance, mean, var, input_bias);
-    if (ctx.dry || rows == 0) return;
+    if (ctx.dry || rows == 0) return coef;
     group_norm_coef_kernel<<<grid_for(rows), kThreads, 0, ctx.stream>>>(seg, mean, var, weight, bias, input_bias,
                                                                         eps, coef);
     FD_LAUNCH_CHECK();
+    return coef;
+}
+
+}  // namespace
+
+void group_norm(const Ctx& ctx, float* x, const Segments& seg, const float* weight, const float* bias, float eps,
+                Act act, const float* input_bias) {
+    ArenaScope scope(*ctx.arena);
+    const float2* coef = group_norm_coefficients(ctx, x, seg, weight, bias, eps, input_bias);
+    if (ctx.dry || seg.numel() == 0) return;
     const int64_t total = seg.numel();
     FD_INDEX_DISPATCH(total, I,
                       group_norm_apply_kernel<I><<<grid_for(total), kThreads, 0, ctx.stream>>>(
@@ -597,13 +627,18 @@ void glu(const Ctx& ctx, const float* x, float* y, int64_t B, int64_t C, int64_t
     FD_LAUNCH_CHECK();
 }
 
-void glu_residual(const Ctx& ctx, const float* g, float* x, const float* scale, int64_t B, int64_t C,
-                  int64_t inner) {
-    const int64_t n = B * C * inner;
+void group_norm_glu_residual(const Ctx& ctx, const float* y, float* x, int64_t B, int64_t C, int64_t R, int64_t W,
+                             const float* weight, const float* bias, float eps, const float* input_bias,
+                             const float* scale) {
+    ArenaScope scope(*ctx.arena);
+    Segments seg;
+    seg.B = B, seg.C = 2 * C, seg.G = 1, seg.R = R, seg.W = W;
+    const float2* coef = group_norm_coefficients(ctx, y, seg, weight, bias, eps, input_bias);
+    const int64_t n = B * C * R * W;
     if (ctx.dry || n == 0) return;
     FD_INDEX_DISPATCH(2 * n, I,
-                      glu_residual_kernel<I><<<grid_for(n), kThreads, 0, ctx.stream>>>(
-                          g, x, scale, I(n), Divisor<I>(C), Divisor<I>(inner)));
+                      glu_norm_residual_kernel<I><<<grid_for(n), kThreads, 0, ctx.stream>>>(
+                          y, x, scale, coef, I(n), Divisor<I>(C), Divisor<I>(R), Divisor<I>(W)));
     FD_LAUNCH_CHECK();
 }
 

@@ -58,8 +58,12 @@ void convert_rows(const Ctx& ctx, const float* in, void* out, DType dt, int64_t 
 // for x [B, 2C, inner] (bias [2C], optional: the producing convolution's).
 void glu(const Ctx& ctx, const float* x, float* y, int64_t B, int64_t C, int64_t inner,
          const float* bias = nullptr);
-// x[b, c, i] += scale[c] * glu(g)[b, c, i] (DConv residual with LayerScale).
-void glu_residual(const Ctx& ctx, const float* g, float* x, const float* scale, int64_t B, int64_t C, int64_t inner);
+// The end of a DConv residual layer in one pass over y [B, 2C, R, W]:
+// x [B, C, R, W] += scale[c] * GLU(GroupNorm(1, 2C)(y + input_bias)) with the
+// norm's statistics per (item, row) (y itself is left as it is).
+void group_norm_glu_residual(const Ctx& ctx, const float* y, float* x, int64_t B, int64_t C, int64_t R, int64_t W,
+                             const float* weight, const float* bias, float eps, const float* input_bias,
+                             const float* scale);
 void add(const Ctx& ctx, float* x, const float* y, int64_t n);
 // y[bc, h, w] += inject[bc, w] for every row h.
 void add_rows(const Ctx& ctx, float* y, const float* inject, int64_t BC, int64_t H, int64_t W);
