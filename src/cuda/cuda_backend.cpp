@@ -119,9 +119,10 @@
 // samples before the next chunk's start are final; a second stream waits
 // for that batch's event, finishes them (division, average,
 // de-normalisation) and copies them to the host while the main stream runs
-// the next batch (the host thread blocks in each pageable copy, but the GPU
-// has the next batch queued). The host output is sized by the backend just
-// before the first piece, so its zero-fill also overlaps device work.
+// the next batch (the copies are asynchronous: the output is page-locked).
+// The host output is allocated, faulted in and
+// page-locked by a thread of its own while the GPU works; pieces finished
+// before it is ready wait on the device and are queued once it is.
 // Nothing goes back up. Progress is reported one batch late (an event per
 // batch), so the GPU always has the next batch queued. Device memory for a
 // track of L samples (C channels, S sources), besides the workspace and the
