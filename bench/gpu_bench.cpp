@@ -25,22 +25,12 @@
 #include "io/audio_file.h"
 #include "model/flops.h"
 #include "model/model.h"
+#include "npy_file.h"
 
 using namespace fastdemucs;
+using fastdemucs_bench::write_npy;
 using Clock = std::chrono::steady_clock;
 
-static void write_npy(const std::string& path, const Stems& stems) {
-    std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + std::to_string(stems.names.size()) +
-                         ", " + std::to_string(stems.channels) + ", " + std::to_string(stems.samples) + "), }";
-    while ((10 + header.size() + 1) % 64) header += ' ';
-    header += '\n';
-    std::ofstream f(path, std::ios::binary);
-    f.write("\x93NUMPY\x01\x00", 8);
-    const uint16_t len = static_cast<uint16_t>(header.size());
-    f.write(reinterpret_cast<const char*>(&len), 2);
-    f.write(header.data(), header.size());
-    f.write(reinterpret_cast<const char*>(stems.data.data()), stems.data.size() * sizeof(float));
-}
 
 static size_t used_gpu_bytes() {
     size_t free_b = 0, total_b = 0;
@@ -107,7 +97,8 @@ int main(int argc, char** argv) {
                 times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
                 peak = std::max(peak, used_gpu_bytes());
             }
-            write_npy(out_dir + "/stems_" + name + ".npy", stems);
+            write_npy(out_dir + "/stems_" + name + ".npy", stems.data.data(),
+                      {int64_t(stems.names.size()), stems.channels, stems.samples}, false);
 
             // The model alone: one batch of max_batch() chunks, already on the
             // GPU side of the copy (graph replay after two warm-up calls).

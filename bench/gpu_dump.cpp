@@ -6,8 +6,6 @@
 // on the raw 3 s input) and separate_12s_<precision>.npy (the command path,
 // shifts 0, overlap 0.25; fp32 as two float32 halves of the sources, the
 // reduced precisions in float16, so that every file stays under 16 MiB).
-#include <cuda_fp16.h>
-
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -18,31 +16,11 @@
 #include "fastdemucs/fastdemucs.h"
 #include "io/audio_file.h"
 #include "model/model.h"
+#include "npy_file.h"
 
 using namespace fastdemucs;
+using fastdemucs_bench::write_npy;
 
-static void write_npy(const std::string& path, const float* data, std::vector<int64_t> shape, bool as_half) {
-    std::string dims;
-    int64_t n = 1;
-    for (auto d : shape) dims += std::to_string(d) + ", ", n *= d;
-    std::string header = std::string("{'descr': '") + (as_half ? "<f2" : "<f4") +
-                         "', 'fortran_order': False, 'shape': (" + dims + "), }";
-    while ((10 + header.size() + 1) % 64) header += ' ';
-    header += '\n';
-    std::ofstream f(path, std::ios::binary);
-    f.write("\x93NUMPY\x01\x00", 8);
-    const uint16_t len = static_cast<uint16_t>(header.size());
-    f.write(reinterpret_cast<const char*>(&len), 2);
-    f.write(header.data(), header.size());
-    if (as_half) {
-        std::vector<__half> h(n);
-        for (int64_t i = 0; i < n; i++) h[i] = __float2half(data[i]);
-        f.write(reinterpret_cast<const char*>(h.data()), n * sizeof(__half));
-    } else {
-        f.write(reinterpret_cast<const char*>(data), n * sizeof(float));
-    }
-    if (!f) throw Error("cannot write " + path);
-}
 
 int main(int argc, char** argv) {
     if (argc < 5) {
