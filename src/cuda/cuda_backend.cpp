@@ -164,6 +164,7 @@
 #include "cuda/weights.h"
 #include "engine/apply.h"
 #include "engine/backend.h"
+#include "engine/trace.h"
 #include "error.h"
 
 namespace fastdemucs {
@@ -234,11 +235,15 @@ public:
         // A workspace of our own: cuBLAS then allocates nothing while a graph is captured.
         blas_workspace_ = DeviceBuffer(kCublasWorkspace, "the cuBLAS workspace");
         FD_CUBLAS(cublasSetWorkspace(blas_->handle, blas_workspace_.get(), blas_workspace_.bytes()));
+        trace_point("cuda: streams and cuBLAS");
 
-        weights_ = std::make_unique<DeviceWeights>(*model_, dtype_);
+        ctx_.shifted_conv = env_flag("FASTDEMUCS_SHIFTED_CONV");
+        weights_ = std::make_unique<DeviceWeights>(*model_, dtype_, ctx_.shifted_conv);
+        trace_point("cuda: weights uploaded");
         const auto& cfg = model_->config;
         length_ = cfg.segment_samples();
         spectral_ = std::make_unique<Spectral>(cfg.nfft, length_);
+        trace_point("cuda: cuFFT plans");
 
         ctx_.stream = stream_->stream;
         ctx_.blas = blas_->handle;
@@ -246,7 +251,6 @@ public:
         const std::string attention = env_string("FASTDEMUCS_ATTENTION");
         ctx_.fused_attention = attention != "cublas";
         ctx_.tensor_core_attention = attention != "simt";
-        ctx_.shifted_conv = env_flag("FASTDEMUCS_SHIFTED_CONV");
         graphs_enabled_ = !env_flag("FASTDEMUCS_NO_GRAPH");
         if (env_flag("FASTDEMUCS_PROFILE")) {
             profiler_ = std::make_unique<Profiler>();
@@ -259,6 +263,7 @@ public:
         const size_t one = measure(1), two = measure(2);
         per_chunk_ = two > one ? two - one : one;
         fixed_ = one > per_chunk_ ? one - per_chunk_ : 0;
+        trace_point("cuda: memory model (dry runs)");
     }
 
     ~CudaBackend() override {
@@ -271,6 +276,23 @@ public:
 
     const HTDemucsModel& model() const override { return *model_; }
     void set_threads(int) override {}
+
+    // One eager forward of zeros at the batch size a long track gets (its
+    // first launches load the kernels and pick cuBLAS's algorithms: ~0.2 s
+    // of host time on an H100), then the graph of that batch captured. The
+    // device may still be busy with it on return.
+    void warm_up() override {
+        FD_CUDA(cudaSetDevice(device_));
+        const int batch = max_batch();
+        ensure_workspace(batch);
+        Ctx ctx = ctx_;
+        ctx.arena = &arena_;
+        const Io io = alloc_io(ctx, batch);
+        FD_CUDA(cudaMemsetAsync(io.in, 0, size_t(batch) * model_->config.audio_channels * length_ * sizeof(float),
+                                ctx.stream));
+        run_forward(ctx, batch);
+        if (graphs_enabled_ && !profiler_ && !graphs_.count(batch)) capture(ctx, batch);
+    }
 
     int max_batch() const override {
         if (cudaSetDevice(device_) != cudaSuccess) {
@@ -520,10 +542,12 @@ public:
                 finish_shift(stream, view, pitch, cut.skip, sum_weight, SC, 0, L, step, st, acc, L);
             }
         }
+        trace_point("cuda: every batch queued");
         queue_copies(true);
         if (done != L) throw Error("internal error: the track was not downloaded whole");
         FD_CUDA(cudaStreamSynchronize(copy_stream));
         FD_CUDA(cudaStreamSynchronize(stream));
+        trace_point("cuda: stems downloaded");
         progress.flush();
         return true;
     }
@@ -638,11 +662,10 @@ private:
     // replayed after (taps always eager).
     void run_forward(const Ctx& ctx, int batch) {
         const bool use_graph = graphs_enabled_ && !tap_;
+        if (use_graph && !graphs_.count(batch) && eager_done_.count(batch)) capture(ctx, batch);
         auto it = graphs_.find(batch);
         if (use_graph && it != graphs_.end()) {
             FD_CUDA(cudaGraphLaunch(it->second, ctx.stream));
-        } else if (use_graph && eager_done_.count(batch)) {
-            capture_and_launch(ctx, batch);
         } else if (profiler_ && !tap_) {
             Ctx profiled = ctx;
             profiled.prof = profiler_.get();
@@ -653,6 +676,7 @@ private:
         } else {
             device_forward(ctx, batch);
             eager_done_.insert(batch);
+            if (trace_enabled()) trace_point(("cuda: eager forward of " + std::to_string(batch) + " queued").c_str());
         }
     }
 
@@ -661,7 +685,9 @@ private:
         graphs_.clear();
     }
 
-    void capture_and_launch(const Ctx& ctx, int batch) {
+    // Records the forward of `batch` chunks as a CUDA graph (nothing runs).
+    // On failure graphs are off from now on and the forward runs eagerly.
+    void capture(const Ctx& ctx, int batch) {
         const cudaStream_t stream = ctx.stream;
         cudaGraph_t graph = nullptr;
         cudaGraphExec_t exec = nullptr;
@@ -681,14 +707,13 @@ private:
             cudaGraphDestroy(graph);
             FD_CUDA(err);
         } catch (const Error& e) {
-            // Run without graphs from now on; the eager path reports real errors itself.
+            // The eager path reports real errors itself.
             std::fprintf(stderr, "fastdemucs: CUDA graph capture failed (%s); running without graphs\n", e.what());
             graphs_enabled_ = false;
-            device_forward(ctx, batch);
             return;
         }
         graphs_[batch] = exec;
-        FD_CUDA(cudaGraphLaunch(exec, stream));
+        if (trace_enabled()) trace_point(("cuda: graph of " + std::to_string(batch) + " captured").c_str());
     }
 
     // --------------------------------------------------------------- the forward
@@ -1064,6 +1089,7 @@ int cuda_device_count() {
 void cuda_initialize(int device_index) {
     if (cudaSetDevice(device_index) == cudaSuccess) cudaFree(nullptr);
     cudaGetLastError();
+    trace_point("CUDA context created (start-up thread)");
 }
 
 std::unique_ptr<ModelBackend> make_cuda_backend(std::shared_ptr<const HTDemucsModel> model, int device_index,

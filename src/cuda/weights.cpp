@@ -1,7 +1,5 @@
 #include "cuda/weights.h"
 
-#include <algorithm>
-
 #include "cuda/kernels.h"
 #include "error.h"
 
@@ -26,55 +24,59 @@ bool shifted_conv(const std::string& name, const std::vector<int64_t>& shape) {
     return ends_with(name, ".rewrite.weight") || (name.find(".dconv.layers.") != std::string::npos && ends_with(name, ".0.weight"));
 }
 
+// A float32 staging image on the device converted into `out` (operand type).
+void convert_image(const DeviceBuffer& staging, DeviceBuffer& out, DType dt, int64_t n, const std::string& what) {
+    out = DeviceBuffer(size_t(n) * dtype_bytes(dt), what);
+    Ctx ctx;  // default stream, synchronised by the caller
+    convert(ctx, staging.as<float>(), out.get(), dt, n);
+}
+
 }  // namespace
 
-DeviceWeights::DeviceWeights(const HTDemucsModel& model, DType gemm) : dtype_(gemm) {
-    // Layout every tensor in one float32 image, and the GEMM copies in another.
-    std::vector<float> host32, host_gemm;
-    int64_t total32 = 0, total_gemm = 0;
+DeviceWeights::DeviceWeights(const HTDemucsModel& model, DType gemm, bool with_taps) : dtype_(gemm) {
+    // Tensors go up one by one straight from the model's host vectors (no
+    // host image: building one faulted in and copied ~200 MB per load).
+    int64_t total = 0, total_taps = 0;
     for (const auto& kv : model.weights) {
         Entry e;
         e.shape = kv.second.shape;
-        e.f32 = total32;
-        total32 += aligned(kv.second.numel());
-        const bool operand = e.shape.size() >= 2 && kv.first != "freq_emb.embedding.weight";
-        if (operand && gemm != DType::F32) {
-            e.gemm = total_gemm;
-            total_gemm += aligned(kv.second.numel());
-        }
-        if (shifted_conv(kv.first, e.shape)) {
-            e.taps = total_gemm;
-            total_gemm += aligned(kv.second.numel());
+        e.f32 = total;
+        total += aligned(kv.second.numel());
+        if (with_taps && shifted_conv(kv.first, e.shape)) {
+            e.taps = total_taps;
+            total_taps += aligned(kv.second.numel());
         }
         entries_[kv.first] = std::move(e);
     }
-    host32.assign(size_t(total32), 0.0f);
-    host_gemm.assign(size_t(total_gemm), 0.0f);
+    f32_ = DeviceBuffer(size_t(total) * sizeof(float), "the model weights");
+    FD_CUDA(cudaMemset(f32_.get(), 0, f32_.bytes()));
     for (const auto& kv : model.weights) {
-        const Entry& e = entries_.at(kv.first);
         const std::vector<float>& d = kv.second.data;
-        std::copy(d.begin(), d.end(), host32.begin() + e.f32);
-        if (e.gemm >= 0) std::copy(d.begin(), d.end(), host_gemm.begin() + e.gemm);
-        if (e.taps >= 0) {
+        FD_CUDA(cudaMemcpy(f32_.as<float>() + entries_.at(kv.first).f32, d.data(), d.size() * sizeof(float),
+                           cudaMemcpyHostToDevice));
+    }
+    if (gemm != DType::F32) convert_image(f32_, gemm_, gemm, total, "the model weights");
+    if (total_taps > 0) {
+        std::vector<float> host(size_t(total_taps), 0.0f);
+        for (const auto& kv : model.weights) {
+            const Entry& e = entries_.at(kv.first);
+            if (e.taps < 0) continue;
+            const std::vector<float>& d = kv.second.data;
             const int64_t cout = e.shape[0], cin = e.shape[1], taps = int64_t(d.size()) / (cout * cin);
-            float* dst = host_gemm.data() + e.taps;
+            float* dst = host.data() + e.taps;
             for (int64_t co = 0; co < cout; co++)
                 for (int64_t ci = 0; ci < cin; ci++)
                     for (int64_t t = 0; t < taps; t++) dst[(t * cout + co) * cin + ci] = d[(co * cin + ci) * taps + t];
         }
-    }
-    f32_ = upload(host32.data(), host32.size() * sizeof(float), "the model weights");
-    if (total_gemm > 0) {
+        DeviceBuffer staging = upload(host.data(), host.size() * sizeof(float), "the per-tap weights");
         if (gemm == DType::F32) {
-            gemm_ = upload(host_gemm.data(), host_gemm.size() * sizeof(float), "the model weights");
+            taps_ = std::move(staging);
         } else {
-            DeviceBuffer staging = upload(host_gemm.data(), host_gemm.size() * sizeof(float), "the model weights");
-            gemm_ = DeviceBuffer(size_t(total_gemm) * dtype_bytes(gemm), "the model weights");
-            Ctx ctx;  // default stream, synchronised below
-            convert(ctx, staging.as<float>(), gemm_.get(), gemm, total_gemm);
-            FD_CUDA(cudaDeviceSynchronize());
+            convert_image(staging, taps_, gemm, total_taps, "the per-tap weights");
+            FD_CUDA(cudaDeviceSynchronize());  // before the staging buffer goes
         }
     }
+    FD_CUDA(cudaDeviceSynchronize());
 }
 
 const DeviceWeights::Entry& DeviceWeights::entry(const std::string& name) const {
@@ -88,14 +90,13 @@ const float* DeviceWeights::f32(const std::string& name) const { return f32_.as<
 const void* DeviceWeights::gemm(const std::string& name) const {
     const Entry& e = entry(name);
     if (dtype_ == DType::F32) return f32_.as<float>() + e.f32;
-    if (e.gemm < 0) throw Error("internal error: no GEMM copy of weight " + name);
-    return offset(gemm_.get(), e.gemm, dtype_);
+    return offset(gemm_.get(), e.f32, dtype_);
 }
 
 const void* DeviceWeights::taps(const std::string& name) const {
     const Entry& e = entry(name);
     if (e.taps < 0) throw Error("internal error: no per-tap copy of weight " + name);
-    return offset(gemm_.get(), e.taps, dtype_);
+    return offset(taps_.get(), e.taps, dtype_);
 }
 
 const std::vector<int64_t>& DeviceWeights::shape(const std::string& name) const { return entry(name).shape; }

@@ -1,9 +1,10 @@
 // The model's weights on the device, uploaded once per backend: every
-// tensor in float32 (norms, biases, scales, tables), plus the GEMM operands
-// (conv, transposed-conv and linear weights) in the backend's operand type,
-// plus a per-tap copy [kh * kw][cout][cin] of the stride-1 multi-tap conv
-// weights (rewrite, DConv) for the shifted-GEMM convolution (used only with
-// FASTDEMUCS_SHIFTED_CONV=1).
+// tensor in float32 (norms, biases, scales, tables), and in float16 /
+// bfloat16 backends the same image converted to the operand type (the conv,
+// transposed-conv and linear weights are read from it; the few vectors in
+// it are never used). With `with_taps` also a per-tap copy [kh * kw][cout][cin]
+// of the stride-1 multi-tap conv weights (rewrite, DConv) for the
+// shifted-GEMM convolution (FASTDEMUCS_SHIFTED_CONV=1 only).
 #pragma once
 
 #include <map>
@@ -17,7 +18,7 @@ namespace fastdemucs::cuda {
 
 class DeviceWeights {
 public:
-    DeviceWeights(const HTDemucsModel& model, DType gemm);
+    DeviceWeights(const HTDemucsModel& model, DType gemm, bool with_taps);
 
     const float* f32(const std::string& name) const;
     const void* gemm(const std::string& name) const;  // original layout, operand type
@@ -25,18 +26,18 @@ public:
     bool has_taps(const std::string& name) const { return entry(name).taps >= 0; }
     const std::vector<int64_t>& shape(const std::string& name) const;
     DType dtype() const { return dtype_; }
-    size_t bytes() const { return f32_.bytes() + gemm_.bytes(); }
+    size_t bytes() const { return f32_.bytes() + gemm_.bytes() + taps_.bytes(); }
 
 private:
     struct Entry {
-        int64_t f32 = -1, gemm = -1, taps = -1;  // element offsets; -1 = absent
+        int64_t f32 = -1, taps = -1;  // element offsets (the operand copy shares f32's); -1 = absent
         std::vector<int64_t> shape;
     };
     const Entry& entry(const std::string& name) const;
 
     DType dtype_;
     std::map<std::string, Entry> entries_;
-    DeviceBuffer f32_, gemm_;
+    DeviceBuffer f32_, gemm_, taps_;
 };
 
 }  // namespace fastdemucs::cuda

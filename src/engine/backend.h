@@ -31,6 +31,9 @@ public:
     virtual int max_batch() const = 0;
     // CPU threads to use from now on (0 = all cores).
     virtual void set_threads(int threads) = 0;
+    // LoadParams::warm_up: prepare for the first forward of a full batch
+    // (may return before the device is done).
+    virtual void warm_up() {}
     // Optional: the whole apply_model of one model on a track, in the
     // backend's own memory (engine/apply's host path is the reference):
     // mix [audio_channels, length] (host) -> out [sources, audio_channels,

@@ -4,6 +4,7 @@
 
 #include "engine/apply.h"
 #include "engine/repo.h"
+#include "engine/trace.h"
 #include "remote/remote_models.h"
 #include "error.h"
 #include "fastdemucs/fastdemucs.h"
@@ -115,10 +116,19 @@ std::unique_ptr<Separator> Separator::load(const LoadParams& params) {
     for (size_t i = 0; i < spec.checkpoints.size(); i++) {
         BagMember m;
         auto model = load_htdemucs(spec.checkpoints[i]);
+        trace_point("checkpoint read");
 #ifdef FASTDEMUCS_WITH_CUDA
-        if (cuda_start.joinable()) cuda_start.join();
+        if (cuda_start.joinable()) {
+            cuda_start.join();
+            trace_point("CUDA context ready");
+        }
 #endif
         m.backend = make_backend(std::move(model), params);
+        trace_point("backend ready");
+        if (params.warm_up) {
+            m.backend->warm_up();
+            trace_point("backend warmed up");
+        }
         if (!spec.weights.empty()) m.weights = spec.weights[i];
         bag.push_back(std::move(m));
     }

@@ -40,25 +40,25 @@ using SndfileHandle = std::unique_ptr<SNDFILE, SndfileCloser>;
 
 // --- sample conversion -----------------------------------------------------
 
-// torchaudio's float -> sox sample: scale by 2^31 in double, clamp to int32,
-// convert with truncation toward zero.
-int32_t to_sox_sample(float x) {
-    if (std::isnan(x)) return 0;
-    double scaled = static_cast<double>(x) * 2147483648.0;
-    scaled = std::min(std::max(scaled, -2147483648.0), 2147483647.0);
-    return static_cast<int32_t>(scaled);
-}
-
-// sox's sample -> `bits`-bit signed integer: add half a step, drop the low
-// bits (a floor, done on the offset-binary value so it is well defined), and
-// saturate what would round past the top.
-int32_t sox_sample_to_bits(int32_t sample, int bits) {
-    const uint32_t half_step = 1u << (31 - bits);
-    const int32_t top = static_cast<int32_t>((1u << (bits - 1)) - 1);
-    if (sample > std::numeric_limits<int32_t>::max() - static_cast<int32_t>(half_step)) return top;
-    const uint32_t offset_binary = static_cast<uint32_t>(sample) ^ 0x80000000u;
-    const uint32_t rounded = (offset_binary + half_step) >> (32 - bits);
-    return static_cast<int32_t>(rounded) - (top + 1);
+// torchaudio's float -> `bits`-bit PCM, through sox: x scaled by 2^31 in
+// double, clamped to int32 and truncated toward zero (a sox sample s); then
+// half a step added and the low bits dropped, floor((s + 2^(31-bits)) /
+// 2^(32-bits)), saturating at the top. Here in float arithmetic, which
+// vectorises: x * 2^31 is exact in float as in double (a power of two), the
+// floats near 2^31 are multiples of 128, and clamping to the largest float
+// below INT32_MAX - half_step gives the saturated value exactly; the
+// arithmetic shift is the floor. NaN writes 0. (Checked against the double
+// form on every float of magnitude <= 4.)
+template <int Bits>
+int32_t to_pcm(float x) {
+    constexpr int32_t half_step = int32_t(1) << (31 - Bits);
+    constexpr float lowest = -2147483648.0f;
+    constexpr float highest = 2147483648.0f - float(half_step) - 128.0f;
+    float scaled = x * 2147483648.0f;
+    scaled = scaled < lowest ? lowest : scaled;
+    scaled = scaled > highest ? highest : scaled;
+    scaled = x == x ? scaled : 0.0f;
+    return (static_cast<int32_t>(scaled) + half_step) >> (32 - Bits);
 }
 
 // --- writing ---------------------------------------------------------------
@@ -83,18 +83,28 @@ int sndfile_format(const WriteParams& params, const std::string& path) {
     throw Error("cannot write " + path + ": unknown sample format");
 }
 
-// Streams the planar data to an open file in interleaved blocks, converting
-// each sample with `convert` (float -> the type libsndfile is given).
+// Streams the planar data to an open file in interleaved blocks: each
+// channel's block is clipped and converted in contiguous loops (vectorised),
+// then interleaved.
 template <typename Sample, typename Convert, typename WriteFrames>
-void write_blocks(const float* data, int channels, int64_t samples, Convert convert,
+void write_blocks(const float* data, int channels, int64_t samples, const ClipTransform& clip, Convert convert,
                   WriteFrames write_frames) {
+    std::vector<float> clipped(static_cast<size_t>(kBlockFrames));
+    std::vector<Sample> planar(static_cast<size_t>(kBlockFrames) * channels);
     std::vector<Sample> block(static_cast<size_t>(kBlockFrames) * channels);
     for (int64_t start = 0; start < samples; start += kBlockFrames) {
         const int64_t frames = std::min(kBlockFrames, samples - start);
         for (int c = 0; c < channels; ++c) {
-            const float* channel = data + static_cast<int64_t>(c) * samples + start;
-            for (int64_t t = 0; t < frames; ++t) block[t * channels + c] = convert(channel[t]);
+            clip.apply(data + static_cast<int64_t>(c) * samples + start, clipped.data(), frames);
+            Sample* out = planar.data() + static_cast<int64_t>(c) * kBlockFrames;
+            for (int64_t t = 0; t < frames; ++t) out[t] = convert(clipped[t]);
         }
+        if (channels == 1) {
+            write_frames(planar.data(), frames);
+            continue;
+        }
+        for (int64_t t = 0; t < frames; ++t)
+            for (int c = 0; c < channels; ++c) block[t * channels + c] = planar[c * kBlockFrames + t];
         write_frames(block.data(), frames);
     }
 }
@@ -108,22 +118,19 @@ void write_samples(SNDFILE* file, const std::string& path, const float* data, in
     };
     switch (params.format) {
         case SampleFormat::Float32:
-            write_blocks<float>(data, channels, samples, clip, [&](const float* block, int64_t n) {
-                check(sf_writef_float(file, block, n), n);
-            });
+            write_blocks<float>(data, channels, samples, clip, [](float x) { return x; },
+                                [&](const float* block, int64_t n) { check(sf_writef_float(file, block, n), n); });
             break;
         case SampleFormat::Int16:
             write_blocks<short>(
-                data, channels, samples,
-                [&](float x) { return static_cast<short>(sox_sample_to_bits(to_sox_sample(clip(x)), 16)); },
+                data, channels, samples, clip, [](float x) { return static_cast<short>(to_pcm<16>(x)); },
                 [&](const short* block, int64_t n) { check(sf_writef_short(file, block, n), n); });
             break;
         case SampleFormat::Int24:
             // libsndfile takes int samples as full-scale 32-bit and keeps the
             // top 24 bits: the 24-bit value times 256 is written exactly.
             write_blocks<int>(
-                data, channels, samples,
-                [&](float x) { return sox_sample_to_bits(to_sox_sample(clip(x)), 24) * 256; },
+                data, channels, samples, clip, [](float x) { return to_pcm<24>(x) * 256; },
                 [&](const int* block, int64_t n) { check(sf_writef_int(file, block, n), n); });
             break;
     }
