@@ -41,10 +41,11 @@ struct Gpu {
         cublasDestroy(blas);
         cudaStreamDestroy(stream);
     }
-    Ctx ctx(DType t = DType::F32, bool fused = true, bool tensor_cores = true, bool shifted_conv = false) {
+    Ctx ctx(DType t = DType::F32, bool fused = true, bool tensor_cores = true, bool shifted_conv = false,
+            bool implicit_conv = false) {
         Ctx c;
         c.stream = stream, c.blas = blas, c.gemm = t, c.arena = &arena, c.fused_attention = fused;
-        c.tensor_core_attention = tensor_cores, c.shifted_conv = shifted_conv;
+        c.tensor_core_attention = tensor_cores, c.shifted_conv = shifted_conv, c.implicit_conv = implicit_conv;
         return c;
     }
     template <typename T>
@@ -184,10 +185,15 @@ std::vector<double> conv_ref(const std::vector<float>& x, const std::vector<floa
 }
 
 // Reduced-precision operands use exactly representable values: the result is exact in float32 too.
-void conv_case(int kh, int kw, ConvGeom g, int64_t extra_w, bool shifted = false, DType t = DType::F32) {
+struct ConvShape {
+    int64_t B = 2, Cin = 5, H = 9, W = 23;
+    int cout = 7;
+};
+void conv_case(int kh, int kw, ConvGeom g, int64_t extra_w, bool shifted = false, DType t = DType::F32,
+               bool implicit = false, ConvShape shape = ConvShape{}) {
     Gpu gpu;
-    const int64_t B = 2, Cin = 5, H = 9, W = 23, Wl = W + extra_w;
-    const int cout = 7;
+    const int64_t B = shape.B, Cin = shape.Cin, H = shape.H, W = shape.W, Wl = W + extra_w;
+    const int cout = shape.cout;
     g.kh = kh, g.kw = kw;
     const std::vector<float> x = t == DType::F32 ? random(size_t(B * Cin * H * W), 3)
                                                  : exact_random(size_t(B * Cin * H * W), 3);
@@ -206,11 +212,12 @@ void conv_case(int kh, int kw, ConvGeom g, int64_t extra_w, bool shifted = false
     conv_output_size(H, Wl, cw, g, &Ho, &Wo);
     DTensor in{gpu.put(x), B, Cin, H, W};
     DTensor out{gpu.arena.alloc<float>(B * cout * Ho * Wo), B, cout, Ho, Wo};
-    conv2d(gpu.ctx(t, true, true, shifted), in, Wl, cw, g, out, Act::None);
+    conv2d(gpu.ctx(t, true, true, shifted, implicit), in, Wl, cw, g, out, Act::None);
     const auto got = gpu.get(out.p, size_t(out.numel()));
     const auto ref = conv_ref(x, w, bias, B, Cin, H, W, Wl, cout, g, Ho, Wo);
     EXPECT_LE(rel(got, ref), 1e-6) << "kernel " << kh << "x" << kw << " stride " << g.sh << "," << g.sw
-                                   << (shifted ? " shifted" : "") << " " << dtype_name(t);
+                                   << (shifted ? " shifted" : "") << (implicit ? " implicit" : " im2col") << " "
+                                   << dtype_name(t) << " cin " << Cin << " cout " << cout << " " << H << "x" << W;
 }
 
 }  // namespace
@@ -244,12 +251,20 @@ TEST(KernelsCuda, ConvolutionPaths) {
     ConvGeom ts;
     ts.sw = 4, ts.pw = 2;
     conv_case(1, 8, ts, 1);  // time encoder with zero extension to the stride: im2col
-    // Reduced precision: operand rows padded to 16 bytes (odd widths), output cropped.
-    for (DType t : {DType::F16, DType::BF16}) {
-        conv_case(1, 1, ConvGeom{}, 0, false, t);
-        conv_case(3, 3, sq, 0, false, t);
-        conv_case(1, 8, ts, 1, false, t);
-    }
+    // Reduced precision, both paths: im2col (operand rows padded to 16 bytes
+    // for odd widths, output cropped) and the implicit GEMM, on one tile and
+    // on shapes spanning several tiles with partial ones in M, N and K.
+    ConvShape large;
+    large.B = 3, large.Cin = 37, large.H = 5, large.W = 301, large.cout = 70;
+    for (DType t : {DType::F16, DType::BF16})
+        for (bool implicit : {true, false})
+            for (ConvShape shape : {ConvShape{}, large}) {
+                conv_case(1, 1, ConvGeom{}, 0, false, t, implicit, shape);
+                conv_case(3, 3, sq, 0, false, t, implicit, shape);
+                conv_case(1, 3, dil, 0, false, t, implicit, shape);
+                conv_case(8, 1, fs, 0, false, t, implicit, shape);
+                conv_case(1, 8, ts, 1, false, t, implicit, shape);
+            }
 }
 
 TEST(KernelsCuda, TransposedConvolutionWithCrop) {

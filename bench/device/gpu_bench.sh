@@ -26,6 +26,14 @@ log=$out/bench.log
     --runs "${BENCH_RUNS:-5}" --out "$work" --modes "${BENCH_MODES:-reference,command,eager32,compiled}" --shifts "${BENCH_SHIFTS:-0}"
   .device/bin/gpu_bench "$ckpt" "$work/track.wav" "$work" "${BENCH_RUNS:-5}"
   python3 bench/compare_stems.py "$work/reference.npy" "$work"/stems_*.npy
+  # The command's own output against the float64 reference (no shifts, float32 WAVs: the
+  # same settings as the model-time rows).
+  rm -rf "$work/sep"
+  .device/bin/fastdemucs --repo "$fx" -n full6s -d cuda --shifts 0 --float32 -o "$work/sep" "$work/track.wav" \
+    > "$work/cli.log" 2>&1 || cat "$work/cli.log"
+  d=$work/sep/full6s/track
+  python3 bench/wav_stems_to_npy.py "$work/command_fp16.npy" "$d/drums.wav" "$d/bass.wav" "$d/other.wav" \
+    "$d/vocals.wav" "$d/guitar.wav" "$d/piano.wav" && python3 bench/compare_stems.py "$work/reference.npy" "$work/command_fp16.npy"
   # The command, end to end: process start to exit, six WAV files written.
   for precision in fp16 fp32; do
     for run in 1 2 3; do

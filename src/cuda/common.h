@@ -63,6 +63,7 @@ struct Ctx {
     bool fused_attention = true;
     bool tensor_core_attention = true;  // float16 / bfloat16 fused attention on mma.sync (else the SIMT kernel)
     bool shifted_conv = false;          // stride-1 multi-tap convs as shifted GEMMs (else im2col + one GEMM)
+    bool implicit_conv = false;         // float16 / bfloat16 convs as implicit GEMMs (cuda/implicit_conv.h)
     Profiler* prof = nullptr;  // FASTDEMUCS_PROFILE (eager forwards only)
 };
 

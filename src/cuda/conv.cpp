@@ -5,6 +5,7 @@
 
 #include "cuda/arena.h"
 #include "cuda/gemm.h"
+#include "cuda/implicit_conv.h"
 #include "error.h"
 
 namespace fastdemucs::cuda {
@@ -62,6 +63,12 @@ void conv2d(const Ctx& ctx, const DTensor& x, int64_t Wl, const ConvWeight& w, C
     ArenaScope scope(*ctx.arena);
     const DType dt = ctx.gemm;
     const int64_t B = x.b, cin = x.c, cout = w.cout, taps = int64_t(w.kh) * w.kw;
+
+    const bool stride1_taps = g.sh == 1 && g.sw == 1 && Wl == x.w && taps > 1;
+    if (dt != DType::F32 && ctx.implicit_conv && !(ctx.shifted_conv && stride1_taps)) {
+        implicit_conv2d(ctx, dt, x.p, B, cin, x.h, x.w, w.w, w.bias, cout, g, Ho, Wo, out.p, act);
+        return;
+    }
 
     if (g.sh == 1 && g.sw == 1 && Wl == x.w && taps == 1 && g.ph == 0 && g.pw == 0) {
         // out[b] [cout, HW] = W [cout, cin] x[b] [cin, HW]

@@ -15,6 +15,10 @@
 // GEMM operands are converted to the context's operand type on the fly (the
 // padding / im2col kernels write it directly), their rows padded to 16 bytes
 // in float16 / bfloat16; outputs are float32.
+// With ctx.implicit_conv (FASTDEMUCS_IMPLICIT_CONV=1), float16 / bfloat16
+// convolutions are instead one implicit GEMM each (cuda/implicit_conv.h: no
+// column buffer, no conversion or crop pass) — exact, but slower than
+// im2col + cuBLAS so far (NOTES.md), hence off by default.
 #pragma once
 
 #include <cstdint>

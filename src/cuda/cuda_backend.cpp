@@ -149,6 +149,7 @@
 #include <future>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <string>
 #include <vector>
@@ -251,6 +252,7 @@ public:
         const std::string attention = env_string("FASTDEMUCS_ATTENTION");
         ctx_.fused_attention = attention != "cublas";
         ctx_.tensor_core_attention = attention != "simt";
+        ctx_.implicit_conv = env_flag("FASTDEMUCS_IMPLICIT_CONV");
         graphs_enabled_ = !env_flag("FASTDEMUCS_NO_GRAPH");
         if (env_flag("FASTDEMUCS_PROFILE")) {
             profiler_ = std::make_unique<Profiler>();
@@ -277,21 +279,23 @@ public:
     const HTDemucsModel& model() const override { return *model_; }
     void set_threads(int) override {}
 
-    // One eager forward of zeros at the batch size a long track gets (its
-    // first launches load the kernels and pick cuBLAS's algorithms: ~0.2 s
-    // of host time on an H100), then the graph of that batch captured. The
-    // device may still be busy with it on return.
+    // The forward at the batch size a long track gets, captured as a CUDA
+    // graph without running it: the capture loads the kernels and has
+    // cuBLAS pick its algorithms (~0.15 s of host time on an H100), and
+    // nothing is left for the device to do. Without graphs (or when the
+    // capture fails) one eager forward of zeros does the loading instead.
     void warm_up() override {
         FD_CUDA(cudaSetDevice(device_));
         const int batch = max_batch();
         ensure_workspace(batch);
         Ctx ctx = ctx_;
         ctx.arena = &arena_;
+        if (graphs_enabled_ && !profiler_ && !graphs_.count(batch)) capture(ctx, batch);
+        if (graphs_.count(batch)) return;
         const Io io = alloc_io(ctx, batch);
         FD_CUDA(cudaMemsetAsync(io.in, 0, size_t(batch) * model_->config.audio_channels * length_ * sizeof(float),
                                 ctx.stream));
         run_forward(ctx, batch);
-        if (graphs_enabled_ && !profiler_ && !graphs_.count(batch)) capture(ctx, batch);
     }
 
     int max_batch() const override {
@@ -1092,6 +1096,20 @@ void cuda_initialize(int device_index) {
     trace_point("CUDA context created (start-up thread)");
 }
 
+namespace {
+// The devices GPU backends were made on, for release_gpus().
+std::mutex used_devices_mutex;
+std::set<int> used_devices;
+}  // namespace
+
+void release_gpus() {
+    std::lock_guard<std::mutex> lock(used_devices_mutex);
+    for (int device : used_devices)
+        if (cudaSetDevice(device) == cudaSuccess) cudaDeviceReset();
+    cudaGetLastError();
+    used_devices.clear();
+}
+
 std::unique_ptr<ModelBackend> make_cuda_backend(std::shared_ptr<const HTDemucsModel> model, int device_index,
                                                 Precision precision) {
     int n = 0;
@@ -1105,6 +1123,10 @@ std::unique_ptr<ModelBackend> make_cuda_backend(std::shared_ptr<const HTDemucsMo
         throw Error("CUDA device " + std::to_string(device_index) + " not found (" + std::to_string(n) +
                     (n == 1 ? " device)" : " devices)"));
     if (!model) throw Error("no model to run");
+    {
+        std::lock_guard<std::mutex> lock(used_devices_mutex);
+        used_devices.insert(device_index);
+    }
     return std::make_unique<cuda::CudaBackend>(std::move(model), device_index, precision);
 }
 

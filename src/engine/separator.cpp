@@ -78,6 +78,10 @@ std::unique_ptr<ModelBackend> make_backend(std::shared_ptr<const HTDemucsModel> 
 #endif
 }
 
+#ifndef FASTDEMUCS_WITH_CUDA
+void release_gpus() {}
+#endif
+
 LoadParams load_default_params() { return LoadParams{}; }
 SeparateParams separate_default_params() { return SeparateParams{}; }
 

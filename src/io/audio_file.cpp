@@ -89,6 +89,39 @@ int sndfile_format(const WriteParams& params, const std::string& path) {
 // contiguous, vectorised loops), then handed to libsndfile in one call. One
 // stem of 3 minutes took ~0.1 s on one core of the GPU machine; the command
 // writes its six stems at once, so the conversion was most of its write phase.
+constexpr int64_t kMaxParts = 4;
+
+// Frames [begin, end) of part p of `parts` (equal runs).
+int64_t part_begin(int64_t samples, int64_t parts, int64_t p) { return std::min(samples, p * ((samples + parts - 1) / parts)); }
+
+// How many threads share a signal of this length (one below ~1 s of audio).
+int64_t parts_for(int64_t samples) {
+    return std::max<int64_t>(1, std::min<int64_t>(kMaxParts, samples / (4 * kBlockFrames)));
+}
+
+// fn(p) for p in [0, parts), p > 0 on threads of their own.
+template <typename Fn>
+void run_parts(int64_t parts, Fn fn) {
+    std::vector<std::future<void>> helpers;
+    for (int64_t p = 1; p < parts; ++p) helpers.push_back(std::async(std::launch::async, fn, p));
+    fn(0);
+    for (auto& h : helpers) h.get();
+}
+
+// The clip transform of planar data, its peak (rescale mode) found by the same threads.
+ClipTransform parallel_clip(ClipMode mode, const float* data, int channels, int64_t samples) {
+    if (mode != ClipMode::Rescale) return ClipTransform(mode, 0.0f);
+    const int64_t parts = parts_for(samples);
+    std::vector<float> peaks(static_cast<size_t>(parts), 0.0f);
+    run_parts(parts, [&](int64_t p) {
+        const int64_t begin = part_begin(samples, parts, p), end = part_begin(samples, parts, p + 1);
+        for (int c = 0; c < channels; ++c)
+            peaks[p] = std::max(peaks[p], io_detail::peak_abs(data + static_cast<int64_t>(c) * samples + begin,
+                                                              end - begin));
+    });
+    return ClipTransform(mode, *std::max_element(peaks.begin(), peaks.end()));
+}
+
 template <typename Sample, typename Convert, typename WriteFrames>
 void write_converted(const float* data, int channels, int64_t samples, const ClipTransform& clip, Convert convert,
                      WriteFrames write_frames) {
@@ -106,21 +139,16 @@ void write_converted(const float* data, int channels, int64_t samples, const Cli
             }
         }
     };
-    constexpr int64_t kMaxParts = 4;
-    const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(kMaxParts, samples / (4 * kBlockFrames)));
-    const int64_t per_part = (samples + parts - 1) / parts;
-    std::vector<std::future<void>> helpers;
-    for (int64_t p = 1; p < parts; ++p)
-        helpers.push_back(std::async(std::launch::async, convert_range, p * per_part,
-                                     std::min(samples, (p + 1) * per_part)));
-    convert_range(0, std::min(samples, per_part));
-    for (auto& h : helpers) h.get();
+    const int64_t parts = parts_for(samples);
+    run_parts(parts, [&](int64_t p) {
+        convert_range(part_begin(samples, parts, p), part_begin(samples, parts, p + 1));
+    });
     if (samples > 0) write_frames(interleaved.data(), samples);
 }
 
 void write_samples(SNDFILE* file, const std::string& path, const float* data, int channels,
                    int64_t samples, const WriteParams& params) {
-    const ClipTransform clip(params.clip, data, static_cast<int64_t>(channels) * samples);
+    const ClipTransform clip = parallel_clip(params.clip, data, channels, samples);
     auto check = [&](sf_count_t written, int64_t frames) {
         if (written != frames)
             throw Error("cannot write " + path + ": " + sf_strerror(file) + " (short write)");

@@ -44,8 +44,11 @@ inline float peak_abs(const float* data, int64_t n) {
 // the whole signal by max(1.01 * peak, 1); clamp limits to [-0.99, 0.99].
 class ClipTransform {
 public:
-    ClipTransform(ClipMode mode, const float* data, int64_t n) : mode_(mode) {
-        if (mode_ == ClipMode::Rescale) divisor_ = std::max(1.01f * peak_abs(data, n), 1.0f);
+    ClipTransform(ClipMode mode, const float* data, int64_t n)
+        : ClipTransform(mode, mode == ClipMode::Rescale ? peak_abs(data, n) : 0.0f) {}
+    // With the signal's peak_abs already known.
+    ClipTransform(ClipMode mode, float peak) : mode_(mode) {
+        if (mode_ == ClipMode::Rescale) divisor_ = std::max(1.01f * peak, 1.0f);
     }
     float operator()(float x) const {
         switch (mode_) {
