@@ -8,3 +8,8 @@ if [ -f "$fx/full6s.th.xz" ]; then
   [ -f "$ckpt" ] || python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" "$fx/full6s.th.xz" "$ckpt"
   rm -f "$fx/full6s.th.xz"
 fi
+# The scripts' shared scratch folder (the track, the reference, the stems).
+work=/tmp/bench-work
+mkdir -p "$work"
+# Seconds since START (an $EPOCHREALTIME), to the millisecond.
+seconds_since() { python3 -c "print(round($EPOCHREALTIME - $1, 3))"; }

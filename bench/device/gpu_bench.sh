@@ -13,8 +13,7 @@
 # summary is printed last.
 set -uo pipefail
 out=${OUT:-/tmp/bench}
-work=/tmp/bench-work
-mkdir -p "$out" "$work"
+mkdir -p "$out"
 log=$out/bench.log
 . bench/device/common.sh
 {
@@ -26,10 +25,10 @@ log=$out/bench.log
     --runs "${BENCH_RUNS:-5}" --out "$work" --modes "${BENCH_MODES:-reference,command,eager32,compiled}" --shifts "${BENCH_SHIFTS:-0}"
   .device/bin/gpu_bench "$ckpt" "$work/track.wav" "$work" "${BENCH_RUNS:-5}"
   python3 bench/compare_stems.py "$work/reference.npy" "$work"/stems_*.npy
-  # The command's own output against the float64 reference (no shifts, float32 WAVs: the
-  # same settings as the model-time rows).
+  # The command's own output against the float64 reference (no shifts, float32 WAVs, no
+  # clipping rescale: the same settings as the model-time rows).
   rm -rf "$work/sep"
-  .device/bin/fastdemucs --repo "$fx" -n full6s -d cuda --shifts 0 --float32 -o "$work/sep" "$work/track.wav" \
+  .device/bin/fastdemucs --repo "$fx" -n full6s -d cuda --shifts 0 --float32 --clip-mode none -o "$work/sep" "$work/track.wav" \
     > "$work/cli.log" 2>&1 || cat "$work/cli.log"
   d=$work/sep/full6s/track
   python3 bench/wav_stems_to_npy.py "$work/command_fp16.npy" "$d/drums.wav" "$d/bass.wav" "$d/other.wav" \
@@ -41,9 +40,9 @@ log=$out/bench.log
       start=$EPOCHREALTIME
       .device/bin/fastdemucs -v --repo "$fx" -n full6s -d cuda --precision "$precision" -o "$work/sep" \
         "$work/track.wav" > "$work/cli.log" 2>&1 || { cat "$work/cli.log"; break; }
-      end=$EPOCHREALTIME
+      took=$(seconds_since "$start")
       grep -E "model ready|read .* separate" "$work/cli.log"
-      echo "{\"mode\": \"command_$precision\", \"run\": $run, \"seconds\": $(python3 -c "print(round($end - $start, 3))"), \"files\": $(ls "$work/sep/full6s/track" | wc -l)}"
+      echo "{\"mode\": \"command_$precision\", \"run\": $run, \"seconds\": $took, \"files\": $(ls "$work/sep/full6s/track" | wc -l)}"
     done
   done
 } 2>&1 | tee "$log"

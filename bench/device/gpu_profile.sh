@@ -8,9 +8,9 @@
 # PROFILE_PRECISIONS (default fp16,fp32) picks the precisions; PROFILE_AB the A/B variants.
 set -uo pipefail
 out=${OUT:-/tmp/prof}
-work=/tmp/bench-work
-mkdir -p "$out" "$work" "$work/ab"
+mkdir -p "$out"
 . bench/device/common.sh
+mkdir -p "$work/ab"
 precisions=${PROFILE_PRECISIONS:-fp16,fp32}
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | tee "$out/bench.log"
 python3 bench/official_baseline.py --demucs-root .device/py --checkpoint "$ckpt" --seconds 180 --runs 1 \
@@ -35,8 +35,7 @@ for run in 1 2; do
   rm -rf "$work/sep"
   start=$EPOCHREALTIME
   .device/bin/fastdemucs -v --repo "$fx" -n full6s -d cuda -o "$work/sep" "$work/track.wav" > "$work/cli.log" 2>&1
-  end=$EPOCHREALTIME
-  echo "{\"mode\": \"command_fp16\", \"run\": $run, \"seconds\": $(python3 -c "print(round($end - $start, 3))")}" >> "$out/bench.log"
+  echo "{\"mode\": \"command_fp16\", \"run\": $run, \"seconds\": $(seconds_since "$start")}" >> "$out/bench.log"
   grep -E "model ready|, separate " "$work/cli.log" >> "$out/bench.log"
 done
 cat "$out/bench.log"

@@ -6,8 +6,7 @@
 # Output: $OUT/startup.log. STARTUP_RUNS (default 3), STARTUP_ARGS (extra options).
 set -uo pipefail
 out=${OUT:-/tmp/startup}
-work=/tmp/bench-work
-mkdir -p "$out" "$work"
+mkdir -p "$out"
 log=$out/startup.log
 . bench/device/common.sh
 {
@@ -17,8 +16,7 @@ log=$out/startup.log
   for run in 1 2 3; do
     start=$EPOCHREALTIME
     .device/bin/fastdemucs --help > /dev/null
-    end=$EPOCHREALTIME
-    echo "{\"mode\": \"help\", \"seconds\": $(python3 -c "print(round($end - $start, 3))")}"
+    echo "{\"mode\": \"help\", \"seconds\": $(seconds_since "$start")}"
   done
   .device/bin/io_bench "$work" 5
   LD_DEBUG=statistics .device/bin/fastdemucs --help 2>&1 >/dev/null | grep -E "total startup|relocation|load" | head -8
@@ -27,8 +25,8 @@ log=$out/startup.log
     start=$EPOCHREALTIME
     FASTDEMUCS_TRACE=1 .device/bin/fastdemucs -v --repo "$fx" -n full6s -d cuda ${STARTUP_ARGS:-} -o "$work/sep" \
       "$work/track.wav" > "$work/cli.log" 2>&1
-    end=$EPOCHREALTIME
+    took=$(seconds_since "$start")
     grep -E "trace:|model ready|read .* separate" "$work/cli.log"
-    echo "{\"mode\": \"command\", \"run\": $run, \"seconds\": $(python3 -c "print(round($end - $start, 3))"), \"files\": $(ls "$work/sep/full6s/track" | wc -l)}"
+    echo "{\"mode\": \"command\", \"run\": $run, \"seconds\": $took, \"files\": $(ls "$work/sep/full6s/track" | wc -l)}"
   done
 } 2>&1 | tee "$log"

@@ -91,11 +91,17 @@
 // upload of the chunk batch nothing touches the host until the stems are
 // downloaded. The first forward of a batch size runs eagerly (it also loads
 // the kernels); the second is captured into a CUDA graph (addresses repeat:
-// same arena, same order) and every later call replays it. Taps bypass the
+// same arena, same order) and every later call replays it. warm_up()
+// (LoadParams::warm_up, as the command loads) captures the graph of the
+// full batch right away without running anything: the capture itself
+// loads the kernels and picks cuBLAS's algorithms. Taps bypass the
 // graph. FASTDEMUCS_NO_GRAPH=1 disables graphs; FASTDEMUCS_ATTENTION=cublas
 // selects the cuBLAS attention path, =simt the float32-arithmetic fused
 // kernel in every precision. FASTDEMUCS_PROFILE=1 runs every forward eagerly
-// and prints a per-block table (cuda/profile.h).
+// and prints a per-block table (cuda/profile.h). FASTDEMUCS_IMPLICIT_CONV=1
+// runs the float16 / bfloat16 convolutions as implicit GEMMs
+// (cuda/implicit_conv.h). FASTDEMUCS_TRACE=1 prints the start-up time line
+// (engine/trace.h).
 //
 // The whole track (separate_track, engine/apply's host path on the device;
 // FASTDEMUCS_HOST_APPLY=1 forces the host path). The track is uploaded once
