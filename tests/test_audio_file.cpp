@@ -168,6 +168,21 @@ TEST(AudioFile, Int16MatchesOfficialConversion) {
     EXPECT_EQ(official_int(0.99999f, 16), 32767);
 }
 
+// A signal long enough to be split between writer threads (peak and
+// conversion), with the rescale clip mode: the same integers as one thread.
+TEST(AudioFile, Int16LongSignalInPartsMatchesOfficialConversion) {
+    ScratchDir dir;
+    std::vector<float> signal = tricky_signal(16, 2 * 1200000);
+    signal[1500000] = 1.7f;  // the peak, in a later part
+    const int64_t samples = static_cast<int64_t>(signal.size()) / 2;
+    const std::string path = dir.path("long.wav");
+    write_audio(path, signal.data(), 2, samples, 44100, params(SampleFormat::Int16, ClipMode::Rescale));
+    const float divisor = std::max(1.01f * 1.7f, 1.0f);
+    std::vector<float> rescaled(signal.size());
+    for (size_t i = 0; i < signal.size(); ++i) rescaled[i] = signal[i] / divisor;
+    expect_official_ints(path, rescaled, 16);
+}
+
 TEST(AudioFile, Int24MatchesOfficialConversion) {
     ScratchDir dir;
     const std::vector<float> signal = tricky_signal(24, 50000);

@@ -213,6 +213,40 @@ TEST_F(Cli, UndecodableTrackReportsAndGoesOn) {
     expect_no_temp_files(out_dir());
 }
 
+// Tracks after the first are read while the one before is separated: a
+// bad one is still reported in its turn and the others are separated.
+TEST_F(Cli, ReadAheadTrackErrorsAreReportedInTheirTurn) {
+    std::ofstream(scratch("notes.wav")) << "these are not samples\n";
+    fs::copy_file(mix(), scratch("again.wav"));
+    const CliResult r =
+        run_exact(quoted(mix()) + " " + quoted(scratch("notes.wav")) + " " + quoted(scratch("again.wav")));
+    EXPECT_EQ(r.status, 1);
+    EXPECT_NE(r.err.find("fastdemucs: error: cannot decode " + scratch("notes.wav")), std::string::npos) << r.err;
+    const size_t separating_notes = r.out.find("Separating track " + scratch("notes.wav"));
+    const size_t separating_again = r.out.find("Separating track " + scratch("again.wav"));
+    EXPECT_NE(separating_notes, std::string::npos) << r.out;
+    EXPECT_LT(separating_notes, separating_again) << r.out;
+    for (int s = 0; s < 4; ++s) {
+        expect_stem_matches(stem_path(kSources[s]), reference_sum({s}), 80.0);
+        expect_stem_matches(stem_path(kSources[s], "again"), reference_sum({s}), 80.0);
+    }
+    EXPECT_FALSE(fs::exists(out_dir() + "/tiny/notes"));
+    expect_no_temp_files(out_dir());
+}
+
+// FASTDEMUCS_TRACE=1: the start-up time line on stderr, from main to the exit.
+TEST_F(Cli, TraceShowsTheTimeLine) {
+    const CliResult traced = run("-n tiny -d cpu --shifts 0 " + quoted(mix()), "FASTDEMUCS_TRACE=1");
+    EXPECT_EQ(traced.status, 0) << traced.err;
+    for (const char* step : {"main", "checkpoint read", "model ready", "audio read", "separated", "stems written",
+                             "exiting"})
+        EXPECT_NE(traced.err.find(std::string("s  ") + step), std::string::npos) << step << "\n" << traced.err;
+    EXPECT_EQ(traced.err.rfind("fastdemucs trace: +", 0), 0u) << traced.err;
+    const CliResult quiet = run("-n tiny -d cpu --shifts 0 " + quoted(mix()));
+    EXPECT_EQ(quiet.status, 0);
+    EXPECT_EQ(quiet.err.find("fastdemucs trace"), std::string::npos) << quiet.err;
+}
+
 TEST_F(Cli, UnwritableOutputFolderFailsBeforeAnyWork) {
     // Under a regular file nothing can be created, even by root.
     std::ofstream(scratch("file.txt")) << "x";

@@ -279,6 +279,30 @@ TEST(SeparateCuda, TrackPathEqualsHostPathLongTrackAndBatches) {
     expect_track_equals_host(*sep, mix, p, "tiny 37 s shifts 2");
 }
 
+// LoadParams::warm_up captures the full batch's graph at load: the first
+// separation replays it, with the stems of a model loaded without it; after
+// release_gpus() a new model runs on a fresh context, same stems again.
+TEST(SeparateCuda, WarmUpAndReleaseGpusKeepTheStems) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    REQUIRE_FIXTURES("tiny/0d0b2025.th", "tiny/tiny.yaml", "tiny/mix_4s.wav");
+    const Audio mix = tiled(read_audio(testing_support::fixture("tiny/mix_4s.wav")), 37.0);  // full batches
+    const SeparateParams p = no_shift(0.25);
+    const Stems cold = load("tiny", "tiny", Precision::Fp32)->separate(mix, p);
+    LoadParams warm_params = load_default_params();
+    warm_params.name = "tiny";
+    warm_params.repo = testing_support::fixture("tiny");
+    warm_params.device = DeviceKind::Cuda;
+    warm_params.precision = Precision::Fp32;
+    warm_params.warm_up = true;
+    const Stems warm = Separator::load(warm_params)->separate(mix, p);
+    ASSERT_EQ(warm.data.size(), cold.data.size());
+    EXPECT_LE(testing_support::relative_l2(warm.data.data(), cold.data.data(), int64_t(cold.data.size())), 1e-6);
+    release_gpus();
+    const Stems again = Separator::load(warm_params)->separate(mix, p);
+    ASSERT_EQ(again.data.size(), cold.data.size());
+    EXPECT_LE(testing_support::relative_l2(again.data.data(), cold.data.data(), int64_t(cold.data.size())), 1e-6);
+}
+
 TEST(SeparateCuda, TrackPathEqualsHostPathBag) {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
     REQUIRE_FIXTURES("tiny/tiny_bag.yaml", "tiny/mix_4s.wav");

@@ -219,9 +219,9 @@ __global__ void __launch_bounds__(kConvThreads, 2)
 template <typename T>
 void launch(const dim3& grid, cudaStream_t stream, const float* x, const void* weight, const int2* column_rows,
             const float* bias, float* out, const Geometry& geo, Act act) {
-    static const cudaError_t configured = cudaFuncSetAttribute(
-        implicit_conv_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(sizeof(Shared<T>)));
-    FD_CUDA(configured);
+    // Set on every launch: the attribute belongs to the context (release_gpus() may have made a new one).
+    FD_CUDA(cudaFuncSetAttribute(implicit_conv_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 int(sizeof(Shared<T>))));
     implicit_conv_kernel<T><<<grid, kConvThreads, sizeof(Shared<T>), stream>>>(
         x, static_cast<const T*>(weight), column_rows, bias, out, geo, act);
 }
