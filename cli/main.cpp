@@ -19,6 +19,8 @@
 #include <new>
 #include <sstream>
 #include <string>
+#include <system_error>
+#include <thread>
 #include <vector>
 
 #include "export_command.h"
@@ -375,17 +377,26 @@ std::vector<float> output_samples(const StemOutput& output, const fastdemucs::Au
 
 // Tracks are read ahead on a thread of their own: the first while the model
 // loads (the CUDA context and the checkpoint take longer than a WAV), each
-// next one while the previous track is separated.
+// next one while the previous track is separated. The threads are detached
+// (a failed model load is reported at once, not after a long decode); the
+// command ends with _Exit, never with a read still going and destructors running.
 class TrackReader {
 public:
     explicit TrackReader(const std::vector<std::string>& tracks) : tracks_(tracks), reads_(tracks.size()) {}
 
     // Starts reading track i (nothing if there is none, or no such file: the
-    // loop reports that in its turn).
+    // loop reports that in its turn; without a thread, take() reads it).
     void start(size_t i) {
         std::error_code ec;
         if (i >= tracks_.size() || reads_[i].valid() || !fs::exists(tracks_[i], ec)) return;
-        reads_[i] = std::async(std::launch::async, [path = tracks_[i]] { return fastdemucs::read_audio(path); });
+        std::packaged_task<fastdemucs::Audio()> read([path = tracks_[i]] { return fastdemucs::read_audio(path); });
+        std::future<fastdemucs::Audio> result = read.get_future();
+        try {
+            std::thread(std::move(read)).detach();
+        } catch (const std::system_error&) {
+            return;
+        }
+        reads_[i] = std::move(result);
     }
 
     // Track i's samples as read (rethrows what the read threw).
@@ -531,11 +542,15 @@ int run(int argc, char** argv) {
     auto release_after = [&](size_t index) {
         return [&, index] {
             if (index + 1 != options.tracks.size() || options.device != fastdemucs::DeviceKind::Cuda) return;
-            released = std::async(std::launch::async, [&model] {
-                model.reset();
-                fastdemucs::release_gpus();
-                fastdemucs::trace_point("GPU released");
-            });
+            try {
+                released = std::async(std::launch::async, [&model] {
+                    model.reset();
+                    fastdemucs::release_gpus();
+                    fastdemucs::trace_point("GPU released");
+                });
+            } catch (const std::system_error&) {
+                // No thread: the model stays until the process ends.
+            }
         };
     };
     for (size_t index = 0; index < options.tracks.size(); index++) {
@@ -586,5 +601,8 @@ int main(int argc, char** argv) {
     } catch (...) {
         fastdemucs_cli::report_error("unexpected failure");
     }
-    return 1;
+    // Without destructors, as run() ends: a track may still be read ahead on a detached thread.
+    std::cout.flush();
+    std::cerr.flush();
+    std::_Exit(1);
 }

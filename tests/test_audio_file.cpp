@@ -169,11 +169,12 @@ TEST(AudioFile, Int16MatchesOfficialConversion) {
 }
 
 // A signal long enough to be split between writer threads (peak and
-// conversion), with the rescale clip mode: the same integers as one thread.
+// conversion) and written in two windows (past 3 min 10 s at 44.1 kHz), with
+// the rescale clip mode: the same integers as one thread in one pass.
 TEST(AudioFile, Int16LongSignalInPartsMatchesOfficialConversion) {
     ScratchDir dir;
-    std::vector<float> signal = tricky_signal(16, 2 * 1200000);
-    signal[1500000] = 1.7f;  // the peak, in a later part
+    std::vector<float> signal = tricky_signal(16, 2 * 8600000);
+    signal[15000000] = 1.7f;  // the peak, in a later part of the second channel
     const int64_t samples = static_cast<int64_t>(signal.size()) / 2;
     const std::string path = dir.path("long.wav");
     write_audio(path, signal.data(), 2, samples, 44100, params(SampleFormat::Int16, ClipMode::Rescale));

@@ -65,13 +65,7 @@ TEST(SeparateCpu, TinyBagOfFour) {
 TEST(SeparateCpu, Full6sCommandPath12s) {
     auto sep = load("full6s", "full6s");
     Audio mix = read_audio(testing_support::fixture("full6s/mix_12s.wav"));
-    Array a = testing_support::read_npy(testing_support::fixture("full6s/full6s_separate_12s.sources0-2.npy"));
-    Array b = testing_support::read_npy(testing_support::fixture("full6s/full6s_separate_12s.sources3-5.npy"));
-    Array ref;
-    ref.shape = {6, a.shape[1], a.shape[2]};
-    ref.data = a.data;
-    ref.data.insert(ref.data.end(), b.data.begin(), b.data.end());
-    expect_stems_match(sep->separate(mix, no_shift(0.25)), ref);
+    expect_stems_match(sep->separate(mix, no_shift(0.25)), testing_support::read_full6s_separate_12s());
 }
 
 TEST(SeparateCpu, ChunkOffsetsAndWeightFollowTheOfficialSplit) {

@@ -20,6 +20,7 @@
 
 using namespace fastdemucs;
 using testing_support::Array;
+using testing_support::ScopedEnv;
 
 
 namespace {
@@ -72,21 +73,9 @@ void tiny_overlap25(Precision precision) {
 void full6s_12s(Precision precision) {
     auto sep = load("full6s", "full6s", precision);
     Audio mix = read_audio(testing_support::fixture("full6s/mix_12s.wav"));
-    Array a = testing_support::read_npy(testing_support::fixture("full6s/full6s_separate_12s.sources0-2.npy"));
-    Array b = testing_support::read_npy(testing_support::fixture("full6s/full6s_separate_12s.sources3-5.npy"));
-    Array ref;
-    ref.shape = {6, a.shape[1], a.shape[2]};
-    ref.data = a.data;
-    ref.data.insert(ref.data.end(), b.data.begin(), b.data.end());
-    expect_stems_match(sep->separate(mix, no_shift(0.25)), ref, precision, "full6s 12s");
+    expect_stems_match(sep->separate(mix, no_shift(0.25)), testing_support::read_full6s_separate_12s(), precision,
+                       "full6s 12s");
 }
-
-// Sets an environment variable for the lifetime of the object.
-struct ScopedEnv {
-    std::string name;
-    ScopedEnv(const std::string& n, const std::string& value) : name(n) { setenv(n.c_str(), value.c_str(), 1); }
-    ~ScopedEnv() { unsetenv(name.c_str()); }
-};
 
 // The GPU path must reproduce the host path around the same forward: the
 // chunk batches may differ (the last batch of a view), nothing else.

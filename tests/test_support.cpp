@@ -89,6 +89,16 @@ Array parse_npy(const std::string& name, const std::vector<uint8_t>& bytes) {
 
 Array read_npy(const std::string& path) { return parse_npy(path, slurp(path)); }
 
+Array read_full6s_separate_12s() {
+    const Array a = read_npy(fixture("full6s/full6s_separate_12s.sources0-2.npy"));
+    const Array b = read_npy(fixture("full6s/full6s_separate_12s.sources3-5.npy"));
+    Array ref;
+    ref.shape = {a.shape[0] + b.shape[0], a.shape[1], a.shape[2]};
+    ref.data = a.data;
+    ref.data.insert(ref.data.end(), b.data.begin(), b.data.end());
+    return ref;
+}
+
 std::map<std::string, Array> read_npz(const std::string& path) {
     int err = 0;
     zip_t* z = zip_open(path.c_str(), ZIP_RDONLY, &err);

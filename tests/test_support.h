@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <string>
@@ -20,6 +21,8 @@ struct Array {
 };
 
 Array read_npy(const std::string& path);
+// The full6s command-path reference [6, 2, 12 s] (stored as two files: sources 0-2 and 3-5).
+Array read_full6s_separate_12s();
 Array parse_npy(const std::string& name, const std::vector<uint8_t>& bytes);
 std::map<std::string, Array> read_npz(const std::string& path);  // keys without ".npy"
 
@@ -30,6 +33,14 @@ double snr_db(const float* out, const float* ref, int64_t n);
 
 // A fresh temporary directory, removed by the caller (or left in /tmp).
 std::string make_temp_dir(const std::string& tag);
+
+// Sets an environment variable for the lifetime of the object (the engine
+// reads its switches when a backend is made).
+struct ScopedEnv {
+    std::string name;
+    ScopedEnv(const std::string& n, const std::string& value) : name(n) { setenv(n.c_str(), value.c_str(), 1); }
+    ~ScopedEnv() { unsetenv(name.c_str()); }
+};
 
 }  // namespace testing_support
 

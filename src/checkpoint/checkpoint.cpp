@@ -9,6 +9,7 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <system_error>
 #include <thread>
 
 #include "checkpoint/pickle.h"
@@ -197,7 +198,11 @@ std::map<std::string, HostTensor> load_state(const std::string& name, const ZipA
     };
     const unsigned workers = std::min(4u, std::max(1u, std::thread::hardware_concurrency()));
     std::vector<std::thread> threads;
-    for (unsigned w = 1; w < workers; w++) threads.emplace_back(convert);
+    try {
+        for (unsigned w = 1; w < workers; w++) threads.emplace_back(convert);
+    } catch (const std::system_error&) {
+        // No more threads to be had: the ones started and this one share the work.
+    }
     convert();
     for (auto& t : threads) t.join();
     if (failure) std::rethrow_exception(failure);

@@ -258,7 +258,9 @@ public:
         const std::string attention = env_string("FASTDEMUCS_ATTENTION");
         ctx_.fused_attention = attention != "cublas";
         ctx_.tensor_core_attention = attention != "simt";
-        ctx_.implicit_conv = env_flag("FASTDEMUCS_IMPLICIT_CONV");
+        int major = 0;
+        FD_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device_));
+        ctx_.implicit_conv = env_flag("FASTDEMUCS_IMPLICIT_CONV") && major >= 8;  // cp.async: sm_80 on
         graphs_enabled_ = !env_flag("FASTDEMUCS_NO_GRAPH");
         if (env_flag("FASTDEMUCS_PROFILE")) {
             profiler_ = std::make_unique<Profiler>();

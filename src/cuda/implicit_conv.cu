@@ -91,6 +91,9 @@ template <typename T>
 __global__ void __launch_bounds__(kConvThreads, 2)
     implicit_conv_kernel(const float* __restrict__ x, const T* __restrict__ w, const int2* __restrict__ column_rows,
                          const float* __restrict__ bias, float* __restrict__ out, Geometry g, Act act) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    __trap();  // cp.async and bfloat16 WMMA need sm_80; the backend never launches it before that
+#else
     using namespace nvcuda;
     extern __shared__ __align__(128) unsigned char shared_raw[];
     Shared<T>& sh = *reinterpret_cast<Shared<T>*>(shared_raw);
@@ -213,6 +216,7 @@ __global__ void __launch_bounds__(kConvThreads, 2)
         }
         __syncthreads();
     }
+#endif
 }
 
 // Launches the kernel for operand type T (its shared memory is past the 48 KB default).

@@ -28,6 +28,7 @@ namespace fastdemucs::cuda {
 // a logical width beyond W is a zero extension), weight [cout, cin * kh *
 // kw] in `dt` (F16 or BF16), bias [cout] (may be null) ->
 // out [B, cout, Ho, Wo] = act(conv + bias), float32. g holds the kernel size.
+// Needs a device of compute capability 8.0 or later.
 void implicit_conv2d(const Ctx& ctx, DType dt, const float* x, int64_t B, int64_t cin, int64_t H, int64_t W,
                      const void* weight, const float* bias, int64_t cout, const ConvGeom& g, int64_t Ho, int64_t Wo,
                      float* out, Act act);

@@ -14,6 +14,7 @@
 #include <memory>
 #include <system_error>
 
+#include "engine/bag_weights.h"
 #include "error.h"
 
 namespace fastdemucs {
@@ -91,24 +92,6 @@ std::string model_path(const RepoScan& scan, const std::string& signature,
     return found->second.path;
 }
 
-std::vector<std::vector<double>> parse_weights(const YAML::Node& node, size_t num_models,
-                                               const std::string& where) {
-    std::vector<std::vector<double>> weights;
-    if (!node || node.IsNull()) return weights;
-    if (!node.IsSequence() || node.size() != num_models)
-        throw Error(where + ": 'weights' must be a list of one list per model");
-    for (const auto& row : node) {
-        if (!row.IsSequence() || row.size() == 0)
-            throw Error(where + ": each entry of 'weights' must be a list of numbers");
-        std::vector<double> values;
-        for (const auto& value : row) values.push_back(value.as<double>());
-        if (!weights.empty() && values.size() != weights.front().size())
-            throw Error(where + ": all rows of 'weights' must have the same length");
-        weights.push_back(std::move(values));
-    }
-    return weights;
-}
-
 BagSpec load_bag(const std::string& name, const std::string& yaml_path, const RepoScan& scan,
                  const std::string& repo_dir) {
     YAML::Node root;
@@ -125,7 +108,7 @@ BagSpec load_bag(const std::string& name, const std::string& yaml_path, const Re
             throw Error(yaml_path + ": 'models' must be a non-empty list of signatures");
         for (const auto& signature : models)
             bag.checkpoints.push_back(model_path(scan, signature.as<std::string>(), repo_dir));
-        bag.weights = parse_weights(root["weights"], bag.checkpoints.size(), yaml_path);
+        bag.weights = parse_bag_weights(root["weights"], bag.checkpoints.size(), yaml_path);
         const YAML::Node segment = root["segment"];
         if (segment && !segment.IsNull()) {
             bag.segment = segment.as<double>();

@@ -66,31 +66,33 @@ void GraphBuilder::output(const Value& v, const std::string& name) {
     set_type(graph_->add_output(), name, v.shape, v.batch_axis, dynamic_batch());
 }
 
-Value GraphBuilder::constant(const std::string& name, std::vector<int64_t> shape, const std::vector<float>& data) {
+namespace {
+
+// An initializer named `name` holding `data` as raw little-endian bytes (as
+// the machines we build on store them), its name unique in the graph.
+template <typename T>
+Value add_initializer(onnx::GraphProto* graph, std::set<std::string>& names, const std::string& name,
+                      std::vector<int64_t> shape, const std::vector<T>& data, onnx::TensorProto::DataType type) {
     if (numel(shape) != int64_t(data.size()))
         throw Error("ONNX export: constant " + name + " of shape " + dims_text(shape) + " has " +
                     std::to_string(data.size()) + " values");
-    if (!constants_.insert(name).second) throw Error("ONNX export: duplicate constant name " + name);
-    auto* t = graph_->add_initializer();
+    if (!names.insert(name).second) throw Error("ONNX export: duplicate constant name " + name);
+    auto* t = graph->add_initializer();
     t->set_name(name);
-    t->set_data_type(onnx::TensorProto::FLOAT);
+    t->set_data_type(type);
     for (auto d : shape) t->add_dims(d);
-    // raw_data is little-endian, as the machines we build on.
-    t->set_raw_data(std::string(reinterpret_cast<const char*>(data.data()), data.size() * sizeof(float)));
+    t->set_raw_data(std::string(reinterpret_cast<const char*>(data.data()), data.size() * sizeof(T)));
     return {name, std::move(shape), -1};
 }
 
+}  // namespace
+
+Value GraphBuilder::constant(const std::string& name, std::vector<int64_t> shape, const std::vector<float>& data) {
+    return add_initializer(graph_, constants_, name, std::move(shape), data, onnx::TensorProto::FLOAT);
+}
+
 Value GraphBuilder::constant_i64(const std::string& name, std::vector<int64_t> shape, const std::vector<int64_t>& data) {
-    if (numel(shape) != int64_t(data.size()))
-        throw Error("ONNX export: constant " + name + " of shape " + dims_text(shape) + " has " +
-                    std::to_string(data.size()) + " values");
-    if (!constants_.insert(name).second) throw Error("ONNX export: duplicate constant name " + name);
-    auto* t = graph_->add_initializer();
-    t->set_name(name);
-    t->set_data_type(onnx::TensorProto::INT64);
-    for (auto d : shape) t->add_dims(d);
-    t->set_raw_data(std::string(reinterpret_cast<const char*>(data.data()), data.size() * sizeof(int64_t)));
-    return {name, std::move(shape), -1};
+    return add_initializer(graph_, constants_, name, std::move(shape), data, onnx::TensorProto::INT64);
 }
 
 Value GraphBuilder::shared_constant(const std::string& name, std::vector<int64_t> shape, const std::vector<float>& data) {

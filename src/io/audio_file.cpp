@@ -21,6 +21,7 @@
 #include <future>
 #include <limits>
 #include <memory>
+#include <system_error>
 #include <vector>
 
 #include "error.h"
@@ -99,11 +100,17 @@ int64_t parts_for(int64_t samples) {
     return std::max<int64_t>(1, std::min<int64_t>(kMaxParts, samples / (4 * kBlockFrames)));
 }
 
-// fn(p) for p in [0, parts), p > 0 on threads of their own.
+// fn(p) for p in [0, parts), p > 0 on threads of their own (or on this one
+// when no thread can be started).
 template <typename Fn>
 void run_parts(int64_t parts, Fn fn) {
     std::vector<std::future<void>> helpers;
-    for (int64_t p = 1; p < parts; ++p) helpers.push_back(std::async(std::launch::async, fn, p));
+    int64_t p = 1;
+    try {
+        for (; p < parts; ++p) helpers.push_back(std::async(std::launch::async, fn, p));
+    } catch (const std::system_error&) {
+        for (; p < parts; ++p) fn(p);
+    }
     fn(0);
     for (auto& h : helpers) h.get();
 }
@@ -122,11 +129,17 @@ ClipTransform parallel_clip(ClipMode mode, const float* data, int channels, int6
     return ClipTransform(mode, *std::max_element(peaks.begin(), peaks.end()));
 }
 
+// Frames converted and written at once: a bounded buffer per stem (32 MB in
+// 16-bit stereo) however long the track; one write up to 3 min 10 s at 44.1 kHz.
+constexpr int64_t kWindowFrames = 128 * kBlockFrames;
+
 template <typename Sample, typename Convert, typename WriteFrames>
 void write_converted(const float* data, int channels, int64_t samples, const ClipTransform& clip, Convert convert,
                      WriteFrames write_frames) {
-    std::vector<Sample> interleaved(static_cast<size_t>(channels) * static_cast<size_t>(samples));
-    auto convert_range = [&](int64_t begin, int64_t end) {
+    const int64_t window = std::min(samples, kWindowFrames);
+    std::vector<Sample> interleaved(static_cast<size_t>(channels) * static_cast<size_t>(window));
+    // Frames [begin, end) of the signal into the buffer, which starts at frame `first`.
+    auto convert_range = [&](int64_t first, int64_t begin, int64_t end) {
         std::vector<float> clipped(static_cast<size_t>(kBlockFrames));
         std::vector<Sample> converted(static_cast<size_t>(kBlockFrames));
         for (int64_t start = begin; start < end; start += kBlockFrames) {
@@ -134,16 +147,19 @@ void write_converted(const float* data, int channels, int64_t samples, const Cli
             for (int c = 0; c < channels; ++c) {
                 clip.apply(data + static_cast<int64_t>(c) * samples + start, clipped.data(), frames);
                 for (int64_t t = 0; t < frames; ++t) converted[t] = convert(clipped[t]);
-                Sample* out = interleaved.data() + start * channels + c;
+                Sample* out = interleaved.data() + (start - first) * channels + c;
                 for (int64_t t = 0; t < frames; ++t) out[t * channels] = converted[t];
             }
         }
     };
-    const int64_t parts = parts_for(samples);
-    run_parts(parts, [&](int64_t p) {
-        convert_range(part_begin(samples, parts, p), part_begin(samples, parts, p + 1));
-    });
-    if (samples > 0) write_frames(interleaved.data(), samples);
+    for (int64_t first = 0; first < samples; first += window) {
+        const int64_t frames = std::min(window, samples - first);
+        const int64_t parts = parts_for(frames);
+        run_parts(parts, [&](int64_t p) {
+            convert_range(first, first + part_begin(frames, parts, p), first + part_begin(frames, parts, p + 1));
+        });
+        write_frames(interleaved.data(), frames);
+    }
 }
 
 void write_samples(SNDFILE* file, const std::string& path, const float* data, int channels,

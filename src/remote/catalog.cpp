@@ -6,6 +6,7 @@
 #include <set>
 #include <sstream>
 
+#include "engine/bag_weights.h"
 #include "error.h"
 
 namespace fastdemucs {
@@ -102,24 +103,6 @@ RemoteFile parse_file_name(const std::string& line, const std::string& where) {
         throw Error(where + ": bad line '" + line + "', expected SIG-CHECKSUM.th (CHECKSUM in lowercase hex)");
     return parsed;
 }
-
-std::vector<std::vector<double>> parse_weights(const YAML::Node& node, size_t num_models, const std::string& where) {
-    std::vector<std::vector<double>> weights;
-    if (!node || node.IsNull()) return weights;
-    if (!node.IsSequence() || node.size() != num_models)
-        throw Error(where + ": 'weights' must hold one list per model");
-    for (const auto& row : node) {
-        if (!row.IsSequence() || row.size() == 0)
-            throw Error(where + ": each entry of 'weights' must be a list of numbers");
-        std::vector<double> values;
-        for (const auto& value : row) values.push_back(value.as<double>());
-        if (!weights.empty() && values.size() != weights.front().size())
-            throw Error(where + ": all rows of 'weights' must have the same length");
-        weights.push_back(std::move(values));
-    }
-    return weights;
-}
-
 }  // namespace
 
 const RemoteFile* Catalog::find_file(const std::string& signature) const {
@@ -178,7 +161,7 @@ BagDefinition parse_bag_file(const std::string& name, const std::string& text, c
         if (!models || !models.IsSequence() || models.size() == 0)
             throw Error(where + ": 'models' must be a non-empty list of signatures");
         for (const auto& signature : models) bag.models.push_back(signature.as<std::string>());
-        bag.weights = parse_weights(root["weights"], bag.models.size(), where);
+        bag.weights = parse_bag_weights(root["weights"], bag.models.size(), where);
         const YAML::Node segment = root["segment"];
         if (segment && !segment.IsNull()) {
             bag.segment = segment.as<double>();
