@@ -345,32 +345,31 @@ std::vector<StemOutput> plan_outputs(const CliOptions& o, const fastdemucs::Sepa
     return outputs;
 }
 
-// The samples of one output: a source, the mix minus a source, or the other
-// sources summed in order (as the official command sums them).
-std::vector<float> output_samples(const StemOutput& output, const fastdemucs::Audio& mix,
-                                  const fastdemucs::Stems& stems) {
+// The samples of one output: a source (the stems' own, no copy), or,
+// computed into `computed`, the mix minus a source or the other sources
+// summed in order (as the official command sums them).
+const float* output_samples(const StemOutput& output, const fastdemucs::Audio& mix, const fastdemucs::Stems& stems,
+                            std::vector<float>& computed) {
     const size_t n = static_cast<size_t>(stems.channels) * stems.samples;
     const float* selected = stems.stem(output.source);
     switch (output.kind) {
-        case StemOutput::Kind::Source: return std::vector<float>(selected, selected + n);
-        case StemOutput::Kind::MixMinusSource: {
+        case StemOutput::Kind::Source: return selected;
+        case StemOutput::Kind::MixMinusSource:
             if (mix.channels != stems.channels || mix.samples != stems.samples)
                 throw Error("internal: stems and mix differ in shape");
-            std::vector<float> rest(n);
-            for (size_t i = 0; i < n; ++i) rest[i] = mix.data[i] - selected[i];
-            return rest;
-        }
-        case StemOutput::Kind::OtherSources: {
-            std::vector<float> rest(n, 0.0f);
+            computed.resize(n);
+            for (size_t i = 0; i < n; ++i) computed[i] = mix.data[i] - selected[i];
+            return computed.data();
+        case StemOutput::Kind::OtherSources:
+            computed.assign(n, 0.0f);
             for (int s = 0; s < static_cast<int>(stems.names.size()); ++s) {
                 if (s == output.source) continue;
                 const float* other = stems.stem(s);
-                for (size_t i = 0; i < n; ++i) rest[i] += other[i];
+                for (size_t i = 0; i < n; ++i) computed[i] += other[i];
             }
-            return rest;
-        }
+            return computed.data();
     }
-    return {};
+    throw Error("internal: unknown output kind");
 }
 
 // --- tracks ----------------------------------------------------------------
@@ -482,10 +481,8 @@ void separate_track(size_t index, TrackReader& reader, const CliOptions& o, cons
     std::vector<std::future<void>> writers;
     for (const StemOutput& output : outputs)
         writers.push_back(std::async(std::launch::async, [&output, &mix, &stems] {
-            // A source is written straight from the stems; the others are computed first.
             std::vector<float> computed;
-            if (output.kind != StemOutput::Kind::Source) computed = output_samples(output, mix, stems);
-            const float* samples = computed.empty() ? stems.stem(output.source) : computed.data();
+            const float* samples = output_samples(output, mix, stems, computed);
             fastdemucs::write_audio(output.path.string(), samples, stems.channels, stems.samples,
                                     stems.samplerate, output.params);
         }));
