@@ -14,6 +14,7 @@
 #include "cuda/attention.h"
 #include "cuda/common.h"
 #include "cuda/conv.h"
+#include "cuda/dconv.h"
 #include "cuda/kernels.h"
 #include "engine/backend.h"
 #include "test_support.h"
@@ -232,6 +233,9 @@ TEST(KernelsCuda, AttentionBothPathsEveryType) {
     for (DType t : {DType::F16, DType::BF16})
         for (bool tensor_cores : {true, false}) attention_case(t, true, 2, 64, tensor_cores, 300, 200);
     attention_case(DType::F16, true, 8, 64, true, 64, 129);
+    // The float16 kernel's double-buffered key tiles: an odd number of tiles, exactly one tile.
+    attention_case(DType::F16, true, 2, 48, true, 300, 700);
+    attention_case(DType::F16, true, 2, 48, true, 70, 64);
 }
 
 TEST(KernelsCuda, ConvolutionPaths) {
@@ -374,4 +378,92 @@ TEST(KernelsCuda, GroupNormPerRowAndLayerNormAndStats) {
         EXPECT_NEAR(s[b], mean, 1e-12 * std::abs(mean));
         EXPECT_NEAR(s[2 + b], std::sqrt(var / (n - 1)), 1e-10);
     }
+}
+
+namespace {
+
+// One DConv residual layer in double, as the official module computes it on
+// [B * R, C, W]: conv3 (dilated, padding = dilation) -> GroupNorm(1, hidden)
+// -> GELU -> 1x1 conv to 2C -> GroupNorm(1, 2C) -> GLU -> LayerScale, added to x.
+struct DConvCase {
+    int64_t B, C, hidden, R, W;
+    int dilation;
+};
+
+void dconv_thin_case(const DConvCase& k) {
+    Gpu gpu;
+    const int64_t B = k.B, C = k.C, Hd = k.hidden, R = k.R, W = k.W, C2 = 2 * C;
+    const int d = k.dilation;
+    const std::vector<float> x = random(size_t(B * C * R * W), 21, 1.0f, 0.2f);
+    const std::vector<float> w_in = random(size_t(Hd * C * 3), 22, 0.3f), b_in = random(size_t(Hd), 23, 0.2f);
+    const std::vector<float> n1w = random(size_t(Hd), 24, 0.2f, 1.0f), n1b = random(size_t(Hd), 25, 0.1f);
+    const std::vector<float> w_out = random(size_t(C2 * Hd), 26, 0.5f), b_out = random(size_t(C2), 27, 0.2f);
+    const std::vector<float> n2w = random(size_t(C2), 28, 0.2f, 1.0f), n2b = random(size_t(C2), 29, 0.1f);
+    const std::vector<float> scale = random(size_t(C), 30, 0.5f);
+
+    std::vector<double> ref(x.begin(), x.end());
+    std::vector<double> h(size_t(Hd * W)), y(size_t(C2 * W));
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t r = 0; r < R; r++) {
+            auto at = [&](int64_t c, int64_t w) { return ((b * C + c) * R + r) * W + w; };
+            for (int64_t o = 0; o < Hd; o++)
+                for (int64_t w = 0; w < W; w++) {
+                    double s = b_in[o];
+                    for (int64_t c = 0; c < C; c++)
+                        for (int j = 0; j < 3; j++) {
+                            const int64_t t = w + (j - 1) * d;
+                            if (t >= 0 && t < W) s += double(w_in[(o * C + c) * 3 + j]) * x[at(c, t)];
+                        }
+                    h[o * W + w] = s;
+                }
+            auto norm = [](std::vector<double>& v, int64_t ch, int64_t n, const std::vector<float>& g,
+                           const std::vector<float>& bb) {
+                double mean = 0, var = 0;
+                for (double e : v) mean += e;
+                mean /= double(v.size());
+                for (double e : v) var += (e - mean) * (e - mean);
+                const double inv = 1.0 / std::sqrt(var / double(v.size()) + 1e-5);
+                for (int64_t c = 0; c < ch; c++)
+                    for (int64_t i = 0; i < n; i++) v[c * n + i] = (v[c * n + i] - mean) * inv * g[c] + bb[c];
+            };
+            norm(h, Hd, W, n1w, n1b);
+            for (double& e : h) e = 0.5 * e * (1.0 + std::erf(e / std::sqrt(2.0)));
+            for (int64_t o = 0; o < C2; o++)
+                for (int64_t w = 0; w < W; w++) {
+                    double s = b_out[o];
+                    for (int64_t i = 0; i < Hd; i++) s += double(w_out[o * Hd + i]) * h[i * W + w];
+                    y[o * W + w] = s;
+                }
+            norm(y, C2, W, n2w, n2b);
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t w = 0; w < W; w++)
+                    ref[at(c, w)] += scale[c] * y[c * W + w] / (1.0 + std::exp(-y[(C + c) * W + w]));
+        }
+
+    ASSERT_TRUE(dconv_layer_thin_fits(int(C), int(Hd)));
+    DConvLayerWeights lw;
+    lw.channels = int(C), lw.hidden = int(Hd), lw.dilation = d;
+    lw.in_weight = gpu.put(w_in), lw.in_bias = gpu.put(b_in), lw.in_norm_weight = gpu.put(n1w);
+    lw.in_norm_bias = gpu.put(n1b), lw.out_weight = gpu.put(w_out), lw.out_bias = gpu.put(b_out);
+    lw.out_norm_weight = gpu.put(n2w), lw.out_norm_bias = gpu.put(n2b), lw.scale = gpu.put(scale);
+    float* dx = gpu.put(x);
+    dconv_layer_thin(gpu.ctx(), lw, dx, B, R, W);
+    const auto got = gpu.get(dx, x.size());
+    // Against the residual branch alone (x itself is exact in both).
+    std::vector<float> branch(got.size());
+    std::vector<double> ref_branch(ref.size());
+    for (size_t i = 0; i < got.size(); i++) branch[i] = got[i] - x[i], ref_branch[i] = ref[i] - x[i];
+    EXPECT_LE(rel(branch, ref_branch), 1e-5) << "C " << C << ", hidden " << Hd << ", R " << R << ", W " << W;
+}
+
+}  // namespace
+
+TEST(KernelsCuda, ThinDConvLayerMatchesTheModule) {
+    EXPECT_TRUE(dconv_layer_thin_fits(48, 6));
+    EXPECT_TRUE(dconv_layer_thin_fits(96, 12));
+    EXPECT_FALSE(dconv_layer_thin_fits(192, 24));  // deeper layers keep the GEMM path
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    dconv_thin_case({2, 48, 6, 3, 300, 2});   // several blocks per row, a partial last one
+    dconv_thin_case({1, 96, 12, 1, 1000, 1});  // the time branch: one long row
+    dconv_thin_case({2, 8, 1, 2, 5, 4});       // taps beyond both ends
 }

@@ -329,6 +329,158 @@ __global__ void __launch_bounds__(32 * kTcWarps) tc_attention_kernel(const T* __
     }
 }
 
+// The float16 kernel, version 2: the same FlashAttention-2 scheme with
+// K and V tiles double-buffered by cp.async (the next tile loads while this
+// one is multiplied) and staged as stored, their fragments read with
+// ldmatrix (V transposed by ldmatrix.trans instead of by scalar stores).
+// Version 1 loaded each tile synchronously and transposed V element by
+// element: 0.82 ms for a 2688-token self-attention of 8 chunks on an H100
+// (~108 TFLOP/s).
+template <int DH>
+__global__ void __launch_bounds__(32 * kTcWarps)
+    tc_attention_f16_kernel(const __half* __restrict__ q, int64_t ldq, const __half* __restrict__ k,
+                            const __half* __restrict__ v, int64_t ldkv, __half* __restrict__ out, int64_t ldo,
+                            int N, int M, float scale_log2) {
+    static_assert(DH % 16 == 0 && DH <= 128, "head size must be a multiple of 16");
+    constexpr int kStride = DH + 8;  // halves per staged row: 16-byte rows, ldmatrix without bank conflicts
+    constexpr int kChunks = DH / 8;  // 16-byte chunks per head row
+    __shared__ __align__(128) __half ks[2][kTcKeys][kStride];
+    __shared__ __align__(128) __half vs[2][kTcKeys][kStride];
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int g = lane / 4, tig = lane % 4;
+    const int64_t b = blockIdx.z;
+    const int h = blockIdx.y;
+    const int row0 = blockIdx.x * kTcRows + warp * 16;
+
+    uint32_t qa[DH / 16][4];
+    {
+        const __half* qb = q + b * int64_t(N) * ldq + int64_t(h) * DH;
+        const int r0 = row0 + g, r1 = row0 + g + 8;
+        auto pair = [&](int r, int c) -> uint32_t {
+            if (r >= N) return 0u;
+            const __half* p = qb + int64_t(r) * ldq + c;
+            return pack16(bits16(p[0]), bits16(p[1]));
+        };
+#pragma unroll
+        for (int kk = 0; kk < DH / 16; kk++) {
+            const int c = kk * 16 + tig * 2;
+            qa[kk][0] = pair(r0, c);
+            qa[kk][1] = pair(r1, c);
+            qa[kk][2] = pair(r0, c + 8);
+            qa[kk][3] = pair(r1, c + 8);
+        }
+    }
+    float o[DH / 8][4];
+#pragma unroll
+    for (int d = 0; d < DH / 8; d++) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+
+    const __half* kb = k + b * int64_t(M) * ldkv + int64_t(h) * DH;
+    const __half* vb = v + b * int64_t(M) * ldkv + int64_t(h) * DH;
+    const int tiles = (M + kTcKeys - 1) / kTcKeys;
+    auto issue = [&](int tile, int buf) {  // keys past M are zero-filled
+        const int k0 = tile * kTcKeys;
+        for (int e = threadIdx.x; e < kTcKeys * kChunks; e += 32 * kTcWarps) {
+            const int j = e / kChunks, c = e % kChunks;
+            const bool valid = k0 + j < M;
+            const int64_t at = int64_t(valid ? k0 + j : 0) * ldkv + c * 8;
+            cp_async16(&ks[buf][j][c * 8], kb + at, valid);
+            cp_async16(&vs[buf][j][c * 8], vb + at, valid);
+        }
+        cp_async_commit();
+    };
+    issue(0, 0);
+    // ldmatrix row addresses: lane -> (tile lane / 8, row lane % 8).
+    const int lrow = lane % 8, ltile = lane / 8;
+    for (int tile = 0; tile < tiles; tile++) {
+        const int buf = tile & 1, k0 = tile * kTcKeys;
+        if (tile + 1 < tiles)
+            issue(tile + 1, buf ^ 1);  // its buffer was released by the barrier ending the previous step
+        else
+            cp_async_commit();  // an empty group keeps the wait count uniform
+        cp_async_wait<1>();
+        __syncthreads();
+
+        // S = Q K^T: B fragments of 8 keys x 16 dims, tiles (keys, dims lo) and (keys, dims hi).
+        float s[kTcKeys / 8][4];
+#pragma unroll
+        for (int j = 0; j < kTcKeys / 8; j++) {
+            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < DH / 16; kk++) {
+                uint32_t b0, b1;
+                ldmatrix_x2(b0, b1, &ks[buf][j * 8 + lrow][kk * 16 + (ltile & 1) * 8]);
+                mma_qk<__half>(s[j], qa[kk], b0, b1);
+            }
+        }
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < kTcKeys / 8; j++) {
+            const int key = k0 + j * 8 + tig * 2;
+            s[j][0] = key < M ? s[j][0] * scale_log2 : -INFINITY;
+            s[j][1] = key + 1 < M ? s[j][1] * scale_log2 : -INFINITY;
+            s[j][2] = key < M ? s[j][2] * scale_log2 : -INFINITY;
+            s[j][3] = key + 1 < M ? s[j][3] * scale_log2 : -INFINITY;
+            mx0 = fmaxf(mx0, fmaxf(s[j][0], s[j][1]));
+            mx1 = fmaxf(mx1, fmaxf(s[j][2], s[j][3]));
+        }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
+        const float c0 = exp2f(m0 - n0), c1 = exp2f(m1 - n1);
+        m0 = n0, m1 = n1;
+        l0 *= c0, l1 *= c1;
+#pragma unroll
+        for (int d = 0; d < DH / 8; d++) {
+            o[d][0] *= c0, o[d][1] *= c0;
+            o[d][2] *= c1, o[d][3] *= c1;
+        }
+#pragma unroll
+        for (int j = 0; j < kTcKeys / 8; j++) {
+            s[j][0] = exp2f(s[j][0] - n0);
+            s[j][1] = exp2f(s[j][1] - n0);
+            s[j][2] = exp2f(s[j][2] - n1);
+            s[j][3] = exp2f(s[j][3] - n1);
+            l0 += s[j][0] + s[j][1];
+            l1 += s[j][2] + s[j][3];
+        }
+        // O += P V: B fragments of 16 keys x 8 dims from V [key][dim] transposed,
+        // tiles (keys lo, dims d), (keys hi, dims d), (keys lo, d + 1), (keys hi, d + 1).
+#pragma unroll
+        for (int t = 0; t < kTcKeys / 16; t++) {
+            uint32_t pa[4];
+            pa[0] = pack_half2(s[2 * t][0], s[2 * t][1]);
+            pa[1] = pack_half2(s[2 * t][2], s[2 * t][3]);
+            pa[2] = pack_half2(s[2 * t + 1][0], s[2 * t + 1][1]);
+            pa[3] = pack_half2(s[2 * t + 1][2], s[2 * t + 1][3]);
+#pragma unroll
+            for (int d = 0; d < DH / 8; d += 2) {
+                uint32_t b0, b1, b2, b3;
+                ldmatrix_x4_trans(b0, b1, b2, b3, &vs[buf][t * 16 + (ltile & 1) * 8 + lrow][(d + (ltile >> 1)) * 8]);
+                mma_qk<__half>(o[d], pa, b0, b1);
+                mma_qk<__half>(o[d + 1], pa, b2, b3);
+            }
+        }
+        __syncthreads();  // this buffer is consumed: the step after next may refill it
+    }
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float i0 = 1.0f / l0, i1 = 1.0f / l1;
+    __half* ob = out + b * int64_t(N) * ldo + int64_t(h) * DH;
+    const int r0 = row0 + g, r1 = row0 + g + 8;
+#pragma unroll
+    for (int d = 0; d < DH / 8; d++) {
+        const int c = d * 8 + tig * 2;
+        if (r0 < N) *reinterpret_cast<__half2*>(ob + int64_t(r0) * ldo + c) = __floats2half2_rn(o[d][0] * i0, o[d][1] * i0);
+        if (r1 < N) *reinterpret_cast<__half2*>(ob + int64_t(r1) * ldo + c) = __floats2half2_rn(o[d][2] * i1, o[d][3] * i1);
+    }
+}
+
 template <typename T, int DH>
 void launch_tc(const Ctx& ctx, const AttentionArgs& a, float scale) {
     const dim3 grid(unsigned((a.N + kTcRows - 1) / kTcRows), unsigned(a.heads), unsigned(a.B));
@@ -341,7 +493,14 @@ void launch_tc(const Ctx& ctx, const AttentionArgs& a, float scale) {
 
 template <int DH>
 void launch_tc_typed(const Ctx& ctx, const AttentionArgs& a, float scale) {
-    if (ctx.gemm == DType::F16)
+    if (ctx.gemm == DType::F16 && ctx.pipelined_attention) {
+        const dim3 grid(unsigned((a.N + kTcRows - 1) / kTcRows), unsigned(a.heads), unsigned(a.B));
+        const float scale_log2 = float(double(scale) * 1.4426950408889634);
+        tc_attention_f16_kernel<DH><<<grid, 32 * kTcWarps, 0, ctx.stream>>>(
+            static_cast<const __half*>(a.q), a.ldq, static_cast<const __half*>(a.k), static_cast<const __half*>(a.v),
+            a.ldkv, static_cast<__half*>(a.out), a.ldo, int(a.N), int(a.M), scale_log2);
+        FD_LAUNCH_CHECK();
+    } else if (ctx.gemm == DType::F16)
         launch_tc<__half, DH>(ctx, a, scale);
     else
         launch_tc<__nv_bfloat16, DH>(ctx, a, scale);

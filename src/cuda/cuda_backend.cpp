@@ -97,10 +97,12 @@
 // loads the kernels and picks cuBLAS's algorithms. Taps bypass the
 // graph. FASTDEMUCS_NO_GRAPH=1 disables graphs; FASTDEMUCS_ATTENTION=cublas
 // selects the cuBLAS attention path, =simt the float32-arithmetic fused
-// kernel in every precision. FASTDEMUCS_PROFILE=1 runs every forward eagerly
-// and prints a per-block table (cuda/profile.h). FASTDEMUCS_IMPLICIT_CONV=1
+// kernel in every precision, =tc-v1 the first float16 tensor-core kernel.
+// FASTDEMUCS_PROFILE=1 runs every forward eagerly and prints a per-block table (cuda/profile.h). FASTDEMUCS_IMPLICIT_CONV=1
 // runs the float16 / bfloat16 convolutions as implicit GEMMs
-// (cuda/implicit_conv.h). FASTDEMUCS_TRACE=1 prints the start-up time line
+// (cuda/implicit_conv.h). FASTDEMUCS_THIN_DCONV=0 sends the thin DConv
+// layers through the general convolution path instead of cuda/dconv.h's
+// fused passes. FASTDEMUCS_TRACE=1 prints the start-up time line
 // (engine/trace.h).
 //
 // The whole track (separate_track, engine/apply's host path on the device;
@@ -160,9 +162,12 @@
 #include <string>
 #include <vector>
 
+#include <sys/mman.h>
+
 #include "cuda/arena.h"
 #include "cuda/common.h"
 #include "cuda/conv.h"
+#include "cuda/dconv.h"
 #include "cuda/kernels.h"
 #include "cuda/profile.h"
 #include "cuda/spectral.h"
@@ -179,6 +184,17 @@ namespace cuda {
 namespace {
 
 constexpr size_t kCublasWorkspace = size_t(32) << 20;
+
+// Asks for transparent huge pages over [p, p + bytes) before it is first
+// touched: a 3-minute track's 381 MB of stems are 93 k page faults in 4 KiB
+// pages (FASTDEMUCS_NO_HUGE_PAGES=1: leave the kernel's default).
+void advise_huge_pages(void* p, size_t bytes) {
+    static const bool off = env_flag("FASTDEMUCS_NO_HUGE_PAGES");
+    constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+    const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+    const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHuge - 1);
+    if (!off && end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+}
 constexpr int kDefaultBatchCap = 8;
 
 DType operand_type(Precision p) {
@@ -258,9 +274,11 @@ public:
         const std::string attention = env_string("FASTDEMUCS_ATTENTION");
         ctx_.fused_attention = attention != "cublas";
         ctx_.tensor_core_attention = attention != "simt";
+        ctx_.pipelined_attention = attention != "tc-v1";
         int major = 0;
         FD_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device_));
         ctx_.implicit_conv = env_flag("FASTDEMUCS_IMPLICIT_CONV") && major >= 8;  // cp.async: sm_80 on
+        ctx_.thin_dconv = env_string("FASTDEMUCS_THIN_DCONV") != "0";
         graphs_enabled_ = !env_flag("FASTDEMUCS_NO_GRAPH");
         if (env_flag("FASTDEMUCS_PROFILE")) {
             profiler_ = std::make_unique<Profiler>();
@@ -366,6 +384,7 @@ public:
             throw Error("internal error: separate_track needs one offset per shift");
         FD_CUDA(cudaSetDevice(device_));
         const cudaStream_t stream = stream_->stream;
+        trace_point("cuda: track path starts");
 
         // The views and their chunks, as engine/apply cuts them.
         const int64_t max_shift = static_cast<int64_t>(0.5 * cfg.samplerate);
@@ -481,11 +500,15 @@ public:
         const bool pin = !env_flag("FASTDEMUCS_NO_PIN");
         std::future<void> prepared =
             std::async(std::launch::async, [&out, &pinned, n = size_t(SC * L), pin, device = device_] {
+                out.reserve(n);
+                advise_huge_pages(out.data(), n * sizeof(float));
                 out.resize(n);
+                trace_point("cuda: host output faulted in");
                 if (pin && cudaSetDevice(device) == cudaSuccess &&
                     cudaHostRegister(out.data(), n * sizeof(float), cudaHostRegisterPortable) == cudaSuccess)
                     pinned.p = out.data();
                 cudaGetLastError();  // not pinned: the copies still work, slower
+                trace_point("cuda: host output page-locked");
             });
         struct Region {
             const float* src;
@@ -927,11 +950,32 @@ private:
         return s;
     }
 
+    // The float32 weights of DConv residual layer `p` for cuda/dconv.h.
+    DConvLayerWeights thin_dconv_weights(const DConvPlan& d, const std::string& p, int dilation) const {
+        const std::vector<int64_t> in_shape = {d.hidden, d.channels, 3}, out_shape = {2 * d.channels, d.hidden, 1};
+        if (weights_->shape(p + "0.weight") != in_shape || weights_->shape(p + "3.weight") != out_shape)
+            throw Error("internal error: DConv weight shapes of " + p);
+        DConvLayerWeights w;
+        w.channels = d.channels, w.hidden = d.hidden, w.dilation = dilation;
+        w.in_weight = weights_->f32(p + "0.weight"), w.in_bias = weights_->f32(p + "0.bias");
+        w.in_norm_weight = weights_->f32(p + "1.weight"), w.in_norm_bias = weights_->f32(p + "1.bias");
+        w.out_weight = weights_->f32(p + "3.weight"), w.out_bias = weights_->f32(p + "3.bias");
+        w.out_norm_weight = weights_->f32(p + "4.weight"), w.out_norm_bias = weights_->f32(p + "4.bias");
+        w.scale = weights_->f32(p + "6.scale");
+        return w;
+    }
+
     // DConv: residual branches over time, every frequency row on its own.
+    // Thin layers (hidden <= 16) take cuda/dconv.h's three passes; the
+    // others im2col / GEMM convolutions and the norm kernels.
     void dconv(const Ctx& ctx, const DConvPlan& d, const std::string& prefix, const DTensor& x) const {
         if (x.c != d.channels) throw Error("internal error: DConv channels");
         for (size_t i = 0; i < d.dilations.size(); i++) {
             const std::string p = prefix + "dconv.layers." + std::to_string(i) + ".";
+            if (ctx.thin_dconv && dconv_layer_thin_fits(d.channels, d.hidden)) {
+                dconv_layer_thin(ctx, thin_dconv_weights(d, p, d.dilations[i]), x.p, x.b, x.h, x.w);
+                continue;
+            }
             ArenaScope scope(*ctx.arena);
             ConvGeom g;
             g.dw = d.dilations[i], g.pw = d.dilations[i];

@@ -415,6 +415,65 @@ __global__ void im2col_kernel(const float* __restrict__ x, T* __restrict__ cols,
     }
 }
 
+// The same with kIm2colRun consecutive output positions per thread and row:
+// their column values leave as one 16-byte store (two in float32) instead
+// of one 2-byte store each, and the thread has U * kIm2colRun loads in
+// flight. Needs rows of a multiple of kIm2colRun values (ld); the values
+// past N in a row's last run are written as zeros.
+constexpr int kIm2colRun = 8;
+template <typename T>
+struct alignas(16) Im2colRun {
+    T v[kIm2colRun];
+};
+template <typename T, typename I>
+__global__ void im2col_runs_kernel(const float* __restrict__ x, T* __restrict__ cols, I rows, Divisor<I> K,
+                                   Divisor<I> taps, Divisor<I> kw, I Cin, int H, int W, ConvGeom g, Divisor<I> Wo,
+                                   I N, int64_t ld) {
+    constexpr int U = kUnroll, V = kIm2colRun;
+    const I runs = (N + I(V) - 1) / I(V);
+    for (I q0 = I(blockIdx.y); q0 < rows; q0 += I(U) * I(gridDim.y)) {
+        const float* plane[U];
+        T* out[U];
+        int h_off[U], w_off[U];
+        bool row_valid[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const I q = min(q0 + I(u) * I(gridDim.y), rows - 1);
+            row_valid[u] = q0 + I(u) * I(gridDim.y) < rows;
+            const I b = K.div(q), r = q - b * K.value();
+            const I ci = taps.div(r), t = r - ci * taps.value();
+            const I ki = kw.div(t), kj = t - ki * kw.value();
+            plane[u] = x + (int64_t(b) * Cin + ci) * int64_t(H) * W;
+            out[u] = cols + int64_t(q) * ld;
+            h_off[u] = int(ki) * g.dh - g.ph, w_off[u] = int(kj) * g.dw - g.pw;
+        }
+        for (I run = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); run < runs;
+             run += I(gridDim.x) * I(blockDim.x)) {
+            const I n0 = run * I(V);
+            // The run's output positions: (ho, wo) advance along the row and wrap.
+            I ho = Wo.div(n0), wo = n0 - ho * Wo.value();
+            int hs[V], ws[V];
+            bool inside[V];
+#pragma unroll
+            for (int e = 0; e < V; e++) {
+                hs[e] = int(ho) * g.sh, ws[e] = int(wo) * g.sw, inside[e] = n0 + I(e) < N;
+                if (++wo == Wo.value()) wo = 0, ++ho;
+            }
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                Im2colRun<T> pack;
+#pragma unroll
+                for (int e = 0; e < V; e++) {
+                    const int h = hs[e] + h_off[u], w = ws[e] + w_off[u];
+                    const bool ok = inside[e] && h >= 0 && h < H && w >= 0 && w < W;
+                    pack.v[e] = from_float<T>(ok ? plane[u][int64_t(h) * W + w] : 0.0f);
+                }
+                if (row_valid[u]) *reinterpret_cast<Im2colRun<T>*>(out[u] + n0) = pack;
+            }
+        }
+    }
+}
+
 template <typename T, typename I>
 __global__ void pad_planes_kernel(const float* __restrict__ x, T* __restrict__ out, I BC, I H, I W, int ph, int pw,
                                   I plane) {
@@ -443,29 +502,51 @@ __global__ void crop_bias_act_kernel(const float* __restrict__ full, float* __re
         [&](I i, float v) { out[i] = activate(v, act); });
 }
 
-// Only the taps that land on an output position are visited (for stride s,
-// kernel k: k / s of them), in increasing tap order as a plain loop would.
+// A block per (output row, run of kCol2imRun positions): the taps along H
+// that land on the row are found once per block (for stride s, kernel k:
+// k / s of them), so each output position only walks its taps along W, in
+// the same increasing tap order as a plain loop; kCol2imPerThread
+// positions per thread, their loads in flight together.
+constexpr int kCol2imThreads = 128, kCol2imPerThread = 8, kCol2imRun = kCol2imThreads * kCol2imPerThread;
+constexpr int kCol2imMaxRowTaps = 8;
 template <typename I>
-__global__ void col2im_kernel(const float* __restrict__ cols, float* __restrict__ out, const float* __restrict__ bias,
-                              Divisor<I> C, I H, I W, int kh, int kw, Divisor<I> sh, Divisor<I> sw, I h0, Divisor<I> Hc,
-                              I w0, Divisor<I> Wc, I total, int64_t ld, Act act) {
-    grid_stride_batched<kUnroll>(total, [&](I i) {
-        const I row = Wc.div(i), wo = i - row * Wc.value() + w0;  // row = bc * Hc + (ho - h0)
-        const I bc = Hc.div(row), ho = row - bc * Hc.value() + h0, c = C.mod(bc);
-        float acc = bias ? bias[c] : 0.0f;
-        const float* cb = cols + int64_t(bc) * kh * kw * ld;
-        // ki = ho mod sh, then every sh-th tap: h = (ho - ki) / sh steps down by one.
-        const I h_top = sh.div(ho), w_top = sw.div(wo);
-        const I ki0 = ho - h_top * sh.value(), kj0 = wo - w_top * sw.value();
-        for (I ki = ki0, h = h_top; ki < I(kh) && ki <= ho; ki += sh.value(), h--) {
-            if (h >= H) continue;
-            for (I kj = kj0, w = w_top; kj < I(kw) && kj <= wo; kj += sw.value(), w--) {
-                if (w >= W) continue;
-                acc += cb[int64_t(ki * I(kw) + kj) * ld + int64_t(h) * W + w];
-            }
-        }
-        return acc;
-    }, [&](I i, float acc) { out[i] = activate(acc, act); });
+__global__ void __launch_bounds__(kCol2imThreads)
+    col2im_kernel(const float* __restrict__ cols, float* __restrict__ out, const float* __restrict__ bias, I C, I H,
+                  I W, int kh, int kw, int sh, Divisor<I> sw, I h0, I Hc, I w0, I Wc, I runs, int64_t ld, Act act) {
+    const int64_t row = blockIdx.x / runs;  // bc * Hc + (ho - h0)
+    const I run = I(blockIdx.x - row * runs);
+    const int64_t bc = row / Hc;
+    const I ho = I(row - bc * Hc) + h0;
+    // This row's taps along H: input row h = (ho - ki) / sh for ki = ho mod sh, + sh, ...
+    __shared__ int64_t tap_rows[kCol2imMaxRowTaps];  // offsets in cols
+    __shared__ int row_taps;
+    if (threadIdx.x == 0) {
+        int taps = 0;
+        for (I ki = ho % I(sh), h = ho / I(sh); ki < I(kh) && ki <= ho; ki += I(sh), h--)
+            if (h < H && taps < kCol2imMaxRowTaps)
+                tap_rows[taps++] = bc * kh * kw * ld + int64_t(ki) * kw * ld + int64_t(h) * W;
+        row_taps = taps;
+    }
+    __syncthreads();
+    const int taps = row_taps;
+    const float b = bias ? bias[bc % C] : 0.0f;
+    float* orow = out + row * Wc;
+    float acc[kCol2imPerThread];
+#pragma unroll
+    for (int e = 0; e < kCol2imPerThread; e++) {
+        const I j = run * I(kCol2imRun) + I(e * kCol2imThreads) + I(threadIdx.x);
+        acc[e] = b;
+        if (j >= Wc) continue;
+        const I wo = j + w0, w_top = sw.div(wo), kj0 = wo - w_top * sw.value();
+        for (int t = 0; t < taps; t++)
+            for (I kj = kj0, w = w_top; kj < I(kw) && kj <= wo; kj += sw.value(), w--)
+                if (w < W) acc[e] += cols[tap_rows[t] + int64_t(kj) * ld + w];
+    }
+#pragma unroll
+    for (int e = 0; e < kCol2imPerThread; e++) {
+        const I j = run * I(kCol2imRun) + I(e * kCol2imThreads) + I(threadIdx.x);
+        if (j < Wc) orow[j] = activate(acc[e], act);
+    }
 }
 
 template <typename I>
@@ -495,11 +576,26 @@ void segment_stats(const Ctx& ctx, const float* x, const Segments& seg, Spread s
                       segment_partial_kernel<I><<<unsigned(count * splits), kThreads, 0, ctx.stream>>>(
                           x, seg, splits, kStatChunk, Divisor<I>(seg.W), offset, partial));
     FD_LAUNCH_CHECK();
+    segment_finalize(ctx, partial, count, splits, spread, mean, out);
+}
+
+void segment_finalize(const Ctx& ctx, const double* partial, int64_t count, int64_t splits, Spread spread,
+                      double* mean, double* out) {
+    if (ctx.dry || count == 0) return;
     if (splits == 1)
         segment_finalize_single_kernel<<<grid_for(count), kThreads, 0, ctx.stream>>>(partial, count, spread, mean,
                                                                                     out);
     else
         segment_finalize_kernel<<<unsigned(count), kThreads, 0, ctx.stream>>>(partial, splits, spread, mean, out);
+    FD_LAUNCH_CHECK();
+}
+
+void group_norm_coef(const Ctx& ctx, const Segments& seg, const double* mean, const double* var,
+                     const float* weight, const float* bias, const float* offset, float eps, float2* coef) {
+    const int64_t rows = seg.B * seg.C * seg.R;
+    if (ctx.dry || rows == 0) return;
+    group_norm_coef_kernel<<<grid_for(rows), kThreads, 0, ctx.stream>>>(seg, mean, var, weight, bias, offset, eps,
+                                                                        coef);
     FD_LAUNCH_CHECK();
 }
 
@@ -527,10 +623,7 @@ float2* group_norm_coefficients(const Ctx& ctx, const float* x, const Segments& 
     double* mean = ctx.arena->alloc<double>(seg.count());
     double* var = ctx.arena->alloc<double>(seg.count());
     segment_stats(ctx, x, seg, Spread::Variance, mean, var, input_bias);
-    if (ctx.dry || rows == 0) return coef;
-    group_norm_coef_kernel<<<grid_for(rows), kThreads, 0, ctx.stream>>>(seg, mean, var, weight, bias, input_bias,
-                                                                        eps, coef);
-    FD_LAUNCH_CHECK();
+    group_norm_coef(ctx, seg, mean, var, weight, bias, input_bias, eps, coef);
     return coef;
 }
 
@@ -736,6 +829,17 @@ void im2col(const Ctx& ctx, const float* x, void* cols, DType dt, int64_t B, int
     if (ld < N) throw Error("internal error: im2col stride");
     if (ctx.dry || rows * N == 0) return;
     if (H * W >= (int64_t(1) << 31)) throw Error("im2col: input plane too large");
+    if (ld % kIm2colRun == 0) {
+        const dim3 grid = grid_2d(rows, (N + kIm2colRun - 1) / kIm2colRun);
+        FD_DISPATCH(dt, T,
+                    FD_INDEX_DISPATCH(rows * ld, I,
+                                      im2col_runs_kernel<T, I><<<grid, kThreads, 0, ctx.stream>>>(
+                                          x, static_cast<T*>(cols), I(rows), Divisor<I>(K),
+                                          Divisor<I>(g.kh * g.kw), Divisor<I>(g.kw), I(Cin), int(H), int(W), g,
+                                          Divisor<I>(Wo), I(N), ld)));
+        FD_LAUNCH_CHECK();
+        return;
+    }
     const dim3 grid = grid_2d(rows, N);
     FD_DISPATCH(dt, T,
                 FD_INDEX_DISPATCH(rows * ld, I,
@@ -774,12 +878,14 @@ void col2im(const Ctx& ctx, const float* cols, float* out, const float* bias, in
     if (ld == 0) ld = H * W;
     if (ld < H * W) throw Error("internal error: col2im stride");
     if (h0 < 0 || w0 < 0 || h0 + Hc > Hf || w0 + Wc > Wf) throw Error("col2im: crop outside the output");
-    const int64_t n = B * C * Hc * Wc;
+    if ((kh + sh - 1) / sh > kCol2imMaxRowTaps) throw Error("internal error: col2im: kernel taller than 8 strides");
+    const int64_t n = B * C * Hc * Wc, runs = (Wc + kCol2imRun - 1) / kCol2imRun, blocks = B * C * Hc * runs;
     if (ctx.dry || n == 0) return;
+    if (blocks > int64_t(0x7fffffff)) throw Error("col2im: output too large");
     FD_INDEX_DISPATCH(std::max(n, B * C * Hf * Wf), I,
-                      col2im_kernel<I><<<grid_for(n), kThreads, 0, ctx.stream>>>(
-                          cols, out, bias, Divisor<I>(C), I(H), I(W), kh, kw, Divisor<I>(sh), Divisor<I>(sw), I(h0),
-                          Divisor<I>(Hc), I(w0), Divisor<I>(Wc), I(n), ld, act));
+                      col2im_kernel<I><<<unsigned(blocks), kCol2imThreads, 0, ctx.stream>>>(
+                          cols, out, bias, I(C), I(H), I(W), kh, kw, sh, Divisor<I>(sw), I(h0), I(Hc), I(w0), I(Wc),
+                          I(runs), ld, act));
     FD_LAUNCH_CHECK();
 }
 

@@ -30,6 +30,17 @@ enum class Spread { Variance, UnbiasedStd };
 void segment_stats(const Ctx& ctx, const float* x, const Segments& seg, Spread spread, double* mean, double* out,
                    const float* offset = nullptr);
 
+// The same per segment from partial (count, sum, sum of squares) triples in
+// double, `splits` consecutive triples per segment (added in a fixed order):
+// for kernels that produce their statistics on the way (cuda/dconv.h).
+void segment_finalize(const Ctx& ctx, const double* partial, int64_t count, int64_t splits, Spread spread,
+                      double* mean, double* out);
+// A GroupNorm's affine map {scale, shift} per (item, channel, row)
+// q = (b * C + c) * R + r, from its segments' mean and variance; with an
+// offset (the norm sees x + offset[c]) the shift absorbs it.
+void group_norm_coef(const Ctx& ctx, const Segments& seg, const double* mean, const double* var,
+                     const float* weight, const float* bias, const float* offset, float eps, float2* coef);
+
 // x[b, i] = (x[b, i] - mean[b]) / (1e-5 + std[b]) over n values per item.
 void normalize(const Ctx& ctx, float* x, int64_t B, int64_t n, const double* mean, const double* std);
 
@@ -92,7 +103,7 @@ struct ConvGeom {
     int dh = 1, dw = 1;  // dilation
 };
 // cols [B, Cin * kh * kw, ld] (type dt, ld >= Ho * Wo, 0 = Ho * Wo; the
-// columns past Ho * Wo are left unset) from x [B, Cin, H, W]; input
+// columns past Ho * Wo are left unset or zeroed) from x [B, Cin, H, W]; input
 // positions outside [0, H) x [0, W) read zero (so a logical width beyond W
 // is a zero extension on the right).
 void im2col(const Ctx& ctx, const float* x, void* cols, DType dt, int64_t B, int64_t Cin, int64_t H, int64_t W,

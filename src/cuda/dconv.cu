@@ -1,0 +1,325 @@
+#include "cuda/dconv.h"
+
+#include <limits>
+#include <string>
+
+#include "cuda/arena.h"
+#include "cuda/device_utils.cuh"
+#include "cuda/kernels.h"
+#include "error.h"
+
+namespace fastdemucs::cuda {
+namespace {
+
+// A block covers kRowThreads consecutive positions w of one row (b, r), a
+// thread each, so the row's coefficients sit in shared memory and the
+// block's statistics are one partial of the row's segment.
+constexpr int kRowThreads = 128;
+constexpr float kNormEps = 1e-5f;  // the DConv's GroupNorms (PyTorch's default)
+constexpr int kInputGroup = 4;     // input channels whose loads are in flight together
+constexpr int kOutputGroup = 8;    // output channels read, updated and written together
+
+// Shared memory of each kernel in floats (hidden padded to MaxHidden, whose
+// padding weights are zero so the inner loops need no bounds).
+constexpr size_t in_smem_floats(int channels, int max_hidden) { return size_t(channels) * 3 * max_hidden; }
+// weights [2C][MaxHidden], bias [2C], the row's coefficients of y [2C] and h
+// [MaxHidden] (float2 each), LayerScale [C].
+constexpr size_t out_smem_floats(int channels, int max_hidden) {
+    return size_t(2 * channels) * max_hidden + size_t(2 * channels) + 2 * size_t(2 * channels) + 2 * size_t(max_hidden) +
+           size_t(channels);
+}
+constexpr size_t kSmemLimit = 48 * 1024;  // without opting in to more
+
+int max_hidden_for(int hidden) { return hidden <= 8 ? 8 : 16; }
+
+struct Row {
+    int64_t b, r;
+    int w;
+    bool valid;
+    int count;  // valid positions of the block
+};
+__device__ __forceinline__ Row block_row(int64_t R, int W, int wblocks) {
+    const int64_t row = blockIdx.x / wblocks;
+    const int wb = int(blockIdx.x - row * wblocks);
+    Row p;
+    p.b = row / R, p.r = row - p.b * R;
+    p.w = wb * kRowThreads + int(threadIdx.x);
+    p.valid = p.w < W;
+    p.count = min(kRowThreads, W - wb * kRowThreads);
+    return p;
+}
+
+__device__ __forceinline__ void write_partial(double* partial, double n, double sum, double sq, double* red) {
+    sum = block_sum(sum, red);
+    sq = block_sum(sq, red);
+    if (threadIdx.x == 0) {
+        partial[3 * blockIdx.x] = n;
+        partial[3 * blockIdx.x + 1] = sum;
+        partial[3 * blockIdx.x + 2] = sq;
+    }
+}
+
+// h [B, hidden, R, W] = conv3(x) without bias (the norm takes it), and the
+// partial statistics of h + bias per block.
+template <int MaxHidden>
+__global__ void __launch_bounds__(kRowThreads)
+    dconv_in_kernel(const float* __restrict__ x, int C, int64_t R, int W, int dilation, int hidden,
+                    const float* __restrict__ weight, const float* __restrict__ bias, float* __restrict__ h,
+                    double* __restrict__ partial, int wblocks) {
+    extern __shared__ float smem[];
+    __shared__ double red[32];
+    float* ws = smem;  // [C * 3][MaxHidden]: tap j of input channel ci for every output k
+    for (int i = threadIdx.x; i < C * 3 * MaxHidden; i += blockDim.x) {
+        const int k = i % MaxHidden, cj = i / MaxHidden;
+        ws[i] = k < hidden ? weight[int64_t(k) * C * 3 + cj] : 0.0f;
+    }
+    __syncthreads();
+    const Row p = block_row(R, W, wblocks);
+    const int64_t plane = R * W;
+    float acc[MaxHidden];
+#pragma unroll
+    for (int k = 0; k < MaxHidden; k++) acc[k] = 0.0f;
+    if (p.valid) {
+        const float* xp = x + (p.b * C * R + p.r) * W + p.w;
+        const bool left = p.w >= dilation, right = p.w + dilation < W;
+        auto taps = [&](const float* q, float (&v)[3]) {
+            v[0] = left ? q[-dilation] : 0.0f, v[1] = q[0], v[2] = right ? q[dilation] : 0.0f;
+        };
+        auto accumulate = [&](int ci, const float (&v)[3]) {
+            const float* wc = ws + ci * 3 * MaxHidden;
+#pragma unroll
+            for (int k = 0; k < MaxHidden; k++)
+                acc[k] = fmaf(wc[k], v[0], fmaf(wc[MaxHidden + k], v[1], fmaf(wc[2 * MaxHidden + k], v[2], acc[k])));
+        };
+        // kInputGroup input channels' loads are issued before their
+        // multiply-adds: one load at a time per thread left the kernel
+        // latency-bound at half the memory bandwidth.
+        int ci = 0;
+        for (; ci + kInputGroup <= C; ci += kInputGroup, xp += kInputGroup * plane) {
+            float v[kInputGroup][3];
+#pragma unroll
+            for (int u = 0; u < kInputGroup; u++) taps(xp + u * plane, v[u]);
+#pragma unroll
+            for (int u = 0; u < kInputGroup; u++) accumulate(ci + u, v[u]);
+        }
+        for (; ci < C; ci++, xp += plane) {
+            float v[3];
+            taps(xp, v);
+            accumulate(ci, v);
+        }
+    }
+    double sum = 0.0, sq = 0.0;
+    if (p.valid) {
+        float* hp = h + (p.b * hidden * R + p.r) * W + p.w;
+#pragma unroll
+        for (int k = 0; k < MaxHidden; k++) {
+            if (k < hidden) {
+                hp[k * plane] = acc[k];
+                const double v = acc[k] + bias[k];
+                sum += v, sq += v * v;
+            }
+        }
+    }
+    write_partial(partial, double(p.count) * hidden, sum, sq, red);
+}
+
+// The block's row of h through its GroupNorm and GELU: hn[k] (zero past hidden).
+template <int MaxHidden>
+__device__ __forceinline__ void normalised_hidden(const float* __restrict__ h, const Row& p, int hidden, int64_t R,
+                                                  int W, const float2* hc, float (&hn)[MaxHidden]) {
+    const float* hp = h + (p.b * hidden * R + p.r) * W + p.w;
+#pragma unroll
+    for (int k = 0; k < MaxHidden; k++)
+        hn[k] = (p.valid && k < hidden) ? gelu_exact(hp[k * R * W] * hc[k].x + hc[k].y) : 0.0f;
+}
+
+template <int MaxHidden>
+__device__ __forceinline__ float out_value(const float* __restrict__ ws_row, float b, const float (&hn)[MaxHidden]) {
+    float y = b;
+#pragma unroll
+    for (int k = 0; k < MaxHidden; k++) y = fmaf(ws_row[k], hn[k], y);
+    return y;
+}
+
+// Loads the out-convolution's weights and bias and the row's h coefficients.
+template <int MaxHidden>
+__device__ __forceinline__ void load_out_weights(const float* __restrict__ weight, const float* __restrict__ bias,
+                                                 const float2* __restrict__ hcoef, int hidden, int C2, const Row& p,
+                                                 int64_t R, float* ws, float* bs, float2* hc) {
+    for (int i = threadIdx.x; i < C2 * MaxHidden; i += blockDim.x) {
+        const int k = i % MaxHidden, o = i / MaxHidden;
+        ws[i] = k < hidden ? weight[int64_t(o) * hidden + k] : 0.0f;
+    }
+    for (int o = threadIdx.x; o < C2; o += blockDim.x) bs[o] = bias[o];
+    for (int k = threadIdx.x; k < MaxHidden; k += blockDim.x)
+        hc[k] = k < hidden ? hcoef[(p.b * hidden + k) * R + p.r] : make_float2(0.0f, 0.0f);
+}
+
+// The out-convolution's statistics per position need no y: with
+// W' = [W_out | bias] ([2C, hidden + 1]) and h' = [hn, 1],
+//   sum_o y_o = s . h' (s: the column sums of W'),
+//   sum_o y_o^2 = h'^T G h' (G = W'^T W'),
+// in double: (hidden + 1)^2 / 2 multiply-adds per position instead of
+// 2C * hidden (the direct form made the kernel compute-bound at ~75% of
+// the SM's issue rate).
+__global__ void dconv_out_gram_kernel(const float* __restrict__ weight, const float* __restrict__ bias, int hidden,
+                                      int C2, double* __restrict__ gram) {
+    const int n = hidden + 1;
+    auto w = [&](int o, int k) { return double(k < hidden ? weight[int64_t(o) * hidden + k] : bias[o]); };
+    for (int e = threadIdx.x; e < n * n + n; e += blockDim.x) {
+        double acc = 0.0;
+        if (e < n * n) {
+            const int k = e / n, l = e % n;
+            for (int o = 0; o < C2; o++) acc += w(o, k) * w(o, l);
+        } else {
+            for (int o = 0; o < C2; o++) acc += w(o, e - n * n);
+        }
+        gram[e] = acc;
+    }
+}
+constexpr int gram_size(int hidden) { return (hidden + 1) * (hidden + 1) + hidden + 1; }
+
+// Partial statistics of y = W_out hn + bias [B, 2C, R, W] per block, from gram (G then s).
+template <int MaxHidden>
+__global__ void __launch_bounds__(kRowThreads)
+    dconv_out_stats_kernel(const float* __restrict__ h, int hidden, int C2, int64_t R, int W,
+                           const float2* __restrict__ hcoef, const double* __restrict__ gram,
+                           double* __restrict__ partial, int wblocks) {
+    constexpr int N1 = MaxHidden + 1;
+    __shared__ double g[N1 * N1 + N1];
+    __shared__ float2 hc[MaxHidden];
+    __shared__ double red[32];
+    const Row p = block_row(R, W, wblocks);
+    const int n = hidden + 1;
+    for (int e = threadIdx.x; e < n * n + n; e += blockDim.x) g[e] = gram[e];
+    for (int k = threadIdx.x; k < MaxHidden; k += blockDim.x)
+        hc[k] = k < hidden ? hcoef[(p.b * hidden + k) * R + p.r] : make_float2(0.0f, 0.0f);
+    __syncthreads();
+    float hn[MaxHidden];
+    normalised_hidden<MaxHidden>(h, p, hidden, R, W, hc, hn);
+    double sum = 0.0, sq = 0.0;
+    if (p.valid) {
+        double hp[N1];
+#pragma unroll
+        for (int k = 0; k < N1; k++) hp[k] = k < hidden ? double(hn[k < MaxHidden ? k : 0]) : (k == hidden ? 1.0 : 0.0);
+        const double* G = g;
+        const double* s = g + n * n;
+#pragma unroll
+        for (int k = 0; k < N1; k++) {
+            if (k < n) {
+                sum += s[k] * hp[k];
+                double row = 0.5 * G[k * n + k] * hp[k];
+#pragma unroll
+                for (int l = k + 1; l < N1; l++)
+                    if (l < n) row += G[k * n + l] * hp[l];
+                sq += 2.0 * row * hp[k];
+            }
+        }
+    }
+    write_partial(partial, double(p.count) * C2, sum, sq, red);
+}
+
+// x[c] += scale[c] * a * sigmoid(g), a and g the normalised y at channels c and C + c.
+template <int MaxHidden>
+__global__ void __launch_bounds__(kRowThreads)
+    dconv_out_apply_kernel(const float* __restrict__ h, int hidden, int C, int64_t R, int W,
+                           const float2* __restrict__ hcoef, const float* __restrict__ weight,
+                           const float* __restrict__ bias, const float2* __restrict__ ycoef,
+                           const float* __restrict__ scale, float* __restrict__ x, int wblocks) {
+    extern __shared__ float smem[];
+    const int C2 = 2 * C;
+    const Row p = block_row(R, W, wblocks);
+    float* ws = smem;
+    float* bs = ws + C2 * MaxHidden;
+    float2* yc = reinterpret_cast<float2*>(bs + C2);
+    float2* hc = yc + C2;
+    float* sc = reinterpret_cast<float*>(hc + MaxHidden);
+    load_out_weights<MaxHidden>(weight, bias, hcoef, hidden, C2, p, R, ws, bs, hc);
+    for (int o = threadIdx.x; o < C2; o += blockDim.x) yc[o] = ycoef[(p.b * C2 + o) * R + p.r];
+    for (int c = threadIdx.x; c < C; c += blockDim.x) sc[c] = scale[c];
+    __syncthreads();
+    if (!p.valid) return;
+    float hn[MaxHidden];
+    normalised_hidden<MaxHidden>(h, p, hidden, R, W, hc, hn);
+    const int64_t plane = R * W;
+    float* xp = x + (p.b * C * R + p.r) * W + p.w;
+    auto branch = [&](int c) {
+        const float a = out_value<MaxHidden>(ws + c * MaxHidden, bs[c], hn) * yc[c].x + yc[c].y;
+        const float g = out_value<MaxHidden>(ws + (C + c) * MaxHidden, bs[C + c], hn) * yc[C + c].x + yc[C + c].y;
+        return sc[c] * (a / (1.0f + expf(-g)));
+    };
+    // kOutputGroup channels of x are loaded before any is computed (loads in flight together).
+    int c = 0;
+    for (; c + kOutputGroup <= C; c += kOutputGroup, xp += kOutputGroup * plane) {
+        float v[kOutputGroup];
+#pragma unroll
+        for (int u = 0; u < kOutputGroup; u++) v[u] = xp[u * plane];
+#pragma unroll
+        for (int u = 0; u < kOutputGroup; u++) xp[u * plane] = v[u] + branch(c + u);
+    }
+    for (; c < C; c++, xp += plane) *xp += branch(c);
+}
+
+template <int MaxHidden>
+void launch_layer(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64_t B, int64_t R, int W, int wblocks,
+                  float* h, double* partial, double* mean, double* var, float2* hcoef, float2* ycoef,
+                  double* gram) {
+    const int64_t rows = B * R;
+    const unsigned blocks = unsigned(rows * wblocks);
+    const int C = w.channels, C2 = 2 * C;
+    Segments hidden_seg, out_seg;
+    hidden_seg.B = B, hidden_seg.C = w.hidden, hidden_seg.R = R, hidden_seg.W = W;
+    out_seg.B = B, out_seg.C = C2, out_seg.R = R, out_seg.W = W;
+
+    dconv_in_kernel<MaxHidden><<<blocks, kRowThreads, in_smem_floats(C, MaxHidden) * sizeof(float), ctx.stream>>>(
+        x, C, R, W, w.dilation, w.hidden, w.in_weight, w.in_bias, h, partial, wblocks);
+    FD_LAUNCH_CHECK();
+    segment_finalize(ctx, partial, rows, wblocks, Spread::Variance, mean, var);
+    group_norm_coef(ctx, hidden_seg, mean, var, w.in_norm_weight, w.in_norm_bias, w.in_bias, kNormEps, hcoef);
+
+    dconv_out_gram_kernel<<<1, kRowThreads, 0, ctx.stream>>>(w.out_weight, w.out_bias, w.hidden, C2, gram);
+    FD_LAUNCH_CHECK();
+    dconv_out_stats_kernel<MaxHidden><<<blocks, kRowThreads, 0, ctx.stream>>>(h, w.hidden, C2, R, W, hcoef, gram,
+                                                                              partial, wblocks);
+    FD_LAUNCH_CHECK();
+    const size_t out_bytes = out_smem_floats(C, MaxHidden) * sizeof(float);
+    segment_finalize(ctx, partial, rows, wblocks, Spread::Variance, mean, var);
+    group_norm_coef(ctx, out_seg, mean, var, w.out_norm_weight, w.out_norm_bias, nullptr, kNormEps, ycoef);
+
+    dconv_out_apply_kernel<MaxHidden><<<blocks, kRowThreads, out_bytes, ctx.stream>>>(
+        h, w.hidden, C, R, W, hcoef, w.out_weight, w.out_bias, ycoef, w.scale, x, wblocks);
+    FD_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+bool dconv_layer_thin_fits(int channels, int hidden) {
+    if (channels < 1 || hidden < 1 || hidden > 16) return false;
+    const int mh = max_hidden_for(hidden);
+    return in_smem_floats(channels, mh) * sizeof(float) <= kSmemLimit &&
+           out_smem_floats(channels, mh) * sizeof(float) <= kSmemLimit;
+}
+
+void dconv_layer_thin(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64_t B, int64_t R, int64_t W) {
+    if (!dconv_layer_thin_fits(w.channels, w.hidden))
+        throw Error("internal error: dconv_layer_thin: " + std::to_string(w.channels) + " channels, hidden " +
+                    std::to_string(w.hidden));
+    const int64_t wblocks = (W + kRowThreads - 1) / kRowThreads, rows = B * R, blocks = rows * wblocks;
+    if (W > std::numeric_limits<int>::max() || blocks > std::numeric_limits<int>::max())
+        throw Error("internal error: dconv_layer_thin: too many positions");
+    ArenaScope scope(*ctx.arena);
+    float* h = ctx.arena->alloc<float>(B * w.hidden * R * W);
+    double* partial = ctx.arena->alloc<double>(3 * blocks);
+    double* mean = ctx.arena->alloc<double>(rows);
+    double* var = ctx.arena->alloc<double>(rows);
+    float2* hcoef = ctx.arena->alloc<float2>(B * w.hidden * R);
+    float2* ycoef = ctx.arena->alloc<float2>(B * 2 * w.channels * R);
+    double* gram = ctx.arena->alloc<double>(gram_size(w.hidden));
+    if (ctx.dry || blocks == 0) return;
+    if (max_hidden_for(w.hidden) == 8)
+        launch_layer<8>(ctx, w, x, B, R, int(W), int(wblocks), h, partial, mean, var, hcoef, ycoef, gram);
+    else
+        launch_layer<16>(ctx, w, x, B, R, int(W), int(wblocks), h, partial, mean, var, hcoef, ycoef, gram);
+}
+
+}  // namespace fastdemucs::cuda

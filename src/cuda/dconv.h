@@ -1,0 +1,48 @@
+// One residual layer of a DConv with a thin hidden layer, in three passes
+// over the activation instead of ~12:
+//   x [B, C, R, W] += scale * GLU(GroupNorm(1, 2C)(W_out GELU(GroupNorm(1, hidden)(conv3(x)))))
+// (every frequency row r on its own, as the official DConv sees [B * R, C, W]).
+//
+// Why: with hidden = C / 8 (6 or 12 channels in the outer layers) the two
+// convolutions are thin GEMMs that the tensor cores cannot help, and the
+// general path stored y [B, 2C, R, W] (twice x) only to read it back for
+// its statistics and again for the GLU: at the outermost layers ~1.9 ms of
+// a 52 ms float16 forward of 8 chunks per residual layer, 16 of them.
+// Here y is never stored: it is hidden multiply-adds per value, so it is
+// recomputed from the normalised hidden activation h, which is 1/8 of x.
+//   1. dconv_in:  h = conv3(x) (CUDA cores, float32) and h's statistics per row
+//   2. dconv_out_stats: y's statistics per row from h alone (the sums of y
+//      and y^2 over channels are a linear and a quadratic form of h)
+//   3. dconv_out_apply: y recomputed once more, normalised, GLU, LayerScale, x +=
+// All arithmetic is float32 (statistics in double) in every precision:
+// these layers are memory-bound, so the tensor cores' float16 would buy
+// nothing and cost accuracy.
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/common.h"
+
+namespace fastdemucs::cuda {
+
+struct DConvLayerWeights {
+    int channels = 0, hidden = 0, dilation = 1;  // kernel 3, padding = dilation
+    const float* in_weight = nullptr;             // [hidden, channels, 3]
+    const float* in_bias = nullptr;               // [hidden]
+    const float* in_norm_weight = nullptr;        // GroupNorm(1, hidden) affine
+    const float* in_norm_bias = nullptr;
+    const float* out_weight = nullptr;  // [2 * channels, hidden] (1x1)
+    const float* out_bias = nullptr;    // [2 * channels]
+    const float* out_norm_weight = nullptr;  // GroupNorm(1, 2 * channels) affine
+    const float* out_norm_bias = nullptr;
+    const float* scale = nullptr;  // LayerScale [channels]
+};
+
+// Whether dconv_layer_thin takes this layer (hidden small enough for its
+// per-position registers, weights within its shared memory).
+bool dconv_layer_thin_fits(int channels, int hidden);
+
+// x [B, C, R, W] (float32, in place) through one residual layer.
+void dconv_layer_thin(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64_t B, int64_t R, int64_t W);
+
+}  // namespace fastdemucs::cuda
