@@ -446,6 +446,7 @@ void dconv_thin_case(const DConvCase& k) {
     lw.in_weight = gpu.put(w_in), lw.in_bias = gpu.put(b_in), lw.in_norm_weight = gpu.put(n1w);
     lw.in_norm_bias = gpu.put(n1b), lw.out_weight = gpu.put(w_out), lw.out_bias = gpu.put(b_out);
     lw.out_norm_weight = gpu.put(n2w), lw.out_norm_bias = gpu.put(n2b), lw.scale = gpu.put(scale);
+    lw.out_gram = gpu.put(dconv_out_gram(w_out.data(), b_out.data(), int(Hd), int(C2)));
     float* dx = gpu.put(x);
     dconv_layer_thin(gpu.ctx(), lw, dx, B, R, W);
     const auto got = gpu.get(dx, x.size());
@@ -461,9 +462,14 @@ void dconv_thin_case(const DConvCase& k) {
 TEST(KernelsCuda, ThinDConvLayerMatchesTheModule) {
     EXPECT_TRUE(dconv_layer_thin_fits(48, 6));
     EXPECT_TRUE(dconv_layer_thin_fits(96, 12));
-    EXPECT_FALSE(dconv_layer_thin_fits(192, 24));  // deeper layers keep the GEMM path
+    EXPECT_TRUE(dconv_layer_thin_fits(192, 24));
+    EXPECT_FALSE(dconv_layer_thin_fits(384, 48));  // the innermost layers keep the GEMM path
+    // The statistics form of W' = [W | b], W [3, 1], b [3]: G = W'^T W', then W''s column sums.
+    const std::vector<float> w = {1, 2, 3}, b = {-1, 0.5f, 2};
+    EXPECT_EQ(dconv_out_gram(w.data(), b.data(), 1, 3), (std::vector<double>{14, 6, 6, 5.25, 6, 1.5}));
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
     dconv_thin_case({2, 48, 6, 3, 300, 2});   // several blocks per row, a partial last one
     dconv_thin_case({1, 96, 12, 1, 1000, 1});  // the time branch: one long row
     dconv_thin_case({2, 8, 1, 2, 5, 4});       // taps beyond both ends
+    dconv_thin_case({2, 192, 24, 4, 150, 2});  // past the default shared memory
 }

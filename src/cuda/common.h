@@ -65,7 +65,7 @@ struct Ctx {
     bool pipelined_attention = true;    // float16: the cp.async / ldmatrix kernel (else version 1, as bfloat16)
     bool shifted_conv = false;          // stride-1 multi-tap convs as shifted GEMMs (else im2col + one GEMM)
     bool implicit_conv = false;         // float16 / bfloat16 convs as implicit GEMMs (cuda/implicit_conv.h)
-    bool thin_dconv = true;             // DConv layers with hidden <= 16 in three fused passes (cuda/dconv.h)
+    bool thin_dconv = true;             // DConv layers with hidden <= 32 in three fused passes (cuda/dconv.h)
     Profiler* prof = nullptr;  // FASTDEMUCS_PROFILE (eager forwards only)
 };
 

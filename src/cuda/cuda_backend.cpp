@@ -262,6 +262,7 @@ public:
 
         ctx_.shifted_conv = env_flag("FASTDEMUCS_SHIFTED_CONV");
         weights_ = std::make_unique<DeviceWeights>(*model_, dtype_, ctx_.shifted_conv);
+        upload_dconv_grams();
         trace_point("cuda: weights uploaded");
         const auto& cfg = model_->config;
         length_ = cfg.segment_samples();
@@ -950,6 +951,27 @@ private:
         return s;
     }
 
+    // The thin DConv path's per-layer statistics form (cuda/dconv.h), from
+    // the host weights once per backend: every DConv layer "....dconv.layers.i."
+    // with a 1x1 out-convolution.
+    void upload_dconv_grams() {
+        const std::string marker = ".dconv.layers.", tail = "3.weight";
+        std::vector<double> all;
+        for (const auto& [name, w] : model_->weights) {
+            if (name.find(marker) == std::string::npos || name.size() < tail.size() ||
+                name.compare(name.size() - tail.size(), tail.size(), tail) != 0 || w.shape.size() != 3 || w.shape[2] != 1)
+                continue;
+            const std::string prefix = name.substr(0, name.size() - tail.size());
+            const auto bias = model_->weights.find(prefix + "3.bias");
+            if (bias == model_->weights.end()) continue;
+            const std::vector<double> gram =
+                dconv_out_gram(w.data.data(), bias->second.data.data(), int(w.shape[1]), int(w.shape[0]));
+            gram_offsets_[prefix] = int64_t(all.size());
+            all.insert(all.end(), gram.begin(), gram.end());
+        }
+        if (!all.empty()) grams_ = upload(all.data(), all.size() * sizeof(double), "the DConv statistics forms");
+    }
+
     // The float32 weights of DConv residual layer `p` for cuda/dconv.h.
     DConvLayerWeights thin_dconv_weights(const DConvPlan& d, const std::string& p, int dilation) const {
         const std::vector<int64_t> in_shape = {d.hidden, d.channels, 3}, out_shape = {2 * d.channels, d.hidden, 1};
@@ -962,11 +984,14 @@ private:
         w.out_weight = weights_->f32(p + "3.weight"), w.out_bias = weights_->f32(p + "3.bias");
         w.out_norm_weight = weights_->f32(p + "4.weight"), w.out_norm_bias = weights_->f32(p + "4.bias");
         w.scale = weights_->f32(p + "6.scale");
+        const auto gram = gram_offsets_.find(p);
+        if (gram == gram_offsets_.end()) throw Error("internal error: no statistics form for " + p);
+        w.out_gram = grams_.as<double>() + gram->second;
         return w;
     }
 
     // DConv: residual branches over time, every frequency row on its own.
-    // Thin layers (hidden <= 16) take cuda/dconv.h's three passes; the
+    // Thin layers (hidden <= 32) take cuda/dconv.h's three passes; the
     // others im2col / GEMM convolutions and the norm kernels.
     void dconv(const Ctx& ctx, const DConvPlan& d, const std::string& prefix, const DTensor& x) const {
         if (x.c != d.channels) throw Error("internal error: DConv channels");
@@ -1114,6 +1139,8 @@ private:
     DeviceBuffer blas_workspace_;
     std::unique_ptr<BlasOwner> blas_;
     std::unique_ptr<DeviceWeights> weights_;
+    DeviceBuffer grams_;                         // thin DConv statistics forms (upload_dconv_grams)
+    std::map<std::string, int64_t> gram_offsets_;  // DConv layer prefix -> offset in grams_
     std::unique_ptr<Spectral> spectral_;
     std::unique_ptr<CrossTransformer> transformer_;
     std::unique_ptr<Profiler> profiler_;

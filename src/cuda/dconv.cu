@@ -2,6 +2,7 @@
 
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "cuda/arena.h"
 #include "cuda/device_utils.cuh"
@@ -28,9 +29,20 @@ constexpr size_t out_smem_floats(int channels, int max_hidden) {
     return size_t(2 * channels) * max_hidden + size_t(2 * channels) + 2 * size_t(2 * channels) + 2 * size_t(max_hidden) +
            size_t(channels);
 }
-constexpr size_t kSmemLimit = 48 * 1024;  // without opting in to more
+// Shared memory per block: above the 48 KB default each launch opts in;
+// past ~100 KB fewer than two blocks would fit an SM.
+constexpr size_t kSmemDefault = 48 * 1024, kSmemLimit = 100 * 1024;
 
-int max_hidden_for(int hidden) { return hidden <= 8 ? 8 : 16; }
+int max_hidden_for(int hidden) { return hidden <= 8 ? 8 : hidden <= 16 ? 16 : 32; }
+
+// Launch configuration of a kernel with `bytes` of dynamic shared memory
+// (set on every launch: the attribute belongs to the context, which
+// release_gpus() may have replaced).
+template <typename Kernel>
+void allow_shared(Kernel kernel, size_t bytes) {
+    if (bytes > kSmemDefault)
+        FD_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+}
 
 struct Row {
     int64_t b, r;
@@ -162,23 +174,6 @@ __device__ __forceinline__ void load_out_weights(const float* __restrict__ weigh
 // in double: (hidden + 1)^2 / 2 multiply-adds per position instead of
 // 2C * hidden (the direct form made the kernel compute-bound at ~75% of
 // the SM's issue rate).
-__global__ void dconv_out_gram_kernel(const float* __restrict__ weight, const float* __restrict__ bias, int hidden,
-                                      int C2, double* __restrict__ gram) {
-    const int n = hidden + 1;
-    auto w = [&](int o, int k) { return double(k < hidden ? weight[int64_t(o) * hidden + k] : bias[o]); };
-    for (int e = threadIdx.x; e < n * n + n; e += blockDim.x) {
-        double acc = 0.0;
-        if (e < n * n) {
-            const int k = e / n, l = e % n;
-            for (int o = 0; o < C2; o++) acc += w(o, k) * w(o, l);
-        } else {
-            for (int o = 0; o < C2; o++) acc += w(o, e - n * n);
-        }
-        gram[e] = acc;
-    }
-}
-constexpr int gram_size(int hidden) { return (hidden + 1) * (hidden + 1) + hidden + 1; }
-
 // Partial statistics of y = W_out hn + bias [B, 2C, R, W] per block, from gram (G then s).
 template <int MaxHidden>
 __global__ void __launch_bounds__(kRowThreads)
@@ -248,22 +243,33 @@ __global__ void __launch_bounds__(kRowThreads)
         const float g = out_value<MaxHidden>(ws + (C + c) * MaxHidden, bs[C + c], hn) * yc[C + c].x + yc[C + c].y;
         return sc[c] * (a / (1.0f + expf(-g)));
     };
-    // kOutputGroup channels of x are loaded before any is computed (loads in flight together).
-    int c = 0;
-    for (; c + kOutputGroup <= C; c += kOutputGroup, xp += kOutputGroup * plane) {
-        float v[kOutputGroup];
+    // Channels go kOutputGroup at a time, the next group's loads issued
+    // before this group is computed (software pipelining: with the loads
+    // only at the top of each group the kernel was latency-bound at ~45% of
+    // the memory bandwidth).
+    const int groups = C / kOutputGroup;
+    float cur[kOutputGroup], next[kOutputGroup];
+    auto load = [&](int group, float (&v)[kOutputGroup]) {
 #pragma unroll
-        for (int u = 0; u < kOutputGroup; u++) v[u] = xp[u * plane];
+        for (int u = 0; u < kOutputGroup; u++) v[u] = xp[int64_t(group * kOutputGroup + u) * plane];
+    };
+    if (groups > 0) load(0, cur);
+    for (int group = 0; group < groups; group++) {
+        if (group + 1 < groups) load(group + 1, next);
 #pragma unroll
-        for (int u = 0; u < kOutputGroup; u++) xp[u * plane] = v[u] + branch(c + u);
+        for (int u = 0; u < kOutputGroup; u++) {
+            const int c = group * kOutputGroup + u;
+            xp[int64_t(c) * plane] = cur[u] + branch(c);
+        }
+#pragma unroll
+        for (int u = 0; u < kOutputGroup; u++) cur[u] = next[u];
     }
-    for (; c < C; c++, xp += plane) *xp += branch(c);
+    for (int c = groups * kOutputGroup; c < C; c++) xp[int64_t(c) * plane] += branch(c);
 }
 
 template <int MaxHidden>
 void launch_layer(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64_t B, int64_t R, int W, int wblocks,
-                  float* h, double* partial, double* mean, double* var, float2* hcoef, float2* ycoef,
-                  double* gram) {
+                  float* h, double* partial, double* mean, double* var, float2* hcoef, float2* ycoef) {
     const int64_t rows = B * R;
     const unsigned blocks = unsigned(rows * wblocks);
     const int C = w.channels, C2 = 2 * C;
@@ -271,18 +277,19 @@ void launch_layer(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64_t 
     hidden_seg.B = B, hidden_seg.C = w.hidden, hidden_seg.R = R, hidden_seg.W = W;
     out_seg.B = B, out_seg.C = C2, out_seg.R = R, out_seg.W = W;
 
-    dconv_in_kernel<MaxHidden><<<blocks, kRowThreads, in_smem_floats(C, MaxHidden) * sizeof(float), ctx.stream>>>(
+    const size_t in_bytes = in_smem_floats(C, MaxHidden) * sizeof(float);
+    allow_shared(dconv_in_kernel<MaxHidden>, in_bytes);
+    dconv_in_kernel<MaxHidden><<<blocks, kRowThreads, in_bytes, ctx.stream>>>(
         x, C, R, W, w.dilation, w.hidden, w.in_weight, w.in_bias, h, partial, wblocks);
     FD_LAUNCH_CHECK();
     segment_finalize(ctx, partial, rows, wblocks, Spread::Variance, mean, var);
     group_norm_coef(ctx, hidden_seg, mean, var, w.in_norm_weight, w.in_norm_bias, w.in_bias, kNormEps, hcoef);
 
-    dconv_out_gram_kernel<<<1, kRowThreads, 0, ctx.stream>>>(w.out_weight, w.out_bias, w.hidden, C2, gram);
-    FD_LAUNCH_CHECK();
-    dconv_out_stats_kernel<MaxHidden><<<blocks, kRowThreads, 0, ctx.stream>>>(h, w.hidden, C2, R, W, hcoef, gram,
-                                                                              partial, wblocks);
+    dconv_out_stats_kernel<MaxHidden><<<blocks, kRowThreads, 0, ctx.stream>>>(h, w.hidden, C2, R, W, hcoef,
+                                                                              w.out_gram, partial, wblocks);
     FD_LAUNCH_CHECK();
     const size_t out_bytes = out_smem_floats(C, MaxHidden) * sizeof(float);
+    allow_shared(dconv_out_apply_kernel<MaxHidden>, out_bytes);
     segment_finalize(ctx, partial, rows, wblocks, Spread::Variance, mean, var);
     group_norm_coef(ctx, out_seg, mean, var, w.out_norm_weight, w.out_norm_bias, nullptr, kNormEps, ycoef);
 
@@ -293,8 +300,20 @@ void launch_layer(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64_t 
 
 }  // namespace
 
+std::vector<double> dconv_out_gram(const float* weight, const float* bias, int hidden, int channels2) {
+    const int n = hidden + 1;
+    auto w = [&](int o, int k) { return double(k < hidden ? weight[int64_t(o) * hidden + k] : bias[o]); };
+    std::vector<double> gram(size_t(n * n + n), 0.0);
+    for (int o = 0; o < channels2; o++)
+        for (int k = 0; k < n; k++) {
+            gram[size_t(n * n + k)] += w(o, k);
+            for (int l = 0; l < n; l++) gram[size_t(k * n + l)] += w(o, k) * w(o, l);
+        }
+    return gram;
+}
+
 bool dconv_layer_thin_fits(int channels, int hidden) {
-    if (channels < 1 || hidden < 1 || hidden > 16) return false;
+    if (channels < 1 || hidden < 1 || hidden > 32) return false;
     const int mh = max_hidden_for(hidden);
     return in_smem_floats(channels, mh) * sizeof(float) <= kSmemLimit &&
            out_smem_floats(channels, mh) * sizeof(float) <= kSmemLimit;
@@ -304,6 +323,7 @@ void dconv_layer_thin(const Ctx& ctx, const DConvLayerWeights& w, float* x, int6
     if (!dconv_layer_thin_fits(w.channels, w.hidden))
         throw Error("internal error: dconv_layer_thin: " + std::to_string(w.channels) + " channels, hidden " +
                     std::to_string(w.hidden));
+    if (!w.out_gram) throw Error("internal error: dconv_layer_thin needs the out-convolution's Gram matrix");
     const int64_t wblocks = (W + kRowThreads - 1) / kRowThreads, rows = B * R, blocks = rows * wblocks;
     if (W > std::numeric_limits<int>::max() || blocks > std::numeric_limits<int>::max())
         throw Error("internal error: dconv_layer_thin: too many positions");
@@ -314,12 +334,12 @@ void dconv_layer_thin(const Ctx& ctx, const DConvLayerWeights& w, float* x, int6
     double* var = ctx.arena->alloc<double>(rows);
     float2* hcoef = ctx.arena->alloc<float2>(B * w.hidden * R);
     float2* ycoef = ctx.arena->alloc<float2>(B * 2 * w.channels * R);
-    double* gram = ctx.arena->alloc<double>(gram_size(w.hidden));
     if (ctx.dry || blocks == 0) return;
-    if (max_hidden_for(w.hidden) == 8)
-        launch_layer<8>(ctx, w, x, B, R, int(W), int(wblocks), h, partial, mean, var, hcoef, ycoef, gram);
-    else
-        launch_layer<16>(ctx, w, x, B, R, int(W), int(wblocks), h, partial, mean, var, hcoef, ycoef, gram);
+    switch (max_hidden_for(w.hidden)) {
+        case 8: launch_layer<8>(ctx, w, x, B, R, int(W), int(wblocks), h, partial, mean, var, hcoef, ycoef); break;
+        case 16: launch_layer<16>(ctx, w, x, B, R, int(W), int(wblocks), h, partial, mean, var, hcoef, ycoef); break;
+        default: launch_layer<32>(ctx, w, x, B, R, int(W), int(wblocks), h, partial, mean, var, hcoef, ycoef);
+    }
 }
 
 }  // namespace fastdemucs::cuda

@@ -7,7 +7,8 @@
 // convolutions are thin GEMMs that the tensor cores cannot help, and the
 // general path stored y [B, 2C, R, W] (twice x) only to read it back for
 // its statistics and again for the GLU: at the outermost layers ~1.9 ms of
-// a 52 ms float16 forward of 8 chunks per residual layer, 16 of them.
+// a 52 ms float16 forward of 8 chunks per residual layer, 16 of them
+// (hidden 6 and 12), and the same again in bytes at hidden 24.
 // Here y is never stored: it is hidden multiply-adds per value, so it is
 // recomputed from the normalised hidden activation h, which is 1/8 of x.
 //   1. dconv_in:  h = conv3(x) (CUDA cores, float32) and h's statistics per row
@@ -20,6 +21,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "cuda/common.h"
 
@@ -36,7 +38,14 @@ struct DConvLayerWeights {
     const float* out_norm_weight = nullptr;  // GroupNorm(1, 2 * channels) affine
     const float* out_norm_bias = nullptr;
     const float* scale = nullptr;  // LayerScale [channels]
+    const double* out_gram = nullptr;  // dconv_out_gram of out_weight / out_bias, on the device
 };
+
+// The out-convolution's statistics form, computed once per model on the
+// host: with W' = [out_weight | out_bias] ([channels2, hidden + 1]),
+// G = W'^T W' ((hidden + 1)^2, row-major) followed by W''s column sums
+// (hidden + 1), in double.
+std::vector<double> dconv_out_gram(const float* weight, const float* bias, int hidden, int channels2);
 
 // Whether dconv_layer_thin takes this layer (hidden small enough for its
 // per-position registers, weights within its shared memory).

@@ -417,10 +417,11 @@ __global__ void im2col_kernel(const float* __restrict__ x, T* __restrict__ cols,
 
 // The same with kIm2colRun consecutive output positions per thread and row:
 // their column values leave as one 16-byte store (two in float32) instead
-// of one 2-byte store each, and the thread has U * kIm2colRun loads in
-// flight. Needs rows of a multiple of kIm2colRun values (ld); the values
+// of one 2-byte store each, and the thread has kIm2colRows * kIm2colRun
+// loads in flight. Needs rows of a multiple of kIm2colRun values (ld); the values
 // past N in a row's last run are written as zeros.
 constexpr int kIm2colRun = 8;
+constexpr int kIm2colRows = 2;  // rows per thread (4 took 80 registers: a third of the SM's threads)
 template <typename T>
 struct alignas(16) Im2colRun {
     T v[kIm2colRun];
@@ -429,7 +430,7 @@ template <typename T, typename I>
 __global__ void im2col_runs_kernel(const float* __restrict__ x, T* __restrict__ cols, I rows, Divisor<I> K,
                                    Divisor<I> taps, Divisor<I> kw, I Cin, int H, int W, ConvGeom g, Divisor<I> Wo,
                                    I N, int64_t ld) {
-    constexpr int U = kUnroll, V = kIm2colRun;
+    constexpr int U = kIm2colRows, V = kIm2colRun;
     const I runs = (N + I(V) - 1) / I(V);
     for (I q0 = I(blockIdx.y); q0 < rows; q0 += I(U) * I(gridDim.y)) {
         const float* plane[U];
