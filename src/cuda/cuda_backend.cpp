@@ -558,9 +558,15 @@ public:
             int slot = 0;
             for (int64_t first = 0; first < jobs; first += batch) {
                 const int n = static_cast<int>(std::min<int64_t>(batch, jobs - first));
-                const Io io = alloc_io(ctx, n);
+                // A short last batch runs as a full one (its spare slots
+                // hold the previous batch's chunks; items are independent
+                // and their outputs unused): the full batch's graph is
+                // replayed instead of an eager forward, whose first run
+                // costs host time (new GEMM shapes) with the GPU waiting.
+                const int run = graphs_enabled_ && !tap_ && first > 0 ? batch : n;
+                const Io io = alloc_io(ctx, run);
                 gather_chunks(stream, track, C, g, first, n, io.in);
-                run_forward(ctx, n);
+                run_forward(ctx, run);
                 accumulate_chunks(stream, io.out, SC, g, first, n, weighted ? weight_d : nullptr, view, pitch);
                 if (step.last) {
                     FD_CUDA(cudaEventRecord(ready_[slot]->event, stream));

@@ -10,11 +10,11 @@
 // for the decoders' 3x3 rewrites, 3x for the DConv) and the GEMM read them
 // back; with the float32 -> operand conversion and the crops of padded rows
 // that was ~15 ms of a 54 ms float16 forward of 8 chunks on an H100.
-// Status: exact (tests/test_kernels_cuda.cpp), but this one-stage WMMA
-// kernel (146 registers: one block per SM, one tile of loads in flight)
-// is latency-bound — 37 ms for what im2col + cuBLAS do in ~20 ms — so it
-// is opt-in (FASTDEMUCS_IMPLICIT_CONV=1) until it has a multi-stage
-// pipeline; NOTES.md has the per-layer figures.
+// Status: exact (tests/test_kernels_cuda.cpp); with a 3-stage cp.async
+// pipeline, 2 blocks per SM and a decoded row table per convolution it is
+// at parity with im2col + cuBLAS (bench/README.md has its four versions), so
+// it stays opt-in (FASTDEMUCS_IMPLICIT_CONV=1) until mma.sync / ldmatrix
+// fragments take it past them.
 #pragma once
 
 #include <cstdint>
