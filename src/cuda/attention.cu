@@ -178,6 +178,100 @@ __device__ __forceinline__ uint16_t lane16(const uint4& v, int x) {
     return (x & 1) ? uint16_t(w >> 16) : uint16_t(w & 0xffffu);
 }
 
+// Shared by both tensor-core kernels (one warp: query rows row0 + g and
+// row0 + g + 8 of its 16; this thread's keys j * 8 + tig * 2, + 1 of a tile).
+
+// Q fragments of the warp's rows, all DH columns (zeros past N).
+template <typename T, int DH>
+__device__ __forceinline__ void load_q_fragments(const T* __restrict__ q, int64_t ldq, int64_t b, int h, int N,
+                                                 int row0, int g, int tig, uint32_t (&qa)[DH / 16][4]) {
+    const T* qb = q + b * int64_t(N) * ldq + int64_t(h) * DH;
+    const int r0 = row0 + g, r1 = row0 + g + 8;
+    auto pair = [&](int r, int c) -> uint32_t {
+        if (r >= N) return 0u;
+        const T* p = qb + int64_t(r) * ldq + c;
+        return pack16(bits16(p[0]), bits16(p[1]));
+    };
+#pragma unroll
+    for (int kk = 0; kk < DH / 16; kk++) {
+        const int c = kk * 16 + tig * 2;
+        qa[kk][0] = pair(r0, c);
+        qa[kk][1] = pair(r1, c);
+        qa[kk][2] = pair(r0, c + 8);
+        qa[kk][3] = pair(r1, c + 8);
+    }
+}
+
+// One key tile (keys k0 ..) of the online softmax in base 2 on the S
+// fragments: keys past M masked, the running maxima m, sums l and the
+// output o rescaled, s turned into the tile's unnormalised probabilities.
+template <int DH>
+__device__ __forceinline__ void online_softmax(float (&s)[kTcKeys / 8][4], int k0, int M, float scale_log2, int tig,
+                                               float& m0, float& m1, float& l0, float& l1, float (&o)[DH / 8][4]) {
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < kTcKeys / 8; j++) {
+        const int key = k0 + j * 8 + tig * 2;
+        s[j][0] = key < M ? s[j][0] * scale_log2 : -INFINITY;
+        s[j][1] = key + 1 < M ? s[j][1] * scale_log2 : -INFINITY;
+        s[j][2] = key < M ? s[j][2] * scale_log2 : -INFINITY;
+        s[j][3] = key + 1 < M ? s[j][3] * scale_log2 : -INFINITY;
+        mx0 = fmaxf(mx0, fmaxf(s[j][0], s[j][1]));
+        mx1 = fmaxf(mx1, fmaxf(s[j][2], s[j][3]));
+    }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    // Key k0 < M is valid, so the new maxima are finite.
+    const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
+    const float c0 = exp2f(m0 - n0), c1 = exp2f(m1 - n1);  // 0 on the first tile
+    m0 = n0, m1 = n1;
+    l0 *= c0, l1 *= c1;
+#pragma unroll
+    for (int d = 0; d < DH / 8; d++) {
+        o[d][0] *= c0, o[d][1] *= c0;
+        o[d][2] *= c1, o[d][3] *= c1;
+    }
+#pragma unroll
+    for (int j = 0; j < kTcKeys / 8; j++) {
+        s[j][0] = exp2f(s[j][0] - n0);
+        s[j][1] = exp2f(s[j][1] - n0);
+        s[j][2] = exp2f(s[j][2] - n1);
+        s[j][3] = exp2f(s[j][3] - n1);
+        l0 += s[j][0] + s[j][1];
+        l1 += s[j][2] + s[j][3];
+    }
+}
+
+// The warp's output rows: o divided by the row sums (whose parts the four
+// threads of a group hold).
+template <typename T, int DH>
+__device__ __forceinline__ void store_output(T* __restrict__ out, int64_t ldo, int64_t b, int h, int N, int row0,
+                                             int g, int tig, const float (&o)[DH / 8][4], float l0, float l1) {
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float i0 = 1.0f / l0, i1 = 1.0f / l1;
+    T* ob = out + b * int64_t(N) * ldo + int64_t(h) * DH;
+    const int r0 = row0 + g, r1 = row0 + g + 8;
+#pragma unroll
+    for (int d = 0; d < DH / 8; d++) {
+        const int c = d * 8 + tig * 2;
+        if (r0 < N) {
+            T* p = ob + int64_t(r0) * ldo + c;
+            p[0] = from_float<T>(o[d][0] * i0);
+            p[1] = from_float<T>(o[d][1] * i0);
+        }
+        if (r1 < N) {
+            T* p = ob + int64_t(r1) * ldo + c;
+            p[0] = from_float<T>(o[d][2] * i1);
+            p[1] = from_float<T>(o[d][3] * i1);
+        }
+    }
+}
+
 template <typename T, int DH>
 __global__ void __launch_bounds__(32 * kTcWarps) tc_attention_kernel(const T* __restrict__ q, int64_t ldq,
                                                                      const T* __restrict__ k,
@@ -197,25 +291,8 @@ __global__ void __launch_bounds__(32 * kTcWarps) tc_attention_kernel(const T* __
     const int h = blockIdx.y;
     const int row0 = blockIdx.x * kTcRows + warp * 16;
 
-    // Q fragments: rows row0 + g and row0 + g + 8, all DH columns.
     uint32_t qa[DH / 16][4];
-    {
-        const T* qb = q + b * int64_t(N) * ldq + int64_t(h) * DH;
-        const int r0 = row0 + g, r1 = row0 + g + 8;
-        auto pair = [&](int r, int c) -> uint32_t {
-            if (r >= N) return 0u;
-            const T* p = qb + int64_t(r) * ldq + c;
-            return pack16(bits16(p[0]), bits16(p[1]));
-        };
-#pragma unroll
-        for (int kk = 0; kk < DH / 16; kk++) {
-            const int c = kk * 16 + tig * 2;
-            qa[kk][0] = pair(r0, c);
-            qa[kk][1] = pair(r1, c);
-            qa[kk][2] = pair(r0, c + 8);
-            qa[kk][3] = pair(r1, c + 8);
-        }
-    }
+    load_q_fragments<T, DH>(q, ldq, b, h, N, row0, g, tig, qa);
     float o[DH / 8][4];
 #pragma unroll
     for (int d = 0; d < DH / 8; d++) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
@@ -255,41 +332,7 @@ __global__ void __launch_bounds__(32 * kTcWarps) tc_attention_kernel(const T* __
 #pragma unroll
             for (int kk = 0; kk < DH / 16; kk++) mma_qk<T>(s[j], qa[kk], kr[kk * 8], kr[kk * 8 + 4]);
         }
-        // Online softmax in base 2 on the fragments (this thread: rows g, g + 8; keys j * 8 + tig * 2, + 1).
-        float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-        for (int j = 0; j < kTcKeys / 8; j++) {
-            const int key = k0 + j * 8 + tig * 2;
-            s[j][0] = key < M ? s[j][0] * scale_log2 : -INFINITY;
-            s[j][1] = key + 1 < M ? s[j][1] * scale_log2 : -INFINITY;
-            s[j][2] = key < M ? s[j][2] * scale_log2 : -INFINITY;
-            s[j][3] = key + 1 < M ? s[j][3] * scale_log2 : -INFINITY;
-            mx0 = fmaxf(mx0, fmaxf(s[j][0], s[j][1]));
-            mx1 = fmaxf(mx1, fmaxf(s[j][2], s[j][3]));
-        }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        // Key k0 < M is valid, so the new maxima are finite.
-        const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
-        const float c0 = exp2f(m0 - n0), c1 = exp2f(m1 - n1);  // 0 on the first tile
-        m0 = n0, m1 = n1;
-        l0 *= c0, l1 *= c1;
-#pragma unroll
-        for (int d = 0; d < DH / 8; d++) {
-            o[d][0] *= c0, o[d][1] *= c0;
-            o[d][2] *= c1, o[d][3] *= c1;
-        }
-#pragma unroll
-        for (int j = 0; j < kTcKeys / 8; j++) {
-            s[j][0] = exp2f(s[j][0] - n0);
-            s[j][1] = exp2f(s[j][1] - n0);
-            s[j][2] = exp2f(s[j][2] - n1);
-            s[j][3] = exp2f(s[j][3] - n1);
-            l0 += s[j][0] + s[j][1];
-            l1 += s[j][2] + s[j][3];
-        }
+        online_softmax<DH>(s, k0, M, scale_log2, tig, m0, m1, l0, l1, o);
         // O += P V: 4 steps of 16 keys; P's accumulator layout is the A operand's.
 #pragma unroll
         for (int t = 0; t < kTcKeys / 16; t++) {
@@ -305,28 +348,7 @@ __global__ void __launch_bounds__(32 * kTcWarps) tc_attention_kernel(const T* __
             }
         }
     }
-    // Row sums: the four threads of a group hold parts of the same rows.
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const float i0 = 1.0f / l0, i1 = 1.0f / l1;
-    T* ob = out + b * int64_t(N) * ldo + int64_t(h) * DH;
-    const int r0 = row0 + g, r1 = row0 + g + 8;
-#pragma unroll
-    for (int d = 0; d < DH / 8; d++) {
-        const int c = d * 8 + tig * 2;
-        if (r0 < N) {
-            T* p = ob + int64_t(r0) * ldo + c;
-            p[0] = from_float<T>(o[d][0] * i0);
-            p[1] = from_float<T>(o[d][1] * i0);
-        }
-        if (r1 < N) {
-            T* p = ob + int64_t(r1) * ldo + c;
-            p[0] = from_float<T>(o[d][2] * i1);
-            p[1] = from_float<T>(o[d][3] * i1);
-        }
-    }
+    store_output<T, DH>(out, ldo, b, h, N, row0, g, tig, o, l0, l1);
 }
 
 // The float16 kernel, version 2: the same FlashAttention-2 scheme with
@@ -354,23 +376,7 @@ __global__ void __launch_bounds__(32 * kTcWarps)
     const int row0 = blockIdx.x * kTcRows + warp * 16;
 
     uint32_t qa[DH / 16][4];
-    {
-        const __half* qb = q + b * int64_t(N) * ldq + int64_t(h) * DH;
-        const int r0 = row0 + g, r1 = row0 + g + 8;
-        auto pair = [&](int r, int c) -> uint32_t {
-            if (r >= N) return 0u;
-            const __half* p = qb + int64_t(r) * ldq + c;
-            return pack16(bits16(p[0]), bits16(p[1]));
-        };
-#pragma unroll
-        for (int kk = 0; kk < DH / 16; kk++) {
-            const int c = kk * 16 + tig * 2;
-            qa[kk][0] = pair(r0, c);
-            qa[kk][1] = pair(r1, c);
-            qa[kk][2] = pair(r0, c + 8);
-            qa[kk][3] = pair(r1, c + 8);
-        }
-    }
+    load_q_fragments<__half, DH>(q, ldq, b, h, N, row0, g, tig, qa);
     float o[DH / 8][4];
 #pragma unroll
     for (int d = 0; d < DH / 8; d++) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
@@ -414,39 +420,7 @@ __global__ void __launch_bounds__(32 * kTcWarps)
                 mma_qk<__half>(s[j], qa[kk], b0, b1);
             }
         }
-        float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-        for (int j = 0; j < kTcKeys / 8; j++) {
-            const int key = k0 + j * 8 + tig * 2;
-            s[j][0] = key < M ? s[j][0] * scale_log2 : -INFINITY;
-            s[j][1] = key + 1 < M ? s[j][1] * scale_log2 : -INFINITY;
-            s[j][2] = key < M ? s[j][2] * scale_log2 : -INFINITY;
-            s[j][3] = key + 1 < M ? s[j][3] * scale_log2 : -INFINITY;
-            mx0 = fmaxf(mx0, fmaxf(s[j][0], s[j][1]));
-            mx1 = fmaxf(mx1, fmaxf(s[j][2], s[j][3]));
-        }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
-        const float c0 = exp2f(m0 - n0), c1 = exp2f(m1 - n1);
-        m0 = n0, m1 = n1;
-        l0 *= c0, l1 *= c1;
-#pragma unroll
-        for (int d = 0; d < DH / 8; d++) {
-            o[d][0] *= c0, o[d][1] *= c0;
-            o[d][2] *= c1, o[d][3] *= c1;
-        }
-#pragma unroll
-        for (int j = 0; j < kTcKeys / 8; j++) {
-            s[j][0] = exp2f(s[j][0] - n0);
-            s[j][1] = exp2f(s[j][1] - n0);
-            s[j][2] = exp2f(s[j][2] - n1);
-            s[j][3] = exp2f(s[j][3] - n1);
-            l0 += s[j][0] + s[j][1];
-            l1 += s[j][2] + s[j][3];
-        }
+        online_softmax<DH>(s, k0, M, scale_log2, tig, m0, m1, l0, l1, o);
         // O += P V: B fragments of 16 keys x 8 dims from V [key][dim] transposed,
         // tiles (keys lo, dims d), (keys hi, dims d), (keys lo, d + 1), (keys hi, d + 1).
 #pragma unroll
@@ -466,19 +440,7 @@ __global__ void __launch_bounds__(32 * kTcWarps)
         }
         __syncthreads();  // this buffer is consumed: the step after next may refill it
     }
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const float i0 = 1.0f / l0, i1 = 1.0f / l1;
-    __half* ob = out + b * int64_t(N) * ldo + int64_t(h) * DH;
-    const int r0 = row0 + g, r1 = row0 + g + 8;
-#pragma unroll
-    for (int d = 0; d < DH / 8; d++) {
-        const int c = d * 8 + tig * 2;
-        if (r0 < N) *reinterpret_cast<__half2*>(ob + int64_t(r0) * ldo + c) = __floats2half2_rn(o[d][0] * i0, o[d][1] * i0);
-        if (r1 < N) *reinterpret_cast<__half2*>(ob + int64_t(r1) * ldo + c) = __floats2half2_rn(o[d][2] * i1, o[d][3] * i1);
-    }
+    store_output<__half, DH>(out, ldo, b, h, N, row0, g, tig, o, l0, l1);
 }
 
 template <typename T, int DH>

@@ -378,6 +378,25 @@ __global__ void softmax_rows_kernel(const float* s, T* p, int64_t cols) {
 
 // --------------------------------------------------------- convolution helpers
 
+// Row q = (b * Cin + ci) * kh * kw + ki * kw + kj of the column matrix: its
+// input plane, its output row and its tap's offsets (padding included).
+template <typename T>
+struct Im2colRow {
+    const float* plane;
+    T* out;
+    int h_off, w_off;
+};
+template <typename T, typename I>
+__device__ __forceinline__ Im2colRow<T> im2col_row(I q, const float* x, T* cols, const Divisor<I>& K,
+                                                   const Divisor<I>& taps, const Divisor<I>& kw, I Cin, int H, int W,
+                                                   const ConvGeom& g, int64_t ld) {
+    const I b = K.div(q), r = q - b * K.value();
+    const I ci = taps.div(r), t = r - ci * taps.value();
+    const I ki = kw.div(t), kj = t - ki * kw.value();
+    return {x + (int64_t(b) * Cin + ci) * int64_t(H) * W, cols + int64_t(q) * ld, int(ki) * g.dh - g.ph,
+            int(kj) * g.dw - g.pw};
+}
+
 // Grid y walks the rows q = b * K + r of the column matrix, kUnroll rows at
 // a time with their (b, ci, ki, kj) decoded once; grid x and the threads
 // walk the Ho * Wo outputs (one division each, shared by the rows), so reads
@@ -388,29 +407,20 @@ __global__ void im2col_kernel(const float* __restrict__ x, T* __restrict__ cols,
                               int64_t ld) {
     constexpr int U = kUnroll;
     for (I q0 = I(blockIdx.y); q0 < rows; q0 += I(U) * I(gridDim.y)) {
-        const float* plane[U];
-        T* out[U];
-        int h_off[U], w_off[U];
+        Im2colRow<T> row[U];
 #pragma unroll
-        for (int u = 0; u < U; u++) {
-            const I q = min(q0 + I(u) * I(gridDim.y), rows - 1);  // rows past the end repeat the last one
-            const I b = K.div(q), r = q - b * K.value();
-            const I ci = taps.div(r), t = r - ci * taps.value();
-            const I ki = kw.div(t), kj = t - ki * kw.value();
-            plane[u] = x + (int64_t(b) * Cin + ci) * int64_t(H) * W;
-            out[u] = cols + int64_t(q) * ld;
-            h_off[u] = int(ki) * g.dh - g.ph, w_off[u] = int(kj) * g.dw - g.pw;
-        }
+        for (int u = 0; u < U; u++)  // rows past the end repeat the last one
+            row[u] = im2col_row(min(q0 + I(u) * I(gridDim.y), rows - 1), x, cols, K, taps, kw, Cin, H, W, g, ld);
         for (I n = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); n < N; n += I(gridDim.x) * I(blockDim.x)) {
             const I ho = Wo.div(n), wo = n - ho * Wo.value();
             float v[U];
 #pragma unroll
             for (int u = 0; u < U; u++) {
-                const int h = int(ho) * g.sh + h_off[u], w = int(wo) * g.sw + w_off[u];
-                v[u] = (h >= 0 && h < H && w >= 0 && w < W) ? plane[u][int64_t(h) * W + w] : 0.0f;
+                const int h = int(ho) * g.sh + row[u].h_off, w = int(wo) * g.sw + row[u].w_off;
+                v[u] = (h >= 0 && h < H && w >= 0 && w < W) ? row[u].plane[int64_t(h) * W + w] : 0.0f;
             }
 #pragma unroll
-            for (int u = 0; u < U; u++) out[u][n] = from_float<T>(v[u]);
+            for (int u = 0; u < U; u++) row[u].out[n] = from_float<T>(v[u]);
         }
     }
 }
@@ -433,20 +443,12 @@ __global__ void im2col_runs_kernel(const float* __restrict__ x, T* __restrict__ 
     constexpr int U = kIm2colRows, V = kIm2colRun;
     const I runs = (N + I(V) - 1) / I(V);
     for (I q0 = I(blockIdx.y); q0 < rows; q0 += I(U) * I(gridDim.y)) {
-        const float* plane[U];
-        T* out[U];
-        int h_off[U], w_off[U];
+        Im2colRow<T> row[U];
         bool row_valid[U];
 #pragma unroll
         for (int u = 0; u < U; u++) {
-            const I q = min(q0 + I(u) * I(gridDim.y), rows - 1);
             row_valid[u] = q0 + I(u) * I(gridDim.y) < rows;
-            const I b = K.div(q), r = q - b * K.value();
-            const I ci = taps.div(r), t = r - ci * taps.value();
-            const I ki = kw.div(t), kj = t - ki * kw.value();
-            plane[u] = x + (int64_t(b) * Cin + ci) * int64_t(H) * W;
-            out[u] = cols + int64_t(q) * ld;
-            h_off[u] = int(ki) * g.dh - g.ph, w_off[u] = int(kj) * g.dw - g.pw;
+            row[u] = im2col_row(min(q0 + I(u) * I(gridDim.y), rows - 1), x, cols, K, taps, kw, Cin, H, W, g, ld);
         }
         for (I run = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); run < runs;
              run += I(gridDim.x) * I(blockDim.x)) {
@@ -465,11 +467,11 @@ __global__ void im2col_runs_kernel(const float* __restrict__ x, T* __restrict__ 
                 Im2colRun<T> pack;
 #pragma unroll
                 for (int e = 0; e < V; e++) {
-                    const int h = hs[e] + h_off[u], w = ws[e] + w_off[u];
+                    const int h = hs[e] + row[u].h_off, w = ws[e] + row[u].w_off;
                     const bool ok = inside[e] && h >= 0 && h < H && w >= 0 && w < W;
-                    pack.v[e] = from_float<T>(ok ? plane[u][int64_t(h) * W + w] : 0.0f);
+                    pack.v[e] = from_float<T>(ok ? row[u].plane[int64_t(h) * W + w] : 0.0f);
                 }
-                if (row_valid[u]) *reinterpret_cast<Im2colRun<T>*>(out[u] + n0) = pack;
+                if (row_valid[u]) *reinterpret_cast<Im2colRun<T>*>(row[u].out + n0) = pack;
             }
         }
     }
