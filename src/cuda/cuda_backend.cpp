@@ -274,10 +274,11 @@ public:
         ctx_.gemm = dtype_;
         const std::string attention = env_string("FASTDEMUCS_ATTENTION");
         ctx_.fused_attention = attention != "cublas";
-        ctx_.tensor_core_attention = attention != "simt";
-        ctx_.pipelined_attention = attention != "tc-v1";
         int major = 0;
         FD_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device_));
+        // mma.sync m16n8k16 and cp.async: sm_80 on (else the SIMT kernel).
+        ctx_.tensor_core_attention = attention != "simt" && major >= 8;
+        ctx_.pipelined_attention = attention != "tc-v1";
         ctx_.implicit_conv = env_flag("FASTDEMUCS_IMPLICIT_CONV") && major >= 8;  // cp.async: sm_80 on
         ctx_.thin_dconv = env_string("FASTDEMUCS_THIN_DCONV") != "0";
         graphs_enabled_ = !env_flag("FASTDEMUCS_NO_GRAPH");
@@ -558,12 +559,13 @@ public:
             int slot = 0;
             for (int64_t first = 0; first < jobs; first += batch) {
                 const int n = static_cast<int>(std::min<int64_t>(batch, jobs - first));
-                // A short last batch runs as a full one (its spare slots
-                // hold the previous batch's chunks; items are independent
-                // and their outputs unused): the full batch's graph is
-                // replayed instead of an eager forward, whose first run
-                // costs host time (new GEMM shapes) with the GPU waiting.
-                const int run = graphs_enabled_ && !tap_ && first > 0 ? batch : n;
+                // A short last batch runs as a full one when the full
+                // batch's graph exists (its spare slots hold the previous
+                // batch's chunks; items are independent and their outputs
+                // unused): the graph is replayed instead of an eager
+                // forward, whose first run costs host time (new GEMM shapes)
+                // with the GPU waiting.
+                const int run = graphs_enabled_ && !tap_ && first > 0 && graphs_.count(batch) ? batch : n;
                 const Io io = alloc_io(ctx, run);
                 gather_chunks(stream, track, C, g, first, n, io.in);
                 run_forward(ctx, run);

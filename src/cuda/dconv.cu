@@ -1,5 +1,6 @@
 #include "cuda/dconv.h"
 
+#include <algorithm>
 #include <limits>
 #include <string>
 #include <type_traits>
@@ -33,6 +34,19 @@ constexpr size_t out_smem_floats(int channels, int max_hidden) {
 // Shared memory per block: above the 48 KB default each launch opts in;
 // past ~100 KB fewer than two blocks would fit an SM.
 constexpr size_t kSmemDefault = 48 * 1024, kSmemLimit = 100 * 1024;
+
+// What a block may opt in to on the current device (less on some GPUs:
+// sm_75 64 KB), minus the kernels' static shared memory; kSmemLimit when
+// no device answers (CPU-only builds and tests ask only whether a shape fits).
+size_t smem_limit() {
+    int device = 0, optin = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
+        cudaGetLastError();
+        return kSmemLimit;
+    }
+    return std::min(kSmemLimit, size_t(optin) - 1024);
+}
 
 // The hidden size a kernel is compiled for: the next of 8, 12, 16, 24, 32
 // (multiples of 4: weight rows stay 16-byte vectors; padding costs its share
@@ -270,8 +284,10 @@ __global__ void __launch_bounds__(kRowThreads)
             const int c = group * kOutputGroup + u;
             xp[int64_t(c) * plane] = cur[u] + branch(c);
         }
+        if (group + 1 < groups) {
 #pragma unroll
-        for (int u = 0; u < kOutputGroup; u++) cur[u] = next[u];
+            for (int u = 0; u < kOutputGroup; u++) cur[u] = next[u];
+        }
     }
     for (int c = groups * kOutputGroup; c < C; c++) xp[int64_t(c) * plane] += branch(c);
 }
@@ -324,8 +340,9 @@ std::vector<double> dconv_out_gram(const float* weight, const float* bias, int h
 bool dconv_layer_thin_fits(int channels, int hidden) {
     if (channels < 1 || hidden < 1 || hidden > 32) return false;
     const int mh = max_hidden_for(hidden);
-    return in_smem_floats(channels, mh) * sizeof(float) <= kSmemLimit &&
-           out_smem_floats(channels, mh) * sizeof(float) <= kSmemLimit;
+    const size_t limit = smem_limit();
+    return in_smem_floats(channels, mh) * sizeof(float) <= limit &&
+           out_smem_floats(channels, mh) * sizeof(float) <= limit;
 }
 
 void dconv_layer_thin(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64_t B, int64_t R, int64_t W) {
