@@ -271,42 +271,61 @@ TEST(KernelsCuda, ConvolutionPaths) {
             }
 }
 
+namespace {
+
+struct TransposedShape {
+    int64_t H, W;
+    int kh, kw, sh, sw;
+    int64_t h0, Hc, w0, Wc;  // the window of the full output kept
+};
+
+void transposed_case(DType t, const TransposedShape& k) {
+    Gpu gpu;
+    const int64_t B = 2, Cin = 6, H = k.H, W = k.W;
+    const int cout = 3, kh = k.kh, kw = k.kw, sh = k.sh, sw = k.sw;
+    const std::vector<float> x = t == DType::F32 ? random(size_t(B * Cin * H * W), 6)
+                                                 : exact_random(size_t(B * Cin * H * W), 6);
+    const std::vector<float> w = t == DType::F32 ? random(size_t(Cin * cout * kh * kw), 7, 0.3f)
+                                                 : exact_random(size_t(Cin * cout * kh * kw), 7);
+    const std::vector<float> bias = random(size_t(cout), 8);
+    ConvWeight cw;
+    cw.w = put_as(gpu, w, t), cw.bias = gpu.put(bias), cw.cout = cout, cw.cin = int(Cin), cw.kh = kh, cw.kw = kw;
+    const int64_t Hf = (H - 1) * sh + kh, Wf = (W - 1) * sw + kw;
+    DTensor in{gpu.put(x), B, Cin, H, W};
+    DTensor out{gpu.arena.alloc<float>(B * cout * k.Hc * k.Wc), B, cout, k.Hc, k.Wc};
+    conv_transpose2d(gpu.ctx(t), in, cw, sh, sw, k.h0, k.w0, out, Act::None);
+    const auto got = gpu.get(out.p, size_t(out.numel()));
+    std::vector<double> full(size_t(B * cout * Hf * Wf), 0.0);
+    for (int64_t b = 0; b < B; b++)
+        for (int co = 0; co < cout; co++) {
+            for (int64_t i = 0; i < Hf * Wf; i++) full[(b * cout + co) * Hf * Wf + i] = bias[co];
+            for (int64_t ci = 0; ci < Cin; ci++)
+                for (int64_t h = 0; h < H; h++)
+                    for (int64_t ww = 0; ww < W; ww++)
+                        for (int i = 0; i < kh; i++)
+                            for (int j = 0; j < kw; j++)
+                                full[((b * cout + co) * Hf + h * sh + i) * Wf + ww * sw + j] +=
+                                    double(w[((ci * cout + co) * kh + i) * kw + j]) *
+                                    x[((b * Cin + ci) * H + h) * W + ww];
+        }
+    std::vector<double> ref(size_t(B * cout * k.Hc * k.Wc));
+    for (int64_t bc = 0; bc < B * cout; bc++)
+        for (int64_t h = 0; h < k.Hc; h++)
+            for (int64_t ww = 0; ww < k.Wc; ww++)
+                ref[(bc * k.Hc + h) * k.Wc + ww] = full[(bc * Hf + h + k.h0) * Wf + ww + k.w0];
+    EXPECT_LE(rel(got, ref), 1e-6) << dtype_name(t) << " kernel " << kh << "x" << kw << ", " << W << " wide";
+}
+
+}  // namespace
+
 TEST(KernelsCuda, TransposedConvolutionWithCrop) {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
     for (DType t : {DType::F32, DType::F16}) {
-        Gpu gpu;
-        const int64_t B = 2, Cin = 6, H = 5, W = 7;
-        const int cout = 3, kh = 8, kw = 1, sh = 4, sw = 1;
-        const std::vector<float> x = t == DType::F32 ? random(size_t(B * Cin * H * W), 6)
-                                                     : exact_random(size_t(B * Cin * H * W), 6);
-        const std::vector<float> w = t == DType::F32 ? random(size_t(Cin * cout * kh * kw), 7, 0.3f)
-                                                     : exact_random(size_t(Cin * cout * kh * kw), 7);
-        const std::vector<float> bias = random(size_t(cout), 8);
-        ConvWeight cw;
-        cw.w = put_as(gpu, w, t), cw.bias = gpu.put(bias), cw.cout = cout, cw.cin = int(Cin), cw.kh = kh, cw.kw = kw;
-        const int64_t Hf = (H - 1) * sh + kh, Wf = (W - 1) * sw + kw, h0 = 2, Hc = Hf - 4;
-        DTensor in{gpu.put(x), B, Cin, H, W};
-        DTensor out{gpu.arena.alloc<float>(B * cout * Hc * Wf), B, cout, Hc, Wf};
-        conv_transpose2d(gpu.ctx(t), in, cw, sh, sw, h0, 0, out, Act::None);
-        const auto got = gpu.get(out.p, size_t(out.numel()));
-        std::vector<double> full(size_t(B * cout * Hf * Wf), 0.0);
-        for (int64_t b = 0; b < B; b++)
-            for (int co = 0; co < cout; co++) {
-                for (int64_t i = 0; i < Hf * Wf; i++) full[(b * cout + co) * Hf * Wf + i] = bias[co];
-                for (int64_t ci = 0; ci < Cin; ci++)
-                    for (int64_t h = 0; h < H; h++)
-                        for (int64_t ww = 0; ww < W; ww++)
-                            for (int i = 0; i < kh; i++)
-                                for (int j = 0; j < kw; j++)
-                                    full[((b * cout + co) * Hf + h * sh + i) * Wf + ww * sw + j] +=
-                                        double(w[((ci * cout + co) * kh + i) * kw + j]) *
-                                        x[((b * Cin + ci) * H + h) * W + ww];
-            }
-        std::vector<double> ref(size_t(B * cout * Hc * Wf));
-        for (int64_t bc = 0; bc < B * cout; bc++)
-            for (int64_t h = 0; h < Hc; h++)
-                for (int64_t ww = 0; ww < Wf; ww++) ref[(bc * Hc + h) * Wf + ww] = full[(bc * Hf + h + h0) * Wf + ww];
-        EXPECT_LE(rel(got, ref), 1e-6) << dtype_name(t);
+        // The frequency decoders: [8, 1] kernels, stride 4 over H, rows cropped both sides.
+        transposed_case(t, {5, 7, 8, 1, 4, 1, 2, (5 - 1) * 4 + 8 - 4, 0, 7});
+        // The time decoders: [1, 8] kernels, stride 4 over W, a window starting past 0, rows of
+        // more than one overlap-add run (1204 positions).
+        transposed_case(t, {1, 300, 1, 8, 1, 4, 0, 1, 2, (300 - 1) * 4 + 8 - 5});
     }
 }
 
@@ -472,4 +491,6 @@ TEST(KernelsCuda, ThinDConvLayerMatchesTheModule) {
     dconv_thin_case({1, 96, 12, 1, 1000, 1});  // the time branch: one long row
     dconv_thin_case({2, 8, 1, 2, 5, 4});       // taps beyond both ends
     dconv_thin_case({2, 192, 24, 4, 150, 2});  // past the default shared memory
+    dconv_thin_case({1, 100, 14, 2, 200, 3});  // channels not a multiple of the output group, hidden 16's kernels
+    dconv_thin_case({1, 60, 28, 1, 140, 1});   // hidden 32's kernels
 }
