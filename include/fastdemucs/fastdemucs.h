@@ -60,10 +60,11 @@ struct LoadParams {
     DeviceKind device = DeviceKind::Cpu;
     int device_index = 0;
     Precision precision = Precision::Fp16;  // GPU only
-    // GPU only: run one forward of zeros at load time, so that the first
-    // separation runs at full speed (kernels loaded, GEMM algorithms picked,
-    // the forward captured as a CUDA graph) — worth it when something else
-    // (reading the audio) runs meanwhile. Costs about one batch of chunks.
+    // GPU only: prepare the first separation at load time, so that it runs
+    // at full speed: the forward of a full batch is captured as a CUDA graph
+    // (kernels loaded, GEMM algorithms picked; nothing runs on the GPU), or,
+    // without graphs, one forward of zeros runs. Worth it when something
+    // else (reading the audio) runs meanwhile.
     bool warm_up = false;
 
     // Models by name (repo and checkpoint empty): the released weights are

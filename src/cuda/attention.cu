@@ -244,6 +244,15 @@ __device__ __forceinline__ void online_softmax(float (&s)[kTcKeys / 8][4], int k
     }
 }
 
+// The A fragment of P for keys t * 16 .. + 15, rounded to float16 (the S
+// accumulator layout of two 8-key tiles is the A operand's).
+__device__ __forceinline__ void p_fragment(const float (&s)[kTcKeys / 8][4], int t, uint32_t (&pa)[4]) {
+    pa[0] = pack_half2(s[2 * t][0], s[2 * t][1]);
+    pa[1] = pack_half2(s[2 * t][2], s[2 * t][3]);
+    pa[2] = pack_half2(s[2 * t + 1][0], s[2 * t + 1][1]);
+    pa[3] = pack_half2(s[2 * t + 1][2], s[2 * t + 1][3]);
+}
+
 // The warp's output rows: o divided by the row sums (whose parts the four
 // threads of a group hold).
 template <typename T, int DH>
@@ -337,10 +346,7 @@ __global__ void __launch_bounds__(32 * kTcWarps) tc_attention_kernel(const T* __
 #pragma unroll
         for (int t = 0; t < kTcKeys / 16; t++) {
             uint32_t pa[4];
-            pa[0] = pack_half2(s[2 * t][0], s[2 * t][1]);
-            pa[1] = pack_half2(s[2 * t][2], s[2 * t][3]);
-            pa[2] = pack_half2(s[2 * t + 1][0], s[2 * t + 1][1]);
-            pa[3] = pack_half2(s[2 * t + 1][2], s[2 * t + 1][3]);
+            p_fragment(s, t, pa);
 #pragma unroll
             for (int d = 0; d < DH / 8; d++) {
                 const uint32_t* vr = vt + ((d * 8 + g) * kTcVtStride + t * 16 + tig * 2) / 2;
@@ -426,10 +432,7 @@ __global__ void __launch_bounds__(32 * kTcWarps)
 #pragma unroll
         for (int t = 0; t < kTcKeys / 16; t++) {
             uint32_t pa[4];
-            pa[0] = pack_half2(s[2 * t][0], s[2 * t][1]);
-            pa[1] = pack_half2(s[2 * t][2], s[2 * t][3]);
-            pa[2] = pack_half2(s[2 * t + 1][0], s[2 * t + 1][1]);
-            pa[3] = pack_half2(s[2 * t + 1][2], s[2 * t + 1][3]);
+            p_fragment(s, t, pa);
 #pragma unroll
             for (int d = 0; d < DH / 8; d += 2) {
                 uint32_t b0, b1, b2, b3;

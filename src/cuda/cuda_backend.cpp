@@ -98,9 +98,9 @@
 // graph. FASTDEMUCS_NO_GRAPH=1 disables graphs; FASTDEMUCS_ATTENTION=cublas
 // selects the cuBLAS attention path, =simt the float32-arithmetic fused
 // kernel in every precision, =tc-v1 the first float16 tensor-core kernel.
-// FASTDEMUCS_PROFILE=1 runs every forward eagerly and prints a per-block table (cuda/profile.h). FASTDEMUCS_IMPLICIT_CONV=1
-// runs the float16 / bfloat16 convolutions as implicit GEMMs
-// (cuda/implicit_conv.h). FASTDEMUCS_THIN_DCONV=0 sends the thin DConv
+// FASTDEMUCS_PROFILE=1 runs every forward eagerly and prints a per-block
+// table (cuda/profile.h). FASTDEMUCS_IMPLICIT_CONV=1 runs the float16 /
+// bfloat16 convolutions as implicit GEMMs (cuda/implicit_conv.h). FASTDEMUCS_THIN_DCONV=0 sends the thin DConv
 // layers through the general convolution path instead of cuda/dconv.h's
 // fused passes. FASTDEMUCS_TRACE=1 prints the start-up time line
 // (engine/trace.h).
@@ -960,23 +960,26 @@ private:
     }
 
     // The thin DConv path's per-layer statistics form (cuda/dconv.h), from
-    // the host weights once per backend: every DConv layer "....dconv.layers.i."
-    // with a 1x1 out-convolution.
+    // the host weights once per backend, for every residual layer of the
+    // plan's DConvs that the fused path takes.
     void upload_dconv_grams() {
-        const std::string marker = ".dconv.layers.", tail = "3.weight";
         std::vector<double> all;
-        for (const auto& [name, w] : model_->weights) {
-            if (name.find(marker) == std::string::npos || name.size() < tail.size() ||
-                name.compare(name.size() - tail.size(), tail.size(), tail) != 0 || w.shape.size() != 3 || w.shape[2] != 1)
-                continue;
-            const std::string prefix = name.substr(0, name.size() - tail.size());
-            const auto bias = model_->weights.find(prefix + "3.bias");
-            if (bias == model_->weights.end()) continue;
-            const std::vector<double> gram =
-                dconv_out_gram(w.data.data(), bias->second.data.data(), int(w.shape[1]), int(w.shape[0]));
-            gram_offsets_[prefix] = int64_t(all.size());
-            all.insert(all.end(), gram.begin(), gram.end());
-        }
+        auto add = [&](const std::string& prefix, const DConvPlan& d) {
+            if (!d.present || !dconv_layer_thin_fits(d.channels, d.hidden)) return;
+            for (size_t i = 0; i < d.dilations.size(); i++) {
+                const std::string p = prefix + "dconv.layers." + std::to_string(i) + ".";
+                const HostTensor& w = model_->weight(p + "3.weight");
+                const std::vector<double> gram =
+                    dconv_out_gram(w.data.data(), model_->weight(p + "3.bias").data.data(), d.hidden, 2 * d.channels);
+                gram_offsets_[p] = int64_t(all.size());
+                all.insert(all.end(), gram.begin(), gram.end());
+            }
+        };
+        const ModelPlan& plan = model_->plan;
+        for (const auto* layers : {&plan.encoder, &plan.tencoder})
+            for (const EncoderLayerPlan& e : *layers) add(e.prefix, e.dconv);
+        for (const auto* layers : {&plan.decoder, &plan.tdecoder})
+            for (const DecoderLayerPlan& e : *layers) add(e.prefix, e.dconv);
         if (!all.empty()) grams_ = upload(all.data(), all.size() * sizeof(double), "the DConv statistics forms");
     }
 

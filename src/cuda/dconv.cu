@@ -28,8 +28,8 @@ constexpr size_t in_smem_floats(int channels, int max_hidden) { return size_t(ch
 // weights [2C][MaxHidden], bias [2C], the row's coefficients of y [2C] and h
 // [MaxHidden] (float2 each), LayerScale [C].
 constexpr size_t out_smem_floats(int channels, int max_hidden) {
-    return size_t(2 * channels) * max_hidden + size_t(2 * channels) + 2 * size_t(2 * channels) + 2 * size_t(max_hidden) +
-           size_t(channels);
+    const size_t c2 = size_t(2 * channels);
+    return c2 * max_hidden + c2 + 2 * c2 + 2 * size_t(max_hidden) + size_t(channels);
 }
 // Shared memory per block: above the 48 KB default each launch opts in;
 // past ~100 KB fewer than two blocks would fit an SM.

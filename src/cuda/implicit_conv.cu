@@ -190,8 +190,9 @@ __global__ void __launch_bounds__(kConvThreads, 2)
             for (int i = 0; i < kFragM; i++)
 #pragma unroll
                 for (int j = 0; j < kFragN; j++)
-                    wmma::store_matrix_sync(&staged[(wm - first_warp_row) * kWarpRows + i * 16][wn * kWarpCols + j * 16],
-                                            acc[i][j], kLdC, wmma::mem_row_major);
+                    wmma::store_matrix_sync(
+                        &staged[(wm - first_warp_row) * kWarpRows + i * 16][wn * kWarpCols + j * 16], acc[i][j], kLdC,
+                        wmma::mem_row_major);
         }
         __syncthreads();
         for (int e = tid; e < kStageRows * kTileN; e += kConvThreads) {

@@ -93,7 +93,9 @@ int sndfile_format(const WriteParams& params, const std::string& path) {
 constexpr int64_t kMaxParts = 4;
 
 // Frames [begin, end) of part p of `parts` (equal runs).
-int64_t part_begin(int64_t samples, int64_t parts, int64_t p) { return std::min(samples, p * ((samples + parts - 1) / parts)); }
+int64_t part_begin(int64_t samples, int64_t parts, int64_t p) {
+    return std::min(samples, p * ((samples + parts - 1) / parts));
+}
 
 // How many threads share a signal of this length (one below ~1 s of audio).
 int64_t parts_for(int64_t samples) {
