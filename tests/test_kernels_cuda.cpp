@@ -260,9 +260,17 @@ TEST(KernelsCuda, ConvolutionPaths) {
     // on shapes spanning several tiles with partial ones in M, N and K.
     ConvShape large;
     large.B = 3, large.Cin = 37, large.H = 5, large.W = 301, large.cout = 70;
+    // Rows of a multiple of 8 outputs and one long row: im2col's unit-stride loads.
+    ConvShape rows8, row;
+    rows8.H = 6, rows8.W = 48, row.H = 1, row.W = 301;
+    for (ConvShape shape : {rows8, row}) {
+        conv_case(3, 3, sq, 0, false, DType::F32, false, shape);
+        conv_case(1, 3, dil, 0, false, DType::F32, false, shape);
+        conv_case(8, 1, fs, 0, false, DType::F32, false, shape);
+    }
     for (DType t : {DType::F16, DType::BF16})
         for (bool implicit : {true, false})
-            for (ConvShape shape : {ConvShape{}, large}) {
+            for (ConvShape shape : {ConvShape{}, large, rows8, row}) {
                 conv_case(1, 1, ConvGeom{}, 0, false, t, implicit, shape);
                 conv_case(3, 3, sq, 0, false, t, implicit, shape);
                 conv_case(1, 3, dil, 0, false, t, implicit, shape);
@@ -293,8 +301,14 @@ void transposed_case(DType t, const TransposedShape& k) {
     const int64_t Hf = (H - 1) * sh + kh, Wf = (W - 1) * sw + kw;
     DTensor in{gpu.put(x), B, Cin, H, W};
     DTensor out{gpu.arena.alloc<float>(B * cout * k.Hc * k.Wc), B, cout, k.Hc, k.Wc};
-    conv_transpose2d(gpu.ctx(t), in, cw, sh, sw, k.h0, k.w0, out, Act::None);
+    // Exact with float32 columns; with columns in the operand type (the default) each column
+    // value is rounded once, and an output sums at most kh * kw / (sh * sw) of them.
+    Ctx exact = gpu.ctx(t);
+    exact.narrow_gemm_out = false;
+    conv_transpose2d(exact, in, cw, sh, sw, k.h0, k.w0, out, Act::None);
     const auto got = gpu.get(out.p, size_t(out.numel()));
+    conv_transpose2d(gpu.ctx(t), in, cw, sh, sw, k.h0, k.w0, out, Act::None);
+    const auto narrow = gpu.get(out.p, size_t(out.numel()));
     std::vector<double> full(size_t(B * cout * Hf * Wf), 0.0);
     for (int64_t b = 0; b < B; b++)
         for (int co = 0; co < cout; co++) {
@@ -314,19 +328,82 @@ void transposed_case(DType t, const TransposedShape& k) {
             for (int64_t ww = 0; ww < k.Wc; ww++)
                 ref[(bc * k.Hc + h) * k.Wc + ww] = full[(bc * Hf + h + k.h0) * Wf + ww + k.w0];
     EXPECT_LE(rel(got, ref), 1e-6) << dtype_name(t) << " kernel " << kh << "x" << kw << ", " << W << " wide";
+    const double unit = t == DType::F32 ? 1e-7 : t == DType::F16 ? 0x1p-11 : 0x1p-8;  // unit roundoff
+    EXPECT_LE(rel(narrow, ref), 2 * unit) << dtype_name(t) << " narrow columns, kernel " << kh << "x" << kw;
+}
+
+// The rewrite convolutions' conv2d_glu: GLU(conv(x) + bias) with the convolution's result in
+// the operand type in between, against the double reference.
+void conv_glu_case(DType t, int kh, int kw, int64_t H, int64_t W) {
+    Gpu gpu;
+    const int64_t B = 2, Cin = 5, C = 4;
+    ConvGeom g;
+    g.kh = kh, g.kw = kw, g.ph = kh / 2, g.pw = kw / 2;
+    const std::vector<float> x = exact_random(size_t(B * Cin * H * W), 11);
+    const std::vector<float> w = exact_random(size_t(2 * C * Cin * kh * kw), 12);
+    const std::vector<float> bias = random(size_t(2 * C), 13);
+    ConvWeight cw;
+    cw.w = put_as(gpu, w, t), cw.bias = gpu.put(bias), cw.cout = int(2 * C), cw.cin = int(Cin), cw.kh = kh;
+    cw.kw = kw;
+    DTensor in{gpu.put(x), B, Cin, H, W};
+    DTensor out{gpu.arena.alloc<float>(B * C * H * W), B, C, H, W};
+    ASSERT_TRUE(conv2d_glu(gpu.ctx(t), in, cw, g, out));
+    const auto got = gpu.get(out.p, size_t(out.numel()));
+    const auto y = conv_ref(x, w, bias, B, Cin, H, W, W, int(2 * C), g, H, W);
+    std::vector<double> ref(size_t(B * C * H * W));
+    const int64_t n = H * W;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t i = 0; i < C * n; i++)
+            ref[size_t(b * C * n + i)] = y[size_t(b * 2 * C * n + i)] / (1.0 + std::exp(-y[size_t((b * 2 + 1) * C * n + i)]));
+    const double unit = t == DType::F16 ? 0x1p-11 : 0x1p-8;
+    EXPECT_LE(rel(got, ref), 4 * unit) << dtype_name(t) << " kernel " << kh << "x" << kw << ", " << H << "x" << W;
+    Ctx f32 = gpu.ctx(DType::F32);
+    EXPECT_FALSE(conv2d_glu(f32, in, cw, g, out));  // float32 keeps conv2d + glu
 }
 
 }  // namespace
 
 TEST(KernelsCuda, TransposedConvolutionWithCrop) {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
-    for (DType t : {DType::F32, DType::F16}) {
+    for (DType t : {DType::F32, DType::F16, DType::BF16}) {
         // The frequency decoders: [8, 1] kernels, stride 4 over H, rows cropped both sides.
         transposed_case(t, {5, 7, 8, 1, 4, 1, 2, (5 - 1) * 4 + 8 - 4, 0, 7});
         // The time decoders: [1, 8] kernels, stride 4 over W, a window starting past 0, rows of
         // more than one overlap-add run (1204 positions).
         transposed_case(t, {1, 300, 1, 8, 1, 4, 0, 1, 2, (300 - 1) * 4 + 8 - 5});
+        // Rows of a multiple of 8 positions: the vectorised overlap-add along H.
+        transposed_case(t, {6, 16, 8, 1, 4, 1, 2, (6 - 1) * 4 + 8 - 4, 0, 16});
     }
+}
+
+TEST(KernelsCuda, ConvolutionWithGluInTheOperandType) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    for (DType t : {DType::F16, DType::BF16}) {
+        conv_glu_case(t, 1, 1, 3, 37);  // the encoders' 1x1 rewrite (rows padded to 8 values)
+        conv_glu_case(t, 3, 3, 6, 40);  // the frequency decoders' 3x3 rewrite (im2col, unpadded rows)
+        conv_glu_case(t, 1, 3, 1, 301);  // the time decoders' 1x3 rewrite
+        conv_glu_case(t, 1, 1, 2, 48);   // rows of a multiple of 8: the vectorised GLU
+    }
+}
+
+TEST(KernelsCuda, BiasActivationInPlace) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    for (DType t : {DType::F16, DType::BF16})
+        for (int64_t C : {16, 12}) {  // vectorised rows, scalar rows
+            Gpu gpu;
+            const int64_t rows = 37;
+            const std::vector<float> x = exact_random(size_t(rows * C), 14), bias = exact_random(size_t(C), 15);
+            void* d = put_as(gpu, x, t);
+            bias_act_inplace(gpu.ctx(t), d, t, gpu.put(bias), rows, C, 1, Act::Gelu);
+            const auto got = get_as(gpu, d, t, x.size());
+            std::vector<double> ref(x.size());
+            for (size_t i = 0; i < x.size(); i++) {
+                const double v = double(x[i]) + bias[i % size_t(C)];
+                ref[i] = 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0)));
+            }
+            const double unit = t == DType::F16 ? 0x1p-11 : 0x1p-8;
+            EXPECT_LE(rel(got, ref), unit) << dtype_name(t) << " C " << C;
+        }
 }
 
 TEST(KernelsCuda, GroupNormPerRowAndLayerNormAndStats) {
@@ -462,18 +539,24 @@ void dconv_thin_case(const DConvCase& k) {
     ASSERT_TRUE(dconv_layer_thin_fits(int(C), int(Hd)));
     DConvLayerWeights lw;
     lw.channels = int(C), lw.hidden = int(Hd), lw.dilation = d;
-    lw.in_weight = gpu.put(w_in), lw.in_bias = gpu.put(b_in), lw.in_norm_weight = gpu.put(n1w);
+    lw.in_table = gpu.put(dconv_in_table(w_in.data(), int(Hd), int(C)));
+    lw.in_bias = gpu.put(b_in), lw.in_norm_weight = gpu.put(n1w);
     lw.in_norm_bias = gpu.put(n1b), lw.out_weight = gpu.put(w_out), lw.out_bias = gpu.put(b_out);
     lw.out_norm_weight = gpu.put(n2w), lw.out_norm_bias = gpu.put(n2b), lw.scale = gpu.put(scale);
     lw.out_gram = gpu.put(dconv_out_gram(w_out.data(), b_out.data(), int(Hd), int(C2)));
-    float* dx = gpu.put(x);
-    dconv_layer_thin(gpu.ctx(), lw, dx, B, R, W);
-    const auto got = gpu.get(dx, x.size());
-    // Against the residual branch alone (x itself is exact in both).
-    std::vector<float> branch(got.size());
-    std::vector<double> ref_branch(ref.size());
-    for (size_t i = 0; i < got.size(); i++) branch[i] = got[i] - x[i], ref_branch[i] = ref[i] - x[i];
-    EXPECT_LE(rel(branch, ref_branch), 1e-5) << "C " << C << ", hidden " << Hd << ", R " << R << ", W " << W;
+    // Every kernel variant: 1-3 positions per thread, the apply pass's channels in 1-3 groups.
+    for (int positions = 1; positions <= 3; positions++)
+        for (int splits = 1; splits <= 3; splits++) {
+            float* dx = gpu.put(x);
+            dconv_layer_thin(gpu.ctx(), lw, dx, B, R, W, positions, splits);
+            const auto got = gpu.get(dx, x.size());
+            // Against the residual branch alone (x itself is exact in both).
+            std::vector<float> branch(got.size());
+            std::vector<double> ref_branch(ref.size());
+            for (size_t i = 0; i < got.size(); i++) branch[i] = got[i] - x[i], ref_branch[i] = ref[i] - x[i];
+            EXPECT_LE(rel(branch, ref_branch), 1e-5) << "C " << C << ", hidden " << Hd << ", R " << R << ", W " << W
+                                                     << ", positions " << positions << ", splits " << splits;
+        }
 }
 
 }  // namespace
@@ -483,12 +566,19 @@ TEST(KernelsCuda, ThinDConvLayerMatchesTheModule) {
     EXPECT_TRUE(dconv_layer_thin_fits(96, 12));
     EXPECT_TRUE(dconv_layer_thin_fits(192, 24));
     EXPECT_FALSE(dconv_layer_thin_fits(384, 48));  // the innermost layers keep the GEMM path
+    // The in-convolution's table: [C * 3][hidden padded to 8], w [2, 1, 3] -> rows of 8.
+    const std::vector<float> w3 = {1, 2, 3, 4, 5, 6};
+    const std::vector<float> table = dconv_in_table(w3.data(), 2, 1);
+    ASSERT_EQ(table.size(), 24u);
+    const std::vector<float> expected = {1, 4, 0, 0, 0, 0, 0, 0, 2, 5, 0, 0, 0, 0, 0, 0, 3, 6, 0, 0, 0, 0, 0, 0};
+    EXPECT_EQ(table, expected);
     // The statistics form of W' = [W | b], W [3, 1], b [3]: G = W'^T W', then W''s column sums.
     const std::vector<float> w = {1, 2, 3}, b = {-1, 0.5f, 2};
     EXPECT_EQ(dconv_out_gram(w.data(), b.data(), 1, 3), (std::vector<double>{14, 6, 6, 5.25, 6, 1.5}));
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
     dconv_thin_case({2, 48, 6, 3, 300, 2});   // several blocks per row, a partial last one
     dconv_thin_case({1, 96, 12, 1, 1000, 1});  // the time branch: one long row
+    dconv_thin_case({2, 24, 6, 1, 900, 5});    // several blocks of 3 positions per thread, a partial last one
     dconv_thin_case({2, 8, 1, 2, 5, 4});       // taps beyond both ends
     dconv_thin_case({2, 192, 24, 4, 150, 2});  // past the default shared memory
     dconv_thin_case({1, 100, 14, 2, 200, 3});  // channels not a multiple of the output group, hidden 16's kernels

@@ -3,7 +3,7 @@
 # bench/device/pack.sh laid out in .device/, against .device/fixtures.
 #   bench/device/gpu_tests.sh [GTEST_FILTER]
 set -uo pipefail
-export LD_LIBRARY_PATH=$PWD/.device/lib:${LD_LIBRARY_PATH:-}
+. bench/device/common.sh
 export FASTDEMUCS_FIXTURES=$PWD/.device/fixtures
 out=${OUT:-/tmp}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader

@@ -6,10 +6,7 @@
 # for comparison here with full6s_forward_3s.npy.
 set -uo pipefail
 out=${OUT:-/tmp}
-export LD_LIBRARY_PATH=$PWD/.device/lib:${LD_LIBRARY_PATH:-}
-fx=.device/fixtures/full6s
-[ -f "$fx/full6s-86db6bad.th" ] || python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" "$fx/full6s.th.xz" "$fx/full6s-86db6bad.th"
-rm -f "$fx/full6s.th.xz"
+. bench/device/common.sh
 python3 - "$fx/mix_3s.wav" /tmp/onnx_in.npy <<'PY'
 import sys, wave, numpy as np
 with wave.open(sys.argv[1]) as f:

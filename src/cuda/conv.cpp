@@ -50,16 +50,56 @@ void conv_output_size(int64_t H, int64_t Wl, const ConvWeight& w, const ConvGeom
     *Wo = (Wl + 2 * g.pw - int64_t(g.dw) * (w.kw - 1) - 1) / g.sw + 1;
 }
 
+namespace {
+
+void check_conv_shapes(const DTensor& x, int64_t Wl, const ConvWeight& w, const ConvGeom& g, int64_t B, int64_t cout,
+                       int64_t Ho, int64_t Wo, const DTensor* out) {
+    if (x.c != w.cin || cout != w.cout || B != x.b || Wl < x.w || Ho <= 0 || Wo <= 0 ||
+        (out && (out->h != Ho || out->w != Wo)))
+        throw Error("internal error: conv2d shapes: input " + dims(x) +
+                    (out ? ", output " + dims(*out) : std::string()) + ", weight [" + std::to_string(w.cout) + ", " +
+                    std::to_string(w.cin) + ", " + std::to_string(w.kh) + ", " + std::to_string(w.kw) + "]" +
+                    ", stride " + std::to_string(g.sh) + "x" + std::to_string(g.sw));
+}
+
+bool is_pointwise(const DTensor& x, int64_t Wl, const ConvGeom& g) {
+    return g.sh == 1 && g.sw == 1 && Wl == x.w && g.kh * g.kw == 1 && g.ph == 0 && g.pw == 0;
+}
+
+// The 1x1 and im2col paths' GEMMs: y [B, cout, ld] (type yt, F32 or the
+// operand type; ld >= Ho * Wo, a multiple of 8 in float16 / bfloat16 unless
+// it is Ho * Wo), no bias or activation.
+void conv2d_gemm(const Ctx& ctx, const DTensor& x, int64_t Wl, const ConvWeight& w, const ConvGeom& g, int64_t Ho,
+                 int64_t Wo, void* y, DType yt, int64_t ld) {
+    const DType dt = ctx.gemm;
+    const int64_t B = x.b, cin = x.c, cout = w.cout;
+    if (is_pointwise(x, Wl, g)) {
+        // y[b] [cout, ld] = W [cout, cin] x[b] [cin, ld]
+        const void* xb = operand(ctx, x, ld);
+        gemm_as(ctx, dt, false, false, cout, ld, cin, 1.0f, {w.w, cin, 0}, {xb, ld, cin * ld}, 0.0f, y, yt, ld,
+                cout * ld, B);
+        return;
+    }
+    // im2col [items, cin * taps, ld] then one GEMM per item, over slices of the batch.
+    const int64_t K = cin * g.kh * g.kw;
+    const int64_t slice = items_per_slice(B, K * ld * int64_t(dtype_bytes(dt)));
+    void* cols = ctx.arena->alloc_bytes(size_t(slice * K * ld) * dtype_bytes(dt));
+    for (int64_t b0 = 0; b0 < B; b0 += slice) {
+        const int64_t nb = std::min(slice, B - b0);
+        im2col(ctx, x.p + b0 * cin * x.h * x.w, cols, dt, nb, cin, x.h, x.w, g, Ho, Wo, ld);
+        gemm_as(ctx, dt, false, false, cout, ld, K, 1.0f, {w.w, K, 0}, {cols, ld, K * ld}, 0.0f,
+                offset(y, b0 * cout * ld, yt), yt, ld, cout * ld, nb);
+    }
+}
+
+}  // namespace
+
 void conv2d(const Ctx& ctx, const DTensor& x, int64_t Wl, const ConvWeight& w, ConvGeom g, const DTensor& out,
             Act act) {
     g.kh = w.kh, g.kw = w.kw;
     int64_t Ho = 0, Wo = 0;
     conv_output_size(x.h, Wl, w, g, &Ho, &Wo);
-    if (x.c != w.cin || out.b != x.b || out.c != w.cout || out.h != Ho || out.w != Wo || Wl < x.w || Ho <= 0 ||
-        Wo <= 0)
-        throw Error("internal error: conv2d shapes: input " + dims(x) + ", output " + dims(out) + ", weight [" +
-                    std::to_string(w.cout) + ", " + std::to_string(w.cin) + ", " + std::to_string(w.kh) + ", " +
-                    std::to_string(w.kw) + "]");
+    check_conv_shapes(x, Wl, w, g, out.b, out.c, Ho, Wo, &out);
     ArenaScope scope(*ctx.arena);
     const DType dt = ctx.gemm;
     const int64_t B = x.b, cin = x.c, cout = w.cout, taps = int64_t(w.kh) * w.kw;
@@ -69,24 +109,7 @@ void conv2d(const Ctx& ctx, const DTensor& x, int64_t Wl, const ConvWeight& w, C
         implicit_conv2d(ctx, dt, x.p, B, cin, x.h, x.w, w.w, w.bias, cout, g, Ho, Wo, out.p, act);
         return;
     }
-
-    if (g.sh == 1 && g.sw == 1 && Wl == x.w && taps == 1 && g.ph == 0 && g.pw == 0) {
-        // out[b] [cout, HW] = W [cout, cin] x[b] [cin, HW]
-        const int64_t HW = x.h * x.w, ld = gemm_ld(ctx, HW);
-        const void* xb = operand(ctx, x, ld);
-        if (ld == HW) {
-            gemm(ctx, dt, false, false, cout, HW, cin, 1.0f, {w.w, cin, 0}, {xb, HW, cin * HW}, 0.0f, out.p, HW,
-                 cout * HW, B);
-            bias_act(ctx, out.p, out.p, DType::F32, w.bias, B, cout, HW, act);
-        } else {
-            float* full = ctx.arena->alloc<float>(B * cout * ld);
-            gemm(ctx, dt, false, false, cout, ld, cin, 1.0f, {w.w, cin, 0}, {xb, ld, cin * ld}, 0.0f, full, ld,
-                 cout * ld, B);
-            crop_bias_act(ctx, full, out.p, w.bias, B, cout, 1, ld, HW, act);
-        }
-        return;
-    }
-    if (g.sh == 1 && g.sw == 1 && Wl == x.w && ctx.shifted_conv) {
+    if (ctx.shifted_conv && stride1_taps) {
         if (!w.taps) throw Error("internal error: conv2d needs the per-tap weights");
         // Shifted GEMMs over planes padded to [Hp, Wp] (+ a tail read by the last shifts).
         const int64_t Hp = x.h + 2 * g.ph, Wp = x.w + 2 * g.pw;
@@ -106,27 +129,35 @@ void conv2d(const Ctx& ctx, const DTensor& x, int64_t Wl, const ConvWeight& w, C
         crop_bias_act(ctx, full, out.p, w.bias, B, cout, Ho, Wp, Wo, act);
         return;
     }
-
-    // Everything else (strided, zero-extended, padded multi-tap): im2col
-    // [items, cin * taps, Ho * Wo] (rows padded to ld) then one GEMM per
-    // item, over slices of the batch.
-    const int64_t K = cin * taps, N = Ho * Wo, ld = gemm_ld(ctx, N);
-    const int64_t slice = items_per_slice(B, K * ld * int64_t(dtype_bytes(dt)));
-    void* cols = ctx.arena->alloc_bytes(size_t(slice * K * ld) * dtype_bytes(dt));
-    float* full = ld == N ? nullptr : ctx.arena->alloc<float>(slice * cout * ld);
-    for (int64_t b0 = 0; b0 < B; b0 += slice) {
-        const int64_t nb = std::min(slice, B - b0);
-        im2col(ctx, x.p + b0 * cin * x.h * x.w, cols, dt, nb, cin, x.h, x.w, g, Ho, Wo, ld);
-        float* o = out.p + b0 * cout * N;
-        if (!full) {
-            gemm(ctx, dt, false, false, cout, N, K, 1.0f, {w.w, K, 0}, {cols, N, K * N}, 0.0f, o, N, cout * N, nb);
-        } else {
-            gemm(ctx, dt, false, false, cout, ld, K, 1.0f, {w.w, K, 0}, {cols, ld, K * ld}, 0.0f, full, ld,
-                 cout * ld, nb);
-            crop_bias_act(ctx, full, o, w.bias, nb, cout, 1, ld, N, act);
-        }
+    // The GEMM straight into the output when its rows need no padding, else
+    // into a padded float32 buffer that the bias pass crops.
+    const int64_t N = Ho * Wo, ld = gemm_ld(ctx, N);
+    if (ld == N) {
+        conv2d_gemm(ctx, x, Wl, w, g, Ho, Wo, out.p, DType::F32, N);
+        bias_act(ctx, out.p, out.p, DType::F32, w.bias, B, cout, N, act);
+    } else {
+        float* full = ctx.arena->alloc<float>(B * cout * ld);
+        conv2d_gemm(ctx, x, Wl, w, g, Ho, Wo, full, DType::F32, ld);
+        crop_bias_act(ctx, full, out.p, w.bias, B, cout, 1, ld, N, act);
     }
-    if (!full) bias_act(ctx, out.p, out.p, DType::F32, w.bias, B, cout, N, act);
+}
+
+bool conv2d_glu(const Ctx& ctx, const DTensor& x, const ConvWeight& w, ConvGeom g, const DTensor& out) {
+    g.kh = w.kh, g.kw = w.kw;
+    const int64_t taps = int64_t(w.kh) * w.kw;
+    const bool stride1_taps = g.sh == 1 && g.sw == 1 && taps > 1;
+    if (ctx.gemm == DType::F32 || !ctx.narrow_gemm_out || ctx.implicit_conv || (ctx.shifted_conv && stride1_taps))
+        return false;
+    int64_t Ho = 0, Wo = 0;
+    conv_output_size(x.h, x.w, w, g, &Ho, &Wo);
+    check_conv_shapes(x, x.w, w, g, out.b, 2 * out.c, Ho, Wo, nullptr);
+    if (out.h != Ho || out.w != Wo) throw Error("internal error: conv2d_glu output shape");
+    ArenaScope scope(*ctx.arena);
+    const int64_t N = Ho * Wo, ld = gemm_ld(ctx, N);
+    void* y = ctx.arena->alloc_bytes(size_t(x.b * w.cout * ld) * dtype_bytes(ctx.gemm));
+    conv2d_gemm(ctx, x, x.w, w, g, Ho, Wo, y, ctx.gemm, ld);
+    glu(ctx, y, ctx.gemm, ld, out.p, x.b, out.c, N, w.bias);
+    return true;
 }
 
 void conv_transpose2d(const Ctx& ctx, const DTensor& x, const ConvWeight& w, int sh, int sw, int64_t h0, int64_t w0,
@@ -137,15 +168,19 @@ void conv_transpose2d(const Ctx& ctx, const DTensor& x, const ConvWeight& w, int
     const DType dt = ctx.gemm;
     const int64_t B = x.b, rows = int64_t(w.cout) * w.kh * w.kw, HW = x.h * x.w, ld = gemm_ld(ctx, HW);
     const void* xb = operand(ctx, x, ld);
-    const int64_t slice = items_per_slice(B, rows * ld * int64_t(sizeof(float)));
-    float* cols = ctx.arena->alloc<float>(slice * rows * ld);
+    // The columns are read once, by the overlap-add: in float16 / bfloat16
+    // they cost half the bytes, rounded once as autocast rounds the official
+    // conv_transpose2d's output.
+    const DType ct = dt != DType::F32 && ctx.narrow_gemm_out ? dt : DType::F32;
+    const int64_t slice = items_per_slice(B, rows * ld * int64_t(dtype_bytes(ct)));
+    void* cols = ctx.arena->alloc_bytes(size_t(slice * rows * ld) * dtype_bytes(ct));
     for (int64_t b0 = 0; b0 < B; b0 += slice) {
         const int64_t nb = std::min(slice, B - b0);
         // cols[b] [cout * kh * kw, ld] = W^T (W stored [cin, cout * kh * kw]) x[b] [cin, ld]
-        gemm(ctx, dt, true, false, rows, ld, x.c, 1.0f, {w.w, rows, 0}, {offset(xb, b0 * x.c * ld, dt), ld, x.c * ld},
-             0.0f, cols, ld, rows * ld, nb);
-        col2im(ctx, cols, out.p + b0 * w.cout * out.h * out.w, w.bias, nb, w.cout, x.h, x.w, w.kh, w.kw, sh, sw, h0,
-               out.h, w0, out.w, act, ld);
+        gemm_as(ctx, dt, true, false, rows, ld, x.c, 1.0f, {w.w, rows, 0},
+                {offset(xb, b0 * x.c * ld, dt), ld, x.c * ld}, 0.0f, cols, ct, ld, rows * ld, nb);
+        col2im(ctx, cols, ct, out.p + b0 * w.cout * out.h * out.w, w.bias, nb, w.cout, x.h, x.w, w.kh, w.kw, sh, sw,
+               h0, out.h, w0, out.w, act, ld);
     }
 }
 

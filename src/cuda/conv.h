@@ -14,7 +14,9 @@
 //     that also does the bias, the decoder's trim and the activation.
 // GEMM operands are converted to the context's operand type on the fly (the
 // padding / im2col kernels write it directly), their rows padded to 16 bytes
-// in float16 / bfloat16; outputs are float32.
+// in float16 / bfloat16; outputs are float32, except where only a
+// memory-bound pass reads them (conv2d_glu, the transposed convolution's
+// columns: the operand type, ctx.narrow_gemm_out).
 // With ctx.implicit_conv (FASTDEMUCS_IMPLICIT_CONV=1), float16 / bfloat16
 // convolutions are instead one implicit GEMM each (cuda/implicit_conv.h: no
 // column buffer, no conversion or crop pass) — exact, but slower than
@@ -50,6 +52,14 @@ void conv_output_size(int64_t H, int64_t Wl, const ConvWeight& w, const ConvGeom
 // must have the shape conv_output_size gives.
 void conv2d(const Ctx& ctx, const DTensor& x, int64_t Wl, const ConvWeight& w, ConvGeom g, const DTensor& out,
             Act act);
+
+// out [B, C, Ho, Wo] = GLU over channels of conv(x) + bias (w has 2C outputs;
+// stride-1 geometry over x's own width) with the convolution's result
+// stored in the operand type between the GEMM and the GLU (half the bytes
+// of that round trip). Returns false, doing nothing, where that does not
+// apply (float32, the implicit and shifted paths, ctx.narrow_gemm_out off):
+// the caller then runs conv2d and glu.
+bool conv2d_glu(const Ctx& ctx, const DTensor& x, const ConvWeight& w, ConvGeom g, const DTensor& out);
 
 // out = act(window [h0, h0 + out.h) x [w0, w0 + out.w) of conv_transpose(x) + bias).
 void conv_transpose2d(const Ctx& ctx, const DTensor& x, const ConvWeight& w, int sh, int sw, int64_t h0, int64_t w0,

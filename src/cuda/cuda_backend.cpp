@@ -98,6 +98,7 @@
 // graph. FASTDEMUCS_NO_GRAPH=1 disables graphs; FASTDEMUCS_ATTENTION=cublas
 // selects the cuBLAS attention path, =simt the float32-arithmetic fused
 // kernel in every precision, =tc-v1 the first float16 tensor-core kernel.
+// FASTDEMUCS_NARROW_GEMM_OUT=0 keeps every GEMM result in float32 (Ctx::narrow_gemm_out).
 // FASTDEMUCS_PROFILE=1 runs every forward eagerly and prints a per-block
 // table (cuda/profile.h). FASTDEMUCS_IMPLICIT_CONV=1 runs the float16 /
 // bfloat16 convolutions as implicit GEMMs (cuda/implicit_conv.h). FASTDEMUCS_THIN_DCONV=0 sends the thin DConv
@@ -262,7 +263,7 @@ public:
 
         ctx_.shifted_conv = env_flag("FASTDEMUCS_SHIFTED_CONV");
         weights_ = std::make_unique<DeviceWeights>(*model_, dtype_, ctx_.shifted_conv);
-        upload_dconv_grams();
+        upload_dconv_tables();
         trace_point("cuda: weights uploaded");
         const auto& cfg = model_->config;
         length_ = cfg.segment_samples();
@@ -281,6 +282,9 @@ public:
         ctx_.pipelined_attention = attention != "tc-v1";
         ctx_.implicit_conv = env_flag("FASTDEMUCS_IMPLICIT_CONV") && major >= 8;  // cp.async: sm_80 on
         ctx_.thin_dconv = env_string("FASTDEMUCS_THIN_DCONV") != "0";
+        ctx_.narrow_gemm_out = env_string("FASTDEMUCS_NARROW_GEMM_OUT") != "0";
+        const std::string thin_max = env_string("FASTDEMUCS_THIN_DCONV_MAX_HIDDEN");
+        if (!thin_max.empty()) thin_dconv_max_hidden_ = std::atoi(thin_max.c_str());
         graphs_enabled_ = !env_flag("FASTDEMUCS_NO_GRAPH");
         if (env_flag("FASTDEMUCS_PROFILE")) {
             profiler_ = std::make_unique<Profiler>();
@@ -959,20 +963,26 @@ private:
         return s;
     }
 
-    // The thin DConv path's per-layer statistics form (cuda/dconv.h), from
+    // The thin DConv path's per-layer tables (cuda/dconv.h: the statistics
+    // form and the in-convolution's weights as its kernel reads them), from
     // the host weights once per backend, for every residual layer of the
     // plan's DConvs that the fused path takes.
-    void upload_dconv_grams() {
-        std::vector<double> all;
+    void upload_dconv_tables() {
+        std::vector<double> grams;
+        std::vector<float> tables;
         auto add = [&](const std::string& prefix, const DConvPlan& d) {
             if (!d.present || !dconv_layer_thin_fits(d.channels, d.hidden)) return;
             for (size_t i = 0; i < d.dilations.size(); i++) {
                 const std::string p = prefix + "dconv.layers." + std::to_string(i) + ".";
-                const HostTensor& w = model_->weight(p + "3.weight");
-                const std::vector<double> gram =
-                    dconv_out_gram(w.data.data(), model_->weight(p + "3.bias").data.data(), d.hidden, 2 * d.channels);
-                gram_offsets_[p] = int64_t(all.size());
-                all.insert(all.end(), gram.begin(), gram.end());
+                const std::vector<double> gram = dconv_out_gram(model_->weight(p + "3.weight").data.data(),
+                                                                model_->weight(p + "3.bias").data.data(), d.hidden,
+                                                                2 * d.channels);
+                const std::vector<float> table =
+                    dconv_in_table(model_->weight(p + "0.weight").data.data(), d.hidden, d.channels);
+                dconv_offsets_[p] = {int64_t(grams.size()), int64_t(tables.size())};
+                grams.insert(grams.end(), gram.begin(), gram.end());
+                tables.insert(tables.end(), table.begin(), table.end());
+                tables.resize((tables.size() + 3) / 4 * 4);  // each table on 16 bytes
             }
         };
         const ModelPlan& plan = model_->plan;
@@ -980,7 +990,9 @@ private:
             for (const EncoderLayerPlan& e : *layers) add(e.prefix, e.dconv);
         for (const auto* layers : {&plan.decoder, &plan.tdecoder})
             for (const DecoderLayerPlan& e : *layers) add(e.prefix, e.dconv);
-        if (!all.empty()) grams_ = upload(all.data(), all.size() * sizeof(double), "the DConv statistics forms");
+        if (grams.empty()) return;
+        grams_ = upload(grams.data(), grams.size() * sizeof(double), "the DConv statistics forms");
+        in_tables_ = upload(tables.data(), tables.size() * sizeof(float), "the DConv weight tables");
     }
 
     // The float32 weights of DConv residual layer `p` for cuda/dconv.h.
@@ -990,14 +1002,15 @@ private:
             throw Error("internal error: DConv weight shapes of " + p);
         DConvLayerWeights w;
         w.channels = d.channels, w.hidden = d.hidden, w.dilation = dilation;
-        w.in_weight = weights_->f32(p + "0.weight"), w.in_bias = weights_->f32(p + "0.bias");
+        w.in_bias = weights_->f32(p + "0.bias");
         w.in_norm_weight = weights_->f32(p + "1.weight"), w.in_norm_bias = weights_->f32(p + "1.bias");
         w.out_weight = weights_->f32(p + "3.weight"), w.out_bias = weights_->f32(p + "3.bias");
         w.out_norm_weight = weights_->f32(p + "4.weight"), w.out_norm_bias = weights_->f32(p + "4.bias");
         w.scale = weights_->f32(p + "6.scale");
-        const auto gram = gram_offsets_.find(p);
-        if (gram == gram_offsets_.end()) throw Error("internal error: no statistics form for " + p);
-        w.out_gram = grams_.as<double>() + gram->second;
+        const auto at = dconv_offsets_.find(p);
+        if (at == dconv_offsets_.end()) throw Error("internal error: no DConv tables for " + p);
+        w.out_gram = grams_.as<double>() + at->second.first;
+        w.in_table = in_tables_.as<float>() + at->second.second;
         return w;
     }
 
@@ -1008,7 +1021,7 @@ private:
         if (x.c != d.channels) throw Error("internal error: DConv channels");
         for (size_t i = 0; i < d.dilations.size(); i++) {
             const std::string p = prefix + "dconv.layers." + std::to_string(i) + ".";
-            if (ctx.thin_dconv && dconv_layer_thin_fits(d.channels, d.hidden)) {
+            if (ctx.thin_dconv && d.hidden <= thin_dconv_max_hidden_ && dconv_layer_thin_fits(d.channels, d.hidden)) {
                 dconv_layer_thin(ctx, thin_dconv_weights(d, p, d.dilations[i]), x.p, x.b, x.h, x.w);
                 continue;
             }
@@ -1039,6 +1052,7 @@ private:
         const ConvWeight w = conv_weight(prefix + "rewrite.", freq ? kernel : 1, kernel);
         int64_t Ho = 0, Wo = 0;
         conv_output_size(x.h, x.w, w, g, &Ho, &Wo);
+        if (!norm && conv2d_glu(ctx, x, w, g, out)) return;
         DTensor y = alloc(ctx, x.b, w.cout, Ho, Wo);
         // The convolution's bias goes to the norm or the GLU (no pass of its own).
         conv2d(ctx, x, x.w, without_bias(w), g, y, Act::None);
@@ -1047,7 +1061,7 @@ private:
                        weights_->f32(prefix + norm_name + "bias"), 1e-5f, Act::None, w.bias);
         if (out.c * 2 != y.c || out.h != Ho || out.w != Wo || out.b != y.b)
             throw Error("internal error: rewrite output shape");
-        glu(ctx, y.p, out.p, y.b, out.c, Ho * Wo, norm ? nullptr : w.bias);
+        glu(ctx, y.p, DType::F32, 0, out.p, y.b, out.c, Ho * Wo, norm ? nullptr : w.bias);
     }
 
     DTensor encoder_layer(const Ctx& ctx, const EncoderLayerPlan& e, const DTensor& x, const DTensor* inject) const {
@@ -1150,8 +1164,11 @@ private:
     DeviceBuffer blas_workspace_;
     std::unique_ptr<BlasOwner> blas_;
     std::unique_ptr<DeviceWeights> weights_;
-    DeviceBuffer grams_;                         // thin DConv statistics forms (upload_dconv_grams)
-    std::map<std::string, int64_t> gram_offsets_;  // DConv layer prefix -> offset in grams_
+    int thin_dconv_max_hidden_ = 32;  // FASTDEMUCS_THIN_DCONV_MAX_HIDDEN (A/B runs)
+    DeviceBuffer grams_;      // thin DConv statistics forms (upload_dconv_tables)
+    DeviceBuffer in_tables_;  // thin DConv in-convolution weight tables
+    // DConv layer prefix -> offsets in grams_ and in_tables_
+    std::map<std::string, std::pair<int64_t, int64_t>> dconv_offsets_;
     std::unique_ptr<Spectral> spectral_;
     std::unique_ptr<CrossTransformer> transformer_;
     std::unique_ptr<Profiler> profiler_;

@@ -15,9 +15,11 @@
 //   2. dconv_out_stats: y's statistics per row from h alone (the sums of y
 //      and y^2 over channels are a linear and a quadratic form of h)
 //   3. dconv_out_apply: y recomputed once more, normalised, GLU, LayerScale, x +=
-// All arithmetic is float32 (statistics in double) in every precision:
-// these layers are memory-bound, so the tensor cores' float16 would buy
-// nothing and cost accuracy.
+// All arithmetic is float32 (statistics in double) in every precision. The
+// outer layers (hidden 6) are memory-bound; at hidden 24 the rows are short
+// and few, so the kernels take several positions per thread (fewer weight
+// loads per multiply-add) and split the apply pass's channels among blocks
+// to keep the SMs busy.
 #pragma once
 
 #include <cstdint>
@@ -29,7 +31,7 @@ namespace fastdemucs::cuda {
 
 struct DConvLayerWeights {
     int channels = 0, hidden = 0, dilation = 1;  // kernel 3, padding = dilation
-    const float* in_weight = nullptr;             // [hidden, channels, 3]
+    const float* in_table = nullptr;              // dconv_in_table of the [hidden, channels, 3] weights
     const float* in_bias = nullptr;               // [hidden]
     const float* in_norm_weight = nullptr;        // GroupNorm(1, hidden) affine
     const float* in_norm_bias = nullptr;
@@ -47,11 +49,20 @@ struct DConvLayerWeights {
 // (hidden + 1), in double.
 std::vector<double> dconv_out_gram(const float* weight, const float* bias, int hidden, int channels2);
 
+// The in-convolution's weights [hidden, channels, 3] as the kernel reads
+// them: [channels * 3][hidden padded to the kernel's size], zero-padded,
+// built once per model on the host (a straight copy into shared memory).
+std::vector<float> dconv_in_table(const float* weight, int hidden, int channels);
+
 // Whether dconv_layer_thin takes this layer (hidden small enough for its
 // per-position registers, weights within its shared memory).
 bool dconv_layer_thin_fits(int channels, int hidden);
 
-// x [B, C, R, W] (float32, in place) through one residual layer.
-void dconv_layer_thin(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64_t B, int64_t R, int64_t W);
+// x [B, C, R, W] (float32, in place) through one residual layer. positions
+// (1-3 per thread) and splits (channel groups of the apply pass) are chosen
+// from the shape when 0 (FASTDEMUCS_DCONV_POSITIONS / _SPLITS override that
+// choice, for A/B runs); tests pass them to cover every kernel variant.
+void dconv_layer_thin(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64_t B, int64_t R, int64_t W,
+                      int positions = 0, int splits = 0);
 
 }  // namespace fastdemucs::cuda

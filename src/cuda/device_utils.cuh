@@ -66,8 +66,44 @@ __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 
+// Eight consecutive values at a 16-byte-aligned p (two loads in float32):
+// 2-byte scalar loads leave a memory-bound kernel bound by its load
+// instructions instead, at about a third of the bandwidth.
+constexpr int kVec = 8;
+__device__ __forceinline__ void load8(const float* p, float (&v)[kVec]) {
+    const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+template <typename T>
+__device__ __forceinline__ void load8(const T* p, float (&v)[kVec]) {  // __half or __nv_bfloat16
+    const uint4 raw = *reinterpret_cast<const uint4*>(p);
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int i = 0; i < kVec; i++) v[i] = to_float(e[i]);
+}
+__device__ __forceinline__ void store8(float* p, const float (&v)[kVec]) {
+    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+    *reinterpret_cast<float4*>(p + 4) = make_float4(v[4], v[5], v[6], v[7]);
+}
+template <typename T>
+__device__ __forceinline__ void store8(T* p, const float (&v)[kVec]) {
+    uint4 raw;
+    T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+    for (int i = 0; i < kVec; i++) e[i] = from_float<T>(v[i]);
+    *reinterpret_cast<uint4*>(p) = raw;
+}
+// Whether p is 16-byte aligned (vector loads / stores above).
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
 // GELU with the exact erf, as nn.GELU() / F.gelu default.
 __device__ __forceinline__ float gelu_exact(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+
+// GLU's a * sigmoid(g) with the hardware exp2 and reciprocal (a few ulp,
+// far below the 80 dB contract): the full-precision expf and division were
+// most of the instructions of the DConv's memory-bound apply pass, which
+// they made issue-bound. For g -> -inf the quotient goes to 0 (a / inf).
+__device__ __forceinline__ float glu_value(float a, float g) { return __fdividef(a, 1.0f + __expf(-g)); }
 
 __device__ __forceinline__ float activate(float x, Act act) {
     if (act == Act::Gelu) return gelu_exact(x);

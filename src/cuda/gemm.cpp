@@ -29,6 +29,13 @@ int as_int(int64_t v, const char* what) {
 void gemm(const Ctx& ctx, DType ab, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
           const GemmOperand& a, const GemmOperand& b, float beta, float* c, int64_t ldc, int64_t stride_c,
           int64_t batch) {
+    gemm_as(ctx, ab, trans_a, trans_b, m, n, k, alpha, a, b, beta, c, DType::F32, ldc, stride_c, batch);
+}
+
+void gemm_as(const Ctx& ctx, DType ab, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+             const GemmOperand& a, const GemmOperand& b, float beta, void* c, DType c_type, int64_t ldc,
+             int64_t stride_c, int64_t batch) {
+    if (c_type != DType::F32 && c_type != ab) throw Error("internal error: GEMM output type");
     // Row-major sanity: the leading dimensions must cover a row.
     if (a.ld < (trans_a ? m : k) || b.ld < (trans_b ? k : n) || ldc < n)
         throw Error("internal error: GEMM leading dimension too small");
@@ -41,12 +48,17 @@ void gemm(const Ctx& ctx, DType ab, bool trans_a, bool trans_b, int64_t m, int64
     ProfileSpan span(ctx, ProfKind::Gemm);
     FD_CUBLAS(cublasGemmStridedBatchedEx(ctx.blas, op_b, op_a, as_int(n, "n"), as_int(m, "m"), as_int(k, "k"), &alpha,
                                          b.ptr, t, as_int(b.ld, "ldb"), b.stride, a.ptr, t, as_int(a.ld, "lda"),
-                                         a.stride, &beta, c, CUDA_R_32F, as_int(ldc, "ldc"), stride_c,
+                                         a.stride, &beta, c, cuda_type(c_type), as_int(ldc, "ldc"), stride_c,
                                          as_int(batch, "batch"), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 void linear(const Ctx& ctx, const void* x, int64_t rows, int64_t in, const void* w, int64_t out, float* y) {
-    gemm(ctx, ctx.gemm, false, true, rows, out, in, 1.0f, {x, in, 0}, {w, in, 0}, 0.0f, y, out, 0, 1);
+    linear_as(ctx, x, rows, in, w, out, y, DType::F32);
+}
+
+void linear_as(const Ctx& ctx, const void* x, int64_t rows, int64_t in, const void* w, int64_t out, void* y,
+               DType yt) {
+    gemm_as(ctx, ctx.gemm, false, true, rows, out, in, 1.0f, {x, in, 0}, {w, in, 0}, 0.0f, y, yt, out, 0, 1);
 }
 
 }  // namespace fastdemucs::cuda

@@ -1,6 +1,9 @@
 // Row-major GEMM on cuBLAS: C = alpha * op(A) op(B) + beta * C, with A and B
 // in the operand type (float32, or float16 / bfloat16 on tensor cores) and C
-// always float32, accumulated in float32 (CUBLAS_COMPUTE_32F: no TF32).
+// float32 (or, with gemm_as, the operand type: a result that only a
+// memory-bound pass reads, rounded once as the official autocast rounds
+// every convolution's output), accumulated in float32 (CUBLAS_COMPUTE_32F:
+// no TF32).
 #pragma once
 
 #include <cstdint>
@@ -21,7 +24,15 @@ void gemm(const Ctx& ctx, DType ab, bool trans_a, bool trans_b, int64_t m, int64
           const GemmOperand& a, const GemmOperand& b, float beta, float* c, int64_t ldc, int64_t stride_c,
           int64_t batch = 1);
 
+// The same with C of type c_type (F32, or ab itself).
+void gemm_as(const Ctx& ctx, DType ab, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+             const GemmOperand& a, const GemmOperand& b, float beta, void* c, DType c_type, int64_t ldc,
+             int64_t stride_c, int64_t batch = 1);
+
 // y [rows, out] = x [rows, in] W^T, W [out, in] as nn.Linear stores it (no bias).
 void linear(const Ctx& ctx, const void* x, int64_t rows, int64_t in, const void* w, int64_t out, float* y);
+// The same with y of type yt (F32 or the operand type).
+void linear_as(const Ctx& ctx, const void* x, int64_t rows, int64_t in, const void* w, int64_t out, void* y,
+               DType yt);
 
 }  // namespace fastdemucs::cuda

@@ -1,5 +1,8 @@
 #include "cuda/kernels.h"
 
+#include <algorithm>
+#include <type_traits>
+
 #include "cuda/arena.h"
 #include "cuda/device_utils.cuh"
 #include "error.h"
@@ -189,6 +192,30 @@ __global__ void bias_act_kernel(const float* in, T* out, const float* __restrict
         });
 }
 
+template <typename T, typename I>
+__global__ void bias_act_inplace_kernel(T* x, const float* __restrict__ bias, I total, Divisor<I> C,
+                                        Divisor<I> inner, Act act) {
+    grid_stride_batched<kUnroll>(
+        total, [&](I i) { return to_float(x[i]); },
+        [&](I i, float v) {
+            if (bias) v += bias[C.mod(inner.div(i))];
+            x[i] = from_float<T>(activate(v, act));
+        });
+}
+
+// The same over rows of C values (inner = 1), kVec values per thread (C % kVec == 0).
+template <typename T, typename I>
+__global__ void bias_act_rows_vec_kernel(T* x, const float* __restrict__ bias, I slots, Divisor<I> C_vec, Act act) {
+    for (I s = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); s < slots; s += I(gridDim.x) * I(blockDim.x)) {
+        const I c0 = C_vec.mod(s) * I(kVec);
+        float v[kVec];
+        load8(x + int64_t(s) * kVec, v);
+#pragma unroll
+        for (int e = 0; e < kVec; e++) v[e] = activate(bias ? v[e] + bias[c0 + I(e)] : v[e], act);
+        store8(x + int64_t(s) * kVec, v);
+    }
+}
+
 template <typename T>
 __global__ void convert_kernel(const float* __restrict__ in, T* __restrict__ out, int64_t n) {
     grid_stride_batched<kUnroll>(
@@ -205,29 +232,47 @@ __global__ void convert_rows_kernel(const float* __restrict__ in, T* __restrict_
         });
 }
 
-// x [B, 2C, inner] -> the a (first C) and gate (last C) values of output i of [B, C, inner].
-// Also gives c.
+// x [B, 2C, ld] (rows of inner values) -> the a (first C) and gate (last C)
+// values of output i of [B, C, inner]. Also gives c.
 template <typename I>
-__device__ __forceinline__ I glu_index(I i, Divisor<I> C, Divisor<I> inner, I* c) {
+__device__ __forceinline__ I glu_index(I i, Divisor<I> C, Divisor<I> inner, I ld, I* c) {
     const I bc = inner.div(i), k = i - bc * inner.value(), b = C.div(bc);
     *c = bc - b * C.value();
-    return (bc + b * C.value()) * inner.value() + k;  // (b * 2C + c) * inner + k
+    return (bc + b * C.value()) * ld + k;  // (b * 2C + c) * ld + k
 }
 
-template <typename I>
-__global__ void glu_kernel(const float* __restrict__ x, float* __restrict__ y, I total, Divisor<I> C,
-                           Divisor<I> inner, const float* __restrict__ bias) {
-    const I half = C.value() * inner.value();
+template <typename T, typename I>
+__global__ void glu_kernel(const T* __restrict__ x, float* __restrict__ y, I total, Divisor<I> C,
+                           Divisor<I> inner, I ld, const float* __restrict__ bias) {
+    const I half = C.value() * ld;
     grid_stride_batched<kUnroll>(
         total,
         [&](I i) {
             I c;
-            const I at = glu_index(i, C, inner, &c);
-            float2 ag = make_float2(x[at], x[at + half]);
+            const I at = glu_index(i, C, inner, ld, &c);
+            float2 ag = make_float2(to_float(x[at]), to_float(x[at + half]));
             if (bias) ag.x += bias[c], ag.y += bias[c + C.value()];
             return ag;
         },
-        [&](I i, float2 ag) { y[i] = ag.x / (1.0f + expf(-ag.y)); });
+        [&](I i, float2 ag) { y[i] = glu_value(ag.x, ag.y); });
+}
+
+// The same with kVec consecutive outputs per thread (inner % kVec == 0, ld % kVec == 0).
+template <typename T, typename I>
+__global__ void glu_vec_kernel(const T* __restrict__ x, float* __restrict__ y, I slots, Divisor<I> C,
+                               Divisor<I> inner_vec, I ld, const float* __restrict__ bias) {
+    const I half = C.value() * ld;
+    for (I s = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); s < slots; s += I(gridDim.x) * I(blockDim.x)) {
+        const I bc = inner_vec.div(s), k = (s - bc * inner_vec.value()) * I(kVec), b = C.div(bc);
+        const I c = bc - b * C.value(), at = (bc + b * C.value()) * ld + k;
+        float a[kVec], g[kVec], out[kVec];
+        load8(x + at, a);
+        load8(x + at + half, g);
+        const float ba = bias ? bias[c] : 0.0f, bg = bias ? bias[c + C.value()] : 0.0f;
+#pragma unroll
+        for (int e = 0; e < kVec; e++) out[e] = glu_value(a[e] + ba, g[e] + bg);
+        store8(y + int64_t(s) * kVec, out);
+    }
 }
 
 // x [B, C, R, W] += scale[c] * a * sigmoid(g), where a and g are y [B, 2C, R, W]
@@ -257,7 +302,7 @@ __global__ void glu_norm_residual_kernel(const float* __restrict__ y, float* __r
             locate(i, &at, &row_a, &c);
             const float2 ka = coef[row_a], kg = coef[row_a + C.value() * R.value()];
             const float a = v.x * ka.x + ka.y, g = v.y * kg.x + kg.y;
-            x[i] = v.z + scale[c] * (a / (1.0f + expf(-g)));
+            x[i] = v.z + scale[c] * glu_value(a, g);
         });
 }
 
@@ -436,7 +481,29 @@ template <typename T>
 struct alignas(16) Im2colRun {
     T v[kIm2colRun];
 };
-template <typename T, typename I>
+// v[e] = row[w + e] for w + e in [0, W), else 0. Inside the row it reads the
+// 16-byte-aligned window of 12 floats around the 8 (three vector loads, then
+// a shift by the misalignment) instead of 8 scalar loads.
+__device__ __forceinline__ void load_row8(const float* row, int w, int W, float (&v)[kIm2colRun]) {
+    const int s = int((reinterpret_cast<uintptr_t>(row + w) >> 2) & 3);  // floats past a 16-byte boundary
+    const int a = w - s;
+    if (a >= 0 && a + 12 <= W) {
+        const float4* p = reinterpret_cast<const float4*>(row + a);
+        const float4 q0 = p[0], q1 = p[1], q2 = p[2];
+        const float win[12] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w, q2.x, q2.y, q2.z, q2.w};
+#pragma unroll
+        for (int e = 0; e < kIm2colRun; e++)
+            v[e] = s == 0 ? win[e] : s == 1 ? win[e + 1] : s == 2 ? win[e + 2] : win[e + 3];
+        return;
+    }
+#pragma unroll
+    for (int e = 0; e < kIm2colRun; e++) v[e] = (w + e >= 0 && w + e < W) ? row[w + e] : 0.0f;
+}
+
+// UnitStride: stride 1 along W and runs that never wrap to the next output
+// row (Wo % kIm2colRun == 0, or one output row): a run's 8 inputs of a
+// column row are consecutive in one input row (load_row8).
+template <typename T, typename I, bool UnitStride>
 __global__ void im2col_runs_kernel(const float* __restrict__ x, T* __restrict__ cols, I rows, Divisor<I> K,
                                    Divisor<I> taps, Divisor<I> kw, I Cin, int H, int W, ConvGeom g, Divisor<I> Wo,
                                    I N, int64_t ld) {
@@ -465,11 +532,24 @@ __global__ void im2col_runs_kernel(const float* __restrict__ x, T* __restrict__ 
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 Im2colRun<T> pack;
+                if constexpr (UnitStride) {
+                    const int h = hs[0] + row[u].h_off;
+                    float v[V];
+                    if (h >= 0 && h < H) {
+                        load_row8(row[u].plane + int64_t(h) * W, ws[0] + row[u].w_off, W, v);
+                    } else {
 #pragma unroll
-                for (int e = 0; e < V; e++) {
-                    const int h = hs[e] + row[u].h_off, w = ws[e] + row[u].w_off;
-                    const bool ok = inside[e] && h >= 0 && h < H && w >= 0 && w < W;
-                    pack.v[e] = from_float<T>(ok ? row[u].plane[int64_t(h) * W + w] : 0.0f);
+                        for (int e = 0; e < V; e++) v[e] = 0.0f;
+                    }
+#pragma unroll
+                    for (int e = 0; e < V; e++) pack.v[e] = from_float<T>(inside[e] ? v[e] : 0.0f);
+                } else {
+#pragma unroll
+                    for (int e = 0; e < V; e++) {
+                        const int h = hs[e] + row[u].h_off, w = ws[e] + row[u].w_off;
+                        const bool ok = inside[e] && h >= 0 && h < H && w >= 0 && w < W;
+                        pack.v[e] = from_float<T>(ok ? row[u].plane[int64_t(h) * W + w] : 0.0f);
+                    }
                 }
                 if (row_valid[u]) *reinterpret_cast<Im2colRun<T>*>(row[u].out + n0) = pack;
             }
@@ -505,17 +585,21 @@ __global__ void crop_bias_act_kernel(const float* __restrict__ full, float* __re
         [&](I i, float v) { out[i] = activate(v, act); });
 }
 
-// A block per (output row, run of kCol2imRun positions): the taps along H
-// that land on the row are found once per block (for stride s, kernel k:
-// k / s of them), so each output position only walks its taps along W, in
-// the same increasing tap order as a plain loop; kCol2imPerThread
-// positions per thread, their loads in flight together.
-constexpr int kCol2imThreads = 128, kCol2imPerThread = 8, kCol2imRun = kCol2imThreads * kCol2imPerThread;
+// A block per (output row, run of `per` * kCol2imThreads positions): the
+// taps along H that land on the row are found once per block (for stride s,
+// kernel k: k / s of them), so each output position only walks its taps
+// along W, in the same increasing tap order as a plain loop; `per` (up to
+// kCol2imPerThread) positions per thread, their loads in flight together.
+// A short row (the frequency decoders' 336 positions) takes a run of its
+// own length rounded to the block (a fixed run of 1024 left 2/3 of the
+// threads idle there).
+constexpr int kCol2imThreads = 128, kCol2imPerThread = 8;
 constexpr int kCol2imMaxRowTaps = 8;
-template <typename I>
+template <typename T, typename I>
 __global__ void __launch_bounds__(kCol2imThreads)
-    col2im_kernel(const float* __restrict__ cols, float* __restrict__ out, const float* __restrict__ bias, I C, I H,
-                  I W, int kh, int kw, int sh, Divisor<I> sw, I h0, I Hc, I w0, I Wc, I runs, int64_t ld, Act act) {
+    col2im_kernel(const T* __restrict__ cols, float* __restrict__ out, const float* __restrict__ bias, I C, I H,
+                  I W, int kh, int kw, int sh, Divisor<I> sw, I h0, I Hc, I w0, I Wc, I runs, int per, int64_t ld,
+                  Act act) {
     const int64_t row = blockIdx.x / runs;  // bc * Hc + (ho - h0)
     const I run = I(blockIdx.x - row * runs);
     const int64_t bc = row / Hc;
@@ -534,21 +618,50 @@ __global__ void __launch_bounds__(kCol2imThreads)
     const int taps = row_taps;
     const float b = bias ? bias[bc % C] : 0.0f;
     float* orow = out + row * Wc;
+    const I first = run * I(per * kCol2imThreads) + I(threadIdx.x);
     float acc[kCol2imPerThread];
 #pragma unroll
     for (int e = 0; e < kCol2imPerThread; e++) {
-        const I j = run * I(kCol2imRun) + I(e * kCol2imThreads) + I(threadIdx.x);
+        const I j = first + I(e * kCol2imThreads);
         acc[e] = b;
-        if (j >= Wc) continue;
+        if (e >= per || j >= Wc) continue;
         const I wo = j + w0, w_top = sw.div(wo), kj0 = wo - w_top * sw.value();
         for (int t = 0; t < taps; t++)
             for (I kj = kj0, w = w_top; kj < I(kw) && kj <= wo; kj += sw.value(), w--)
-                if (w < W) acc[e] += cols[tap_rows[t] + int64_t(kj) * ld + w];
+                if (w < W) acc[e] += to_float(cols[tap_rows[t] + int64_t(kj) * ld + w]);
     }
 #pragma unroll
     for (int e = 0; e < kCol2imPerThread; e++) {
-        const I j = run * I(kCol2imRun) + I(e * kCol2imThreads) + I(threadIdx.x);
-        if (j < Wc) orow[j] = activate(acc[e], act);
+        const I j = first + I(e * kCol2imThreads);
+        if (e < per && j < Wc) orow[j] = activate(acc[e], act);
+    }
+}
+
+// Taps along H only (kw = sw = 1: the frequency decoders' [8, 1] kernels):
+// a thread takes kVec consecutive positions of an output row, one vector
+// load per tap row, in the same tap order as col2im_kernel (so the same
+// sums). Needs W, Wc, w0 and ld multiples of kVec.
+template <typename T, typename I>
+__global__ void col2im_rows_vec_kernel(const T* __restrict__ cols, float* __restrict__ out,
+                                       const float* __restrict__ bias, Divisor<I> C, I H, I W, int kh, int sh, I h0,
+                                       Divisor<I> Hc, I w0, I Wc, Divisor<I> row_vecs, I slots, int64_t ld, Act act) {
+    for (I s = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); s < slots; s += I(gridDim.x) * I(blockDim.x)) {
+        const I row = row_vecs.div(s), j = (s - row * row_vecs.value()) * I(kVec);  // row = bc * Hc + ho - h0
+        const I bc = Hc.div(row), ho = row - bc * Hc.value() + h0;
+        const float b = bias ? bias[C.mod(bc)] : 0.0f;
+        float acc[kVec];
+#pragma unroll
+        for (int e = 0; e < kVec; e++) acc[e] = b;
+        for (I ki = ho % I(sh), h = ho / I(sh); ki < I(kh) && ki <= ho; ki += I(sh), h--) {
+            if (h >= H) continue;
+            float v[kVec];
+            load8(cols + (int64_t(bc) * kh + ki) * ld + int64_t(h) * W + w0 + j, v);
+#pragma unroll
+            for (int e = 0; e < kVec; e++) acc[e] += v[e];
+        }
+#pragma unroll
+        for (int e = 0; e < kVec; e++) acc[e] = activate(acc[e], act);
+        store8(out + int64_t(row) * Wc + j, acc);
     }
 }
 
@@ -691,6 +804,26 @@ void bias_act(const Ctx& ctx, const float* in, void* out, DType dt, const float*
     FD_LAUNCH_CHECK();
 }
 
+void bias_act_inplace(const Ctx& ctx, void* x, DType t, const float* bias, int64_t outer, int64_t C, int64_t inner,
+                      Act act) {
+    const int64_t n = outer * C * inner;
+    if (ctx.dry || n == 0 || (!bias && act == Act::None)) return;
+    if (inner == 1 && C % kVec == 0 && aligned16(x)) {
+        const int64_t slots = n / kVec;
+        FD_DISPATCH(t, T,
+                    FD_INDEX_DISPATCH(n, I,
+                                      bias_act_rows_vec_kernel<T, I><<<grid_for(slots), kThreads, 0, ctx.stream>>>(
+                                          static_cast<T*>(x), bias, I(slots), Divisor<I>(C / kVec), act)));
+        FD_LAUNCH_CHECK();
+        return;
+    }
+    FD_DISPATCH(t, T,
+                FD_INDEX_DISPATCH(n, I,
+                                  bias_act_inplace_kernel<T, I><<<grid_for(n), kThreads, 0, ctx.stream>>>(
+                                      static_cast<T*>(x), bias, I(n), Divisor<I>(C), Divisor<I>(inner), act)));
+    FD_LAUNCH_CHECK();
+}
+
 void convert(const Ctx& ctx, const float* in, void* out, DType dt, int64_t n) {
     if (ctx.dry || n == 0) return;
     if (dt == DType::F32) {
@@ -713,13 +846,28 @@ void convert_rows(const Ctx& ctx, const float* in, void* out, DType dt, int64_t 
     FD_LAUNCH_CHECK();
 }
 
-void glu(const Ctx& ctx, const float* x, float* y, int64_t B, int64_t C, int64_t inner, const float* bias) {
+void glu(const Ctx& ctx, const void* x, DType xt, int64_t ld, float* y, int64_t B, int64_t C, int64_t inner,
+         const float* bias) {
     const int64_t n = B * C * inner;
+    if (ld == 0) ld = inner;
+    if (ld < inner) throw Error("internal error: glu stride");
     if (ctx.dry || n == 0) return;
-    // The gate half sits at index + C * inner < 2n.
-    FD_INDEX_DISPATCH(2 * n, I,
-                      glu_kernel<I><<<grid_for(n), kThreads, 0, ctx.stream>>>(x, y, I(n), Divisor<I>(C),
-                                                                               Divisor<I>(inner), bias));
+    // The gate half sits at (b * 2C + C + c) * ld + k < 2 B C ld.
+    if (inner % kVec == 0 && ld % kVec == 0 && aligned16(x) && aligned16(y)) {
+        const int64_t slots = n / kVec;
+        FD_DISPATCH(xt, T,
+                    FD_INDEX_DISPATCH(2 * B * C * ld, I,
+                                      glu_vec_kernel<T, I><<<grid_for(slots), kThreads, 0, ctx.stream>>>(
+                                          static_cast<const T*>(x), y, I(slots), Divisor<I>(C),
+                                          Divisor<I>(inner / kVec), I(ld), bias)));
+        FD_LAUNCH_CHECK();
+        return;
+    }
+    FD_DISPATCH(xt, T,
+                FD_INDEX_DISPATCH(2 * B * C * ld, I,
+                                  glu_kernel<T, I><<<grid_for(n), kThreads, 0, ctx.stream>>>(
+                                      static_cast<const T*>(x), y, I(n), Divisor<I>(C), Divisor<I>(inner), I(ld),
+                                      bias)));
     FD_LAUNCH_CHECK();
 }
 
@@ -834,12 +982,19 @@ void im2col(const Ctx& ctx, const float* x, void* cols, DType dt, int64_t B, int
     if (H * W >= (int64_t(1) << 31)) throw Error("im2col: input plane too large");
     if (ld % kIm2colRun == 0) {
         const dim3 grid = grid_2d(rows, (N + kIm2colRun - 1) / kIm2colRun);
-        FD_DISPATCH(dt, T,
-                    FD_INDEX_DISPATCH(rows * ld, I,
-                                      im2col_runs_kernel<T, I><<<grid, kThreads, 0, ctx.stream>>>(
-                                          x, static_cast<T*>(cols), I(rows), Divisor<I>(K),
-                                          Divisor<I>(g.kh * g.kw), Divisor<I>(g.kw), I(Cin), int(H), int(W), g,
-                                          Divisor<I>(Wo), I(N), ld)));
+        const auto launch = [&](auto unit_stride) {
+            FD_DISPATCH(dt, T,
+                        FD_INDEX_DISPATCH(rows * ld, I,
+                                          im2col_runs_kernel<T, I, decltype(unit_stride)::value>
+                                          <<<grid, kThreads, 0, ctx.stream>>>(
+                                              x, static_cast<T*>(cols), I(rows), Divisor<I>(K),
+                                              Divisor<I>(g.kh * g.kw), Divisor<I>(g.kw), I(Cin), int(H), int(W), g,
+                                              Divisor<I>(Wo), I(N), ld)));
+        };
+        if (g.sw == 1 && (Wo % kIm2colRun == 0 || Ho == 1))
+            launch(std::true_type());
+        else
+            launch(std::false_type());
         FD_LAUNCH_CHECK();
         return;
     }
@@ -874,7 +1029,7 @@ void crop_bias_act(const Ctx& ctx, const float* full, float* out, const float* b
     FD_LAUNCH_CHECK();
 }
 
-void col2im(const Ctx& ctx, const float* cols, float* out, const float* bias, int64_t B, int64_t C, int64_t H,
+void col2im(const Ctx& ctx, const void* cols, DType ct, float* out, const float* bias, int64_t B, int64_t C, int64_t H,
             int64_t W, int kh, int kw, int sh, int sw, int64_t h0, int64_t Hc, int64_t w0, int64_t Wc, Act act,
             int64_t ld) {
     const int64_t Hf = (H - 1) * sh + kh, Wf = (W - 1) * sw + kw;
@@ -882,13 +1037,29 @@ void col2im(const Ctx& ctx, const float* cols, float* out, const float* bias, in
     if (ld < H * W) throw Error("internal error: col2im stride");
     if (h0 < 0 || w0 < 0 || h0 + Hc > Hf || w0 + Wc > Wf) throw Error("col2im: crop outside the output");
     if ((kh + sh - 1) / sh > kCol2imMaxRowTaps) throw Error("internal error: col2im: kernel taller than 8 strides");
-    const int64_t n = B * C * Hc * Wc, runs = (Wc + kCol2imRun - 1) / kCol2imRun, blocks = B * C * Hc * runs;
+    const int per =
+        int(std::clamp<int64_t>((Wc + kCol2imThreads - 1) / kCol2imThreads, 1, kCol2imPerThread));
+    const int64_t n = B * C * Hc * Wc, run = int64_t(per) * kCol2imThreads, runs = (Wc + run - 1) / run,
+                  blocks = B * C * Hc * runs;
     if (ctx.dry || n == 0) return;
+    if (kw == 1 && sw == 1 && W % kVec == 0 && Wc % kVec == 0 && w0 % kVec == 0 && ld % kVec == 0 &&
+        aligned16(cols) && aligned16(out)) {
+        const int64_t slots = n / kVec;
+        FD_DISPATCH(ct, T,
+                    FD_INDEX_DISPATCH(std::max(n, B * C * Hf * Wf), I,
+                                      col2im_rows_vec_kernel<T, I><<<grid_for(slots), kThreads, 0, ctx.stream>>>(
+                                          static_cast<const T*>(cols), out, bias, Divisor<I>(C), I(H), I(W), kh, sh,
+                                          I(h0), Divisor<I>(Hc), I(w0), I(Wc), Divisor<I>(Wc / kVec), I(slots), ld,
+                                          act)));
+        FD_LAUNCH_CHECK();
+        return;
+    }
     if (blocks > int64_t(0x7fffffff)) throw Error("col2im: output too large");
-    FD_INDEX_DISPATCH(std::max(n, B * C * Hf * Wf), I,
-                      col2im_kernel<I><<<unsigned(blocks), kCol2imThreads, 0, ctx.stream>>>(
-                          cols, out, bias, I(C), I(H), I(W), kh, kw, sh, Divisor<I>(sw), I(h0), I(Hc), I(w0), I(Wc),
-                          I(runs), ld, act));
+    FD_DISPATCH(ct, T,
+                FD_INDEX_DISPATCH(std::max(n, B * C * Hf * Wf), I,
+                                  col2im_kernel<T, I><<<unsigned(blocks), kCol2imThreads, 0, ctx.stream>>>(
+                                      static_cast<const T*>(cols), out, bias, I(C), I(H), I(W), kh, kw, sh,
+                                      Divisor<I>(sw), I(h0), I(Hc), I(w0), I(Wc), I(runs), per, ld, act)));
     FD_LAUNCH_CHECK();
 }
 

@@ -62,12 +62,16 @@ void gelu(const Ctx& ctx, float* x, int64_t n);
 // out may be in when dt is F32.
 void bias_act(const Ctx& ctx, const float* in, void* out, DType dt, const float* bias, int64_t outer, int64_t C,
               int64_t inner, Act act);
+// x [outer, C, inner] (type t) = act(x + bias[c]) in place (bias may be null).
+void bias_act_inplace(const Ctx& ctx, void* x, DType t, const float* bias, int64_t outer, int64_t C, int64_t inner,
+                      Act act);
 void convert(const Ctx& ctx, const float* in, void* out, DType dt, int64_t n);
 // out [rows, ld] (type dt) = in [rows, n] (ld >= n; columns past n left unset).
 void convert_rows(const Ctx& ctx, const float* in, void* out, DType dt, int64_t rows, int64_t n, int64_t ld);
 // y[b, c, i] = a * sigmoid(g), a = x[b, c, i] + bias[c], g = x[b, C + c, i] + bias[C + c]
-// for x [B, 2C, inner] (bias [2C], optional: the producing convolution's).
-void glu(const Ctx& ctx, const float* x, float* y, int64_t B, int64_t C, int64_t inner,
+// for y [B, C, inner] and x [B, 2C, ld] of type xt (rows of inner values,
+// ld >= inner, 0 = inner; bias [2C], optional: the producing convolution's).
+void glu(const Ctx& ctx, const void* x, DType xt, int64_t ld, float* y, int64_t B, int64_t C, int64_t inner,
          const float* bias = nullptr);
 // The end of a DConv residual layer in one pass over y [B, 2C, R, W]:
 // x [B, C, R, W] += scale[c] * GLU(GroupNorm(1, 2C)(y + input_bias)) with the
@@ -115,10 +119,10 @@ void pad_planes(const Ctx& ctx, const float* x, void* out, DType dt, int64_t BC,
 // out [B, C, H, W] = act(full [B, C, H, Wfull][..., :W] + bias[c]).
 void crop_bias_act(const Ctx& ctx, const float* full, float* out, const float* bias, int64_t B, int64_t C, int64_t H,
                    int64_t Wfull, int64_t W, Act act);
-// Transposed-convolution overlap-add: cols [B, C * kh * kw, ld] (ld >= H * W,
-// 0 = H * W) -> the window [h0, h0 + Hc) x [w0, w0 + Wc) of the full output
+// Transposed-convolution overlap-add: cols [B, C * kh * kw, ld] (type ct;
+// ld >= H * W, 0 = H * W) -> the window [h0, h0 + Hc) x [w0, w0 + Wc) of the full output
 // [B, C, (H - 1) * sh + kh, (W - 1) * sw + kw], plus bias[c], then act.
-void col2im(const Ctx& ctx, const float* cols, float* out, const float* bias, int64_t B, int64_t C, int64_t H,
+void col2im(const Ctx& ctx, const void* cols, DType ct, float* out, const float* bias, int64_t B, int64_t C, int64_t H,
             int64_t W, int kh, int kw, int sh, int sw, int64_t h0, int64_t Hc, int64_t w0, int64_t Wc, Act act,
             int64_t ld = 0);
 // out [BC, Hc, Wc] = act(in [BC, Hin, Win][h0 : h0 + Hc, w0 : w0 + Wc]).

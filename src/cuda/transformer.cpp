@@ -120,6 +120,20 @@ void CrossTransformer::layer(const Ctx& ctx, const Work& w, const TransformerLay
     const void* in_w = gw(attn + "in_proj_weight");  // [3C, C]: q, k, v stacked
     const float* in_b = f32(attn + "in_proj_bias");
 
+    // op [r, cols] (operand type) = act(x [r, C] W^T + bias). In float16 /
+    // bfloat16 the GEMM writes the operand type itself and the bias pass
+    // works in place (ctx.narrow_gemm_out: half the bytes of the float32
+    // result's round trip), else through the float32 `scratch`.
+    auto project = [&](const void* x_op, int64_t r, const void* weight, int64_t cols, const float* bias, Act act,
+                       float* scratch, void* op) {
+        if (dt != DType::F32 && ctx.narrow_gemm_out) {
+            linear_as(ctx, x_op, r, C, weight, cols, op, dt);
+            bias_act_inplace(ctx, op, dt, bias, r, cols, 1, act);
+        } else {
+            linear(ctx, x_op, r, C, weight, cols, scratch);
+            bias_act(ctx, scratch, op, dt, bias, r, cols, 1, act);
+        }
+    };
     // Multi-head attention of the queries `q` (operand type, [rows, C]) over
     // `kvsrc` ([rows_kv, C], null for self-attention) into w.proj (+ bias later).
     auto mha = [&](const void* q, const void* kvsrc) {
@@ -127,16 +141,13 @@ void CrossTransformer::layer(const Ctx& ctx, const Work& w, const TransformerLay
         a.B = B, a.N = n, a.heads = cfg.t_heads, a.dh = int(C / cfg.t_heads);
         a.out = w.attn, a.ldo = C;
         if (!kvsrc) {
-            linear(ctx, q, rows, C, in_w, 3 * C, w.wide);
-            bias_act(ctx, w.wide, w.wide_op, dt, in_b, rows, 3 * C, 1, Act::None);
+            project(q, rows, in_w, 3 * C, in_b, Act::None, w.wide, w.wide_op);
             a.q = w.wide_op, a.ldq = 3 * C;
             a.k = offset(w.wide_op, C, dt), a.v = offset(w.wide_op, 2 * C, dt), a.ldkv = 3 * C;
             a.M = n;
         } else {
-            linear(ctx, q, rows, C, in_w, C, w.wide);
-            bias_act(ctx, w.wide, w.wide_op, dt, in_b, rows, C, 1, Act::None);
-            linear(ctx, kvsrc, rows_kv, C, offset(in_w, C * C, dt), 2 * C, w.kv);
-            bias_act(ctx, w.kv, w.kv_op, dt, in_b + C, rows_kv, 2 * C, 1, Act::None);
+            project(q, rows, in_w, C, in_b, Act::None, w.wide, w.wide_op);
+            project(kvsrc, rows_kv, offset(in_w, C * C, dt), 2 * C, in_b + C, Act::None, w.kv, w.kv_op);
             a.q = w.wide_op, a.ldq = C;
             a.k = w.kv_op, a.v = offset(w.kv_op, C, dt), a.ldkv = 2 * C;
             a.M = m;
@@ -148,8 +159,7 @@ void CrossTransformer::layer(const Ctx& ctx, const Work& w, const TransformerLay
     const Act ff_act = cfg.t_gelu ? Act::Gelu : Act::Relu;
     // linear2(act(linear1(a))) into w.proj (bias later).
     auto feed_forward = [&](const void* a) {
-        linear(ctx, a, rows, C, gw("linear1.weight"), hidden_, w.wide);
-        bias_act(ctx, w.wide, w.wide_op, dt, f32("linear1.bias"), rows, hidden_, 1, ff_act);
+        project(a, rows, gw("linear1.weight"), hidden_, f32("linear1.bias"), ff_act, w.wide, w.wide_op);
         linear(ctx, w.wide_op, rows, hidden_, gw("linear2.weight"), C, w.proj);
     };
 
