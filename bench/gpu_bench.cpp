@@ -48,6 +48,7 @@ int main(int argc, char** argv) {
     try {
         const std::string checkpoint = argv[1], out_dir = argv[3];
         const int runs = argc > 4 ? std::atoi(argv[4]) : 5;
+        if (runs < 1) throw std::runtime_error("RUNS must be at least 1");
         Audio track = read_audio(argv[2]);
         auto model = load_htdemucs(checkpoint);
         const FlopCount flops = count_forward_flops(model->config, model->plan);

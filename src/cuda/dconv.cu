@@ -442,7 +442,7 @@ LayerLaunch plan_launch(const DConvLayerWeights& w, int64_t rows, int64_t W, int
     l.wblocks = int(wblocks(l.positions));
     l.splits = splits;
     if (l.splits <= 0) {
-        const int64_t blocks = rows * l.wblocks;
+        const int64_t blocks = std::max<int64_t>(1, rows * l.wblocks);
         l.splits = int(std::min<int64_t>(std::max(1, w.channels / 8), (target + blocks - 1) / blocks));
     }
     l.splits = std::max(1, std::min(l.splits, w.channels));
@@ -491,7 +491,9 @@ void dconv_layer_thin(const Ctx& ctx, const DConvLayerWeights& w, float* x, int6
     static const int env_positions = std::atoi(env_string("FASTDEMUCS_DCONV_POSITIONS").c_str());
     static const int env_splits = std::atoi(env_string("FASTDEMUCS_DCONV_SPLITS").c_str());
     const int64_t rows = B * R;
-    if (W > std::numeric_limits<int>::max() || rows * W > std::numeric_limits<int>::max() * int64_t(kRowThreads))
+    // One block per kRowThreads positions at most (P = 1): gridDim.x and the partials' indices.
+    if (W > std::numeric_limits<int>::max() ||
+        rows * ((W + kRowThreads - 1) / kRowThreads) > std::numeric_limits<int>::max() / 3)
         throw Error("internal error: dconv_layer_thin: too many positions");
     const LayerLaunch l = plan_launch(w, rows, W, positions > 0 ? positions : env_positions,
                                       splits > 0 ? splits : env_splits);

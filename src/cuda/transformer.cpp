@@ -63,9 +63,12 @@ void CrossTransformer::run(const Ctx& ctx, int64_t B, float* x, float* xt) const
     const int64_t wide_cols = std::max(3 * C, hidden_);
     w.a = arena.alloc_bytes(size_t(rows * C) * op);
     w.kvn = arena.alloc_bytes(size_t(rows * C) * op);
-    w.wide = arena.alloc<float>(rows * wide_cols);
+    // The float32 GEMM results exist only where the projections do not
+    // write the operand type themselves (float32, or narrow outputs off).
+    const bool f32_scratch = dt == DType::F32 || !ctx.narrow_gemm_out;
+    w.wide = f32_scratch ? arena.alloc<float>(rows * wide_cols) : nullptr;
     w.wide_op = dt == DType::F32 ? static_cast<void*>(w.wide) : arena.alloc_bytes(size_t(rows * wide_cols) * op);
-    w.kv = arena.alloc<float>(rows * 2 * C);
+    w.kv = f32_scratch ? arena.alloc<float>(rows * 2 * C) : nullptr;
     w.kv_op = dt == DType::F32 ? static_cast<void*>(w.kv) : arena.alloc_bytes(size_t(rows * 2 * C) * op);
     w.attn = arena.alloc_bytes(size_t(rows * C) * op);
     w.proj = arena.alloc<float>(rows * C);
