@@ -261,9 +261,9 @@ TEST(KernelsCuda, ConvolutionPaths) {
     ConvShape large;
     large.B = 3, large.Cin = 37, large.H = 5, large.W = 301, large.cout = 70;
     // Rows of a multiple of 8 outputs and one long row: im2col's unit-stride loads.
-    ConvShape rows8, row;
-    rows8.H = 6, rows8.W = 48, row.H = 1, row.W = 301;
-    for (ConvShape shape : {rows8, row}) {
+    ConvShape rows8, row, row8;
+    rows8.H = 6, rows8.W = 48, row.H = 1, row.W = 301, row8.H = 1, row8.W = 304;
+    for (ConvShape shape : {rows8, row, row8}) {  // float32: unit stride needs rows of 8k values
         conv_case(3, 3, sq, 0, false, DType::F32, false, shape);
         conv_case(1, 3, dil, 0, false, DType::F32, false, shape);
         conv_case(8, 1, fs, 0, false, DType::F32, false, shape);
@@ -379,6 +379,8 @@ TEST(KernelsCuda, TransposedConvolutionWithCrop) {
         transposed_case(t, {1, 300, 1, 8, 1, 4, 0, 1, 2, (300 - 1) * 4 + 8 - 5});
         // Rows of a multiple of 8 positions: the vectorised overlap-add along H.
         transposed_case(t, {6, 16, 8, 1, 4, 1, 2, (6 - 1) * 4 + 8 - 4, 0, 16});
+        // 300-position rows (not a multiple of 8): scalar runs of 3 positions per thread.
+        transposed_case(t, {3, 300, 8, 1, 4, 1, 2, (3 - 1) * 4 + 8 - 4, 0, 300});
     }
 }
 
