@@ -283,8 +283,6 @@ public:
         ctx_.implicit_conv = env_flag("FASTDEMUCS_IMPLICIT_CONV") && major >= 8;  // cp.async: sm_80 on
         ctx_.thin_dconv = env_string("FASTDEMUCS_THIN_DCONV") != "0";
         ctx_.narrow_gemm_out = env_string("FASTDEMUCS_NARROW_GEMM_OUT") != "0";
-        const std::string thin_max = env_string("FASTDEMUCS_THIN_DCONV_MAX_HIDDEN");
-        if (!thin_max.empty()) thin_dconv_max_hidden_ = std::atoi(thin_max.c_str());
         graphs_enabled_ = !env_flag("FASTDEMUCS_NO_GRAPH");
         if (env_flag("FASTDEMUCS_PROFILE")) {
             profiler_ = std::make_unique<Profiler>();
@@ -1021,7 +1019,7 @@ private:
         if (x.c != d.channels) throw Error("internal error: DConv channels");
         for (size_t i = 0; i < d.dilations.size(); i++) {
             const std::string p = prefix + "dconv.layers." + std::to_string(i) + ".";
-            if (ctx.thin_dconv && d.hidden <= thin_dconv_max_hidden_ && dconv_layer_thin_fits(d.channels, d.hidden)) {
+            if (ctx.thin_dconv && dconv_layer_thin_fits(d.channels, d.hidden)) {
                 dconv_layer_thin(ctx, thin_dconv_weights(d, p, d.dilations[i]), x.p, x.b, x.h, x.w);
                 continue;
             }
@@ -1164,7 +1162,6 @@ private:
     DeviceBuffer blas_workspace_;
     std::unique_ptr<BlasOwner> blas_;
     std::unique_ptr<DeviceWeights> weights_;
-    int thin_dconv_max_hidden_ = 32;  // FASTDEMUCS_THIN_DCONV_MAX_HIDDEN (A/B runs)
     DeviceBuffer grams_;      // thin DConv statistics forms (upload_dconv_tables)
     DeviceBuffer in_tables_;  // thin DConv in-convolution weight tables
     // DConv layer prefix -> offsets in grams_ and in_tables_

@@ -16,10 +16,9 @@
 //      and y^2 over channels are a linear and a quadratic form of h)
 //   3. dconv_out_apply: y recomputed once more, normalised, GLU, LayerScale, x +=
 // All arithmetic is float32 (statistics in double) in every precision. The
-// outer layers (hidden 6) are memory-bound; at hidden 24 the rows are short
-// and few, so the kernels take several positions per thread (fewer weight
-// loads per multiply-add) and split the apply pass's channels among blocks
-// to keep the SMs busy.
+// outer layers (hidden 6) are memory-bound; the hidden-24 kernels are bound
+// by their CUDA-core arithmetic (several positions per thread and the apply
+// pass's channels split among blocks were tried: no gain, NOTES.md).
 #pragma once
 
 #include <cstdint>
@@ -58,11 +57,7 @@ std::vector<float> dconv_in_table(const float* weight, int hidden, int channels)
 // per-position registers, weights within its shared memory).
 bool dconv_layer_thin_fits(int channels, int hidden);
 
-// x [B, C, R, W] (float32, in place) through one residual layer. positions
-// (1-3 per thread) and splits (channel groups of the apply pass) are chosen
-// from the shape when 0 (FASTDEMUCS_DCONV_POSITIONS / _SPLITS override that
-// choice, for A/B runs); tests pass them to cover every kernel variant.
-void dconv_layer_thin(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64_t B, int64_t R, int64_t W,
-                      int positions = 0, int splits = 0);
+// x [B, C, R, W] (float32, in place) through one residual layer.
+void dconv_layer_thin(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64_t B, int64_t R, int64_t W);
 
 }  // namespace fastdemucs::cuda
