@@ -494,72 +494,105 @@ struct DConvCase {
     int dilation;
 };
 
-void dconv_thin_case(const DConvCase& k) {
+// A residual layer's random weights (seeded), on the host and on the device.
+struct DConvLayerHost {
+    std::vector<float> w_in, b_in, n1w, n1b, w_out, b_out, n2w, n2b, scale;
+    int dilation;
+    DConvLayerHost(int64_t C, int64_t Hd, int d, uint32_t seed) : dilation(d) {
+        const int64_t C2 = 2 * C;
+        w_in = random(size_t(Hd * C * 3), seed + 22, 0.3f), b_in = random(size_t(Hd), seed + 23, 0.2f);
+        n1w = random(size_t(Hd), seed + 24, 0.2f, 1.0f), n1b = random(size_t(Hd), seed + 25, 0.1f);
+        w_out = random(size_t(C2 * Hd), seed + 26, 0.5f), b_out = random(size_t(C2), seed + 27, 0.2f);
+        n2w = random(size_t(C2), seed + 28, 0.2f, 1.0f), n2b = random(size_t(C2), seed + 29, 0.1f);
+        scale = random(size_t(C), seed + 30, 0.5f);
+    }
+    DConvLayerWeights upload(Gpu& gpu, int C, int Hd) const {
+        DConvLayerWeights lw;
+        lw.channels = C, lw.hidden = Hd, lw.dilation = dilation;
+        lw.in_table = gpu.put(dconv_in_table(w_in.data(), Hd, C));
+        lw.in_bias = gpu.put(b_in), lw.in_norm_weight = gpu.put(n1w);
+        lw.in_norm_bias = gpu.put(n1b), lw.out_weight = gpu.put(w_out), lw.out_bias = gpu.put(b_out);
+        lw.out_norm_weight = gpu.put(n2w), lw.out_norm_bias = gpu.put(n2b), lw.scale = gpu.put(scale);
+        lw.out_gram = gpu.put(dconv_out_gram(w_out.data(), b_out.data(), Hd, 2 * C));
+        return lw;
+    }
+    // ref [B, C, R, W] += the layer's branch, in double.
+    void reference(std::vector<double>& ref, int64_t B, int64_t C, int64_t Hd, int64_t R, int64_t W) const {
+        const int64_t C2 = 2 * C, d = dilation;
+        const std::vector<double> x = ref;
+        std::vector<double> h(size_t(Hd * W)), y(size_t(C2 * W));
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t r = 0; r < R; r++) {
+                auto at = [&](int64_t c, int64_t w) { return ((b * C + c) * R + r) * W + w; };
+                for (int64_t o = 0; o < Hd; o++)
+                    for (int64_t w = 0; w < W; w++) {
+                        double s = b_in[o];
+                        for (int64_t c = 0; c < C; c++)
+                            for (int j = 0; j < 3; j++) {
+                                const int64_t t = w + (j - 1) * d;
+                                if (t >= 0 && t < W) s += double(w_in[(o * C + c) * 3 + j]) * x[at(c, t)];
+                            }
+                        h[o * W + w] = s;
+                    }
+                auto norm = [](std::vector<double>& v, int64_t ch, int64_t n, const std::vector<float>& g,
+                               const std::vector<float>& bb) {
+                    double mean = 0, var = 0;
+                    for (double e : v) mean += e;
+                    mean /= double(v.size());
+                    for (double e : v) var += (e - mean) * (e - mean);
+                    const double inv = 1.0 / std::sqrt(var / double(v.size()) + 1e-5);
+                    for (int64_t c = 0; c < ch; c++)
+                        for (int64_t i = 0; i < n; i++) v[c * n + i] = (v[c * n + i] - mean) * inv * g[c] + bb[c];
+                };
+                norm(h, Hd, W, n1w, n1b);
+                for (double& e : h) e = 0.5 * e * (1.0 + std::erf(e / std::sqrt(2.0)));
+                for (int64_t o = 0; o < C2; o++)
+                    for (int64_t w = 0; w < W; w++) {
+                        double s = b_out[o];
+                        for (int64_t i = 0; i < Hd; i++) s += double(w_out[o * Hd + i]) * h[i * W + w];
+                        y[o * W + w] = s;
+                    }
+                norm(y, C2, W, n2w, n2b);
+                for (int64_t c = 0; c < C; c++)
+                    for (int64_t w = 0; w < W; w++)
+                        ref[at(c, w)] += scale[c] * y[c * W + w] / (1.0 + std::exp(-y[(C + c) * W + w]));
+            }
+    }
+};
+
+// The residual branches of `dilations.size()` layers (seeded weights) through
+// dconv_rows (rows = true) or one dconv_layer_thin call per layer, against
+// the double reference; relative error of x_out - x_in.
+double dconv_case_error(const DConvCase& k, const std::vector<int>& dilations, bool rows) {
     Gpu gpu;
-    const int64_t B = k.B, C = k.C, Hd = k.hidden, R = k.R, W = k.W, C2 = 2 * C;
-    const int d = k.dilation;
+    const int64_t B = k.B, C = k.C, Hd = k.hidden, R = k.R, W = k.W;
     const std::vector<float> x = random(size_t(B * C * R * W), 21, 1.0f, 0.2f);
-    const std::vector<float> w_in = random(size_t(Hd * C * 3), 22, 0.3f), b_in = random(size_t(Hd), 23, 0.2f);
-    const std::vector<float> n1w = random(size_t(Hd), 24, 0.2f, 1.0f), n1b = random(size_t(Hd), 25, 0.1f);
-    const std::vector<float> w_out = random(size_t(C2 * Hd), 26, 0.5f), b_out = random(size_t(C2), 27, 0.2f);
-    const std::vector<float> n2w = random(size_t(C2), 28, 0.2f, 1.0f), n2b = random(size_t(C2), 29, 0.1f);
-    const std::vector<float> scale = random(size_t(C), 30, 0.5f);
-
     std::vector<double> ref(x.begin(), x.end());
-    std::vector<double> h(size_t(Hd * W)), y(size_t(C2 * W));
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t r = 0; r < R; r++) {
-            auto at = [&](int64_t c, int64_t w) { return ((b * C + c) * R + r) * W + w; };
-            for (int64_t o = 0; o < Hd; o++)
-                for (int64_t w = 0; w < W; w++) {
-                    double s = b_in[o];
-                    for (int64_t c = 0; c < C; c++)
-                        for (int j = 0; j < 3; j++) {
-                            const int64_t t = w + (j - 1) * d;
-                            if (t >= 0 && t < W) s += double(w_in[(o * C + c) * 3 + j]) * x[at(c, t)];
-                        }
-                    h[o * W + w] = s;
-                }
-            auto norm = [](std::vector<double>& v, int64_t ch, int64_t n, const std::vector<float>& g,
-                           const std::vector<float>& bb) {
-                double mean = 0, var = 0;
-                for (double e : v) mean += e;
-                mean /= double(v.size());
-                for (double e : v) var += (e - mean) * (e - mean);
-                const double inv = 1.0 / std::sqrt(var / double(v.size()) + 1e-5);
-                for (int64_t c = 0; c < ch; c++)
-                    for (int64_t i = 0; i < n; i++) v[c * n + i] = (v[c * n + i] - mean) * inv * g[c] + bb[c];
-            };
-            norm(h, Hd, W, n1w, n1b);
-            for (double& e : h) e = 0.5 * e * (1.0 + std::erf(e / std::sqrt(2.0)));
-            for (int64_t o = 0; o < C2; o++)
-                for (int64_t w = 0; w < W; w++) {
-                    double s = b_out[o];
-                    for (int64_t i = 0; i < Hd; i++) s += double(w_out[o * Hd + i]) * h[i * W + w];
-                    y[o * W + w] = s;
-                }
-            norm(y, C2, W, n2w, n2b);
-            for (int64_t c = 0; c < C; c++)
-                for (int64_t w = 0; w < W; w++)
-                    ref[at(c, w)] += scale[c] * y[c * W + w] / (1.0 + std::exp(-y[(C + c) * W + w]));
-        }
-
-    ASSERT_TRUE(dconv_layer_thin_fits(int(C), int(Hd)));
-    DConvLayerWeights lw;
-    lw.channels = int(C), lw.hidden = int(Hd), lw.dilation = d;
-    lw.in_table = gpu.put(dconv_in_table(w_in.data(), int(Hd), int(C)));
-    lw.in_bias = gpu.put(b_in), lw.in_norm_weight = gpu.put(n1w);
-    lw.in_norm_bias = gpu.put(n1b), lw.out_weight = gpu.put(w_out), lw.out_bias = gpu.put(b_out);
-    lw.out_norm_weight = gpu.put(n2w), lw.out_norm_bias = gpu.put(n2b), lw.scale = gpu.put(scale);
-    lw.out_gram = gpu.put(dconv_out_gram(w_out.data(), b_out.data(), int(Hd), int(C2)));
+    std::vector<DConvLayerHost> host;
+    std::vector<DConvLayerWeights> layers;
+    for (size_t i = 0; i < dilations.size(); i++) {
+        host.emplace_back(C, Hd, dilations[i], uint32_t(10 * i));
+        host.back().reference(ref, B, C, Hd, R, W);
+        layers.push_back(host.back().upload(gpu, int(C), int(Hd)));
+    }
     float* dx = gpu.put(x);
-    dconv_layer_thin(gpu.ctx(), lw, dx, B, R, W);
+    if (rows) {
+        dconv_rows(gpu.ctx(), layers.data(), int(layers.size()), dx, B, R, W);
+    } else {
+        for (const DConvLayerWeights& lw : layers) dconv_layer_thin(gpu.ctx(), lw, dx, B, R, W);
+    }
     const auto got = gpu.get(dx, x.size());
-    // Against the residual branch alone (x itself is exact in both).
+    // Against the residual branches alone (x itself is exact in both).
     std::vector<float> branch(got.size());
     std::vector<double> ref_branch(ref.size());
     for (size_t i = 0; i < got.size(); i++) branch[i] = got[i] - x[i], ref_branch[i] = ref[i] - x[i];
-    EXPECT_LE(rel(branch, ref_branch), 1e-5) << "C " << C << ", hidden " << Hd << ", R " << R << ", W " << W;
+    return rel(branch, ref_branch);
+}
+
+void dconv_thin_case(const DConvCase& k) {
+    ASSERT_TRUE(dconv_layer_thin_fits(int(k.C), int(k.hidden)));
+    EXPECT_LE(dconv_case_error(k, {k.dilation}, false), 1e-5)
+        << "C " << k.C << ", hidden " << k.hidden << ", R " << k.R << ", W " << k.W;
 }
 
 }  // namespace
@@ -586,4 +619,35 @@ TEST(KernelsCuda, ThinDConvLayerMatchesTheModule) {
     dconv_thin_case({2, 192, 24, 4, 150, 2});  // past the default shared memory
     dconv_thin_case({1, 100, 14, 2, 200, 3});  // channels not a multiple of the output group, hidden 16's kernels
     dconv_thin_case({1, 60, 28, 1, 140, 1});   // hidden 32's kernels
+}
+
+// Whole DConvs with the row in shared memory: the same as the module's
+// layers one after the other (2 layers as in the model, 1 and 4 for the
+// loop), against the double reference.
+TEST(KernelsCuda, RowResidentDConvMatchesTheModule) {
+    EXPECT_TRUE(dconv_rows_fit(48, 6, 336, 2));   // the frequency branch's outer DConvs
+    EXPECT_TRUE(dconv_rows_fit(96, 12, 336, 2));
+    EXPECT_FALSE(dconv_rows_fit(192, 24, 336, 2));  // hidden 24 and a 258 KB row: the three passes
+    EXPECT_FALSE(dconv_rows_fit(48, 6, 85995, 2));  // the time branch's rows
+    EXPECT_FALSE(dconv_rows_fit(48, 6, 336, kDConvRowsMaxLayers + 1));
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    struct Case {
+        DConvCase shape;
+        std::vector<int> dilations;
+    };
+    const Case cases[] = {
+        {{2, 48, 6, 3, 336, 1}, {1, 2}},      // the model's outermost shape, fewer rows
+        {{1, 96, 12, 2, 336, 1}, {1, 2}},     // 126 KiB rows: one block per SM
+        {{2, 24, 6, 2, 37, 1}, {3}},          // W not a multiple of 4 (scalar row copies), one layer
+        {{1, 16, 3, 2, 5, 1}, {1, 2, 4, 8}},  // taps beyond both ends, four layers
+        {{1, 40, 14, 2, 100, 1}, {1, 2}},     // hidden 16's kernel
+    };
+    for (const Case& c : cases) {
+        ASSERT_TRUE(dconv_rows_fit(int(c.shape.C), int(c.shape.hidden), c.shape.W, int(c.dilations.size())));
+        EXPECT_LE(dconv_case_error(c.shape, c.dilations, true), 1e-5)
+            << "C " << c.shape.C << ", hidden " << c.shape.hidden << ", W " << c.shape.W << ", layers "
+            << c.dilations.size();
+        // The three passes per layer give the same branches.
+        EXPECT_LE(dconv_case_error(c.shape, c.dilations, false), 1e-5);
+    }
 }

@@ -66,6 +66,7 @@ struct Ctx {
     bool shifted_conv = false;          // stride-1 multi-tap convs as shifted GEMMs (else im2col + one GEMM)
     bool implicit_conv = false;         // float16 / bfloat16 convs as implicit GEMMs (cuda/implicit_conv.h)
     bool thin_dconv = true;             // DConv layers with hidden <= 32 in three fused passes (cuda/dconv.h)
+    bool dconv_rows = true;             // whole DConvs with the row in shared memory where it fits (dconv_rows)
     // float16 / bfloat16: GEMM results that only a memory-bound pass reads (the
     // transposed convolutions' columns, the rewrite convolutions before their
     // GLU) stored in the operand type (else float32).

@@ -99,17 +99,21 @@
 // selects the cuBLAS attention path, =simt the float32-arithmetic fused
 // kernel in every precision, =tc-v1 the first float16 tensor-core kernel.
 // FASTDEMUCS_NARROW_GEMM_OUT=0 keeps every GEMM result in float32 (Ctx::narrow_gemm_out).
+// FASTDEMUCS_GPU_TIMELINE=1 prints the track path's GPU time line (events).
 // FASTDEMUCS_PROFILE=1 runs every forward eagerly and prints a per-block
 // table (cuda/profile.h). FASTDEMUCS_IMPLICIT_CONV=1 runs the float16 /
 // bfloat16 convolutions as implicit GEMMs (cuda/implicit_conv.h). FASTDEMUCS_THIN_DCONV=0 sends the thin DConv
 // layers through the general convolution path instead of cuda/dconv.h's
-// fused passes. FASTDEMUCS_TRACE=1 prints the start-up time line
+// fused passes; FASTDEMUCS_DCONV_ROWS=0 leaves out its row-resident kernel
+// (the frequency branch's outer DConvs then take the three passes per layer). FASTDEMUCS_TRACE=1 prints the start-up time line
 // (engine/trace.h).
 //
 // The whole track (separate_track, engine/apply's host path on the device;
 // FASTDEMUCS_HOST_APPLY=1 forces the host path). The track is uploaded once
 // into the middle of a zero-padded buffer [C, L + 2 * max_shift] (the shift
-// padding, max_shift = int(0.5 * samplerate)); the mono-mix statistics are a
+// padding, max_shift = int(0.5 * samplerate)), through a page-locked double
+// buffer filled by 4 threads (cuda/staging.h; FASTDEMUCS_STAGED_UPLOAD=0: a
+// pageable copy); the mono-mix statistics are a
 // device reduction in double (fixed grid: deterministic), the normalisation
 // is applied in place. For each shift (or the one unshifted view) the chunks
 // are gathered straight into the forward's input buffer in the arena
@@ -161,6 +165,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <sys/mman.h>
@@ -172,6 +177,7 @@
 #include "cuda/kernels.h"
 #include "cuda/profile.h"
 #include "cuda/spectral.h"
+#include "cuda/staging.h"
 #include "cuda/track.h"
 #include "cuda/transformer.h"
 #include "cuda/weights.h"
@@ -197,6 +203,42 @@ void advise_huge_pages(void* p, size_t bytes) {
     if (!off && end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
 }
 constexpr int kDefaultBatchCap = 8;
+
+// FASTDEMUCS_GPU_TIMELINE=1: events at each step of the track path, printed
+// (ms since the first) once the stems are down: the GPU's own time line,
+// apart from the host's (FASTDEMUCS_TRACE), to see what lies between the
+// forwards' kernels and the whole track's time.
+class GpuTimeline {
+public:
+    GpuTimeline() : on_(env_flag("FASTDEMUCS_GPU_TIMELINE")) {}
+    ~GpuTimeline() {
+        for (auto& m : marks_) cudaEventDestroy(m.second);
+    }
+    GpuTimeline(const GpuTimeline&) = delete;
+    GpuTimeline& operator=(const GpuTimeline&) = delete;
+    void mark(const std::string& what, cudaStream_t stream) {
+        if (!on_) return;
+        cudaEvent_t e = nullptr;
+        FD_CUDA(cudaEventCreate(&e));
+        marks_.push_back({what, e});
+        FD_CUDA(cudaEventRecord(e, stream));
+    }
+    // After both streams are synchronised.
+    void print() const {
+        if (!on_ || marks_.empty()) return;
+        float prev = 0.0f;
+        for (const auto& m : marks_) {
+            float ms = 0.0f;
+            FD_CUDA(cudaEventElapsedTime(&ms, marks_.front().second, m.second));
+            std::fprintf(stderr, "gpu timeline: %8.3f ms (+%7.3f) %s\n", ms, ms - prev, m.first.c_str());
+            prev = ms;
+        }
+    }
+
+private:
+    bool on_;
+    std::vector<std::pair<std::string, cudaEvent_t>> marks_;
+};
 
 DType operand_type(Precision p) {
     switch (p) {
@@ -282,6 +324,8 @@ public:
         ctx_.pipelined_attention = attention != "tc-v1";
         ctx_.implicit_conv = env_flag("FASTDEMUCS_IMPLICIT_CONV") && major >= 8;  // cp.async: sm_80 on
         ctx_.thin_dconv = env_string("FASTDEMUCS_THIN_DCONV") != "0";
+        ctx_.dconv_rows = env_string("FASTDEMUCS_DCONV_ROWS") != "0";
+        staged_upload_ = env_string("FASTDEMUCS_STAGED_UPLOAD") != "0";
         ctx_.narrow_gemm_out = env_string("FASTDEMUCS_NARROW_GEMM_OUT") != "0";
         graphs_enabled_ = !env_flag("FASTDEMUCS_NO_GRAPH");
         if (env_flag("FASTDEMUCS_PROFILE")) {
@@ -420,8 +464,7 @@ public:
             max_jobs = std::max(max_jobs, g.jobs());
         }
         const bool weighted = params.split;
-        const std::vector<float> weight = weighted ? transition_weight(segment, params.transition_power)
-                                                   : std::vector<float>();
+        const float* weight_d = weighted ? transition_weights(segment, params.transition_power) : nullptr;
         const int64_t pitch = params.shifts == 0 ? L : L + max_shift;  // row length of the view accumulator
 
         // Device memory: one buffer for the track-sized arrays (see the design notes).
@@ -435,16 +478,15 @@ public:
         const size_t at_view = take(size_t(SC) * pitch * sizeof(float));
         const size_t at_sum = take(weighted ? size_t(pitch) * sizeof(float) : 0);
         const size_t at_acc = take(params.shifts >= 2 ? size_t(SC) * L * sizeof(float) : 0);
-        const size_t at_weight = take(weight.size() * sizeof(float));
         const size_t at_stats = take((2 + size_t(track_stats_partials())) * sizeof(double));
         const int batch = track_batch(bytes, max_jobs, params.batch_size, double(L) / cfg.samplerate);
         DeviceBuffer buffer(bytes, "the track's buffers");
+        trace_point("cuda: track buffers allocated");
         char* base = buffer.as<char>();
         float* track = reinterpret_cast<float*>(base + at_track);
         float* view = reinterpret_cast<float*>(base + at_view);
         float* sum_weight = weighted ? reinterpret_cast<float*>(base + at_sum) : nullptr;
         float* acc = reinterpret_cast<float*>(base + at_acc);
-        float* weight_d = reinterpret_cast<float*>(base + at_weight);
         double* stats = reinterpret_cast<double*>(base + at_stats);
         double* partial = stats + 2;
         // On any exit the streams are drained before the buffers go.
@@ -458,6 +500,8 @@ public:
             }
         } drain{stream, copy_stream};
         ProgressPump progress(on_chunks);
+        GpuTimeline timeline;
+        timeline.mark("start", stream);
 
         // Upload once: the track in the middle of its zero padding.
         if (max_shift > 0) {
@@ -466,15 +510,21 @@ public:
             FD_CUDA(cudaMemset2DAsync(track + max_shift + L, size_t(g.total) * sizeof(float), 0,
                                       size_t(max_shift) * sizeof(float), size_t(C), stream));
         }
-        FD_CUDA(cudaMemcpy2DAsync(track + max_shift, size_t(g.total) * sizeof(float), mix, size_t(L) * sizeof(float),
-                                  size_t(L) * sizeof(float), size_t(C), cudaMemcpyHostToDevice, stream));
-        if (weighted)
-            FD_CUDA(cudaMemcpyAsync(weight_d, weight.data(), weight.size() * sizeof(float), cudaMemcpyHostToDevice,
-                                    stream));
+        if (staged_upload_) {
+            if (!staging_)
+                staging_ = std::make_unique<UploadStaging>(size_t(2) << 20,
+                                                           int(std::clamp(std::thread::hardware_concurrency(), 1u, 4u)));
+            staging_->upload(track + max_shift, size_t(g.total), mix, size_t(L), size_t(L), size_t(C), stream);
+        } else {
+            FD_CUDA(cudaMemcpy2DAsync(track + max_shift, size_t(g.total) * sizeof(float), mix,
+                                      size_t(L) * sizeof(float), size_t(L) * sizeof(float), size_t(C),
+                                      cudaMemcpyHostToDevice, stream));
+        }
         if (params.normalize) {
             track_stats(stream, track + max_shift, C, L, g.total, partial, stats);
             track_normalize(stream, track + max_shift, C, L, g.total, stats);
         }
+        timeline.mark("track uploaded and normalised", stream);
 
         // The last (or only) shift is finished and downloaded region by
         // region on the copy stream as soon as no later chunk touches it,
@@ -493,13 +543,15 @@ public:
         struct Pinned {
             cudaStream_t copies;
             void* p = nullptr;  // set by the preparing thread
-            ~Pinned() {
+            void release() {
                 if (p) {
                     cudaStreamSynchronize(copies);  // no copy may still target it
                     cudaHostUnregister(p);
+                    p = nullptr;
                 }
                 cudaGetLastError();
             }
+            ~Pinned() { release(); }
         } pinned{copy_stream};
         const bool pin = !env_flag("FASTDEMUCS_NO_PIN");
         std::future<void> prepared =
@@ -570,7 +622,9 @@ public:
                 const int run = graphs_enabled_ && !tap_ && first > 0 && graphs_.count(batch) ? batch : n;
                 const Io io = alloc_io(ctx, run);
                 gather_chunks(stream, track, C, g, first, n, io.in);
+                timeline.mark("chunks " + std::to_string(first) + "+" + std::to_string(n) + " gathered", stream);
                 run_forward(ctx, run);
+                timeline.mark("forward of " + std::to_string(run), stream);
                 accumulate_chunks(stream, io.out, SC, g, first, n, weighted ? weight_d : nullptr, view, pitch);
                 if (step.last) {
                     FD_CUDA(cudaEventRecord(ready_[slot]->event, stream));
@@ -589,11 +643,16 @@ public:
             }
         }
         trace_point("cuda: every batch queued");
+        timeline.mark("every batch done", stream);
         queue_copies(true);
         if (done != L) throw Error("internal error: the track was not downloaded whole");
+        timeline.mark("every copy done", copy_stream);
         FD_CUDA(cudaStreamSynchronize(copy_stream));
         FD_CUDA(cudaStreamSynchronize(stream));
+        timeline.print();
         trace_point("cuda: stems downloaded");
+        pinned.release();
+        trace_point("cuda: output unregistered");
         progress.flush();
         return true;
     }
@@ -626,6 +685,19 @@ private:
         arena_.bind(nullptr, 0);
         workspace_ = DeviceBuffer(bytes, what);
         arena_.bind(workspace_.get(), workspace_.bytes());
+    }
+
+    // The transition weights of (segment, power) on the device, kept for
+    // the next track (their pow over a segment's 344 k samples took ~4 ms of
+    // host time per track).
+    const float* transition_weights(int64_t segment, double power) {
+        if (transition_segment_ != segment || transition_power_ != power) {
+            const std::vector<float> w = transition_weight(segment, power);
+            transition_.reset();
+            transition_ = upload(w.data(), w.size() * sizeof(float), "the transition weights");
+            transition_segment_ = segment, transition_power_ = power;
+        }
+        return transition_.as<float>();
     }
 
     // Chunks per forward for a whole track whose own buffers take
@@ -1017,6 +1089,15 @@ private:
     // others im2col / GEMM convolutions and the norm kernels.
     void dconv(const Ctx& ctx, const DConvPlan& d, const std::string& prefix, const DTensor& x) const {
         if (x.c != d.channels) throw Error("internal error: DConv channels");
+        const int depth = int(d.dilations.size());
+        if (ctx.thin_dconv && ctx.dconv_rows && dconv_rows_fit(d.channels, d.hidden, x.w, depth)) {
+            std::vector<DConvLayerWeights> layers;
+            for (int i = 0; i < depth; i++)
+                layers.push_back(thin_dconv_weights(d, prefix + "dconv.layers." + std::to_string(i) + ".",
+                                                    d.dilations[size_t(i)]));
+            dconv_rows(ctx, layers.data(), depth, x.p, x.b, x.h, x.w);
+            return;
+        }
         for (size_t i = 0; i < d.dilations.size(); i++) {
             const std::string p = prefix + "dconv.layers." + std::to_string(i) + ".";
             if (ctx.thin_dconv && dconv_layer_thin_fits(d.channels, d.hidden)) {
@@ -1166,6 +1247,11 @@ private:
     DeviceBuffer in_tables_;  // thin DConv in-convolution weight tables
     // DConv layer prefix -> offsets in grams_ and in_tables_
     std::map<std::string, std::pair<int64_t, int64_t>> dconv_offsets_;
+    DeviceBuffer transition_;  // transition_weights() of (transition_segment_, transition_power_)
+    int64_t transition_segment_ = -1;
+    double transition_power_ = 0.0;
+    bool staged_upload_ = true;                   // the track through UploadStaging (else a pageable copy)
+    std::unique_ptr<UploadStaging> staging_;      // allocated by the first track
     std::unique_ptr<Spectral> spectral_;
     std::unique_ptr<CrossTransformer> transformer_;
     std::unique_ptr<Profiler> profiler_;

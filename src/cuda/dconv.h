@@ -60,4 +60,16 @@ bool dconv_layer_thin_fits(int channels, int hidden);
 // x [B, C, R, W] (float32, in place) through one residual layer.
 void dconv_layer_thin(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64_t B, int64_t R, int64_t W);
 
+// Every residual layer of a DConv in one kernel, a block per row (b, r)
+// holding the row x[b, :, r, :] ([C, W], float32) in shared memory from its
+// load to its store: 2 passes over x for the whole DConv instead of ~3.5
+// per layer. The statistics are per row (GroupNorm over [channels, W]), so a
+// row is self-contained. Fits the frequency branch's outer layers (C = 48 /
+// 96, W = 336 frames: 63 / 126 KiB a row); the time branch's rows (the
+// whole track segment) and the deeper layers take dconv_layer_thin.
+constexpr int kDConvRowsMaxLayers = 4;
+constexpr int kDConvRowsMaxW = 512;  // a position per thread
+bool dconv_rows_fit(int channels, int hidden, int64_t W, int layers);
+void dconv_rows(const Ctx& ctx, const DConvLayerWeights* layers, int count, float* x, int64_t B, int64_t R, int64_t W);
+
 }  // namespace fastdemucs::cuda
