@@ -112,9 +112,15 @@ int main(int argc, char** argv) {
                         std::this_thread::sleep_for(std::chrono::microseconds(200));
                     }
                 });
+                struct Stop {  // also when separate() throws
+                    std::atomic<bool>& running;
+                    std::thread& sampler;
+                    ~Stop() {
+                        running = false;
+                        sampler.join();
+                    }
+                } stop{running, sampler};
                 stems = separator->separate(track, params);
-                running = false;
-                sampler.join();
             }
             write_npy(out_dir + "/stems_" + name + ".npy", stems.data.data(),
                       {int64_t(stems.names.size()), stems.channels, stems.samples}, false);

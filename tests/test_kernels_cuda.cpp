@@ -16,6 +16,7 @@
 #include "cuda/conv.h"
 #include "cuda/dconv.h"
 #include "cuda/kernels.h"
+#include "cuda/staging.h"
 #include "engine/backend.h"
 #include "test_support.h"
 
@@ -649,5 +650,27 @@ TEST(KernelsCuda, RowResidentDConvMatchesTheModule) {
             << c.dilations.size();
         // The three passes per layer give the same branches.
         EXPECT_LE(dconv_case_error(c.shape, c.dilations, false), 1e-5);
+    }
+}
+
+// The staged upload, in pieces smaller than a row (several per row, a short
+// last one; each piece split among 3 copying threads) through both halves,
+// into a pitched destination: every value
+// lands once, the padding between rows is untouched. Called twice: the
+// halves' events are reused.
+TEST(KernelsCuda, StagedUploadCopiesEveryPiece) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    Gpu gpu;
+    const size_t rows = 3, width = 25000, spitch = 25003, dpitch = 25100;
+    const std::vector<float> src = random(rows * spitch, 41);
+    UploadStaging staging(10000, 3);
+    for (int round = 0; round < 2; round++) {
+        std::vector<float> canary(rows * dpitch, -7.0f);
+        float* dst = gpu.put(canary);
+        staging.upload(dst, dpitch, src.data(), spitch, width, rows, gpu.stream);
+        const std::vector<float> got = gpu.get(dst, canary.size());
+        for (size_t r = 0; r < rows; r++)
+            for (size_t c = 0; c < dpitch; c++)
+                ASSERT_EQ(got[r * dpitch + c], c < width ? src[r * spitch + c] : -7.0f) << r << ", " << c;
     }
 }

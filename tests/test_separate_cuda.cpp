@@ -236,6 +236,44 @@ TEST(SeparateCuda, TrackPathEqualsHostPathNoSplit) {
     EXPECT_THROW(sep->separate(longer, p), Error);
 }
 
+// Past FASTDEMUCS_TRACK_PATH_MAX_MIB (or the free memory) the track path
+// declines (the backend returns false, its output untouched) and the host
+// path streams the track: the very stems of FASTDEMUCS_HOST_APPLY=1, bit
+// for bit.
+TEST(SeparateCuda, TrackPathDeclinesPastItsMemoryCap) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    REQUIRE_FIXTURES("tiny/0d0b2025.th", "tiny/tiny.yaml", "tiny/mix_4s.wav");
+    Audio mix = tiled(read_audio(testing_support::fixture("tiny/mix_4s.wav")), 37.0);  // ~50 MB of track buffers
+    const SeparateParams p = no_shift(0.25);
+    {
+        auto backend = make_cuda_backend(load_htdemucs(testing_support::fixture("tiny/0d0b2025.th")), 0,
+                                         Precision::Fp32);
+        std::vector<float> out;
+        {
+            ScopedEnv env("FASTDEMUCS_TRACK_PATH_MAX_MIB", "1");
+            EXPECT_FALSE(backend->separate_track(mix.data.data(), mix.samples, p, {}, out, nullptr));
+            EXPECT_TRUE(out.empty());
+        }
+        {
+            ScopedEnv env("FASTDEMUCS_TRACK_PATH_MAX_MIB", "1000");
+            EXPECT_TRUE(backend->separate_track(mix.data.data(), mix.samples, p, {}, out, nullptr));
+            EXPECT_EQ(out.size(), size_t(4 * mix.channels * mix.samples));
+        }
+    }
+    auto sep = load("tiny", "tiny", Precision::Fp32);
+    Stems capped, host;
+    {
+        ScopedEnv env("FASTDEMUCS_TRACK_PATH_MAX_MIB", "1");
+        capped = sep->separate(mix, p);
+    }
+    {
+        ScopedEnv env("FASTDEMUCS_HOST_APPLY", "1");
+        host = sep->separate(mix, p);
+    }
+    EXPECT_EQ(capped.data, host.data);
+    expect_track_equals_host(*sep, mix, p, "tiny 37 s, no cap");  // and without the cap, the track path
+}
+
 TEST(SeparateCuda, TrackPathEqualsHostPathLongTrackAndBatches) {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
     REQUIRE_FIXTURES("tiny/0d0b2025.th", "tiny/tiny.yaml", "tiny/mix_4s.wav");

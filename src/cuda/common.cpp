@@ -120,7 +120,12 @@ void DeviceBuffer::reset() {
 
 DeviceBuffer upload(const void* host, size_t bytes, const std::string& what) {
     DeviceBuffer b(bytes, what);
-    if (bytes) FD_CUDA(cudaMemcpy(b.get(), host, bytes, cudaMemcpyHostToDevice));
+    if (bytes) {
+        FD_CUDA(cudaMemcpy(b.get(), host, bytes, cudaMemcpyHostToDevice));
+        // From pageable memory cudaMemcpy may return before its DMA is done,
+        // and the backend's streams do not wait for the legacy stream.
+        FD_CUDA(cudaStreamSynchronize(cudaStreamLegacy));
+    }
     return b;
 }
 

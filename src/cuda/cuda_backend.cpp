@@ -8,10 +8,12 @@
 // kernels (norms, statistics, element-wise, layout, conv helpers), gemm
 // (cuBLAS wrapper), conv (convolutions as GEMMs), spectral (cuFFT STFT /
 // iSTFT), attention (tensor-core and SIMT fused kernels + cuBLAS path),
-// transformer (the cross transformer), weights (upload), track (the
+// transformer (the cross transformer), weights (upload), dconv (the thin
+// DConv layers: three fused passes, or the row-resident kernel), track (the
 // whole-track kernels: normalisation, chunk gather, overlap-add, shifts),
-// profile (FASTDEMUCS_PROFILE), and this file (the walk, memory, graphs,
-// the track loop).
+// staging (the track's upload through page-locked memory), profile
+// (FASTDEMUCS_PROFILE), and this file (the walk, memory, graphs, the track
+// loop).
 //
 // Memory layout. Activations are float32, NCHW as in PyTorch: the frequency
 // branch [B, C, F, T], the time branch [B, C, 1, L]; the transformer works
@@ -147,11 +149,13 @@
 // For htdemucs_6s (S = 6, C = 2) one hour at 44.1 kHz (158.8 M samples) is
 // 1.27 + 7.62 + 0.64 = 9.5 GB (17.2 GB with shifts >= 2), plus the workspace
 // (~3.5 GB at batch 8 by the estimate above; the dry run has the exact
-// figure): it fits an 80 GB card with room to spare. A 3-minute track takes
-// 0.48 GB (shifts 0 or 1). The batch
-// is max_batch()'s with the track's buffers set aside (the workspace shrinks
-// if it must); when not even one chunk fits, a clear Error says so (and
-// names FASTDEMUCS_HOST_APPLY=1, which streams through host memory instead).
+// figure): it fits an 80 GB card with room to spare (measured on the H200:
+// 13.2 GB in use at the peak, 2.3 s of separation in fp16). A 3-minute track
+// takes 0.48 GB (shifts 0 or 1). The batch is max_batch()'s with the track's
+// buffers set aside (the workspace shrinks if it must); when they and one
+// chunk do not fit, or exceed FASTDEMUCS_TRACK_PATH_MAX_MIB, separate_track
+// declines and engine/apply's host path streams the track through host
+// memory (the GPU holding only the workspace), so any length runs.
 // The buffers are freed when the call returns (a bag's models run one after
 // the other: each takes them in turn).
 #include <algorithm>
@@ -479,8 +483,28 @@ public:
         const size_t at_sum = take(weighted ? size_t(pitch) * sizeof(float) : 0);
         const size_t at_acc = take(params.shifts >= 2 ? size_t(SC) * L * sizeof(float) : 0);
         const size_t at_stats = take((2 + size_t(track_stats_partials())) * sizeof(double));
-        const int batch = track_batch(bytes, max_jobs, params.batch_size, double(L) / cfg.samplerate);
-        DeviceBuffer buffer(bytes, "the track's buffers");
+        // The whole-track buffers grow with the track (9.5 GB for an hour of
+        // htdemucs_6s); past FASTDEMUCS_TRACK_PATH_MAX_MIB, or where they and
+        // one chunk do not fit the free memory, engine/apply's host path
+        // streams the track through host memory instead (the GPU then holds
+        // only the workspace: any length runs).
+        const int64_t cap_mib = std::atoll(env_string("FASTDEMUCS_TRACK_PATH_MAX_MIB").c_str());
+        if (cap_mib > 0 && bytes > size_t(cap_mib) << 20) {
+            trace_point("cuda: the track's buffers exceed FASTDEMUCS_TRACK_PATH_MAX_MIB: host path");
+            return false;
+        }
+        const int batch = track_batch(bytes, max_jobs, params.batch_size);
+        if (batch == 0) {
+            trace_point("cuda: the track's buffers do not fit the GPU: host path");
+            return false;
+        }
+        DeviceBuffer buffer;
+        try {
+            buffer = DeviceBuffer(bytes, "the track's buffers");
+        } catch (const Error&) {  // out of memory after all (another process, fragmentation)
+            trace_point("cuda: the track's buffers could not be allocated: host path");
+            return false;
+        }
         trace_point("cuda: track buffers allocated");
         char* base = buffer.as<char>();
         float* track = reinterpret_cast<float*>(base + at_track);
@@ -693,8 +717,12 @@ private:
     const float* transition_weights(int64_t segment, double power) {
         if (transition_segment_ != segment || transition_power_ != power) {
             const std::vector<float> w = transition_weight(segment, power);
+            transition_segment_ = -1;  // no stale key over a failed upload
             transition_.reset();
-            transition_ = upload(w.data(), w.size() * sizeof(float), "the transition weights");
+            DeviceBuffer values(w.size() * sizeof(float), "the transition weights");
+            FD_CUDA(cudaMemcpyAsync(values.get(), w.data(), values.bytes(), cudaMemcpyHostToDevice, stream_->stream));
+            FD_CUDA(cudaStreamSynchronize(stream_->stream));
+            transition_ = std::move(values);
             transition_segment_ = segment, transition_power_ = power;
         }
         return transition_.as<float>();
@@ -703,23 +731,15 @@ private:
     // Chunks per forward for a whole track whose own buffers take
     // `track_bytes`: as max_batch() with that memory set aside, at most the
     // jobs of one view and params.batch_size. Sizes the workspace for it
-    // (shrinking a larger one if the track's buffers need the room) or
-    // throws a clear Error when even one chunk does not fit.
-    int track_batch(size_t track_bytes, int64_t max_jobs, int batch_size, double seconds) {
+    // (shrinking a larger one if the track's buffers need the room); 0 when
+    // the buffers and one chunk do not fit (the caller takes the host path).
+    int track_batch(size_t track_bytes, int64_t max_jobs, int batch_size) {
         size_t free_b = 0, total_b = 0;
         device_memory(&free_b, &total_b);
         const size_t reserve = (size_t(256) << 20) + total_b / 50;
         const size_t avail = free_b + workspace_.bytes();
         const size_t one = measure(1);
-        if (avail < reserve + track_bytes + one) {
-            char msg[512];
-            std::snprintf(msg, sizeof msg,
-                          "out of GPU memory: a %.0f s track needs %.0f MiB for its buffers and %.0f MiB for one "
-                          "chunk (+ %.0f MiB reserve), %.0f MiB available; shorten it, or set "
-                          "FASTDEMUCS_HOST_APPLY=1 to stream it through host memory",
-                          seconds, mib(track_bytes), mib(one), mib(reserve), mib(avail));
-            throw Error(msg);
-        }
+        if (avail < reserve + track_bytes + one) return 0;
         const size_t room = avail - reserve - track_bytes;
         int64_t batch = per_chunk_ > 0 && room > fixed_ ? int64_t((room - fixed_) / per_chunk_) : 1;
         batch = std::min<int64_t>({batch, batch_cap_, max_jobs});
@@ -1090,7 +1110,9 @@ private:
     void dconv(const Ctx& ctx, const DConvPlan& d, const std::string& prefix, const DTensor& x) const {
         if (x.c != d.channels) throw Error("internal error: DConv channels");
         const int depth = int(d.dilations.size());
-        if (ctx.thin_dconv && ctx.dconv_rows && dconv_rows_fit(d.channels, d.hidden, x.w, depth)) {
+        // (dconv_layer_thin_fits: the layers whose tables upload_dconv_tables made)
+        if (ctx.thin_dconv && ctx.dconv_rows && dconv_layer_thin_fits(d.channels, d.hidden) &&
+            dconv_rows_fit(d.channels, d.hidden, x.w, depth)) {
             std::vector<DConvLayerWeights> layers;
             for (int i = 0; i < depth; i++)
                 layers.push_back(thin_dconv_weights(d, prefix + "dconv.layers." + std::to_string(i) + ".",

@@ -31,9 +31,9 @@ constexpr size_t out_smem_floats(int channels, int max_hidden) {
     const size_t c2 = size_t(2 * channels);
     return c2 * max_hidden + c2 + 2 * c2 + 2 * size_t(max_hidden) + size_t(channels);
 }
-// Shared memory per block: above the 48 KB default each launch opts in;
-// past ~100 KB fewer than two blocks would fit an SM.
-constexpr size_t kSmemDefault = 48 * 1024, kSmemLimit = 100 * 1024;
+// Shared memory per block of the three-pass kernels (every launch opts in to
+// its size): past ~100 KB fewer than two blocks would fit an SM.
+constexpr size_t kSmemLimit = 100 * 1024;
 
 // What a block may opt in to on the current device (less on some GPUs:
 // sm_75 64 KB), minus the kernels' static shared memory; kSmemLimit when
@@ -60,11 +60,11 @@ int max_hidden_for(int hidden) {
 
 // Launch configuration of a kernel with `bytes` of dynamic shared memory
 // (set on every launch: the attribute belongs to the context, which
-// release_gpus() may have replaced).
+// release_gpus() may have replaced; always, since static and dynamic
+// memory together must stay under the 48 KB default without it).
 template <typename Kernel>
 void allow_shared(Kernel kernel, size_t bytes) {
-    if (bytes > kSmemDefault)
-        FD_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+    FD_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
 }
 
 struct Row {
@@ -321,7 +321,8 @@ constexpr int kChannelConsts = 8;
 constexpr size_t rows_smem_floats(int C, int W, int mh) {
     return size_t(C) * 3 * mh + size_t(2 * C) * mh + size_t(C) * kChannelConsts + 2 * size_t(mh) + size_t(C) * W;
 }
-constexpr size_t kRowsStaticSmem = 4096;  // the kernel's static arrays (Gram form, reduction), rounded up
+// The kernel's static arrays: the Gram form and the reduction's 32 doubles.
+constexpr size_t rows_static_smem(int mh) { return size_t(mh + 1) * (mh + 2) * sizeof(double) + 32 * sizeof(double); }
 
 // The row's GroupNorm {scale, shift} for channel c from the row's mean and
 // inverse deviation (the arithmetic of group_norm_coef).
@@ -343,7 +344,7 @@ __device__ __forceinline__ double2 row_moments(double n, double sum, double sq) 
 // for the whole track).
 template <int MaxHidden>
 __global__ void __launch_bounds__(kDConvRowsMaxW)
-    dconv_rows_kernel(const RowLayers layers, float* __restrict__ x, int C, int64_t R, int W) {
+    dconv_rows_kernel(const RowLayers layers, float* __restrict__ x, int C, int64_t R, int W, bool vec) {
     static_assert(MaxHidden % 4 == 0, "weight rows are float4 vectors");
     constexpr int Q = MaxHidden / 4;
     extern __shared__ float4 rows_smem4[];
@@ -358,8 +359,8 @@ __global__ void __launch_bounds__(kDConvRowsMaxW)
     const int64_t b = blockIdx.x / R, r = blockIdx.x - b * R;
     const int64_t plane = R * W;
     float* xrow = x + (b * C * R + r) * W;  // channel c at xrow + c * plane
-    // The row goes in asynchronously while the first layer's weights load.
-    const bool vec = (W & 3) == 0;  // rows (and so every channel's start) on 16 bytes
+    // The row goes in asynchronously while the first layer's weights load;
+    // vec: 16-byte copies (x on 16 bytes and W a multiple of 4).
     if (vec) {
         const int q4 = W / 4;
         for (int i = threadIdx.x; i < C * q4; i += blockDim.x) {
@@ -484,6 +485,7 @@ __global__ void __launch_bounds__(kDConvRowsMaxW)
     }
 }
 
+// Static plus dynamic shared memory a block may opt in to on the current device.
 size_t rows_smem_limit() {
     int device = 0, optin = 0;
     if (cudaGetDevice(&device) != cudaSuccess ||
@@ -491,7 +493,7 @@ size_t rows_smem_limit() {
         cudaGetLastError();
         optin = 227 * 1024;  // sm_90's opt-in maximum, for builds that only ask whether a shape fits
     }
-    return size_t(optin) > kRowsStaticSmem ? size_t(optin) - kRowsStaticSmem : 0;
+    return size_t(optin);
 }
 
 template <int MaxHidden>
@@ -590,7 +592,8 @@ bool dconv_rows_fit(int channels, int hidden, int64_t W, int layers) {
     if (channels < 1 || hidden < 1 || hidden > 16 || W < 1 || W > kDConvRowsMaxW || layers < 1 ||
         layers > kDConvRowsMaxLayers)
         return false;
-    return rows_smem_floats(channels, int(W), max_hidden_for(hidden)) * sizeof(float) <= rows_smem_limit();
+    const int mh = max_hidden_for(hidden);
+    return rows_smem_floats(channels, int(W), mh) * sizeof(float) + rows_static_smem(mh) <= rows_smem_limit();
 }
 
 void dconv_rows(const Ctx& ctx, const DConvLayerWeights* layers, int count, float* x, int64_t B, int64_t R,
@@ -610,11 +613,12 @@ void dconv_rows(const Ctx& ctx, const DConvLayerWeights* layers, int count, floa
     if (B * R > std::numeric_limits<int>::max()) throw Error("internal error: dconv_rows: too many rows");
     if (ctx.dry || B * R == 0) return;
     const int threads = int((W + 31) / 32 * 32);
+    const bool vec = W % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
     const auto launch = [&](auto max_hidden) {
         constexpr int mh = decltype(max_hidden)::value;
         const size_t bytes = rows_smem_floats(C, int(W), mh) * sizeof(float);
         allow_shared(dconv_rows_kernel<mh>, bytes);
-        dconv_rows_kernel<mh><<<unsigned(B * R), threads, bytes, ctx.stream>>>(p, x, C, R, int(W));
+        dconv_rows_kernel<mh><<<unsigned(B * R), threads, bytes, ctx.stream>>>(p, x, C, R, int(W), vec);
         FD_LAUNCH_CHECK();
     };
     switch (max_hidden_for(hidden)) {
