@@ -35,18 +35,21 @@ constexpr size_t out_smem_floats(int channels, int max_hidden) {
 // its size): past ~100 KB fewer than two blocks would fit an SM.
 constexpr size_t kSmemLimit = 100 * 1024;
 
-// What a block may opt in to on the current device (less on some GPUs:
-// sm_75 64 KB), minus the kernels' static shared memory; kSmemLimit when
-// no device answers (CPU-only builds and tests ask only whether a shape fits).
-size_t smem_limit() {
+// Static plus dynamic shared memory a block may opt in to on the current
+// device (less on some GPUs: sm_75 64 KB); sm_90's 227 KB when no device
+// answers (CPU-only builds and tests ask only whether a shape fits).
+size_t optin_smem() {
     int device = 0, optin = 0;
     if (cudaGetDevice(&device) != cudaSuccess ||
         cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
         cudaGetLastError();
-        return kSmemLimit;
+        return 227 * 1024;
     }
-    return std::min(kSmemLimit, size_t(optin) - 1024);
+    return size_t(optin);
 }
+// The three-pass kernels' dynamic shared memory: the opt-in minus their
+// static arrays, at most kSmemLimit.
+size_t smem_limit() { return std::min(kSmemLimit, optin_smem() - 1024); }
 
 // The hidden size a kernel is compiled for: the next of 8, 12, 16, 24, 32
 // (multiples of 4: weight rows stay 16-byte vectors; padding costs its share
@@ -485,17 +488,6 @@ __global__ void __launch_bounds__(kDConvRowsMaxW)
     }
 }
 
-// Static plus dynamic shared memory a block may opt in to on the current device.
-size_t rows_smem_limit() {
-    int device = 0, optin = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
-        cudaGetLastError();
-        optin = 227 * 1024;  // sm_90's opt-in maximum, for builds that only ask whether a shape fits
-    }
-    return size_t(optin);
-}
-
 template <int MaxHidden>
 void launch_layer(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64_t B, int64_t R, int W, int wblocks,
                   float* h, double* partial, double* mean, double* var, float2* hcoef, float2* ycoef) {
@@ -593,7 +585,7 @@ bool dconv_rows_fit(int channels, int hidden, int64_t W, int layers) {
         layers > kDConvRowsMaxLayers)
         return false;
     const int mh = max_hidden_for(hidden);
-    return rows_smem_floats(channels, int(W), mh) * sizeof(float) + rows_static_smem(mh) <= rows_smem_limit();
+    return rows_smem_floats(channels, int(W), mh) * sizeof(float) + rows_static_smem(mh) <= optin_smem();
 }
 
 void dconv_rows(const Ctx& ctx, const DConvLayerWeights* layers, int count, float* x, int64_t B, int64_t R,
