@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "cuda/arena.h"
@@ -16,6 +17,7 @@
 #include "cuda/conv.h"
 #include "cuda/dconv.h"
 #include "cuda/kernels.h"
+#include "cuda/host_output.h"
 #include "cuda/staging.h"
 #include "engine/backend.h"
 #include "test_support.h"
@@ -673,4 +675,35 @@ TEST(KernelsCuda, StagedUploadCopiesEveryPiece) {
             for (size_t c = 0; c < dpitch; c++)
                 ASSERT_EQ(got[r * dpitch + c], c < width ? src[r * spitch + c] : -7.0f) << r << ", " << c;
     }
+}
+
+// The stems' host vector, faulted in and page-locked in pieces by threads:
+// copies that cross the pieces' bounds, queued as soon as the floats under
+// them are ready, land whole, into a fresh vector, a reused one and an
+// unlocked one.
+TEST(KernelsCuda, HostOutputTakesCopiesAcrossItsPieces) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    Gpu gpu;
+    const size_t n = 3300001;  // 12.6 MB: seven pieces of 2 MiB
+    const std::vector<float> src = random(n, 43);
+    const float* d = gpu.put(src);
+    cudaStream_t copies = nullptr;
+    FD_CUDA(cudaStreamCreateWithFlags(&copies, cudaStreamNonBlocking));
+    std::vector<float> out(10, 1.0f);
+    for (int round = 0; round < 3; round++) {
+        {
+            HostOutput host(out, n, 0, round != 2, copies, 1);
+            const size_t cuts[] = {0, 5, 524287, 524289, 1700000, 2621440, n};
+            for (size_t i = 0; i + 1 < std::size(cuts); i++) {
+                while (host.ready() < cuts[i + 1]) std::this_thread::yield();
+                host.copy_from_device(cuts[i], d + cuts[i], cuts[i + 1] - cuts[i]);
+            }
+            host.wait();
+            host.release();
+        }
+        ASSERT_EQ(out.size(), n);
+        for (size_t i = 0; i < n; i++) ASSERT_EQ(out[i], src[i]) << "round " << round << ", float " << i;
+        std::fill(out.begin(), out.end(), -1.0f);
+    }
+    cudaStreamDestroy(copies);
 }

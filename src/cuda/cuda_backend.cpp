@@ -172,12 +172,12 @@
 #include <thread>
 #include <vector>
 
-#include <sys/mman.h>
-
 #include "cuda/arena.h"
 #include "cuda/common.h"
 #include "cuda/conv.h"
 #include "cuda/dconv.h"
+#include "cuda/gemm.h"
+#include "cuda/host_output.h"
 #include "cuda/kernels.h"
 #include "cuda/profile.h"
 #include "cuda/spectral.h"
@@ -196,16 +196,6 @@ namespace {
 
 constexpr size_t kCublasWorkspace = size_t(32) << 20;
 
-// Asks for transparent huge pages over [p, p + bytes) before it is first
-// touched: a 3-minute track's 381 MB of stems are 93 k page faults in 4 KiB
-// pages (FASTDEMUCS_NO_HUGE_PAGES=1: leave the kernel's default).
-void advise_huge_pages(void* p, size_t bytes) {
-    static const bool off = env_flag("FASTDEMUCS_NO_HUGE_PAGES");
-    constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-    const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
-    const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHuge - 1);
-    if (!off && end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-}
 constexpr int kDefaultBatchCap = 8;
 
 // FASTDEMUCS_GPU_TIMELINE=1: events at each step of the track path, printed
@@ -359,8 +349,9 @@ public:
 
     // The forward at the batch size a long track gets, captured as a CUDA
     // graph without running it: the capture loads the kernels and has
-    // cuBLAS pick its algorithms (~0.15 s of host time on an H100), and
-    // nothing is left for the device to do. Without graphs (or when the
+    // cuBLAS pick its algorithms (~0.1 s of host time on the H200; cuBLAS's
+    // own first use, ~0.2 s more, is paid by the start-up thread:
+    // cuda_warm_up_libraries), and nothing is left for the device to do. Without graphs (or when the
     // capture fails) one eager forward of zeros does the loading instead.
     void warm_up() override {
         FD_CUDA(cudaSetDevice(device_));
@@ -558,55 +549,35 @@ public:
         float* result = params.shifts <= 1 ? nullptr : acc;  // the view's window itself when <= 1 shift
         const int64_t result_pitch = params.shifts <= 1 ? pitch : L;
         int64_t done = 0;  // track samples [0, done) finished on the device
-        // The host output (381 MB for 3 minutes of 6 stems) is allocated,
-        // zero-filled (its pages faulted in) and page-locked on a thread of
-        // its own while the GPU works: on this thread that kept the GPU idle
-        // ~0.1 s per track, and pageable copies crawl through a staging
-        // buffer. Finished regions wait on the device (no later chunk touches
-        // them) until the buffer is ready; then their copies are queued.
-        struct Pinned {
-            cudaStream_t copies;
-            void* p = nullptr;  // set by the preparing thread
-            void release() {
-                if (p) {
-                    cudaStreamSynchronize(copies);  // no copy may still target it
-                    cudaHostUnregister(p);
-                    p = nullptr;
-                }
-                cudaGetLastError();
-            }
-            ~Pinned() { release(); }
-        } pinned{copy_stream};
-        const bool pin = !env_flag("FASTDEMUCS_NO_PIN");
-        std::future<void> prepared =
-            std::async(std::launch::async, [&out, &pinned, n = size_t(SC * L), pin, device = device_] {
-                out.reserve(n);
-                advise_huge_pages(out.data(), n * sizeof(float));
-                out.resize(n);
-                trace_point("cuda: host output faulted in");
-                if (pin && cudaSetDevice(device) == cudaSuccess &&
-                    cudaHostRegister(out.data(), n * sizeof(float), cudaHostRegisterPortable) == cudaSuccess)
-                    pinned.p = out.data();
-                cudaGetLastError();  // not pinned: the copies still work, slower
-                trace_point("cuda: host output page-locked");
-            });
-        struct Region {
-            const float* src;
-            int64_t from, to;
+        // The host output (381 MB for 3 minutes of 6 stems) is faulted in
+        // and page-locked, piece by piece, by threads of their own while the
+        // GPU works (cuda/host_output.h); on this thread that kept the GPU
+        // idle ~0.1 s per track, and pageable copies crawl through a staging
+        // buffer. Each row of a finished region (no later chunk touches it)
+        // waits on the device until the pieces under it are ready; then its
+        // copy is queued.
+        // FASTDEMUCS_HOST_OUTPUT_PIECE_MIB: the pieces' size (default 32; one
+        // piece larger than the output faults it all in, then locks it all).
+        const int64_t piece_mib = std::atoll(env_string("FASTDEMUCS_HOST_OUTPUT_PIECE_MIB").c_str());
+        HostOutput host_out(out, size_t(SC * L), device_, !env_flag("FASTDEMUCS_NO_PIN"), copy_stream,
+                            size_t(piece_mib > 0 ? piece_mib : 32) << 20);
+        struct RowCopy {
+            const float* src;  // the row's first sample on the device
+            size_t offset;     // in the output
+            size_t count;
         };
-        std::vector<Region> waiting;  // finished on the device, not yet queued for download
-        bool out_ready = false;
+        std::vector<RowCopy> waiting;  // finished on the device, not yet queued for download
         auto queue_copies = [&](bool wait) {
-            if (!out_ready) {
-                if (!wait && prepared.wait_for(std::chrono::seconds(0)) != std::future_status::ready) return;
-                prepared.get();  // rethrows std::bad_alloc
-                out_ready = true;
+            if (wait) host_out.wait();  // rethrows std::bad_alloc
+            const size_t ready = host_out.ready();
+            size_t kept = 0;
+            for (const RowCopy& r : waiting) {
+                if (r.offset + r.count <= ready)
+                    host_out.copy_from_device(r.offset, r.src, r.count);
+                else
+                    waiting[kept++] = r;
             }
-            for (const Region& r : waiting)
-                FD_CUDA(cudaMemcpy2DAsync(out.data() + r.from, size_t(L) * sizeof(float), r.src + r.from,
-                                          size_t(result_pitch) * sizeof(float), size_t(r.to - r.from) * sizeof(float),
-                                          size_t(SC), cudaMemcpyDeviceToHost, copy_stream));
-            waiting.clear();
+            waiting.resize(kept);
         };
         auto download = [&](const Cut& cut, const ShiftStep& step, int64_t upto, cudaEvent_t ready) {
             upto = std::min(upto, L);
@@ -615,7 +586,8 @@ public:
             FD_CUDA(cudaStreamWaitEvent(copy_stream, ready, 0));
             finish_shift(copy_stream, view, pitch, cut.skip, sum_weight, SC, done, upto, step, st, dst,
                          result_pitch);
-            waiting.push_back({dst, done, upto});
+            for (int64_t row = 0; row < SC; row++)
+                waiting.push_back({dst + row * result_pitch + done, size_t(row * L + done), size_t(upto - done)});
             queue_copies(false);
             done = upto;
         };
@@ -675,7 +647,7 @@ public:
         FD_CUDA(cudaStreamSynchronize(stream));
         timeline.print();
         trace_point("cuda: stems downloaded");
-        pinned.release();
+        host_out.release();
         trace_point("cuda: output unregistered");
         progress.flush();
         return true;
@@ -841,6 +813,9 @@ private:
                 throw;
             }
             FD_CUDA(cudaStreamEndCapture(stream, &graph));
+            if (trace_detailed())
+                trace_point(("cuda: graph recorded (" + std::to_string(gemm_host_seconds()) +
+                             " s in cuBLAS so far)").c_str());
             const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
             cudaGraphDestroy(graph);
             FD_CUDA(err);
@@ -1306,6 +1281,16 @@ void cuda_initialize(int device_index) {
     if (cudaSetDevice(device_index) == cudaSuccess) cudaFree(nullptr);
     cudaGetLastError();
     trace_point("CUDA context created (start-up thread)");
+}
+
+void cuda_warm_up_libraries(int device_index, Precision precision) {
+    if (cuda::env_flag("FASTDEMUCS_NO_LIBRARY_WARM_UP")) return;
+    if (cudaSetDevice(device_index) != cudaSuccess) {
+        cudaGetLastError();
+        return;
+    }
+    cuda::warm_up_gemm_library(cuda::operand_type(precision));
+    trace_point("cuBLAS warmed up (start-up thread)");
 }
 
 namespace {

@@ -1,9 +1,12 @@
 #include "cuda/gemm.h"
 
+#include <atomic>
+#include <chrono>
 #include <limits>
 #include <string>
 
 #include "cuda/profile.h"
+#include "engine/trace.h"
 #include "error.h"
 
 namespace fastdemucs::cuda {
@@ -24,7 +27,11 @@ int as_int(int64_t v, const char* what) {
     return static_cast<int>(v);
 }
 
+std::atomic<int64_t> g_gemm_host_ns{0};
+
 }  // namespace
+
+double gemm_host_seconds() { return 1e-9 * double(g_gemm_host_ns.load()); }
 
 void gemm(const Ctx& ctx, DType ab, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
           const GemmOperand& a, const GemmOperand& b, float beta, float* c, int64_t ldc, int64_t stride_c,
@@ -46,10 +53,42 @@ void gemm_as(const Ctx& ctx, DType ab, bool trans_a, bool trans_b, int64_t m, in
     const cudaDataType_t t = cuda_type(ab);
     if (k == 0) throw Error("internal error: GEMM with k = 0");
     ProfileSpan span(ctx, ProfKind::Gemm);
+    const bool timed = trace_detailed();
+    const auto start = timed ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
     FD_CUBLAS(cublasGemmStridedBatchedEx(ctx.blas, op_b, op_a, as_int(n, "n"), as_int(m, "m"), as_int(k, "k"), &alpha,
                                          b.ptr, t, as_int(b.ld, "ldb"), b.stride, a.ptr, t, as_int(a.ld, "lda"),
                                          a.stride, &beta, c, cuda_type(c_type), as_int(ldc, "ldc"), stride_c,
                                          as_int(batch, "batch"), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    if (timed)
+        g_gemm_host_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start)
+                              .count();
+}
+
+void warm_up_gemm_library(DType operand) {
+    constexpr int n = 64;
+    cublasHandle_t handle = nullptr;
+    cudaStream_t stream = nullptr;
+    void* buffers[3] = {nullptr, nullptr, nullptr};
+    if (cublasCreate(&handle) == CUBLAS_STATUS_SUCCESS &&
+        cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess &&
+        cublasSetStream(handle, stream) == CUBLAS_STATUS_SUCCESS) {
+        bool allocated = true;
+        for (void*& b : buffers) allocated = allocated && cudaMalloc(&b, n * n * sizeof(float)) == cudaSuccess;
+        if (allocated) {
+            const float alpha = 1.0f, beta = 0.0f;
+            const cudaDataType_t t = cuda_type(operand);
+            for (const DType c_type : {DType::F32, operand})
+                cublasGemmStridedBatchedEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &alpha, buffers[0], t, n, 0,
+                                           buffers[1], t, n, 0, &beta, buffers[2], cuda_type(c_type), n, 0, 1,
+                                           CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+            cudaStreamSynchronize(stream);
+        }
+    }
+    for (void* b : buffers)
+        if (b) cudaFree(b);
+    if (handle) cublasDestroy(handle);
+    if (stream) cudaStreamDestroy(stream);
+    cudaGetLastError();
 }
 
 void linear(const Ctx& ctx, const void* x, int64_t rows, int64_t in, const void* w, int64_t out, float* y) {

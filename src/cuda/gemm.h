@@ -35,4 +35,16 @@ void linear(const Ctx& ctx, const void* x, int64_t rows, int64_t in, const void*
 void linear_as(const Ctx& ctx, const void* x, int64_t rows, int64_t in, const void* w, int64_t out, void* y,
                DType yt);
 
+// cuBLAS's first matrix product in a process costs ~0.2 s of host time (its
+// heuristics and kernel tables load then), and the first of each shape
+// ~1 ms more. This runs small products of both kinds the backend uses
+// (C float32 and C in the operand type) on a handle and stream of its own, so
+// that a start-up thread pays the first cost while the model is read.
+// Needs the device's context current; never throws.
+void warm_up_gemm_library(DType operand);
+
+// With FASTDEMUCS_TRACE=2: host seconds spent inside cuBLAS calls so far
+// (its heuristics run on the first call of each shape), for the start-up trace.
+double gemm_host_seconds();
+
 }  // namespace fastdemucs::cuda

@@ -3,6 +3,8 @@
 #include <cstdio>
 #include <map>
 
+#include "engine/trace.h"
+
 namespace fastdemucs::cuda {
 
 Profiler::~Profiler() {
@@ -118,6 +120,7 @@ ProfileSpan::~ProfileSpan() {
 }
 
 void profile_block(const Ctx& ctx, const std::string& name) {
+    if (!ctx.dry && trace_detailed()) trace_point(("cuda: block " + name).c_str());
     if (ctx.prof && !ctx.dry) ctx.prof->block(ctx.stream, name);
 }
 

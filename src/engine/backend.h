@@ -67,6 +67,11 @@ int cuda_device_count();
 // it can run on another thread while the checkpoint is read; errors are
 // left for make_cuda_backend to report. Never throws.
 void cuda_initialize(int device_index);
+// Then, on the same thread while the model is read and uploaded: the GPU
+// libraries' first-use costs (cuBLAS's first product, ~0.2 s of host
+// time), which the first forward or graph capture would otherwise pay with
+// the GPU idle. Never throws.
+void cuda_warm_up_libraries(int device_index, Precision precision);
 #endif
 
 }  // namespace fastdemucs

@@ -1,5 +1,6 @@
 // Separator: the public face of the engine. Loads a model or a bag, builds a
 // backend per model, and runs the official separation semantics.
+#include <future>
 #include <thread>
 
 #include "engine/apply.h"
@@ -87,9 +88,17 @@ SeparateParams separate_default_params() { return SeparateParams{}; }
 
 std::unique_ptr<Separator> Separator::load(const LoadParams& params) {
 #ifdef FASTDEMUCS_WITH_CUDA
-    // The driver starts while the model is found and read (joined on every exit).
+    // The driver starts while the model is found and read, then the GPU
+    // libraries warm up while it is uploaded (joined on every exit).
     std::thread cuda_start;
-    if (params.device == DeviceKind::Cuda) cuda_start = std::thread(cuda_initialize, params.device_index);
+    std::promise<void> context_created;
+    std::future<void> context_ready = context_created.get_future();
+    if (params.device == DeviceKind::Cuda)
+        cuda_start = std::thread([&context_created, device = params.device_index, precision = params.precision] {
+            cuda_initialize(device);
+            context_created.set_value();
+            cuda_warm_up_libraries(device, precision);
+        });
     struct Join {
         std::thread& t;
         ~Join() {
@@ -122,13 +131,16 @@ std::unique_ptr<Separator> Separator::load(const LoadParams& params) {
         auto model = load_htdemucs(spec.checkpoints[i]);
         trace_point("checkpoint read");
 #ifdef FASTDEMUCS_WITH_CUDA
-        if (cuda_start.joinable()) {
-            cuda_start.join();
+        if (cuda_start.joinable() && context_ready.valid()) {
+            context_ready.wait();
             trace_point("CUDA context ready");
         }
 #endif
         m.backend = make_backend(std::move(model), params);
         trace_point("backend ready");
+#ifdef FASTDEMUCS_WITH_CUDA
+        if (cuda_start.joinable()) cuda_start.join();
+#endif
         if (params.warm_up) {
             m.backend->warm_up();
             trace_point("backend warmed up");

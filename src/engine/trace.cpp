@@ -46,10 +46,12 @@ double boot_seconds() {
 
 struct TraceState {
     bool on = false;
+    bool detailed = false;
     double start = 0.0;
     TraceState() {
         const char* v = std::getenv("FASTDEMUCS_TRACE");
         on = v && *v && std::strcmp(v, "0") != 0;
+        detailed = on && std::strcmp(v, "1") != 0;
         if (on) {
             start = process_start_seconds();
             if (start < 0.0) start = boot_seconds();
@@ -65,6 +67,7 @@ const TraceState& state() {
 }  // namespace
 
 bool trace_enabled() { return state().on; }
+bool trace_detailed() { return state().detailed; }
 
 void trace_point(const char* what) {
     const TraceState& s = state();

@@ -8,6 +8,9 @@
 namespace fastdemucs {
 
 bool trace_enabled();
+// FASTDEMUCS_TRACE=2: also the finer points (each block of a CUDA graph
+// capture, the host time spent in cuBLAS while capturing).
+bool trace_detailed();
 void trace_point(const char* what);
 
 }  // namespace fastdemucs

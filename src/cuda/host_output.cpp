@@ -1,0 +1,147 @@
+#include "cuda/host_output.h"
+
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <system_error>
+
+#include "cuda/common.h"
+#include "engine/trace.h"
+
+namespace fastdemucs::cuda {
+namespace {
+
+constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
+
+// Asks for transparent huge pages over [p, p + bytes) before it is first
+// touched: a 3-minute track's 381 MB of stems are 93 k page faults in 4 KiB
+// pages (FASTDEMUCS_NO_HUGE_PAGES=1: leave the kernel's default).
+void advise_huge_pages(void* p, size_t bytes) {
+    static const bool off = env_flag("FASTDEMUCS_NO_HUGE_PAGES");
+    const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + kHugePage - 1) & ~(kHugePage - 1);
+    const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHugePage - 1);
+    if (!off && end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+}
+
+}  // namespace
+
+HostOutput::HostOutput(std::vector<float>& out, size_t n, int device, bool pin, cudaStream_t copies,
+                       size_t piece_bytes)
+    : n_(n), copies_(copies) {
+    const bool faulted = out.size() >= n;  // a vector reused from an earlier track
+    if (out.capacity() < n) {
+        out.clear();  // nothing worth copying into the new allocation
+        out.reserve(n);
+        advise_huge_pages(out.data(), n * sizeof(float));
+    }
+    if (faulted) out.resize(n);
+    data_ = out.data();
+    // Inner bounds on huge-page boundaries: no page belongs to two registrations.
+    const uintptr_t base = reinterpret_cast<uintptr_t>(data_);
+    const size_t piece = std::max<size_t>(piece_bytes, kHugePage);
+    bounds_.push_back(0);
+    for (size_t k = 1;; k++) {
+        const uintptr_t at = (base + k * piece) & ~(kHugePage - 1);
+        const size_t floats = (at - base) / sizeof(float);
+        if (floats >= n) break;
+        bounds_.push_back(floats);
+    }
+    if (n > 0) bounds_.push_back(n);
+    const size_t pieces = bounds_.size() - 1;
+    locked_.assign(pieces, 0);
+    if (faulted) faulted_ = pieces;
+    if (!pin) {
+        if (faulted) ready_ = n;
+    }
+    // A thread that cannot be started leaves its work to this one.
+    if (!faulted) {
+        try {
+            faulter_ = std::thread([this, &out, pin] { fault_in(out, pin); });
+        } catch (const std::system_error&) {
+            fault_in(out, pin);
+        }
+    }
+    if (pin && pieces > 0) {
+        try {
+            locker_ = std::thread([this, device] { lock_pieces(device); });
+        } catch (const std::system_error&) {
+            lock_pieces(device);
+        }
+    }
+}
+
+HostOutput::~HostOutput() { release(); }
+
+void HostOutput::fault_in(std::vector<float>& out, bool pin) {
+    for (size_t k = 0; k + 1 < bounds_.size(); k++) {
+        try {
+            if (out.size() < bounds_[k + 1]) out.resize(bounds_[k + 1]);  // zero-filled: the pages fault in
+        } catch (...) {
+            std::lock_guard<std::mutex> lock(mutex_);
+            failure_ = std::current_exception();
+            failed_ = true;
+            progressed_.notify_all();
+            return;
+        }
+        std::lock_guard<std::mutex> lock(mutex_);
+        faulted_ = k + 1;
+        if (!pin) ready_.store(bounds_[k + 1], std::memory_order_release);
+        progressed_.notify_all();
+    }
+    trace_point("cuda: host output faulted in");
+}
+
+void HostOutput::lock_pieces(int device) {
+    const bool on_device = cudaSetDevice(device) == cudaSuccess;
+    for (size_t k = 0; k + 1 < bounds_.size(); k++) {
+        {
+            std::unique_lock<std::mutex> lock(mutex_);
+            progressed_.wait(lock, [&] { return failed_ || faulted_ > k; });
+            if (failed_) return;
+        }
+        // Not locked (no device, or the driver refused): the copies still work, slower.
+        locked_[k] = on_device && cudaHostRegister(data_ + bounds_[k], (bounds_[k + 1] - bounds_[k]) * sizeof(float),
+                                                   cudaHostRegisterPortable) == cudaSuccess;
+        cudaGetLastError();
+        std::lock_guard<std::mutex> lock(mutex_);
+        ready_.store(bounds_[k + 1], std::memory_order_release);
+        progressed_.notify_all();
+    }
+    trace_point("cuda: host output page-locked");
+}
+
+void HostOutput::wait() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    progressed_.wait(lock, [&] { return failed_ || ready() == n_; });
+    if (failed_) std::rethrow_exception(failure_);
+}
+
+void HostOutput::copy_from_device(size_t offset, const float* src, size_t count) const {
+    size_t k = size_t(std::upper_bound(bounds_.begin(), bounds_.end(), offset) - bounds_.begin()) - 1;
+    while (count > 0) {
+        const size_t len = std::min(count, bounds_[k + 1] - offset);
+        FD_CUDA(cudaMemcpyAsync(data_ + offset, src, len * sizeof(float), cudaMemcpyDeviceToHost, copies_));
+        offset += len, src += len, count -= len, k++;
+    }
+}
+
+void HostOutput::join() {
+    if (faulter_.joinable()) faulter_.join();
+    if (locker_.joinable()) locker_.join();
+}
+
+void HostOutput::release() {
+    try {
+        join();
+    } catch (const std::system_error&) {  // not joinable after all: nothing left to wait for
+    }
+    cudaStreamSynchronize(copies_);  // no copy may still target a piece
+    for (size_t k = 0; k < locked_.size(); k++) {
+        if (locked_[k]) cudaHostUnregister(data_ + bounds_[k]);
+        locked_[k] = 0;
+    }
+    cudaGetLastError();
+}
+
+}  // namespace fastdemucs::cuda
