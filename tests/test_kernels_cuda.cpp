@@ -17,6 +17,7 @@
 #include "cuda/conv.h"
 #include "cuda/dconv.h"
 #include "cuda/kernels.h"
+#include "cuda/libraries.h"
 #include "cuda/host_output.h"
 #include "cuda/staging.h"
 #include "engine/backend.h"
@@ -35,14 +36,14 @@ struct Gpu {
     Gpu() {
         FD_CUDA(cudaSetDevice(0));
         FD_CUDA(cudaStreamCreate(&stream));
-        FD_CUBLAS(cublasCreate(&blas));
-        FD_CUBLAS(cublasSetStream(blas, stream));
+        FD_CUBLAS(blas_api().cublasCreate(&blas));
+        FD_CUBLAS(blas_api().cublasSetStream(blas, stream));
         memory = DeviceBuffer(size_t(256) << 20, "the test arena");
         arena.bind(memory.get(), memory.bytes());
     }
     ~Gpu() {
         cudaStreamSynchronize(stream);
-        cublasDestroy(blas);
+        blas_api().cublasDestroy(blas);
         cudaStreamDestroy(stream);
     }
     Ctx ctx(DType t = DType::F32, bool fused = true, bool tensor_cores = true, bool shifted_conv = false,
@@ -236,9 +237,12 @@ TEST(KernelsCuda, AttentionBothPathsEveryType) {
     for (DType t : {DType::F16, DType::BF16})
         for (bool tensor_cores : {true, false}) attention_case(t, true, 2, 64, tensor_cores, 300, 200);
     attention_case(DType::F16, true, 8, 64, true, 64, 129);
-    // The float16 kernel's double-buffered key tiles: an odd number of tiles, exactly one tile.
+    // The float16 kernel's double-buffered key tiles: an odd number of tiles,
+    // exactly one tile, two whole tiles (no key masked).
     attention_case(DType::F16, true, 2, 48, true, 300, 700);
     attention_case(DType::F16, true, 2, 48, true, 70, 64);
+    attention_case(DType::F16, true, 2, 48, true, 200, 128);
+    attention_case(DType::BF16, true, 2, 48, true, 200, 128);
 }
 
 TEST(KernelsCuda, ConvolutionPaths) {

@@ -202,20 +202,39 @@ __device__ __forceinline__ void load_q_fragments(const T* __restrict__ q, int64_
     }
 }
 
+// 2^x on the special-function unit, without exp2f's care for results below
+// 2^-126 (flushed to zero here; P is rounded to float16, which keeps
+// nothing below 2^-24 anyway).
+__device__ __forceinline__ float exp2_ftz(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 // One key tile (keys k0 ..) of the online softmax in base 2 on the S
-// fragments: keys past M masked, the running maxima m, sums l and the
-// output o rescaled, s turned into the tile's unnormalised probabilities.
+// fragments (raw Q K^T): keys past M masked, the running maxima m (raw
+// units), sums l and the output o rescaled, s turned into the tile's
+// unnormalised probabilities. With 48-dim heads the kernels are bound by
+// this per-score work on the CUDA cores and the SFU (against 96 tensor-core
+// MACs per score), so it is kept short: keys are masked only on a tile that
+// reaches past M (a uniform branch; 2688 and 1344 keys are whole tiles),
+// the scale is folded into the exponent's FMA, and exp2 is the bare SFU
+// instruction. (Masking every tile, scaling first and exp2f: 3.06 -> 2.62
+// ms for the ten attentions of a forward of 8 chunks on the H200.)
 template <int DH>
 __device__ __forceinline__ void online_softmax(float (&s)[kTcKeys / 8][4], int k0, int M, float scale_log2, int tig,
                                                float& m0, float& m1, float& l0, float& l1, float (&o)[DH / 8][4]) {
+    if (k0 + kTcKeys > M) {
+#pragma unroll
+        for (int j = 0; j < kTcKeys / 8; j++) {
+            const int key = k0 + j * 8 + tig * 2;
+            if (key >= M) s[j][0] = s[j][2] = -INFINITY;
+            if (key + 1 >= M) s[j][1] = s[j][3] = -INFINITY;
+        }
+    }
     float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
     for (int j = 0; j < kTcKeys / 8; j++) {
-        const int key = k0 + j * 8 + tig * 2;
-        s[j][0] = key < M ? s[j][0] * scale_log2 : -INFINITY;
-        s[j][1] = key + 1 < M ? s[j][1] * scale_log2 : -INFINITY;
-        s[j][2] = key < M ? s[j][2] * scale_log2 : -INFINITY;
-        s[j][3] = key + 1 < M ? s[j][3] * scale_log2 : -INFINITY;
         mx0 = fmaxf(mx0, fmaxf(s[j][0], s[j][1]));
         mx1 = fmaxf(mx1, fmaxf(s[j][2], s[j][3]));
     }
@@ -223,10 +242,11 @@ __device__ __forceinline__ void online_softmax(float (&s)[kTcKeys / 8][4], int k
     mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
     mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
     mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-    // Key k0 < M is valid, so the new maxima are finite.
+    // Key k0 < M is valid, so the new maxima are finite; scale_log2 > 0.
     const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
-    const float c0 = exp2f(m0 - n0), c1 = exp2f(m1 - n1);  // 0 on the first tile
+    const float c0 = exp2_ftz((m0 - n0) * scale_log2), c1 = exp2_ftz((m1 - n1) * scale_log2);  // 0 on the first tile
     m0 = n0, m1 = n1;
+    const float b0 = n0 * scale_log2, b1 = n1 * scale_log2;
     l0 *= c0, l1 *= c1;
 #pragma unroll
     for (int d = 0; d < DH / 8; d++) {
@@ -235,10 +255,10 @@ __device__ __forceinline__ void online_softmax(float (&s)[kTcKeys / 8][4], int k
     }
 #pragma unroll
     for (int j = 0; j < kTcKeys / 8; j++) {
-        s[j][0] = exp2f(s[j][0] - n0);
-        s[j][1] = exp2f(s[j][1] - n0);
-        s[j][2] = exp2f(s[j][2] - n1);
-        s[j][3] = exp2f(s[j][3] - n1);
+        s[j][0] = exp2_ftz(fmaf(s[j][0], scale_log2, -b0));
+        s[j][1] = exp2_ftz(fmaf(s[j][1], scale_log2, -b0));
+        s[j][2] = exp2_ftz(fmaf(s[j][2], scale_log2, -b1));
+        s[j][3] = exp2_ftz(fmaf(s[j][3], scale_log2, -b1));
         l0 += s[j][0] + s[j][1];
         l1 += s[j][2] + s[j][3];
     }

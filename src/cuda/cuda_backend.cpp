@@ -179,6 +179,7 @@
 #include "cuda/gemm.h"
 #include "cuda/host_output.h"
 #include "cuda/kernels.h"
+#include "cuda/libraries.h"
 #include "cuda/profile.h"
 #include "cuda/spectral.h"
 #include "cuda/staging.h"
@@ -266,9 +267,9 @@ struct EventOwner {
 
 struct BlasOwner {
     cublasHandle_t handle = nullptr;
-    BlasOwner() { FD_CUBLAS(cublasCreate(&handle)); }
+    BlasOwner() { FD_CUBLAS(blas_api().cublasCreate(&handle)); }
     ~BlasOwner() {
-        if (handle) cublasDestroy(handle);
+        if (handle) blas_api().cublasDestroy(handle);
     }
     BlasOwner(const BlasOwner&) = delete;
     BlasOwner& operator=(const BlasOwner&) = delete;
@@ -288,13 +289,13 @@ public:
         copy_stream_ = std::make_unique<StreamOwner>();
         for (auto& e : ready_) e = std::make_unique<EventOwner>();
         blas_ = std::make_unique<BlasOwner>();
-        FD_CUBLAS(cublasSetStream(blas_->handle, stream_->stream));
+        FD_CUBLAS(blas_api().cublasSetStream(blas_->handle, stream_->stream));
         // No TF32: default math with CUBLAS_COMPUTE_32F (set per call) never uses it.
-        FD_CUBLAS(cublasSetMathMode(blas_->handle, env_flag("FASTDEMUCS_CUBLAS_PEDANTIC") ? CUBLAS_PEDANTIC_MATH
+        FD_CUBLAS(blas_api().cublasSetMathMode(blas_->handle, env_flag("FASTDEMUCS_CUBLAS_PEDANTIC") ? CUBLAS_PEDANTIC_MATH
                                                                                            : CUBLAS_DEFAULT_MATH));
         // A workspace of our own: cuBLAS then allocates nothing while a graph is captured.
         blas_workspace_ = DeviceBuffer(kCublasWorkspace, "the cuBLAS workspace");
-        FD_CUBLAS(cublasSetWorkspace(blas_->handle, blas_workspace_.get(), blas_workspace_.bytes()));
+        FD_CUBLAS(blas_api().cublasSetWorkspace(blas_->handle, blas_workspace_.get(), blas_workspace_.bytes()));
         trace_point("cuda: streams and cuBLAS");
 
         ctx_.shifted_conv = env_flag("FASTDEMUCS_SHIFTED_CONV");
@@ -1281,6 +1282,11 @@ void cuda_initialize(int device_index) {
     if (cudaSetDevice(device_index) == cudaSuccess) cudaFree(nullptr);
     cudaGetLastError();
     trace_point("CUDA context created (start-up thread)");
+}
+
+void cuda_load_libraries() {
+    cuda::preload_cuda_libraries();
+    trace_point("cuBLAS and cuFFT loaded");
 }
 
 void cuda_warm_up_libraries(int device_index, Precision precision) {

@@ -5,6 +5,7 @@
 #include <limits>
 #include <string>
 
+#include "cuda/libraries.h"
 #include "cuda/profile.h"
 #include "engine/trace.h"
 #include "error.h"
@@ -55,7 +56,7 @@ void gemm_as(const Ctx& ctx, DType ab, bool trans_a, bool trans_b, int64_t m, in
     ProfileSpan span(ctx, ProfKind::Gemm);
     const bool timed = trace_detailed();
     const auto start = timed ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
-    FD_CUBLAS(cublasGemmStridedBatchedEx(ctx.blas, op_b, op_a, as_int(n, "n"), as_int(m, "m"), as_int(k, "k"), &alpha,
+    FD_CUBLAS(blas_api().cublasGemmStridedBatchedEx(ctx.blas, op_b, op_a, as_int(n, "n"), as_int(m, "m"), as_int(k, "k"), &alpha,
                                          b.ptr, t, as_int(b.ld, "ldb"), b.stride, a.ptr, t, as_int(a.ld, "lda"),
                                          a.stride, &beta, c, cuda_type(c_type), as_int(ldc, "ldc"), stride_c,
                                          as_int(batch, "batch"), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
@@ -65,28 +66,34 @@ void gemm_as(const Ctx& ctx, DType ab, bool trans_a, bool trans_b, int64_t m, in
 }
 
 void warm_up_gemm_library(DType operand) {
+    const CublasApi* api = nullptr;
+    try {
+        api = &blas_api();
+    } catch (const Error&) {
+        return;  // reported by the backend's own first use
+    }
     constexpr int n = 64;
     cublasHandle_t handle = nullptr;
     cudaStream_t stream = nullptr;
     void* buffers[3] = {nullptr, nullptr, nullptr};
-    if (cublasCreate(&handle) == CUBLAS_STATUS_SUCCESS &&
+    if (api->cublasCreate(&handle) == CUBLAS_STATUS_SUCCESS &&
         cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess &&
-        cublasSetStream(handle, stream) == CUBLAS_STATUS_SUCCESS) {
+        api->cublasSetStream(handle, stream) == CUBLAS_STATUS_SUCCESS) {
         bool allocated = true;
         for (void*& b : buffers) allocated = allocated && cudaMalloc(&b, n * n * sizeof(float)) == cudaSuccess;
         if (allocated) {
             const float alpha = 1.0f, beta = 0.0f;
             const cudaDataType_t t = cuda_type(operand);
             for (const DType c_type : {DType::F32, operand})
-                cublasGemmStridedBatchedEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &alpha, buffers[0], t, n, 0,
-                                           buffers[1], t, n, 0, &beta, buffers[2], cuda_type(c_type), n, 0, 1,
-                                           CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+                api->cublasGemmStridedBatchedEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &alpha, buffers[0], t, n,
+                                                0, buffers[1], t, n, 0, &beta, buffers[2], cuda_type(c_type), n, 0, 1,
+                                                CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
             cudaStreamSynchronize(stream);
         }
     }
     for (void* b : buffers)
         if (b) cudaFree(b);
-    if (handle) cublasDestroy(handle);
+    if (handle) api->cublasDestroy(handle);
     if (stream) cudaStreamDestroy(stream);
     cudaGetLastError();
 }

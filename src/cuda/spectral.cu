@@ -5,6 +5,7 @@
 
 #include "cuda/arena.h"
 #include "cuda/device_utils.cuh"
+#include "cuda/libraries.h"
 #include "cuda/profile.h"
 #include "error.h"
 
@@ -143,7 +144,7 @@ Spectral::Spectral(int nfft, int64_t length) : nfft_(nfft), hop_(nfft / 4), leng
 }
 
 Spectral::~Spectral() {
-    for (auto& kv : plans_) cufftDestroy(kv.second.handle);
+    for (auto& kv : plans_) fft_api().cufftDestroy(kv.second.handle);
 }
 
 Spectral::Plan& Spectral::plan(cufftType type, int64_t transforms) {
@@ -151,17 +152,17 @@ Spectral::Plan& Spectral::plan(cufftType type, int64_t transforms) {
     auto it = plans_.find(key);
     if (it != plans_.end()) return it->second;
     Plan p;
-    FD_CUFFT(cufftCreate(&p.handle));
+    FD_CUFFT(fft_api().cufftCreate(&p.handle));
     try {
         // The work area comes from the arena (set before each execution).
-        FD_CUFFT(cufftSetAutoAllocation(p.handle, 0));
+        FD_CUFFT(fft_api().cufftSetAutoAllocation(p.handle, 0));
         long long n = nfft_;
         const long long real_dist = nfft_, complex_dist = nfft_ / 2 + 1;
         const bool forward = type == CUFFT_R2C;
-        FD_CUFFT(cufftMakePlanMany64(p.handle, 1, &n, nullptr, 1, forward ? real_dist : complex_dist, nullptr, 1,
+        FD_CUFFT(fft_api().cufftMakePlanMany64(p.handle, 1, &n, nullptr, 1, forward ? real_dist : complex_dist, nullptr, 1,
                                      forward ? complex_dist : real_dist, type, transforms, &p.work));
     } catch (...) {
-        cufftDestroy(p.handle);
+        fft_api().cufftDestroy(p.handle);
         throw;
     }
     return plans_.emplace(key, p).first->second;
@@ -181,11 +182,11 @@ void Spectral::stft(const Ctx& ctx, int64_t B, int64_t C, const float* mix, floa
                       stft_frames_kernel<I><<<grid_for(n), kThreads, 0, ctx.stream>>>(
                           mix, frames, window_.as<float>(), I(n), length_, I(T), nfft_, hop_, pad, padded_len));
     FD_LAUNCH_CHECK();
-    FD_CUFFT(cufftSetStream(p.handle, ctx.stream));
-    FD_CUFFT(cufftSetWorkArea(p.handle, work));
+    FD_CUFFT(fft_api().cufftSetStream(p.handle, ctx.stream));
+    FD_CUFFT(fft_api().cufftSetWorkArea(p.handle, work));
     {
         ProfileSpan span(ctx, ProfKind::Fft);
-        FD_CUFFT(cufftExecR2C(p.handle, frames, cplx));
+        FD_CUFFT(fft_api().cufftExecR2C(p.handle, frames, cplx));
     }
     const float norm = float(1.0 / std::sqrt(double(nfft_)));
     if (B * C > 65535) throw Error("stft: too many signals in one batch");
@@ -207,11 +208,11 @@ void Spectral::istft_add(const Ctx& ctx, int64_t B, int64_t N, const float* z, c
     const dim3 grid(unsigned((bins + 1 + 31) / 32), unsigned((T + 31) / 32), unsigned(B * N));
     istft_pack_kernel<<<grid, dim3(32, 8), 0, ctx.stream>>>(z, cplx, z_stats, B, N, bins, T);
     FD_LAUNCH_CHECK();
-    FD_CUFFT(cufftSetStream(p.handle, ctx.stream));
-    FD_CUFFT(cufftSetWorkArea(p.handle, work));
+    FD_CUFFT(fft_api().cufftSetStream(p.handle, ctx.stream));
+    FD_CUFFT(fft_api().cufftSetWorkArea(p.handle, work));
     {
         ProfileSpan span(ctx, ProfKind::Fft);
-        FD_CUFFT(cufftExecC2R(p.handle, cplx, frames));
+        FD_CUFFT(fft_api().cufftExecC2R(p.handle, cplx, frames));
     }
     const float norm = float(1.0 / std::sqrt(double(nfft_)));
     const int64_t n = B * N * length_;

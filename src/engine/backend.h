@@ -67,6 +67,10 @@ int cuda_device_count();
 // it can run on another thread while the checkpoint is read; errors are
 // left for make_cuda_backend to report. Never throws.
 void cuda_initialize(int device_index);
+// Loads cuBLAS and cuFFT (opened at run time, not linked), to run on a
+// thread of its own beside cuda_initialize. Never throws (a failure is
+// reported by make_cuda_backend).
+void cuda_load_libraries();
 // Then, on the same thread while the model is read and uploaded: the GPU
 // libraries' first-use costs (cuBLAS's first product, ~0.2 s of host
 // time), which the first forward or graph capture would otherwise pay with

@@ -89,22 +89,28 @@ SeparateParams separate_default_params() { return SeparateParams{}; }
 std::unique_ptr<Separator> Separator::load(const LoadParams& params) {
 #ifdef FASTDEMUCS_WITH_CUDA
     // The driver starts while the model is found and read, then the GPU
-    // libraries warm up while it is uploaded (joined on every exit).
-    std::thread cuda_start;
+    // libraries warm up while it is uploaded; cuBLAS and cuFFT load on a
+    // thread of their own meanwhile (both joined on every exit, before the
+    // promise they use goes).
     std::promise<void> context_created;
     std::future<void> context_ready = context_created.get_future();
-    if (params.device == DeviceKind::Cuda)
+    std::thread cuda_start, cuda_libraries;
+    struct Join {
+        std::thread& a;
+        std::thread& b;
+        ~Join() {
+            if (a.joinable()) a.join();
+            if (b.joinable()) b.join();
+        }
+    } join{cuda_start, cuda_libraries};
+    if (params.device == DeviceKind::Cuda) {
+        cuda_libraries = std::thread(cuda_load_libraries);
         cuda_start = std::thread([&context_created, device = params.device_index, precision = params.precision] {
             cuda_initialize(device);
             context_created.set_value();
             cuda_warm_up_libraries(device, precision);
         });
-    struct Join {
-        std::thread& t;
-        ~Join() {
-            if (t.joinable()) t.join();
-        }
-    } join{cuda_start};
+    }
 #endif
     BagSpec spec;
     if (!params.checkpoint.empty()) {

@@ -1,0 +1,111 @@
+#include "cuda/libraries.h"
+
+#include <dlfcn.h>
+
+#include <string>
+
+#include "error.h"
+
+#ifndef FASTDEMUCS_CUDA_LIBRARY_DIR
+#define FASTDEMUCS_CUDA_LIBRARY_DIR ""
+#endif
+
+namespace fastdemucs::cuda {
+namespace {
+
+// By soname first (LD_LIBRARY_PATH, the loader's cache, our RUNPATH), then
+// in the toolkit's folder this build was made against. Returns null with
+// the loader's reason on failure.
+void* open_library(const std::string& soname, std::string& reason) {
+    if (void* lib = dlopen(soname.c_str(), RTLD_NOW | RTLD_LOCAL)) return lib;
+    const char* first = dlerror();
+    reason = first ? first : soname + ": not found";
+    const std::string dir = FASTDEMUCS_CUDA_LIBRARY_DIR;
+    if (!dir.empty())
+        if (void* lib = dlopen((dir + "/" + soname).c_str(), RTLD_NOW | RTLD_LOCAL)) return lib;
+    return nullptr;
+}
+
+template <typename Fn>
+void resolve(void* lib, const char* name, Fn& fn, std::string& missing) {
+    fn = reinterpret_cast<Fn>(dlsym(lib, name));
+    if (!fn && missing.empty()) missing = name;
+}
+
+template <typename Table>
+struct Loaded {
+    Table table;
+    std::string error;  // empty when loaded
+};
+
+// Opens `soname` and fills the table (fill(lib, table, missing)); the error
+// names what failed.
+template <typename Table, typename Fill>
+Loaded<Table> load(const std::string& what, const std::string& soname, Fill fill) {
+    Loaded<Table> loaded;
+    std::string reason;
+    void* lib = open_library(soname, reason);
+    if (!lib) {
+        loaded.error = "cannot load " + what + " for the GPU (" + reason + ")";
+        return loaded;
+    }
+    std::string missing;
+    fill(lib, loaded.table, missing);
+    if (!missing.empty()) loaded.error = soname + " lacks " + missing + " (a different CUDA version?)";
+    return loaded;
+}
+
+#define FD_RESOLVE(name) resolve(lib, #name, t.name, missing);
+
+const Loaded<CublasApi>& cublas_library() {
+    static const Loaded<CublasApi> loaded =
+        load<CublasApi>("cuBLAS", "libcublas.so." + std::to_string(CUBLAS_VER_MAJOR),
+                        [](void* lib, CublasApi& t, std::string& missing) {
+                            FD_RESOLVE(cublasCreate_v2)
+                            FD_RESOLVE(cublasDestroy_v2)
+                            FD_RESOLVE(cublasSetStream_v2)
+                            FD_RESOLVE(cublasSetMathMode)
+                            FD_RESOLVE(cublasSetWorkspace_v2)
+                            FD_RESOLVE(cublasGemmStridedBatchedEx)
+                        });
+    return loaded;
+}
+
+const Loaded<CufftApi>& cufft_library() {
+    static const Loaded<CufftApi> loaded =
+        load<CufftApi>("cuFFT", "libcufft.so." + std::to_string(CUFFT_VER_MAJOR),
+                       [](void* lib, CufftApi& t, std::string& missing) {
+                           FD_RESOLVE(cufftCreate)
+                           FD_RESOLVE(cufftDestroy)
+                           FD_RESOLVE(cufftMakePlanMany64)
+                           FD_RESOLVE(cufftSetAutoAllocation)
+                           FD_RESOLVE(cufftSetStream)
+                           FD_RESOLVE(cufftSetWorkArea)
+                           FD_RESOLVE(cufftExecR2C)
+                           FD_RESOLVE(cufftExecC2R)
+                       });
+    return loaded;
+}
+
+#undef FD_RESOLVE
+
+}  // namespace
+
+const CublasApi& blas_api() {
+    const auto& loaded = cublas_library();
+    if (!loaded.error.empty()) throw Error(loaded.error);
+    return loaded.table;
+}
+
+const CufftApi& fft_api() {
+    const auto& loaded = cufft_library();
+    if (!loaded.error.empty()) throw Error(loaded.error);
+    return loaded.table;
+}
+
+void preload_cuda_libraries() {
+    cublas_library();
+    cufft_library();
+}
+
+}  // namespace fastdemucs::cuda
