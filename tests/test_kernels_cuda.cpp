@@ -424,35 +424,38 @@ TEST(KernelsCuda, BiasActivationInPlace) {
 TEST(KernelsCuda, GroupNormPerRowAndLayerNormAndStats) {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
     Gpu gpu;
-    // Per-row GroupNorm(1) of [B, C, R, W], as the DConv of the frequency branch.
-    const int64_t B = 2, C = 6, R = 5, W = 37;
-    const std::vector<float> x = random(size_t(B * C * R * W), 9, 2.0f, 3.0f);
-    const std::vector<float> wt = random(size_t(C), 10, 0.2f, 1.0f), bs = random(size_t(C), 11, 0.1f);
-    float* d = gpu.put(x);
-    Segments seg;
-    seg.B = B, seg.C = C, seg.G = 1, seg.R = R, seg.W = W;
-    group_norm(gpu.ctx(), d, seg, gpu.put(wt), gpu.put(bs), 1e-5f, Act::None);
-    const auto got = gpu.get(d, x.size());
-    std::vector<double> ref(x.size());
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t r = 0; r < R; r++) {
-            double sum = 0, var = 0;
-            for (int64_t c = 0; c < C; c++)
-                for (int64_t w = 0; w < W; w++) sum += x[((b * C + c) * R + r) * W + w];
-            const double mean = sum / double(C * W);
-            for (int64_t c = 0; c < C; c++)
-                for (int64_t w = 0; w < W; w++) {
-                    const double v = x[((b * C + c) * R + r) * W + w] - mean;
-                    var += v * v;
-                }
-            const double inv = 1.0 / std::sqrt(var / double(C * W) + 1e-5);
-            for (int64_t c = 0; c < C; c++)
-                for (int64_t w = 0; w < W; w++) {
-                    const int64_t i = ((b * C + c) * R + r) * W + w;
-                    ref[i] = (x[i] - mean) * inv * wt[c] + bs[c];
-                }
-        }
-    EXPECT_LE(rel(got, ref), 1e-6) << "group norm per row";
+    // Per-row GroupNorm(1) of [B, C, R, W], as the DConv of the frequency branch
+    // (rows of 37 values: scalar statistics; of 36: 16-byte loads).
+    for (const int64_t W : {37, 36}) {
+        const int64_t B = 2, C = 6, R = 5;
+        const std::vector<float> x = random(size_t(B * C * R * W), 9, 2.0f, 3.0f);
+        const std::vector<float> wt = random(size_t(C), 10, 0.2f, 1.0f), bs = random(size_t(C), 11, 0.1f);
+        float* d = gpu.put(x);
+        Segments seg;
+        seg.B = B, seg.C = C, seg.G = 1, seg.R = R, seg.W = W;
+        group_norm(gpu.ctx(), d, seg, gpu.put(wt), gpu.put(bs), 1e-5f, Act::None);
+        const auto got = gpu.get(d, x.size());
+        std::vector<double> ref(x.size());
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t r = 0; r < R; r++) {
+                double sum = 0, var = 0;
+                for (int64_t c = 0; c < C; c++)
+                    for (int64_t w = 0; w < W; w++) sum += x[((b * C + c) * R + r) * W + w];
+                const double mean = sum / double(C * W);
+                for (int64_t c = 0; c < C; c++)
+                    for (int64_t w = 0; w < W; w++) {
+                        const double v = x[((b * C + c) * R + r) * W + w] - mean;
+                        var += v * v;
+                    }
+                const double inv = 1.0 / std::sqrt(var / double(C * W) + 1e-5);
+                for (int64_t c = 0; c < C; c++)
+                    for (int64_t w = 0; w < W; w++) {
+                        const int64_t i = ((b * C + c) * R + r) * W + w;
+                        ref[i] = (x[i] - mean) * inv * wt[c] + bs[c];
+                    }
+            }
+        EXPECT_LE(rel(got, ref), 1e-6) << "group norm per row, W " << W;
+    }
 
     // LayerNorm of rows.
     const int64_t rows = 33, ch = 384;
@@ -473,21 +476,23 @@ TEST(KernelsCuda, GroupNormPerRowAndLayerNormAndStats) {
     }
     EXPECT_LE(rel(gy, ry), 1e-6) << "layer norm";
 
-    // Whole-item statistics over many chunks (mean far from zero), unbiased std.
-    const int64_t n = 100003;
-    const std::vector<float> big = random(size_t(2 * n), 15, 0.5f, 40.0f);
-    double* stats = gpu.arena.alloc<double>(4);
-    Segments items;
-    items.B = 2, items.W = n;
-    segment_stats(gpu.ctx(), gpu.put(big), items, Spread::UnbiasedStd, stats, stats + 2);
-    const auto s = gpu.get(stats, 4);
-    for (int b = 0; b < 2; b++) {
-        double sum = 0, var = 0;
-        for (int64_t i = 0; i < n; i++) sum += big[b * n + i];
-        const double mean = sum / n;
-        for (int64_t i = 0; i < n; i++) var += (big[b * n + i] - mean) * (big[b * n + i] - mean);
-        EXPECT_NEAR(s[b], mean, 1e-12 * std::abs(mean));
-        EXPECT_NEAR(s[2 + b], std::sqrt(var / (n - 1)), 1e-10);
+    // Whole-item statistics over many chunks (mean far from zero), unbiased std;
+    // contiguous items of 100003 values (scalar) and 100000 (16-byte loads).
+    for (const int64_t n : {100003, 100000}) {
+        const std::vector<float> big = random(size_t(2 * n), 15, 0.5f, 40.0f);
+        double* stats = gpu.arena.alloc<double>(4);
+        Segments items;
+        items.B = 2, items.W = n;
+        segment_stats(gpu.ctx(), gpu.put(big), items, Spread::UnbiasedStd, stats, stats + 2);
+        const auto s = gpu.get(stats, 4);
+        for (int b = 0; b < 2; b++) {
+            double sum = 0, var = 0;
+            for (int64_t i = 0; i < n; i++) sum += big[b * n + i];
+            const double mean = sum / n;
+            for (int64_t i = 0; i < n; i++) var += (big[b * n + i] - mean) * (big[b * n + i] - mean);
+            EXPECT_NEAR(s[b], mean, 1e-12 * std::abs(mean));
+            EXPECT_NEAR(s[2 + b], std::sqrt(var / (n - 1)), 1e-10);
+        }
     }
 }
 

@@ -21,9 +21,14 @@ constexpr int64_t kStatChunk = 8192;  // values per partial-statistics block
 // exceeds ~1e6, and it reads each value once instead of twice.
 // offset (optional) is a per-channel value added to x first (a convolution's
 // bias folded into the norm that follows it).
-template <typename I>
+// Vec4 (rows of a multiple of 4 floats, 16-byte aligned): 16-byte loads and
+// one index division per 4 values (W is then the row length in float4s);
+// the 28 launches of a forward of 8 chunks 0.81 -> 0.38 ms on the H200
+// (scalar: ~1 TB/s).
+template <typename I, bool Vec4>
 __global__ void segment_partial_kernel(const float* __restrict__ x, Segments seg, int64_t splits, int64_t chunk,
                                        Divisor<I> W, const float* __restrict__ offset, double* __restrict__ partial) {
+    constexpr int kVec = Vec4 ? 4 : 1;
     __shared__ double shared[32];
     const int64_t blk = blockIdx.x;
     const int64_t s = blk / splits, sp = blk % splits;
@@ -35,21 +40,32 @@ __global__ void segment_partial_kernel(const float* __restrict__ x, Segments seg
 
     double sum = 0.0, sq = 0.0;
     const float* channel_offset = offset ? offset + g * cg : nullptr;
+    auto add = [&](float f) {
+        const double v = f;
+        sum += v, sq += v * v;
+    };
     if (seg.R == 1 && !offset) {  // the segment is contiguous
 #pragma unroll 4
-        for (I e = lo + I(threadIdx.x); e < hi; e += I(blockDim.x)) {
-            const double v = base[e];
-            sum += v, sq += v * v;
+        for (I e = lo / kVec + I(threadIdx.x); e < hi / kVec; e += I(blockDim.x)) {
+            if constexpr (Vec4) {
+                const float4 f = reinterpret_cast<const float4*>(base)[e];
+                add(f.x), add(f.y), add(f.z), add(f.w);
+            } else {
+                add(base[e]);
+            }
         }
     } else {
         const int64_t row_stride = seg.R * seg.W;
 #pragma unroll 4
-        for (I e = lo + I(threadIdx.x); e < hi; e += I(blockDim.x)) {
+        for (I e = lo / kVec + I(threadIdx.x); e < hi / kVec; e += I(blockDim.x)) {
             const I k = W.div(e), w = e - k * W.value();  // k: the channel within the group
-            float f = base[int64_t(k) * row_stride + w];
-            if (channel_offset) f += channel_offset[k];
-            const double v = f;
-            sum += v, sq += v * v;
+            const float off = channel_offset ? channel_offset[k] : 0.0f;
+            if constexpr (Vec4) {
+                const float4 f = *reinterpret_cast<const float4*>(base + int64_t(k) * row_stride + int64_t(w) * 4);
+                add(f.x + off), add(f.y + off), add(f.z + off), add(f.w + off);
+            } else {
+                add(base[int64_t(k) * row_stride + w] + off);
+            }
         }
     }
     sum = block_sum(sum, shared);
@@ -688,9 +704,17 @@ void segment_stats(const Ctx& ctx, const float* x, const Segments& seg, Spread s
     double* partial = ctx.arena->alloc<double>(3 * count * splits);
     if (ctx.dry || count == 0) return;
     if (count * splits > int64_t(0x7fffffff)) throw Error("segment_stats: too many segments");
-    FD_INDEX_DISPATCH(size, I,
-                      segment_partial_kernel<I><<<unsigned(count * splits), kThreads, 0, ctx.stream>>>(
-                          x, seg, splits, kStatChunk, Divisor<I>(seg.W), offset, partial));
+    // Chunks are multiples of 4 values, so with whole float4 rows no float4 straddles two blocks.
+    const bool vec4 = seg.W % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 && kStatChunk % 4 == 0;
+    FD_INDEX_DISPATCH(size, I, {
+        const unsigned blocks = unsigned(count * splits);
+        if (vec4)
+            segment_partial_kernel<I, true><<<blocks, kThreads, 0, ctx.stream>>>(x, seg, splits, kStatChunk,
+                                                                                Divisor<I>(seg.W / 4), offset, partial);
+        else
+            segment_partial_kernel<I, false><<<blocks, kThreads, 0, ctx.stream>>>(x, seg, splits, kStatChunk,
+                                                                                 Divisor<I>(seg.W), offset, partial);
+    });
     FD_LAUNCH_CHECK();
     segment_finalize(ctx, partial, count, splits, spread, mean, out);
 }
