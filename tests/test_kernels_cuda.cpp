@@ -284,6 +284,11 @@ TEST(KernelsCuda, ConvolutionPaths) {
                 conv_case(8, 1, fs, 0, false, t, implicit, shape);
                 conv_case(1, 8, ts, 1, false, t, implicit, shape);
             }
+    // The time encoders' strided im2col from a staged row (256 outputs a block):
+    // 752 outputs, three blocks, the last partial (float32 needs rows of 8k outputs).
+    ConvShape time_row;
+    time_row.H = 1, time_row.W = 3007;
+    for (DType t : {DType::F32, DType::F16, DType::BF16}) conv_case(1, 8, ts, 1, false, t, false, time_row);
 }
 
 namespace {

@@ -8,7 +8,8 @@
 #      path fp32, all chunks batched in eager fp32, batched torch.compile fp16 (bench/official_baseline.py);
 #   3. fastdemucs model time in fp32 / fp16 / bf16 (gpu_bench) and the
 #      fidelity of each against that float64 reference;
-#   4. the fastdemucs command end to end (process start to six WAV files).
+#   4. the fastdemucs command end to end (process start to six WAV files),
+#      BENCH_COMMAND_RUNS times per precision (default 3).
 # Everything goes to $OUT/bench.log (plus the dump's 7 .npy files); the
 # summary is printed last.
 set -uo pipefail
@@ -35,7 +36,7 @@ log=$out/bench.log
     "$d/vocals.wav" "$d/guitar.wav" "$d/piano.wav" && python3 bench/compare_stems.py "$work/reference.npy" "$work/command_fp16.npy"
   # The command, end to end: process start to exit, six WAV files written.
   for precision in fp16 fp32; do
-    for run in 1 2 3; do
+    for run in $(seq "${BENCH_COMMAND_RUNS:-3}"); do
       rm -rf "$work/sep"
       start=$EPOCHREALTIME
       .device/bin/fastdemucs -v --repo "$fx" -n full6s -d cuda --precision "$precision" -o "$work/sep" \
