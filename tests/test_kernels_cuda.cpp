@@ -693,8 +693,7 @@ TEST(KernelsCuda, StagedUploadCopiesEveryPiece) {
 
 // The stems' host vector, faulted in and page-locked in pieces by threads:
 // copies that cross the pieces' bounds, queued as soon as the floats under
-// them are ready, land whole, into a fresh vector, a reused one and an
-// unlocked one.
+// them are ready, land whole, into fresh and reused vectors, locked or not.
 TEST(KernelsCuda, HostOutputTakesCopiesAcrossItsPieces) {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
     Gpu gpu;
@@ -704,9 +703,11 @@ TEST(KernelsCuda, HostOutputTakesCopiesAcrossItsPieces) {
     cudaStream_t copies = nullptr;
     FD_CUDA(cudaStreamCreateWithFlags(&copies, cudaStreamNonBlocking));
     std::vector<float> out(10, 1.0f);
-    for (int round = 0; round < 3; round++) {
+    // Rounds: fresh and locked, reused and locked, reused unlocked, fresh unlocked.
+    for (int round = 0; round < 4; round++) {
+        if (round == 3) std::vector<float>().swap(out);
         {
-            HostOutput host(out, n, 0, round != 2, copies, 1);
+            HostOutput host(out, n, 0, round < 2, copies, 1);
             const size_t cuts[] = {0, 5, 524287, 524289, 1700000, 2621440, n};
             for (size_t i = 0; i + 1 < std::size(cuts); i++) {
                 while (host.ready() < cuts[i + 1]) std::this_thread::yield();

@@ -8,6 +8,7 @@
 
 #include "cuda/common.h"
 #include "engine/trace.h"
+#include "error.h"
 
 namespace fastdemucs::cuda {
 namespace {
@@ -54,20 +55,31 @@ HostOutput::HostOutput(std::vector<float>& out, size_t n, int device, bool pin, 
     if (!pin) {
         if (faulted) ready_ = n;
     }
-    // A thread that cannot be started leaves its work to this one.
-    if (!faulted) {
-        try {
-            faulter_ = std::thread([this, &out, pin] { fault_in(out, pin); });
-        } catch (const std::system_error&) {
-            fault_in(out, pin);
+    // A thread that cannot be started leaves its work to this one. Anything
+    // else thrown here stops the started thread before the object unwinds.
+    try {
+        if (!faulted) {
+            try {
+                faulter_ = std::thread([this, &out, pin] { fault_in(out, pin); });
+            } catch (const std::system_error&) {
+                fault_in(out, pin);
+            }
         }
-    }
-    if (pin && pieces > 0) {
-        try {
-            locker_ = std::thread([this, device] { lock_pieces(device); });
-        } catch (const std::system_error&) {
-            lock_pieces(device);
+        if (pin && pieces > 0) {
+            try {
+                locker_ = std::thread([this, device] { lock_pieces(device); });
+            } catch (const std::system_error&) {
+                lock_pieces(device);
+            }
         }
+    } catch (...) {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            failed_ = true;
+            progressed_.notify_all();
+        }
+        release();
+        throw;
     }
 }
 
@@ -75,6 +87,10 @@ HostOutput::~HostOutput() { release(); }
 
 void HostOutput::fault_in(std::vector<float>& out, bool pin) {
     for (size_t k = 0; k + 1 < bounds_.size(); k++) {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (failed_) return;
+        }
         try {
             if (out.size() < bounds_[k + 1]) out.resize(bounds_[k + 1]);  // zero-filled: the pages fault in
         } catch (...) {
@@ -118,6 +134,8 @@ void HostOutput::wait() {
 }
 
 void HostOutput::copy_from_device(size_t offset, const float* src, size_t count) const {
+    // Before ready() the faulting thread may still zero-fill (overwrite) the range.
+    if (offset + count > ready()) throw Error("internal error: a copy into host output not ready yet");
     size_t k = size_t(std::upper_bound(bounds_.begin(), bounds_.end(), offset) - bounds_.begin()) - 1;
     while (count > 0) {
         const size_t len = std::min(count, bounds_[k + 1] - offset);

@@ -1044,7 +1044,7 @@ void im2col(const Ctx& ctx, const float* x, void* cols, DType dt, int64_t B, int
     if (ld < N) throw Error("internal error: im2col stride");
     if (ctx.dry || rows * N == 0) return;
     if (H * W >= (int64_t(1) << 31)) throw Error("im2col: input plane too large");
-    if (ld % kIm2colRun == 0 && H == 1 && Ho == 1 && g.kh == 1 && g.sw > 1 &&
+    if (ld % kIm2colRun == 0 && H == 1 && Ho == 1 && g.kh == 1 && g.ph == 0 && g.sw > 1 &&
         strided_span(g.sw, g.kw, g.dw) <= kStridedSpan && B * Cin <= 65535 && aligned16(cols)) {
         const dim3 grid(unsigned((N + kStridedOutputs - 1) / kStridedOutputs), unsigned(B * Cin));
         FD_DISPATCH(dt, T,

@@ -21,8 +21,10 @@ void* open_library(const std::string& soname, std::string& reason) {
     const char* first = dlerror();
     reason = first ? first : soname + ": not found";
     const std::string dir = FASTDEMUCS_CUDA_LIBRARY_DIR;
-    if (!dir.empty())
+    if (!dir.empty()) {
         if (void* lib = dlopen((dir + "/" + soname).c_str(), RTLD_NOW | RTLD_LOCAL)) return lib;
+        if (const char* second = dlerror()) reason += "; " + std::string(second);
+    }
     return nullptr;
 }
 

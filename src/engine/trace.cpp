@@ -51,7 +51,7 @@ struct TraceState {
     TraceState() {
         const char* v = std::getenv("FASTDEMUCS_TRACE");
         on = v && *v && std::strcmp(v, "0") != 0;
-        detailed = on && std::strcmp(v, "1") != 0;
+        detailed = on && std::strcmp(v, "2") == 0;
         if (on) {
             start = process_start_seconds();
             if (start < 0.0) start = boot_seconds();
