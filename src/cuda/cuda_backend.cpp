@@ -108,7 +108,9 @@
 // layers through the general convolution path instead of cuda/dconv.h's
 // fused passes; FASTDEMUCS_DCONV_ROWS=0 leaves out its row-resident kernel
 // (the frequency branch's outer DConvs then take the three passes per layer). FASTDEMUCS_TRACE=1 prints the start-up time line
-// (engine/trace.h).
+// (engine/trace.h), =2 also each block of the graph capture and the host
+// time spent in cuBLAS. FASTDEMUCS_NO_LIBRARY_WARM_UP=1 leaves cuBLAS's
+// first product to the capture (cuda_warm_up_libraries; A/B runs).
 //
 // The whole track (separate_track, engine/apply's host path on the device;
 // FASTDEMUCS_HOST_APPLY=1 forces the host path). The track is uploaded once

@@ -52,9 +52,7 @@ HostOutput::HostOutput(std::vector<float>& out, size_t n, int device, bool pin, 
     const size_t pieces = bounds_.size() - 1;
     locked_.assign(pieces, 0);
     if (faulted) faulted_ = pieces;
-    if (!pin) {
-        if (faulted) ready_ = n;
-    }
+    if (faulted && !pin) ready_ = n;
     // A thread that cannot be started leaves its work to this one. Anything
     // else thrown here stops the started thread before the object unwinds.
     try {

@@ -137,7 +137,7 @@ std::unique_ptr<Separator> Separator::load(const LoadParams& params) {
         auto model = load_htdemucs(spec.checkpoints[i]);
         trace_point("checkpoint read");
 #ifdef FASTDEMUCS_WITH_CUDA
-        if (cuda_start.joinable() && context_ready.valid()) {
+        if (cuda_start.joinable()) {
             context_ready.wait();
             trace_point("CUDA context ready");
         }
