@@ -7,8 +7,9 @@
 // OUT_DIR/stems_<precision>.npy ([S, C, T] float32) for the fidelity check
 // against the float64 reference (bench/official_baseline.py). Prints one
 // JSON line per precision: median and all times, achieved TFLOP/s from the
-// FLOP count, peak GPU memory in use; the model alone on one batch; and the
-// whole track into an output vector reused from the previous call.
+// FLOP count, peak GPU memory in use; the same separation as 16-bit stems
+// (Separator::separate_pcm16, converted on the GPU); the model alone on one
+// batch; and the whole track into an output vector reused from the previous call.
 #include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 
@@ -100,6 +101,17 @@ int main(int argc, char** argv) {
                 stems = separator->separate(track, params);
                 times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
             }
+            // The same separation as 16-bit stems, clip mode rescale (the
+            // command's default output): converted on the GPU, half the bytes down.
+            std::vector<double> pcm16_times;
+            for (int r = 0; r < runs + 1; r++) {
+                auto t0 = Clock::now();
+                const Pcm16Stems pcm16 = separator->separate_pcm16(track, params, ClipMode::Rescale);
+                if (r >= 1) pcm16_times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+            }
+            std::sort(pcm16_times.begin(), pcm16_times.end());
+            std::printf("{\"mode\": \"fastdemucs_%s_pcm16\", \"median_s\": %.5f}\n", name,
+                        pcm16_times[pcm16_times.size() / 2]);
             // Peak memory: one more untimed run with the device memory in use
             // sampled every 0.2 ms on a thread (after a call returns, the
             // track's own buffers are already gone).

@@ -1,8 +1,12 @@
 // Times the command's audio I/O on a deterministic 3-minute stereo track at
 // 44.1 kHz: reading a 16-bit WAV, writing one stem as 16-bit WAV (the
 // official default), and writing six stems at once, one thread each, as the
-// command does (its write phase); median of the runs.
+// command does (its write phase: from float stems, or from 16-bit stems, with
+// the file system's part alone beside it); median of the runs.
 //   io_bench FOLDER [RUNS]
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -12,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/pcm.h"
 #include "io/audio_file.h"
 
 namespace {
@@ -50,8 +55,33 @@ int main(int argc, char** argv) {
     const std::string path = folder + "/io_bench.wav";
     fastdemucs::WriteParams params;
     constexpr int kStems = 6;
-    std::vector<double> write_times, read_times, six_times;
+    // The same stem already in 16-bit PCM (Separator::separate_pcm16), and
+    // its bytes alone, for the file system's share: written, then also fsync'ed.
+    const std::vector<int16_t> pcm16 =
+        fastdemucs::pcm::convert_stems(planar.data(), 1, channels, samples, params.clip);
+    auto six_at_once = [&](auto write_one) {
+        std::vector<std::future<void>> writers;
+        for (int s = 0; s < kStems; s++) writers.push_back(std::async(std::launch::async, write_one, s));
+        for (auto& w : writers) w.get();
+    };
+    auto raw_write = [&](int s, bool sync) {
+        const std::string raw = path + ".raw" + std::to_string(s);
+        const int fd = ::open(raw.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd < 0 || ::write(fd, pcm16.data(), pcm16.size() * 2) != ssize_t(pcm16.size() * 2) ||
+            (sync && ::fsync(fd) != 0))
+            std::perror("io_bench: raw write");
+        ::close(fd);
+    };
+    std::vector<double> write_times, read_times, six_times, six_pcm16_times, six_raw_times, six_raw_sync_times;
     for (int r = 0; r < runs; r++) {
+        six_pcm16_times.push_back(seconds([&] {
+            six_at_once([&](int s) {
+                fastdemucs::write_audio_pcm16(path + std::to_string(s), pcm16.data(), channels, samples, samplerate,
+                                              params);
+            });
+        }));
+        six_raw_times.push_back(seconds([&] { six_at_once([&](int s) { raw_write(s, false); }); }));
+        six_raw_sync_times.push_back(seconds([&] { six_at_once([&](int s) { raw_write(s, true); }); }));
         write_times.push_back(seconds([&] { fastdemucs::write_audio(path, planar.data(), channels, samples, samplerate, params); }));
         read_times.push_back(seconds([&] { fastdemucs::read_audio(path); }));
         six_times.push_back(seconds([&] {
@@ -66,8 +96,16 @@ int main(int argc, char** argv) {
     }
     std::printf("{\"what\": \"write one 3-minute stem, 16-bit WAV\", \"median_s\": %.4f}\n", median(write_times));
     std::printf("{\"what\": \"write six stems, one thread each\", \"median_s\": %.4f}\n", median(six_times));
+    std::printf("{\"what\": \"write six stems from 16-bit PCM, one thread each\", \"median_s\": %.4f}\n",
+                median(six_pcm16_times));
+    std::printf("{\"what\": \"six files of those bytes: write() only\", \"median_s\": %.4f}\n", median(six_raw_times));
+    std::printf("{\"what\": \"six files of those bytes: write() + fsync()\", \"median_s\": %.4f}\n",
+                median(six_raw_sync_times));
     std::printf("{\"what\": \"read a 3-minute 16-bit WAV\", \"median_s\": %.4f}\n", median(read_times));
     std::remove(path.c_str());
-    for (int s = 0; s < kStems; s++) std::remove((path + std::to_string(s)).c_str());
+    for (int s = 0; s < kStems; s++) {
+        std::remove((path + std::to_string(s)).c_str());
+        std::remove((path + ".raw" + std::to_string(s)).c_str());
+    }
     return 0;
 }

@@ -467,7 +467,24 @@ void separate_track(size_t index, TrackReader& reader, const CliOptions& o, cons
     const double read_seconds = seconds_since(start);
     const std::string label = fs::path(track).filename().string();
     progress.start(label);
-    const fastdemucs::Stems stems = model.separate(mix, separate_params(o, progress));
+    // Sources into 16-bit WAV or FLAC files (the default): the model converts
+    // them itself (a GPU on the device: half the bytes to download and
+    // nothing left to convert here); otherwise float stems.
+    // FASTDEMUCS_FLOAT_STEMS=1 takes the float path always (A/B runs).
+    static const bool float_stems = [] {
+        const char* v = std::getenv("FASTDEMUCS_FLOAT_STEMS");
+        return v && std::string(v) == "1";
+    }();
+    const bool pcm16 = !float_stems && std::all_of(outputs.begin(), outputs.end(), [](const StemOutput& output) {
+        return output.kind == StemOutput::Kind::Source && output.params.container != "mp3" &&
+               output.params.format == fastdemucs::SampleFormat::Int16;
+    });
+    fastdemucs::Stems stems;
+    fastdemucs::Pcm16Stems pcm16_stems;
+    if (pcm16)
+        pcm16_stems = model.separate_pcm16(mix, separate_params(o, progress), o.clip);
+    else
+        stems = model.separate(mix, separate_params(o, progress));
     on_separated();
     progress.clear();
     fastdemucs::trace_point("separated");
@@ -480,7 +497,13 @@ void separate_track(size_t index, TrackReader& reader, const CliOptions& o, cons
         if (output.path.has_parent_path()) create_output_folder(output.path.parent_path());
     std::vector<std::future<void>> writers;
     for (const StemOutput& output : outputs)
-        writers.push_back(std::async(std::launch::async, [&output, &mix, &stems] {
+        writers.push_back(std::async(std::launch::async, [&output, &mix, &stems, &pcm16_stems, pcm16] {
+            if (pcm16) {
+                fastdemucs::write_audio_pcm16(output.path.string(), pcm16_stems.stem(output.source),
+                                              pcm16_stems.channels, pcm16_stems.samples, pcm16_stems.samplerate,
+                                              output.params);
+                return;
+            }
             std::vector<float> computed;
             const float* samples = output_samples(output, mix, stems, computed);
             fastdemucs::write_audio(output.path.string(), samples, stems.channels, stems.samples,

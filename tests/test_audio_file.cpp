@@ -13,8 +13,10 @@
 #include <fstream>
 #include <random>
 
+#include "engine/pcm.h"
 #include "fastdemucs/fastdemucs.h"
 #include "io/audio_file.h"
+#include "test_audio_support.h"
 #include "test_support.h"
 
 using namespace fastdemucs;
@@ -203,6 +205,34 @@ TEST(AudioFile, FlacRoundTrip16And24) {
     expect_official_ints(p16, signal, 16);
     expect_official_ints(p24, signal, 24);
     EXPECT_EQ(read_audio(p24).samplerate, 44100);
+}
+
+// Separator::separate_pcm16's path: stems converted by the engine
+// (engine/pcm.h, [S, L, C]) and written as they are give the same files as
+// the float writer with each clip mode, in WAV and FLAC; a stereo signal
+// with a peak past full scale, rounding edges and a NaN.
+TEST(AudioFile, Pcm16StemsWriteTheFloatWritersFiles) {
+    ScratchDir dir;
+    std::vector<float> planar = tricky_signal(16, 40000);
+    planar[7] = std::nanf("");
+    planar[30001] = -1.9f;
+    const int64_t samples = static_cast<int64_t>(planar.size()) / 2;
+    for (ClipMode clip : {ClipMode::Rescale, ClipMode::Clamp, ClipMode::None})
+        for (const std::string container : {"wav", "flac"}) {
+            const std::string from_floats = dir.path("floats." + container), from_pcm = dir.path("pcm." + container);
+            write_audio(from_floats, planar.data(), 2, samples, 44100, params(SampleFormat::Int16, clip, container));
+            const std::vector<int16_t> pcm = pcm::convert_stems(planar.data(), 1, 2, samples, clip);
+            write_audio_pcm16(from_pcm, pcm.data(), 2, samples, 44100, params(SampleFormat::Int16, clip, container));
+            EXPECT_EQ(testing_support::read_text(from_floats), testing_support::read_text(from_pcm))
+                << container << ", clip mode " << int(clip);
+        }
+    const int16_t x[2] = {0, 0};
+    EXPECT_THROW(write_audio_pcm16(dir.path("x.wav"), x, 1, 2, 44100, params(SampleFormat::Int24, ClipMode::None)),
+                 Error);
+    EXPECT_THROW(write_audio_pcm16(dir.path("x.mp3"), x, 1, 2, 44100,
+                                   params(SampleFormat::Int16, ClipMode::None, "mp3")),
+                 Error);
+    EXPECT_EQ(dir.entries(), 4u);  // the four files above, no leftovers
 }
 
 TEST(AudioFile, FlacRefusesFloat32) {

@@ -342,6 +342,27 @@ TEST_F(Cli, SameSeedGivesTheSameStems) {
     EXPECT_TRUE(same_samples(read_audio(stem_path("vocals")), first));
 }
 
+// 16-bit WAV and FLAC of the sources take the model's own 16-bit stems
+// (Separator::separate_pcm16); the same files as the float stems written by
+// the float writer (FASTDEMUCS_FLOAT_STEMS=1), in each clip mode, the
+// default rescale among them.
+TEST_F(Cli, SixteenBitStemsEqualTheFloatWritersFiles) {
+    for (const std::string options : {"", "--clip-mode clamp", "--clip-mode none --flac"}) {
+        const std::string args = "-n tiny -d cpu --shifts 0 " + options + " " + quoted(mix());
+        const std::string ext = options.find("--flac") == std::string::npos ? "wav" : "flac";
+        ASSERT_EQ(run(args).status, 0) << options;
+        std::vector<std::string> pcm16_files;
+        for (const auto& stem : tiny_sources()) pcm16_files.push_back(read_text(stem_path(stem, "mix_4s", ext)));
+        const CliResult r = run(args, "FASTDEMUCS_FLOAT_STEMS=1");
+        ASSERT_EQ(r.status, 0) << r.err;
+        for (size_t s = 0; s < tiny_sources().size(); s++) {
+            if (ext == "wav") EXPECT_GT(pcm16_files[s].size(), size_t(2 * 2 * kSamples)) << tiny_sources()[s];
+            EXPECT_EQ(read_text(stem_path(tiny_sources()[s], "mix_4s", ext)), pcm16_files[s])
+                << options << ": " << tiny_sources()[s];
+        }
+    }
+}
+
 TEST_F(Cli, CudaDeviceNeedsTheCudaBackend) {
 #ifdef FASTDEMUCS_WITH_CUDA
     GTEST_SKIP() << "this build has the CUDA backend";

@@ -707,7 +707,7 @@ TEST(KernelsCuda, HostOutputTakesCopiesAcrossItsPieces) {
     for (int round = 0; round < 4; round++) {
         if (round == 3) std::vector<float>().swap(out);
         {
-            HostOutput host(out, n, 0, round < 2, copies, 1);
+            HostOutput<float> host(out, n, 0, round < 2, copies, 1);
             const size_t cuts[] = {0, 5, 524287, 524289, 1700000, 2621440, n};
             for (size_t i = 0; i + 1 < std::size(cuts); i++) {
                 while (host.ready() < cuts[i + 1]) std::this_thread::yield();

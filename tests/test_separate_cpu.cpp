@@ -6,6 +6,7 @@
 #include "fastdemucs/fastdemucs.h"
 #include "io/audio_file.h"
 #include "model/model.h"
+#include "test_pcm16_support.h"
 #include "test_support.h"
 
 using namespace fastdemucs;
@@ -139,4 +140,17 @@ TEST(SeparateCpu, NoSplitLongerThanSegmentIsRefused) {
     SeparateParams p = no_shift(0.25);
     p.split = false;
     EXPECT_THROW(sep->separate(mix, p), Error);
+}
+
+// The 16-bit stems of the API: the float stems converted (the CPU backend
+// has no conversion of its own: the engine's host one), a plain model and a
+// bag, with shifts; the mix made loud enough that stems pass full scale.
+TEST(SeparateCpu, Pcm16StemsAreTheFloatStemsConverted) {
+    Audio mix = read_audio(testing_support::fixture("tiny/mix_4s.wav"));
+    for (float& v : mix.data) v *= 6.0f;
+    SeparateParams p = no_shift(0.25);
+    testing_support::expect_pcm16_equals_converted(*load("tiny", "tiny"), mix, p, "tiny");
+    p.shifts = 2;
+    p.seed = 11;
+    testing_support::expect_pcm16_equals_converted(*load("tiny", "tiny_bag"), mix, p, "tiny bag, 2 shifts");
 }

@@ -16,6 +16,7 @@
 #include "model/model.h"
 #include "fastdemucs/fastdemucs.h"
 #include "io/audio_file.h"
+#include "test_pcm16_support.h"
 #include "test_support.h"
 
 using namespace fastdemucs;
@@ -375,4 +376,31 @@ TEST(SeparateCuda, TrackPathEqualsHostPathFull6s) {
     p.shifts = 1;
     p.seed = 4;
     expect_track_equals_host(*sep, mix, p, "full6s 12 s shifts 1");
+}
+
+// The 16-bit stems converted on the GPU (peaks, clip, rounding, interleave)
+// equal the engine's host conversion of the float stems, in every clip mode:
+// with and without shifts, in pieces smaller than the track, in fp16, and
+// when the track path declines (the host conversion then runs).
+TEST(SeparateCuda, Pcm16StemsAreTheFloatStemsConverted) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    Audio mix = read_audio(testing_support::fixture("tiny/mix_4s.wav"));
+    for (float& v : mix.data) v *= 10.0f;
+    const Audio longer = tiled(mix, 21.0);
+    SeparateParams p = no_shift(0.25);
+    auto sep = load("tiny", "tiny", Precision::Fp32);
+    testing_support::expect_pcm16_equals_converted(*sep, longer, p, "tiny fp32");
+    {
+        ScopedEnv pieces("FASTDEMUCS_PCM16_PIECE_FRAMES", "100003");
+        testing_support::expect_pcm16_equals_converted(*sep, longer, p, "tiny fp32, pieces of 100003 frames");
+    }
+    {
+        ScopedEnv cap("FASTDEMUCS_TRACK_PATH_MAX_MIB", "1");
+        testing_support::expect_pcm16_equals_converted(*sep, longer, p, "tiny fp32, host path");
+    }
+    p.shifts = 2;
+    p.seed = 5;
+    testing_support::expect_pcm16_equals_converted(*sep, longer, p, "tiny fp32, 2 shifts");
+    testing_support::expect_pcm16_equals_converted(*load("tiny", "tiny", Precision::Fp16), mix, no_shift(0.25),
+                                                   "tiny fp16");
 }

@@ -3,7 +3,9 @@
 # the command's wall time goes, process start to exit. For each run, the
 # FASTDEMUCS_TRACE=1 time line (seconds since the process started) and the
 # wall time measured outside; plus the dynamic loader's own statistics.
-# Output: $OUT/startup.log. STARTUP_RUNS (default 3), STARTUP_ARGS (extra options).
+# Output: $OUT/startup.log. STARTUP_RUNS (default 3), STARTUP_ARGS (extra options),
+# STARTUP_AB="NAME=VALUE ..." environment variants, interleaved within each run
+# (default: the defaults alone).
 set -uo pipefail
 out=${OUT:-/tmp/startup}
 mkdir -p "$out"
@@ -21,12 +23,14 @@ log=$out/startup.log
   .device/bin/io_bench "$work" 5
   LD_DEBUG=statistics .device/bin/fastdemucs --help 2>&1 >/dev/null | grep -E "total startup|relocation|load" | head -8
   for run in $(seq "${STARTUP_RUNS:-3}"); do
-    rm -rf "$work/sep"
-    start=$EPOCHREALTIME
-    FASTDEMUCS_TRACE=1 .device/bin/fastdemucs -v --repo "$fx" -n full6s -d cuda ${STARTUP_ARGS:-} -o "$work/sep" \
-      "$work/track.wav" > "$work/cli.log" 2>&1
-    took=$(seconds_since "$start")
-    grep -E "trace:|model ready|read .* separate" "$work/cli.log"
-    echo "{\"mode\": \"command\", \"run\": $run, \"seconds\": $took, \"files\": $(ls "$work/sep/full6s/track" | wc -l)}"
+    for ab in ${STARTUP_AB:-FASTDEMUCS_AB=default}; do
+      rm -rf "$work/sep"
+      start=$EPOCHREALTIME
+      env "$ab" FASTDEMUCS_TRACE=1 .device/bin/fastdemucs -v --repo "$fx" -n full6s -d cuda ${STARTUP_ARGS:-} \
+        -o "$work/sep" "$work/track.wav" > "$work/cli.log" 2>&1
+      took=$(seconds_since "$start")
+      grep -E "trace:|model ready|read .* separate" "$work/cli.log"
+      echo "{\"mode\": \"command\", \"variant\": \"$ab\", \"run\": $run, \"seconds\": $took, \"files\": $(ls "$work/sep/full6s/track" | wc -l)}"
+    done
   done
 } 2>&1 | tee "$log"

@@ -46,6 +46,21 @@ struct Stems {
     float* stem(int s) { return data.data() + static_cast<int64_t>(s) * channels * samples; }
 };
 
+// Separated stems as 16-bit PCM, each stem's frames interleaved (as a WAV
+// file holds them): data[(s * samples + t) * channels + c].
+struct Pcm16Stems {
+    std::vector<std::string> names;
+    int channels = 0;
+    int64_t samples = 0;
+    int samplerate = 44100;
+    std::vector<int16_t> data;
+    const int16_t* stem(int s) const { return data.data() + static_cast<int64_t>(s) * channels * samples; }
+};
+
+// The official command's --clip-mode: rescale divides a stem by
+// max(1.01 * peak, 1); clamp limits its samples to [-0.99, 0.99].
+enum class ClipMode { Rescale, Clamp, None };
+
 enum class DeviceKind { Cpu, Cuda };
 
 // Arithmetic of the GPU backend. Fp32 is exact (no TF32); Fp16 / Bf16 use
@@ -115,6 +130,11 @@ public:
 
     // mix: [audio_channels, samples] at samplerate().
     virtual Stems separate(const Audio& mix, const SeparateParams& params) const = 0;
+    // The same separation as 16-bit PCM, sample for sample what the official
+    // command writes to a 16-bit WAV: the clip mode applied per stem, then
+    // torchaudio's (sox's) float -> int16 rounding. A GPU backend converts on
+    // the device and downloads half the bytes of the float stems.
+    virtual Pcm16Stems separate_pcm16(const Audio& mix, const SeparateParams& params, ClipMode clip) const = 0;
 };
 
 // For a program that is done with the GPU: destroys the CUDA contexts that

@@ -140,6 +140,12 @@
 // The host output is allocated, faulted in and
 // page-locked by a thread of its own while the GPU works; pieces finished
 // before it is ready wait on the device and are queued once it is.
+// For 16-bit stems (separate_track_pcm16, Separator::separate_pcm16) the
+// finished regions stay on the device; after the last batch each stem's
+// peak is reduced (rescale), and the stems are clipped, rounded and
+// interleaved into the idle workspace, in pieces as large as it holds
+// (FASTDEMUCS_PCM16_PIECE_FRAMES caps them, for tests), each piece copied
+// down into the host vector, faulted in and locked meanwhile like the float one.
 // Nothing goes back up. Progress is reported one batch late (an event per
 // batch), so the GPU always has the next batch queued. Device memory for a
 // track of L samples (C channels, S sources), besides the workspace and the
@@ -169,6 +175,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -422,6 +429,34 @@ public:
     bool separate_track(const float* mix, int64_t length, const SeparateParams& params,
                         const std::vector<int64_t>& shift_offsets, std::vector<float>& out,
                         const std::function<void(int64_t)>& on_chunks) override {
+        TrackOutput output;
+        output.floats = &out;
+        return run_track(mix, length, params, shift_offsets, output, on_chunks);
+    }
+
+    bool separate_track_pcm16(const float* mix, int64_t length, const SeparateParams& params,
+                              const std::vector<int64_t>& shift_offsets, ClipMode clip, std::vector<int16_t>& out,
+                              const std::function<void(int64_t)>& on_chunks) override {
+        TrackOutput output;
+        output.pcm16 = &out;
+        output.clip = clip;
+        return run_track(mix, length, params, shift_offsets, output, on_chunks);
+    }
+
+private:
+    // Where the track path's stems go: floats [S, C, L], downloaded region by
+    // region while later batches run, or 16-bit PCM [S, L, C], converted on
+    // the device once every region is finished (rescale needs each stem's
+    // peak) and downloaded then: half the bytes to fault in and copy.
+    struct TrackOutput {
+        std::vector<float>* floats = nullptr;
+        std::vector<int16_t>* pcm16 = nullptr;
+        ClipMode clip = ClipMode::Rescale;
+    };
+
+    bool run_track(const float* mix, int64_t length, const SeparateParams& params,
+                   const std::vector<int64_t>& shift_offsets, const TrackOutput& output,
+                   const std::function<void(int64_t)>& on_chunks) {
         const auto& cfg = model_->config;
         const int C = cfg.audio_channels;
         const int64_t S = cfg.num_sources(), SC = S * C, L = length;
@@ -477,6 +512,7 @@ public:
         const size_t at_sum = take(weighted ? size_t(pitch) * sizeof(float) : 0);
         const size_t at_acc = take(params.shifts >= 2 ? size_t(SC) * L * sizeof(float) : 0);
         const size_t at_stats = take((2 + size_t(track_stats_partials())) * sizeof(double));
+        const size_t at_peaks = take(output.pcm16 ? size_t(S) * sizeof(unsigned) : 0);
         // The whole-track buffers grow with the track (9.5 GB for an hour of
         // htdemucs_6s); past FASTDEMUCS_TRACK_PATH_MAX_MIB, or where they and
         // one chunk do not fit the free memory, engine/apply's host path
@@ -507,6 +543,7 @@ public:
         float* acc = reinterpret_cast<float*>(base + at_acc);
         double* stats = reinterpret_cast<double*>(base + at_stats);
         double* partial = stats + 2;
+        unsigned* peaks = reinterpret_cast<unsigned*>(base + at_peaks);
         // On any exit the streams are drained before the buffers go.
         const cudaStream_t copy_stream = copy_stream_->stream;
         struct Drain {
@@ -562,8 +599,15 @@ public:
         // FASTDEMUCS_HOST_OUTPUT_PIECE_MIB: the pieces' size (default 32; one
         // piece larger than the output faults it all in, then locks it all).
         const int64_t piece_mib = std::atoll(env_string("FASTDEMUCS_HOST_OUTPUT_PIECE_MIB").c_str());
-        HostOutput host_out(out, size_t(SC * L), device_, !env_flag("FASTDEMUCS_NO_PIN"), copy_stream,
-                            size_t(piece_mib > 0 ? piece_mib : 32) << 20);
+        const size_t piece_bytes = size_t(piece_mib > 0 ? piece_mib : 32) << 20;
+        const bool pin = !env_flag("FASTDEMUCS_NO_PIN");
+        std::optional<HostOutput<float>> float_out;
+        std::optional<HostOutput<int16_t>> pcm16_out;
+        if (output.pcm16)
+            pcm16_out.emplace(*output.pcm16, size_t(SC * L), device_, pin, copy_stream, piece_bytes);
+        else
+            float_out.emplace(*output.floats, size_t(SC * L), device_, pin, copy_stream, piece_bytes);
+        const float* finished = nullptr;  // the finished stems [SC, L], row pitch result_pitch
         struct RowCopy {
             const float* src;  // the row's first sample on the device
             size_t offset;     // in the output
@@ -571,12 +615,12 @@ public:
         };
         std::vector<RowCopy> waiting;  // finished on the device, not yet queued for download
         auto queue_copies = [&](bool wait) {
-            if (wait) host_out.wait();  // rethrows std::bad_alloc
-            const size_t ready = host_out.ready();
+            if (wait) float_out->wait();  // rethrows std::bad_alloc
+            const size_t ready = float_out->ready();
             size_t kept = 0;
             for (const RowCopy& r : waiting) {
                 if (r.offset + r.count <= ready)
-                    host_out.copy_from_device(r.offset, r.src, r.count);
+                    float_out->copy_from_device(r.offset, r.src, r.count);
                 else
                     waiting[kept++] = r;
             }
@@ -589,9 +633,12 @@ public:
             FD_CUDA(cudaStreamWaitEvent(copy_stream, ready, 0));
             finish_shift(copy_stream, view, pitch, cut.skip, sum_weight, SC, done, upto, step, st, dst,
                          result_pitch);
-            for (int64_t row = 0; row < SC; row++)
-                waiting.push_back({dst + row * result_pitch + done, size_t(row * L + done), size_t(upto - done)});
-            queue_copies(false);
+            finished = dst;
+            if (float_out) {
+                for (int64_t row = 0; row < SC; row++)
+                    waiting.push_back({dst + row * result_pitch + done, size_t(row * L + done), size_t(upto - done)});
+                queue_copies(false);
+            }
             done = upto;
         };
 
@@ -643,20 +690,40 @@ public:
         }
         trace_point("cuda: every batch queued");
         timeline.mark("every batch done", stream);
-        queue_copies(true);
-        if (done != L) throw Error("internal error: the track was not downloaded whole");
+        if (done != L) throw Error("internal error: the track was not finished whole");
+        if (float_out) {
+            queue_copies(true);
+        } else {
+            // After the last forward (the copy stream waited for it): its
+            // workspace holds the converted pieces.
+            if (output.clip == ClipMode::Rescale) stem_peaks(copy_stream, finished, int(S), C, L, result_pitch, peaks);
+            arena_.reset();
+            // FASTDEMUCS_PCM16_PIECE_FRAMES (tests): pieces shorter than the workspace holds.
+            const int64_t piece_frames = std::atoll(env_string("FASTDEMUCS_PCM16_PIECE_FRAMES").c_str());
+            int64_t frames = std::min<int64_t>(L, int64_t(arena_.capacity() / (size_t(SC) * sizeof(int16_t))));
+            if (piece_frames > 0) frames = std::min(frames, piece_frames);
+            if (frames < 1) throw Error("internal error: no workspace for the 16-bit stems");
+            int16_t* converted = arena_.alloc<int16_t>(SC * frames);  // [S, frames, C]
+            for (int64_t t0 = 0; t0 < L; t0 += frames) {
+                const int64_t n = std::min(frames, L - t0);
+                stems_to_pcm16(copy_stream, finished, int(S), C, result_pitch, t0, n, output.clip, peaks, converted);
+                pcm16_out->wait();  // rethrows std::bad_alloc
+                for (int64_t s = 0; s < S; s++)
+                    pcm16_out->copy_from_device(size_t((s * L + t0) * C), converted + s * n * C, size_t(n * C));
+            }
+        }
         timeline.mark("every copy done", copy_stream);
         FD_CUDA(cudaStreamSynchronize(copy_stream));
         FD_CUDA(cudaStreamSynchronize(stream));
         timeline.print();
         trace_point("cuda: stems downloaded");
-        host_out.release();
+        if (float_out) float_out->release();
+        if (pcm16_out) pcm16_out->release();
         trace_point("cuda: output unregistered");
         progress.flush();
         return true;
     }
 
-private:
     // ------------------------------------------------------------ memory, graphs
 
     size_t measure(int batch) {

@@ -27,14 +27,15 @@ void advise_huge_pages(void* p, size_t bytes) {
 
 }  // namespace
 
-HostOutput::HostOutput(std::vector<float>& out, size_t n, int device, bool pin, cudaStream_t copies,
+template <typename T>
+HostOutput<T>::HostOutput(std::vector<T>& out, size_t n, int device, bool pin, cudaStream_t copies,
                        size_t piece_bytes)
     : n_(n), copies_(copies) {
     const bool faulted = out.size() >= n;  // a vector reused from an earlier track
     if (out.capacity() < n) {
         out.clear();  // nothing worth copying into the new allocation
         out.reserve(n);
-        advise_huge_pages(out.data(), n * sizeof(float));
+        advise_huge_pages(out.data(), n * sizeof(T));
     }
     if (faulted) out.resize(n);
     data_ = out.data();
@@ -44,9 +45,9 @@ HostOutput::HostOutput(std::vector<float>& out, size_t n, int device, bool pin, 
     bounds_.push_back(0);
     for (size_t k = 1;; k++) {
         const uintptr_t at = (base + k * piece) & ~(kHugePage - 1);
-        const size_t floats = (at - base) / sizeof(float);
-        if (floats >= n) break;
-        bounds_.push_back(floats);
+        const size_t elements = (at - base) / sizeof(T);
+        if (elements >= n) break;
+        bounds_.push_back(elements);
     }
     if (n > 0) bounds_.push_back(n);
     const size_t pieces = bounds_.size() - 1;
@@ -81,9 +82,11 @@ HostOutput::HostOutput(std::vector<float>& out, size_t n, int device, bool pin, 
     }
 }
 
-HostOutput::~HostOutput() { release(); }
+template <typename T>
+HostOutput<T>::~HostOutput() { release(); }
 
-void HostOutput::fault_in(std::vector<float>& out, bool pin) {
+template <typename T>
+void HostOutput<T>::fault_in(std::vector<T>& out, bool pin) {
     for (size_t k = 0; k + 1 < bounds_.size(); k++) {
         {
             std::lock_guard<std::mutex> lock(mutex_);
@@ -106,7 +109,8 @@ void HostOutput::fault_in(std::vector<float>& out, bool pin) {
     trace_point("cuda: host output faulted in");
 }
 
-void HostOutput::lock_pieces(int device) {
+template <typename T>
+void HostOutput<T>::lock_pieces(int device) {
     const bool on_device = cudaSetDevice(device) == cudaSuccess;
     for (size_t k = 0; k + 1 < bounds_.size(); k++) {
         {
@@ -115,7 +119,7 @@ void HostOutput::lock_pieces(int device) {
             if (failed_) return;
         }
         // Not locked (no device, or the driver refused): the copies still work, slower.
-        locked_[k] = on_device && cudaHostRegister(data_ + bounds_[k], (bounds_[k + 1] - bounds_[k]) * sizeof(float),
+        locked_[k] = on_device && cudaHostRegister(data_ + bounds_[k], (bounds_[k + 1] - bounds_[k]) * sizeof(T),
                                                    cudaHostRegisterPortable) == cudaSuccess;
         cudaGetLastError();
         std::lock_guard<std::mutex> lock(mutex_);
@@ -125,29 +129,33 @@ void HostOutput::lock_pieces(int device) {
     trace_point("cuda: host output page-locked");
 }
 
-void HostOutput::wait() {
+template <typename T>
+void HostOutput<T>::wait() {
     std::unique_lock<std::mutex> lock(mutex_);
     progressed_.wait(lock, [&] { return failed_ || ready() == n_; });
     if (failed_) std::rethrow_exception(failure_);
 }
 
-void HostOutput::copy_from_device(size_t offset, const float* src, size_t count) const {
+template <typename T>
+void HostOutput<T>::copy_from_device(size_t offset, const T* src, size_t count) const {
     // Before ready() the faulting thread may still zero-fill (overwrite) the range.
     if (offset + count > ready()) throw Error("internal error: a copy into host output not ready yet");
     size_t k = size_t(std::upper_bound(bounds_.begin(), bounds_.end(), offset) - bounds_.begin()) - 1;
     while (count > 0) {
         const size_t len = std::min(count, bounds_[k + 1] - offset);
-        FD_CUDA(cudaMemcpyAsync(data_ + offset, src, len * sizeof(float), cudaMemcpyDeviceToHost, copies_));
+        FD_CUDA(cudaMemcpyAsync(data_ + offset, src, len * sizeof(T), cudaMemcpyDeviceToHost, copies_));
         offset += len, src += len, count -= len, k++;
     }
 }
 
-void HostOutput::join() {
+template <typename T>
+void HostOutput<T>::join() {
     if (faulter_.joinable()) faulter_.join();
     if (locker_.joinable()) locker_.join();
 }
 
-void HostOutput::release() {
+template <typename T>
+void HostOutput<T>::release() {
     try {
         join();
     } catch (const std::system_error&) {  // not joinable after all: nothing left to wait for
@@ -159,5 +167,8 @@ void HostOutput::release() {
     }
     cudaGetLastError();
 }
+
+template class HostOutput<float>;
+template class HostOutput<int16_t>;
 
 }  // namespace fastdemucs::cuda

@@ -1,5 +1,6 @@
-// The host side of the track path's download: the stems' vector (381 MB for
-// 3 minutes of 6 stems) faulted in and page-locked while the GPU works.
+// The host side of the track path's download: the stems' vector (381 MB of
+// floats for 3 minutes of 6 stems, half that in 16-bit PCM) faulted in and
+// page-locked while the GPU works.
 // Why in pieces: on the H200 machine the first-touch faults of 381 MB take
 // ~87 ms and locking it ~15-29 ms more; done whole, one after the other, they
 // outlasted the GPU's ~100 ms and held the last copies back. Here one thread
@@ -13,6 +14,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstddef>
+#include <cstdint>
 #include <exception>
 #include <mutex>
 #include <thread>
@@ -20,19 +22,20 @@
 
 namespace fastdemucs::cuda {
 
+template <typename T>  // float or int16_t (explicitly instantiated)
 class HostOutput {
 public:
-    // `out` becomes n floats (its contents undefined until copied into);
+    // `out` becomes n elements (its contents undefined until copied into);
     // the caller must not touch it until this object is gone. pin = false:
     // faulted in only (copies then go through the driver's staging).
     // Copies into it run on `copies`, which release() drains first.
-    HostOutput(std::vector<float>& out, size_t n, int device, bool pin, cudaStream_t copies,
+    HostOutput(std::vector<T>& out, size_t n, int device, bool pin, cudaStream_t copies,
                size_t piece_bytes = size_t(32) << 20);
     ~HostOutput();
     HostOutput(const HostOutput&) = delete;
     HostOutput& operator=(const HostOutput&) = delete;
 
-    // Floats [0, ready()) are faulted in and, where pinning, locked.
+    // Elements [0, ready()) are faulted in and, where pinning, locked.
     size_t ready() const { return ready_.load(std::memory_order_acquire); }
     // Blocks until everything is ready; rethrows the preparation's failure
     // (std::bad_alloc when the vector could not grow).
@@ -40,22 +43,22 @@ public:
     // Queues out[offset, offset + count) <- src[0, count) (device) on the
     // copy stream, split where the pieces meet (each copy within one
     // registration); offset + count <= ready().
-    void copy_from_device(size_t offset, const float* src, size_t count) const;
+    void copy_from_device(size_t offset, const T* src, size_t count) const;
     // Drains the copy stream, then unlocks every locked piece; joins the threads.
     void release();
 
 private:
-    void fault_in(std::vector<float>& out, bool pin);
+    void fault_in(std::vector<T>& out, bool pin);
     void lock_pieces(int device);
     void join();
 
-    float* data_ = nullptr;
+    T* data_ = nullptr;
     size_t n_ = 0;
     cudaStream_t copies_ = nullptr;
-    std::vector<size_t> bounds_;    // piece k: floats [bounds_[k], bounds_[k + 1])
+    std::vector<size_t> bounds_;    // piece k: elements [bounds_[k], bounds_[k + 1])
     std::vector<char> locked_;      // per piece, written by the locking thread
     std::atomic<size_t> faulted_{0};  // pieces faulted in
-    std::atomic<size_t> ready_{0};    // floats ready for copies
+    std::atomic<size_t> ready_{0};    // elements ready for copies
     std::mutex mutex_;
     std::condition_variable progressed_;
     std::exception_ptr failure_;

@@ -17,6 +17,7 @@
 #include <cstdint>
 
 #include "cuda/common.h"
+#include "fastdemucs/fastdemucs.h"
 
 namespace fastdemucs::cuda {
 
@@ -69,5 +70,14 @@ struct ShiftStep {
 void finish_shift(cudaStream_t stream, const float* view, int64_t view_pitch, int64_t skip, const float* sum_weight,
                   int64_t SC, int64_t t0, int64_t t1, const ShiftStep& step, const double* stats, float* dst,
                   int64_t dst_pitch);
+
+// 16-bit output (Separator::separate_pcm16), over the finished stems x
+// [S * C rows, L] (row pitch `pitch`):
+// peaks[s] = the largest |x| of stem s as float bits (NaNs ignored), for
+// ClipMode::Rescale's divisor;
+void stem_peaks(cudaStream_t stream, const float* x, int S, int C, int64_t L, int64_t pitch, unsigned* peaks);
+// out [S, frames, C] = engine/pcm.h's conversion of frames [t0, t0 + frames).
+void stems_to_pcm16(cudaStream_t stream, const float* x, int S, int C, int64_t pitch, int64_t t0, int64_t frames,
+                    ClipMode clip, const unsigned* peaks, int16_t* out);
 
 }  // namespace fastdemucs::cuda

@@ -302,7 +302,7 @@ std::vector<float> separate_single_model(ModelBackend& backend, const float* mix
 }
 
 std::vector<float> separate_with_bag(const std::vector<BagMember>& bag, const float* mix, int channels,
-                                     int64_t length, const SeparateParams& params) {
+                                     int64_t length, const SeparateParams& params, Pcm16Request* pcm16) {
     if (bag.empty()) throw Error("no model to run");
     if (length <= 0) throw Error("the track is empty");
     const int S = bag[0].backend->model().config.num_sources();
@@ -324,7 +324,18 @@ std::vector<float> separate_with_bag(const std::vector<BagMember>& bag, const fl
             progress.chunks_done += n;
             if (params.progress) params.progress(progress);
         };
-        return separate_single_model(*bag[0].backend, mix, channels, length, params, {}, on_chunks);
+        ModelBackend& backend = *bag[0].backend;
+        if (pcm16 && backend.has_track_path() && !host_apply_forced()) {
+            const std::vector<int64_t> offsets = prepare(backend, channels, length, params, {});
+            pcm16->done =
+                backend.separate_track_pcm16(mix, length, params, offsets, pcm16->clip, pcm16->stems, on_chunks);
+            if (pcm16->done) {
+                if (int64_t(pcm16->stems.size()) != int64_t(S) * channels * length)
+                    throw Error("internal error: the backend's 16-bit track path returned a wrong size");
+                return {};
+            }
+        }
+        return separate_single_model(backend, mix, channels, length, params, {}, on_chunks);
     }
 
     // Each model normalises the raw mix by the same statistics and returns

@@ -20,9 +20,18 @@ struct BagMember {
     std::vector<double> weights;  // one per source
 };
 
+// Separator::separate_pcm16's request: when the bag is one plain model
+// whose backend converts on its own device (ModelBackend::separate_track_pcm16),
+// separate_with_bag fills `stems` ([S, L, C]), sets `done` and returns no floats.
+struct Pcm16Request {
+    ClipMode clip = ClipMode::Rescale;
+    std::vector<int16_t> stems;
+    bool done = false;
+};
+
 // mix [C, L] -> stems [S, C, L]. Throws Error on invalid options.
 std::vector<float> separate_with_bag(const std::vector<BagMember>& bag, const float* mix, int channels,
-                                     int64_t length, const SeparateParams& params);
+                                     int64_t length, const SeparateParams& params, Pcm16Request* pcm16 = nullptr);
 
 // One model, no normalisation: the official apply_model(model, mix[None]).
 // `shift_offsets` replaces the random offsets when not empty (tests).

@@ -52,6 +52,17 @@ public:
         (void)mix, (void)length, (void)params, (void)shift_offsets, (void)out, (void)on_chunks;
         return false;
     }
+    // Optional, beside the track path: the same stems converted to 16-bit
+    // PCM in the backend's memory (Separator::separate_pcm16, engine/pcm.h's
+    // conversion): out [sources, length, audio_channels]. Returns false when
+    // not provided or when the track path declines (the caller then converts
+    // the float stems).
+    virtual bool separate_track_pcm16(const float* mix, int64_t length, const SeparateParams& params,
+                                      const std::vector<int64_t>& shift_offsets, ClipMode clip,
+                                      std::vector<int16_t>& out, const std::function<void(int64_t)>& on_chunks) {
+        (void)mix, (void)length, (void)params, (void)shift_offsets, (void)clip, (void)out, (void)on_chunks;
+        return false;
+    }
 };
 
 #ifdef FASTDEMUCS_WITH_CPU

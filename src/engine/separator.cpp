@@ -4,6 +4,7 @@
 #include <thread>
 
 #include "engine/apply.h"
+#include "engine/pcm.h"
 #include "engine/repo.h"
 #include "engine/trace.h"
 #include "remote/remote_models.h"
@@ -40,14 +41,7 @@ public:
     }
 
     Stems separate(const Audio& mix, const SeparateParams& params) const override {
-        if (mix.channels != audio_channels())
-            throw Error("the model expects " + std::to_string(audio_channels()) + " channels, got " +
-                        std::to_string(mix.channels));
-        if (mix.samplerate != samplerate())
-            throw Error("the model expects audio at " + std::to_string(samplerate()) + " Hz, got " +
-                        std::to_string(mix.samplerate) + " Hz");
-        if (int64_t(mix.data.size()) != int64_t(mix.channels) * mix.samples)
-            throw Error("audio buffer size does not match channels x samples");
+        check_mix(mix);
         Stems stems;
         stems.names = sources();
         stems.channels = mix.channels;
@@ -57,7 +51,36 @@ public:
         return stems;
     }
 
+    Pcm16Stems separate_pcm16(const Audio& mix, const SeparateParams& params, ClipMode clip) const override {
+        check_mix(mix);
+        Pcm16Stems stems;
+        stems.names = sources();
+        stems.channels = mix.channels;
+        stems.samples = mix.samples;
+        stems.samplerate = mix.samplerate;
+        Pcm16Request request;
+        request.clip = clip;
+        std::vector<float> floats = separate_with_bag(bag_, mix.data.data(), mix.channels, mix.samples, params, &request);
+        if (request.done) {
+            stems.data = std::move(request.stems);
+        } else {
+            stems.data = pcm::convert_stems(floats.data(), int(stems.names.size()), mix.channels, mix.samples, clip);
+        }
+        return stems;
+    }
+
 private:
+    void check_mix(const Audio& mix) const {
+        if (mix.channels != audio_channels())
+            throw Error("the model expects " + std::to_string(audio_channels()) + " channels, got " +
+                        std::to_string(mix.channels));
+        if (mix.samplerate != samplerate())
+            throw Error("the model expects audio at " + std::to_string(samplerate()) + " Hz, got " +
+                        std::to_string(mix.samplerate) + " Hz");
+        if (int64_t(mix.data.size()) != int64_t(mix.channels) * mix.samples)
+            throw Error("audio buffer size does not match channels x samples");
+    }
+
     std::vector<BagMember> bag_;
 };
 

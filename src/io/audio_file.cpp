@@ -40,29 +40,6 @@ struct SndfileCloser {
 };
 using SndfileHandle = std::unique_ptr<SNDFILE, SndfileCloser>;
 
-// --- sample conversion -----------------------------------------------------
-
-// torchaudio's float -> `bits`-bit PCM, through sox: x scaled by 2^31 in
-// double, clamped to int32 and truncated toward zero (a sox sample s); then
-// half a step added and the low bits dropped, floor((s + 2^(31-bits)) /
-// 2^(32-bits)), saturating at the top. Here in float arithmetic, which
-// vectorises: x * 2^31 is exact in float as in double (a power of two), the
-// floats near 2^31 are multiples of 128, and clamping to the largest float
-// below INT32_MAX - half_step gives the saturated value exactly; the
-// arithmetic shift is the floor. NaN writes 0. (Checked against the double
-// form on every float of magnitude <= 4.)
-template <int Bits>
-int32_t to_pcm(float x) {
-    constexpr int32_t half_step = int32_t(1) << (31 - Bits);
-    constexpr float lowest = -2147483648.0f;
-    constexpr float highest = 2147483648.0f - float(half_step) - 128.0f;
-    float scaled = x * 2147483648.0f;
-    scaled = scaled < lowest ? lowest : scaled;
-    scaled = scaled > highest ? highest : scaled;
-    scaled = x == x ? scaled : 0.0f;
-    return (static_cast<int32_t>(scaled) + half_step) >> (32 - Bits);
-}
-
 // --- writing ---------------------------------------------------------------
 
 int sndfile_format(const WriteParams& params, const std::string& path) {
@@ -178,14 +155,14 @@ void write_samples(SNDFILE* file, const std::string& path, const float* data, in
             break;
         case SampleFormat::Int16:
             write_converted<short>(
-                data, channels, samples, clip, [](float x) { return static_cast<short>(to_pcm<16>(x)); },
+                data, channels, samples, clip, [](float x) { return static_cast<short>(pcm::to_pcm<16>(x)); },
                 [&](const short* block, int64_t n) { check(sf_writef_short(file, block, n), n); });
             break;
         case SampleFormat::Int24:
             // libsndfile takes int samples as full-scale 32-bit and keeps the
             // top 24 bits: the 24-bit value times 256 is written exactly.
             write_converted<int>(
-                data, channels, samples, clip, [](float x) { return to_pcm<24>(x) * 256; },
+                data, channels, samples, clip, [](float x) { return pcm::to_pcm<24>(x) * 256; },
                 [&](const int* block, int64_t n) { check(sf_writef_int(file, block, n), n); });
             break;
     }
@@ -288,19 +265,19 @@ std::string container_for_path(const std::string& path) {
     return "";
 }
 
-void write_audio(const std::string& path, const float* data, int channels, int64_t samples,
-                 int samplerate, const WriteParams& params) {
+namespace {
+
+void check_audio_shape(const std::string& path, const void* data, int channels, int64_t samples, int samplerate) {
     if (channels <= 0 || samples < 0 || samplerate <= 0 || (samples > 0 && data == nullptr))
         throw Error("cannot write " + path + ": invalid audio (channels " +
                     std::to_string(channels) + ", samples " + std::to_string(samples) +
                     ", samplerate " + std::to_string(samplerate) + ")");
-    if (params.container == "mp3") {
-        if (channels > 2) throw Error("cannot write " + path + ": MP3 holds at most 2 channels");
-        TempFile temp(path);
-        io_detail::encode_mp3(temp.path(), path, data, channels, samples, samplerate, params);
-        temp.commit();
-        return;
-    }
+}
+
+// A libsndfile file at a temporary name: `write` fills it, then the header
+// is finished and the file renamed to `path`.
+template <typename Write>
+void write_sndfile(const std::string& path, int channels, int samplerate, const WriteParams& params, Write write) {
     SF_INFO info{};
     info.channels = channels;
     info.samplerate = samplerate;
@@ -313,7 +290,7 @@ void write_audio(const std::string& path, const float* data, int channels, int64
     if (!raw) throw Error("cannot write " + path + ": " + sf_strerror(nullptr));
     {
         SndfileHandle file(raw);
-        write_samples(file.get(), path, data, channels, samples, params);
+        write(file.get());
         // sf_close finishes the header (and the FLAC stream): its failure is
         // a failed write too.
         const int close_error = sf_close(file.release());
@@ -321,6 +298,38 @@ void write_audio(const std::string& path, const float* data, int channels, int64
             throw Error("cannot write " + path + ": " + sf_error_number(close_error));
     }
     temp.commit();
+}
+
+}  // namespace
+
+void write_audio(const std::string& path, const float* data, int channels, int64_t samples,
+                 int samplerate, const WriteParams& params) {
+    check_audio_shape(path, data, channels, samples, samplerate);
+    if (params.container == "mp3") {
+        if (channels > 2) throw Error("cannot write " + path + ": MP3 holds at most 2 channels");
+        TempFile temp(path);
+        io_detail::encode_mp3(temp.path(), path, data, channels, samples, samplerate, params);
+        temp.commit();
+        return;
+    }
+    write_sndfile(path, channels, samplerate, params,
+                  [&](SNDFILE* file) { write_samples(file, path, data, channels, samples, params); });
+}
+
+void write_audio_pcm16(const std::string& path, const int16_t* interleaved, int channels, int64_t samples,
+                       int samplerate, const WriteParams& params) {
+    check_audio_shape(path, interleaved, channels, samples, samplerate);
+    if (params.format != SampleFormat::Int16 || params.container == "mp3")
+        throw Error("cannot write " + path + ": 16-bit PCM goes to a 16-bit WAV or FLAC file");
+    static_assert(sizeof(short) == sizeof(int16_t));
+    write_sndfile(path, channels, samplerate, params, [&](SNDFILE* file) {
+        for (int64_t first = 0; first < samples; first += kWindowFrames) {
+            const int64_t frames = std::min(kWindowFrames, samples - first);
+            const short* block = reinterpret_cast<const short*>(interleaved + first * channels);
+            if (sf_writef_short(file, block, frames) != frames)
+                throw Error("cannot write " + path + ": " + sf_strerror(file) + " (short write)");
+        }
+    });
 }
 
 }  // namespace fastdemucs

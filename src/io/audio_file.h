@@ -10,6 +10,7 @@
 // .NAME.tmp-XXXXXX and rename at the end.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "fastdemucs/fastdemucs.h"
@@ -39,7 +40,6 @@ Audio load_audio(const std::string& path, int samplerate, int channels);
 std::string audio_decoders();
 
 enum class SampleFormat { Int16, Int24, Float32 };
-enum class ClipMode { Rescale, Clamp, None };
 
 struct WriteParams {
     SampleFormat format = SampleFormat::Int16;  // wav, flac (no Float32 in flac)
@@ -58,5 +58,11 @@ std::string container_for_path(const std::string& path);
 // naming the file on failure.
 void write_audio(const std::string& path, const float* data, int channels, int64_t samples,
                  int samplerate, const WriteParams& params);
+
+// Writes 16-bit PCM already converted (Separator::separate_pcm16), frames
+// interleaved [samples, channels], to a WAV or FLAC file: params.format must
+// be Int16 (params.clip is not applied again). Atomic like write_audio.
+void write_audio_pcm16(const std::string& path, const int16_t* interleaved, int channels, int64_t samples,
+                       int samplerate, const WriteParams& params);
 
 }  // namespace fastdemucs

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 
+#include "engine/pcm.h"
 #include "io/audio_file.h"
 
 namespace fastdemucs {
@@ -30,42 +31,30 @@ inline float peak_abs(const float* data, int64_t n) {
     float lane[kLanes] = {};
     int64_t i = 0;
     for (; i + kLanes <= n; i += kLanes)
-        for (int j = 0; j < kLanes; ++j) {
-            const float v = std::fabs(data[i + j]);
-            lane[j] = lane[j] < v ? v : lane[j];
-        }
+        for (int j = 0; j < kLanes; ++j) lane[j] = pcm::max_abs(lane[j], data[i + j]);
     float peak = 0.0f;
-    for (; i < n; ++i) peak = std::max(peak, std::fabs(data[i]));
-    for (float v : lane) peak = std::max(peak, v);
+    for (; i < n; ++i) peak = pcm::max_abs(peak, data[i]);
+    for (float v : lane) peak = pcm::max_abs(peak, v);
     return peak;
 }
 
-// The official prevent_clip, in float32 like the torch code: rescale divides
-// the whole signal by max(1.01 * peak, 1); clamp limits to [-0.99, 0.99].
+// The official prevent_clip of one signal (engine/pcm.h).
 class ClipTransform {
 public:
     ClipTransform(ClipMode mode, const float* data, int64_t n)
         : ClipTransform(mode, mode == ClipMode::Rescale ? peak_abs(data, n) : 0.0f) {}
     // With the signal's peak_abs already known.
-    ClipTransform(ClipMode mode, float peak) : mode_(mode) {
-        if (mode_ == ClipMode::Rescale) divisor_ = std::max(1.01f * peak, 1.0f);
-    }
-    float operator()(float x) const {
-        switch (mode_) {
-            case ClipMode::Rescale: return x / divisor_;
-            case ClipMode::Clamp: return std::min(std::max(x, -0.99f), 0.99f);
-            case ClipMode::None: break;
-        }
-        return x;
-    }
-    // out[i] = (*this)(in[i]), with the mode chosen once per call (a loop the compiler vectorises).
+    ClipTransform(ClipMode mode, float peak)
+        : mode_(mode), divisor_(mode == ClipMode::Rescale ? pcm::rescale_divisor(peak) : 1.0f) {}
+    float operator()(float x) const { return pcm::clip(x, mode_, divisor_); }
+    // out[i] = (*this)(in[i]), with the mode fixed per loop (loops the compiler vectorises).
     void apply(const float* in, float* out, int64_t n) const {
         switch (mode_) {
             case ClipMode::Rescale:
-                for (int64_t i = 0; i < n; ++i) out[i] = in[i] / divisor_;
+                for (int64_t i = 0; i < n; ++i) out[i] = pcm::clip(in[i], ClipMode::Rescale, divisor_);
                 return;
             case ClipMode::Clamp:
-                for (int64_t i = 0; i < n; ++i) out[i] = std::min(std::max(in[i], -0.99f), 0.99f);
+                for (int64_t i = 0; i < n; ++i) out[i] = pcm::clip(in[i], ClipMode::Clamp, divisor_);
                 return;
             case ClipMode::None: break;
         }
@@ -74,7 +63,7 @@ public:
 
 private:
     ClipMode mode_;
-    float divisor_ = 1.0f;
+    float divisor_;
 };
 
 }  // namespace io_detail
