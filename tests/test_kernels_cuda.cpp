@@ -531,6 +531,10 @@ struct DConvLayerHost {
         lw.in_norm_bias = gpu.put(n1b), lw.out_weight = gpu.put(w_out), lw.out_bias = gpu.put(b_out);
         lw.out_norm_weight = gpu.put(n2w), lw.out_norm_bias = gpu.put(n2b), lw.scale = gpu.put(scale);
         lw.out_gram = gpu.put(dconv_out_gram(w_out.data(), b_out.data(), Hd, 2 * C));
+        const std::vector<uint32_t> fragments = dconv_out_fragments(w_out.data(), Hd, 2 * C);
+        if (!fragments.empty()) lw.out_fragments = gpu.put(fragments);
+        const std::vector<uint32_t> in_fragments = dconv_in_fragments(w_in.data(), Hd, C);
+        if (!in_fragments.empty()) lw.in_fragments = gpu.put(in_fragments);
         return lw;
     }
     // ref [B, C, R, W] += the layer's branch, in double.
@@ -580,7 +584,7 @@ struct DConvLayerHost {
 // The residual branches of `dilations.size()` layers (seeded weights) through
 // dconv_rows (rows = true) or one dconv_layer_thin call per layer, against
 // the double reference; relative error of x_out - x_in.
-double dconv_case_error(const DConvCase& k, const std::vector<int>& dilations, bool rows) {
+double dconv_case_error(const DConvCase& k, const std::vector<int>& dilations, bool rows, DType type = DType::F32) {
     Gpu gpu;
     const int64_t B = k.B, C = k.C, Hd = k.hidden, R = k.R, W = k.W;
     const std::vector<float> x = random(size_t(B * C * R * W), 21, 1.0f, 0.2f);
@@ -596,7 +600,7 @@ double dconv_case_error(const DConvCase& k, const std::vector<int>& dilations, b
     if (rows) {
         dconv_rows(gpu.ctx(), layers.data(), int(layers.size()), dx, B, R, W);
     } else {
-        for (const DConvLayerWeights& lw : layers) dconv_layer_thin(gpu.ctx(), lw, dx, B, R, W);
+        for (const DConvLayerWeights& lw : layers) dconv_layer_thin(gpu.ctx(type), lw, dx, B, R, W);
     }
     const auto got = gpu.get(dx, x.size());
     // Against the residual branches alone (x itself is exact in both).
@@ -636,6 +640,47 @@ TEST(KernelsCuda, ThinDConvLayerMatchesTheModule) {
     dconv_thin_case({2, 192, 24, 4, 150, 2});  // past the default shared memory
     dconv_thin_case({1, 100, 14, 2, 200, 3});  // channels not a multiple of the output group, hidden 16's kernels
     dconv_thin_case({1, 60, 28, 1, 140, 1});   // hidden 32's kernels
+}
+
+// In float16 / bfloat16 mode both convolutions run on the tensor cores in
+// float16 (the apply pass where C is a multiple of 8): hidden 6 / 12 / 24 /
+// 28 (one to four hidden tiles, one and two k-steps, zero-padded), channels
+// not a multiple of the 16 staged at once, several blocks per row with a
+// partial last m-tile, one long row, dilation beyond the row.
+TEST(KernelsCuda, TensorCoreDConvApplyMatchesTheModule) {
+    // The B fragments' layout: W [16, 3] = 10 o + k; lane 5 (g 1, t 1) of tile 1 holds
+    // W[9][2, 3] and W[9][10, 11], zero past hidden.
+    std::vector<float> w(16 * 3);
+    for (int o = 0; o < 16; o++)
+        for (int k = 0; k < 3; k++) w[size_t(o * 3 + k)] = float(10 * o + k);
+    const std::vector<uint32_t> fragments = dconv_out_fragments(w.data(), 3, 16);
+    ASSERT_EQ(fragments.size(), 2u * 32 * 2);
+    const uint32_t h92 = __half_as_ushort(__float2half_rn(92.0f));
+    EXPECT_EQ(fragments[(32 + 5) * 2], h92);
+    EXPECT_EQ(fragments[(32 + 5) * 2 + 1], 0u);
+    EXPECT_TRUE(dconv_out_fragments(w.data(), 3, 12).empty());  // not whole tiles of a and g
+    // The in-convolution's: W [hidden 2, channels 18, 3] = 100 k + 3 c + j; lane 6 (g 1, t 2) of
+    // tile 0, chunk 1, tap 2 holds W[1][20, 21][2] and W[1][28, 29][2] (channels past 18: zero).
+    std::vector<float> w_in(2 * 18 * 3);
+    for (int k = 0; k < 2; k++)
+        for (int c = 0; c < 18; c++)
+            for (int j = 0; j < 3; j++) w_in[size_t((k * 18 + c) * 3 + j)] = float(100 * k + 3 * c + j);
+    const std::vector<uint32_t> in_fragments = dconv_in_fragments(w_in.data(), 2, 18);
+    ASSERT_EQ(in_fragments.size(), 1u * 2 * 3 * 32 * 2);
+    EXPECT_EQ(in_fragments[((1 * 3 + 2) * 32 + 6) * 2], 0u);  // channels 20, 21: past 18
+    EXPECT_EQ(in_fragments[((0 * 3 + 2) * 32 + 6) * 2],
+              uint32_t(__half_as_ushort(__float2half_rn(100 + 3 * 4 + 2))) |
+                  uint32_t(__half_as_ushort(__float2half_rn(100 + 3 * 5 + 2))) << 16);  // chunk 0: channels 4, 5
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    const DConvCase cases[] = {{2, 48, 6, 3, 300, 2}, {1, 96, 12, 1, 1000, 1}, {2, 192, 24, 4, 150, 2},
+                               {2, 8, 1, 2, 5, 4},    {1, 56, 28, 1, 523, 3},  {1, 192, 24, 1, 5375, 1}};
+    for (const DConvCase& k : cases)
+        for (DType type : {DType::F16, DType::BF16}) {
+            const double err = dconv_case_error(k, {k.dilation}, false, type);
+            EXPECT_LE(err, 2e-3) << "C " << k.C << ", hidden " << k.hidden << ", R " << k.R << ", W " << k.W;
+            EXPECT_GT(err, 1e-6) << "C " << k.C << ": the tensor-core kernel should have run (float16 rounding)";
+        }
+    EXPECT_LE(dconv_case_error({1, 100, 14, 2, 200, 3}, {3}, false, DType::F16), 2e-3);  // C % 16 != 0
 }
 
 // Whole DConvs with the row in shared memory: the same as the module's

@@ -137,34 +137,6 @@ constexpr int kTcRows = 16 * kTcWarps;  // query rows per block
 constexpr int kTcKeys = 64;             // keys per tile
 constexpr int kTcVtStride = kTcKeys + 8;  // halves per transposed-V row (bank-conflict-free fragment loads)
 
-template <typename T>
-__device__ __forceinline__ void mma_qk(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
-template <>
-__device__ __forceinline__ void mma_qk<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-template <>
-__device__ __forceinline__ void mma_qk<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                                      uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// Bit-level views of 16-bit values (no type punning through pointers).
-__device__ __forceinline__ uint16_t bits16(__half v) { return __half_as_ushort(v); }
-__device__ __forceinline__ uint16_t bits16(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
-// Two 16-bit values in one register, lo in the low half (the lower column / row of a fragment).
-__device__ __forceinline__ uint32_t pack16(uint16_t lo, uint16_t hi) { return uint32_t(lo) | (uint32_t(hi) << 16); }
-
-__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
-    return pack16(bits16(__float2half_rn(lo)), bits16(__float2half_rn(hi)));
-}
-
 // A V element as float16 (exact for float16; bfloat16 saturated to float16's range).
 __device__ __forceinline__ uint16_t half_bits_sat(uint16_t b, __half) { return b; }
 __device__ __forceinline__ uint16_t half_bits_sat(uint16_t b, __nv_bfloat16) {
@@ -359,7 +331,7 @@ __global__ void __launch_bounds__(32 * kTcWarps) tc_attention_kernel(const T* __
             s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
             const uint32_t* kr = ks + ((j * 8 + g) * kKsStride + tig * 2) / 2;
 #pragma unroll
-            for (int kk = 0; kk < DH / 16; kk++) mma_qk<T>(s[j], qa[kk], kr[kk * 8], kr[kk * 8 + 4]);
+            for (int kk = 0; kk < DH / 16; kk++) mma_m16n8k16<T>(s[j], qa[kk], kr[kk * 8], kr[kk * 8 + 4]);
         }
         online_softmax<DH>(s, k0, M, scale_log2, tig, m0, m1, l0, l1, o);
         // O += P V: 4 steps of 16 keys; P's accumulator layout is the A operand's.
@@ -370,7 +342,7 @@ __global__ void __launch_bounds__(32 * kTcWarps) tc_attention_kernel(const T* __
 #pragma unroll
             for (int d = 0; d < DH / 8; d++) {
                 const uint32_t* vr = vt + ((d * 8 + g) * kTcVtStride + t * 16 + tig * 2) / 2;
-                mma_qk<__half>(o[d], pa, vr[0], vr[4]);
+                mma_m16n8k16<__half>(o[d], pa, vr[0], vr[4]);
             }
         }
     }
@@ -443,7 +415,7 @@ __global__ void __launch_bounds__(32 * kTcWarps)
             for (int kk = 0; kk < DH / 16; kk++) {
                 uint32_t b0, b1;
                 ldmatrix_x2(b0, b1, &ks[buf][j * 8 + lrow][kk * 16 + (ltile & 1) * 8]);
-                mma_qk<__half>(s[j], qa[kk], b0, b1);
+                mma_m16n8k16<__half>(s[j], qa[kk], b0, b1);
             }
         }
         online_softmax<DH>(s, k0, M, scale_log2, tig, m0, m1, l0, l1, o);
@@ -457,8 +429,8 @@ __global__ void __launch_bounds__(32 * kTcWarps)
             for (int d = 0; d < DH / 8; d += 2) {
                 uint32_t b0, b1, b2, b3;
                 ldmatrix_x4_trans(b0, b1, b2, b3, &vs[buf][t * 16 + (ltile & 1) * 8 + lrow][(d + (ltile >> 1)) * 8]);
-                mma_qk<__half>(o[d], pa, b0, b1);
-                mma_qk<__half>(o[d + 1], pa, b2, b3);
+                mma_m16n8k16<__half>(o[d], pa, b0, b1);
+                mma_m16n8k16<__half>(o[d + 1], pa, b2, b3);
             }
         }
         __syncthreads();  // this buffer is consumed: the step after next may refill it

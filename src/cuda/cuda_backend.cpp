@@ -107,7 +107,8 @@
 // bfloat16 convolutions as implicit GEMMs (cuda/implicit_conv.h). FASTDEMUCS_THIN_DCONV=0 sends the thin DConv
 // layers through the general convolution path instead of cuda/dconv.h's
 // fused passes; FASTDEMUCS_DCONV_ROWS=0 leaves out its row-resident kernel
-// (the frequency branch's outer DConvs then take the three passes per layer). FASTDEMUCS_TRACE=1 prints the start-up time line
+// (the frequency branch's outer DConvs then take the three passes per layer); FASTDEMUCS_TC_DCONV=0 keeps
+// the three passes' apply on CUDA cores in float16 / bfloat16. FASTDEMUCS_TRACE=1 prints the start-up time line
 // (engine/trace.h), =2 also each block of the graph capture and the host
 // time spent in cuBLAS. FASTDEMUCS_NO_LIBRARY_WARM_UP=1 leaves cuBLAS's
 // first product to the capture (cuda_warm_up_libraries; A/B runs).
@@ -329,6 +330,7 @@ public:
         ctx_.implicit_conv = env_flag("FASTDEMUCS_IMPLICIT_CONV") && major >= 8;  // cp.async: sm_80 on
         ctx_.thin_dconv = env_string("FASTDEMUCS_THIN_DCONV") != "0";
         ctx_.dconv_rows = env_string("FASTDEMUCS_DCONV_ROWS") != "0";
+        ctx_.tensor_core_dconv = env_string("FASTDEMUCS_TC_DCONV") != "0";
         staged_upload_ = env_string("FASTDEMUCS_STAGED_UPLOAD") != "0";
         ctx_.narrow_gemm_out = env_string("FASTDEMUCS_NARROW_GEMM_OUT") != "0";
         graphs_enabled_ = !env_flag("FASTDEMUCS_NO_GRAPH");
@@ -1099,7 +1101,8 @@ private:
     }
 
     // The thin DConv path's per-layer tables (cuda/dconv.h: the statistics
-    // form and the in-convolution's weights as its kernel reads them), from
+    // form, the in-convolution's weights and the tensor-core apply's B
+    // fragments as their kernels read them), from
     // the host weights once per backend, for every residual layer of the
     // plan's DConvs that the fused path takes.
     void upload_dconv_tables() {
@@ -1114,10 +1117,26 @@ private:
                                                                 2 * d.channels);
                 const std::vector<float> table =
                     dconv_in_table(model_->weight(p + "0.weight").data.data(), d.hidden, d.channels);
-                dconv_offsets_[p] = {int64_t(grams.size()), int64_t(tables.size())};
+                const std::vector<uint32_t> fragments =
+                    dconv_out_fragments(model_->weight(p + "3.weight").data.data(), d.hidden, 2 * d.channels);
+                const std::vector<uint32_t> in_fragments =
+                    dconv_in_fragments(model_->weight(p + "0.weight").data.data(), d.hidden, d.channels);
+                DConvTables& at = dconv_offsets_[p];
+                at.gram = int64_t(grams.size());
                 grams.insert(grams.end(), gram.begin(), gram.end());
+                at.in_table = int64_t(tables.size());
                 tables.insert(tables.end(), table.begin(), table.end());
                 tables.resize((tables.size() + 3) / 4 * 4);  // each table on 16 bytes
+                // The fragment tables' bits, in the same buffer (-1: none).
+                auto append_bits = [&](const std::vector<uint32_t>& bits) {
+                    if (bits.empty()) return int64_t(-1);
+                    const int64_t offset = int64_t(tables.size());
+                    tables.resize(tables.size() + bits.size());
+                    std::memcpy(tables.data() + offset, bits.data(), bits.size() * sizeof(uint32_t));
+                    return offset;
+                };
+                at.fragments = append_bits(fragments);
+                at.in_fragments = append_bits(in_fragments);
             }
         };
         const ModelPlan& plan = model_->plan;
@@ -1144,8 +1163,13 @@ private:
         w.scale = weights_->f32(p + "6.scale");
         const auto at = dconv_offsets_.find(p);
         if (at == dconv_offsets_.end()) throw Error("internal error: no DConv tables for " + p);
-        w.out_gram = grams_.as<double>() + at->second.first;
-        w.in_table = in_tables_.as<float>() + at->second.second;
+        w.out_gram = grams_.as<double>() + at->second.gram;
+        w.in_table = in_tables_.as<float>() + at->second.in_table;
+        auto bits = [&](int64_t offset) {
+            return offset < 0 ? nullptr : reinterpret_cast<const uint32_t*>(in_tables_.as<float>() + offset);
+        };
+        w.out_fragments = bits(at->second.fragments);
+        w.in_fragments = bits(at->second.in_fragments);
         return w;
     }
 
@@ -1311,9 +1335,11 @@ private:
     std::unique_ptr<BlasOwner> blas_;
     std::unique_ptr<DeviceWeights> weights_;
     DeviceBuffer grams_;      // thin DConv statistics forms (upload_dconv_tables)
-    DeviceBuffer in_tables_;  // thin DConv in-convolution weight tables
-    // DConv layer prefix -> offsets in grams_ and in_tables_
-    std::map<std::string, std::pair<int64_t, int64_t>> dconv_offsets_;
+    DeviceBuffer in_tables_;  // thin DConv in-convolution weight tables and apply fragments
+    struct DConvTables {
+        int64_t gram = 0, in_table = 0, fragments = -1, in_fragments = -1;  // offsets in grams_ and in_tables_
+    };
+    std::map<std::string, DConvTables> dconv_offsets_;  // by DConv layer prefix
     DeviceBuffer transition_;  // transition_weights() of (transition_segment_, transition_power_)
     int64_t transition_segment_ = -1;
     double transition_power_ = 0.0;

@@ -305,6 +305,278 @@ __global__ void __launch_bounds__(kRowThreads)
     for (int c = groups * kOutputGroup; c < C; c++) xp[int64_t(c) * plane] += branch(c);
 }
 
+// ---- The apply pass on the tensor cores (float16 / bfloat16 modes) ----
+// y = W_out hn + bias as mma.sync.m16n8k16 tiles of 16 positions x 8 output
+// channels (float16 operands whatever the mode: hn = GELU(norm(h)) and the
+// weights sit well inside its range, with 3 more mantissa bits than
+// bfloat16; float32 accumulation), then the GLU, LayerScale and residual on
+// the accumulator fragments: with C a multiple of 8, channel c's a (tile
+// c / 8) and g (tile C / 8 + c / 8) land in the same lane and register.
+// A thread per position spent 2 * hidden multiply-adds and as many shared
+// loads per output channel on CUDA cores (1.13 ms of a forward of 8 at
+// hidden 24); here a warp issues 2 * hidden / 16 MMAs per 16 positions and
+// 16 output channels. float32 keeps the CUDA-core kernel above (exact).
+constexpr int kApplyWarps = 4;
+// Positions per block, at most: a strip per warp. With 256 the time
+// branch's hidden-24 layer (8 rows of 5375) had 168 blocks, 1.3 per SM, and
+// ran at 1 TB/s.
+constexpr int kApplyPositions = 128;
+constexpr int kStrip = 32;            // positions a warp takes at once (two m-tiles)
+constexpr int kOutPitch = kStrip + 4;  // floats per row of a warp's result tile (conflict-free fragment stores)
+constexpr int kPairs = 2;              // tiles of 8 output channels (a and g) per round: 16 x rows in flight
+
+// Dynamic shared memory: y's coefficients [2C] and h's [16 KSteps] (float2),
+// the bias [2C], LayerScale [C]; per warp hn [kStrip][16 KSteps + 8]
+// (float16) and a result tile [8 kPairs][kOutPitch]. The B fragments
+// (dconv_out_fragments) are read through L1: built per block in shared
+// memory, their scattered loads and conversions held every block up (0.89
+// -> 0.60 ms at hidden 24, ~2x the blocks per SM).
+__host__ __device__ constexpr int hn_pitch(int ksteps) { return 16 * ksteps + 8; }  // halves: conflict-free A fragment loads
+constexpr size_t apply_tc_smem_bytes(int C, int ksteps) {
+    return size_t(2 * C) * sizeof(float2) +
+           size_t(16 * ksteps) * sizeof(float2) + size_t(2 * C) * sizeof(float) + size_t(C) * sizeof(float) +
+           kApplyWarps * (size_t(kStrip) * hn_pitch(ksteps) * sizeof(__half) + 8 * kPairs * kOutPitch * sizeof(float));
+}
+
+// A warp takes kStrip positions at a time: hn loaded and normalised with
+// coalesced row reads into shared memory, A fragments from there; per 8
+// output channels (tiles j and C / 8 + j) the x rows are read whole (128-byte
+// rows), the MMAs of both m-tiles share the B fragments, and the branch
+// values go through the warp's result tile so that x is written back in
+// whole rows too (written straight from the fragments, every access was a
+// quarter of a row: 4x the memory transactions, slower than the CUDA cores).
+template <int KSteps>
+__global__ void __launch_bounds__(kApplyWarps * 32)
+    dconv_out_apply_tc_kernel(const float* __restrict__ h, int hidden, int C, int64_t R, int W, int span,
+                              int wblocks, const float2* __restrict__ hcoef, const uint2* __restrict__ frag,
+                              const float* __restrict__ bias, const float2* __restrict__ ycoef,
+                              const float* __restrict__ scale, float* __restrict__ x) {
+    constexpr int K = 16 * KSteps, HP = hn_pitch(KSteps);
+    extern __shared__ float2 yc[];  // [2C]
+    const int C2 = 2 * C, half_tiles = C / 8;
+    float2* hc = yc + C2;
+    float* bs = reinterpret_cast<float*>(hc + K);
+    float* sc = bs + C2;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    __half* hn = reinterpret_cast<__half*>(sc + C) + warp * (kStrip * HP + 16 * kPairs * kOutPitch);  // [kStrip][HP]
+    float* out = reinterpret_cast<float*>(hn + kStrip * HP);  // [8 kPairs][kOutPitch]
+    const int64_t row = blockIdx.x / wblocks;
+    const int wb = int(blockIdx.x - row * wblocks);
+    const int64_t b = row / R, r = row - b * R;
+    for (int o = threadIdx.x; o < C2; o += blockDim.x) {
+        bs[o] = bias[o];
+        yc[o] = ycoef[(b * C2 + o) * R + r];
+    }
+    for (int c = threadIdx.x; c < C; c += blockDim.x) sc[c] = scale[c];
+    for (int k = threadIdx.x; k < K; k += blockDim.x)
+        hc[k] = k < hidden ? hcoef[(b * hidden + k) * R + r] : make_float2(0.0f, 0.0f);
+    // The padding columns of hn (hidden .. K) stay zero.
+    for (int i = lane; i < kStrip * K; i += 32) hn[(i / K) * HP + i % K] = __float2half_rn(0.0f);
+    __syncthreads();
+    const int64_t plane = R * W;
+    const float* hrow = h + (b * hidden * R + r) * W;
+    float* xrow = x + (b * C * R + r) * W;
+    const int end = min(W, (wb + 1) * span);
+    for (int w0 = wb * span + kStrip * warp; w0 < end; w0 += kStrip * kApplyWarps) {
+        const int w = w0 + lane;
+        const bool valid = w < end;
+        // Every load of the strip's h issued before the first is used (a loop
+        // over `hidden` would wait for each in turn).
+        float hv[K];
+#pragma unroll
+        for (int k = 0; k < K; k++) hv[k] = valid && k < hidden ? hrow[k * plane + w] : 0.0f;
+#pragma unroll
+        for (int k = 0; k < K; k++)
+            if (k < hidden) hn[lane * HP + k] = __float2half_rn(valid ? gelu_exact(hv[k] * hc[k].x + hc[k].y) : 0.0f);
+        __syncwarp();
+        uint32_t a[2][KSteps][4];
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+            for (int ks = 0; ks < KSteps; ks++)
+#pragma unroll
+                for (int q = 0; q < 4; q++)
+                    a[mt][ks][q] = *reinterpret_cast<const uint32_t*>(
+                        hn + (16 * mt + g + 8 * (q & 1)) * HP + 16 * ks + 2 * t + 8 * (q >> 1));
+        // Output channels go kPairs tiles of 8 (a and g) at a time, the next
+        // group's x rows loaded while this group is computed and stored.
+        float xv[kPairs][8];
+        auto load_x = [&](int j) {
+#pragma unroll
+            for (int p = 0; p < kPairs; p++)
+#pragma unroll
+                for (int u = 0; u < 8; u++)
+                    xv[p][u] = valid && j + p < half_tiles ? xrow[(8 * (j + p) + u) * plane + w] : 0.0f;
+        };
+        load_x(0);
+        for (int j = 0; j < half_tiles; j += kPairs) {
+#pragma unroll
+            for (int p = 0; p < kPairs; p++) {
+                if (j + p >= half_tiles) break;
+                const int c0 = 8 * (j + p) + 2 * t;
+                float ya[2][4], yg[2][4];
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++) {
+                    ya[mt][0] = ya[mt][2] = bs[c0], ya[mt][1] = ya[mt][3] = bs[c0 + 1];
+                    yg[mt][0] = yg[mt][2] = bs[C + c0], yg[mt][1] = yg[mt][3] = bs[C + c0 + 1];
+                }
+#pragma unroll
+                for (int ks = 0; ks < KSteps; ks++) {
+                    const uint2 fa = __ldg(frag + ((j + p) * KSteps + ks) * 32 + lane);
+                    const uint2 fg = __ldg(frag + ((half_tiles + j + p) * KSteps + ks) * 32 + lane);
+#pragma unroll
+                    for (int mt = 0; mt < 2; mt++) {
+                        mma_m16n8k16<__half>(ya[mt], a[mt][ks], fa.x, fa.y);
+                        mma_m16n8k16<__half>(yg[mt], a[mt][ks], fg.x, fg.y);
+                    }
+                }
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int c = c0 + (e & 1);
+                        out[(8 * p + 2 * t + (e & 1)) * kOutPitch + 16 * mt + g + 8 * (e >> 1)] =
+                            sc[c] * glu_value(ya[mt][e] * yc[c].x + yc[c].y, yg[mt][e] * yc[C + c].x + yc[C + c].y);
+                    }
+            }
+            __syncwarp();
+            float xn[kPairs][8];
+#pragma unroll
+            for (int p = 0; p < kPairs; p++)
+#pragma unroll
+                for (int u = 0; u < 8; u++) xn[p][u] = xv[p][u] + out[(8 * p + u) * kOutPitch + lane];
+            if (j + kPairs < half_tiles) load_x(j + kPairs);  // the next rows in flight while these are stored
+            if (valid)
+#pragma unroll
+                for (int p = 0; p < kPairs; p++)
+                    if (j + p < half_tiles)
+#pragma unroll
+                        for (int u = 0; u < 8; u++) xrow[(8 * (j + p) + u) * plane + w] = xn[p][u];
+            __syncwarp();  // the result tile is rewritten by the next group
+        }
+    }
+}
+
+// ---- The in-convolution on the tensor cores (float16 / bfloat16 modes) ----
+// h = conv3(x) as mma.sync.m16n8k16 tiles of 16 positions x 8 hidden
+// channels, K running over (16 input channels, tap): a block of 4 warps
+// takes dconv_in_kernel's 128 positions of a row (the same partials), the
+// input channels 16 at a time staged in shared memory as float16
+// [position][channel] with the dilation's margin on both sides, so that tap
+// j's A fragments are the same rows shifted by j * d. The thread-per-position
+// kernel spent 3 C multiply-adds and shared loads per hidden channel on CUDA
+// cores (1.15 ms of a forward of 8 at hidden 24).
+constexpr int kInChunk = 16;                 // input channels per staged chunk (one k-step per tap)
+constexpr int kInPitch = kInChunk + 8;       // halves per staged position: conflict-free A fragment loads
+constexpr int kInMaxDilation = 8;  // the staged margin on each side, whatever the dilation
+constexpr int kInRows = kRowThreads + 2 * kInMaxDilation;  // staged positions
+constexpr int kInStage = kInChunk * kInRows / kRowThreads;  // staged values per thread and chunk
+static_assert(kRowThreads % kInChunk == 0 && kInRows % (kRowThreads / kInChunk) == 0, "whole staging rounds");
+
+template <int NTiles>
+__global__ void __launch_bounds__(kRowThreads)
+    dconv_in_tc_kernel(const float* __restrict__ x, int C, int64_t R, int W, int dilation, int hidden,
+                       const uint2* __restrict__ frag, const float* __restrict__ bias, float* __restrict__ h,
+                       double* __restrict__ partial, int wblocks) {
+    __shared__ __half xs[kInRows * kInPitch];  // position p0 - kInMaxDilation + q at row q
+    __shared__ double red[32];
+    const int d = dilation, chunks = (C + kInChunk - 1) / kInChunk;
+    const int64_t row = blockIdx.x / wblocks;
+    const int wb = int(blockIdx.x - row * wblocks);
+    const int64_t b = row / R, r = row - b * R;
+    const int p0 = wb * kRowThreads;  // the block's first position
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int64_t plane = R * W;
+    const float* xrow = x + (b * C * R + r) * W;
+    float acc[2][NTiles][4] = {};
+    // Channels [16 ch, 16 ch + 16) at positions p0 - 8 .. p0 + 136 (zero
+    // outside the row): thread i stages channel i / 8 at positions i % 8 + 8 e
+    // (one base address, constant offsets). The next chunk's loads are issued
+    // before this chunk's MMAs (loaded, converted and stored one at a time,
+    // the staging waited on every load: 440 GB/s at hidden 24).
+    constexpr int kLanesPerChannel = kRowThreads / kInChunk;
+    const int cc = int(threadIdx.x) / kLanesPerChannel, q0 = int(threadIdx.x) % kLanesPerChannel;
+    const int w_first = p0 - kInMaxDilation + q0;
+    float staged[kInStage];
+    auto load_chunk = [&](int ch) {
+        const int c = kInChunk * ch + cc;
+        const float* src = xrow + int64_t(c) * plane + w_first;
+#pragma unroll
+        for (int e = 0; e < kInStage; e++) {
+            const int w = w_first + kLanesPerChannel * e;
+            staged[e] = c < C && w >= 0 && w < W ? src[kLanesPerChannel * e] : 0.0f;
+        }
+    };
+    load_chunk(0);
+    for (int ch = 0; ch < chunks; ch++) {
+        __syncthreads();  // the previous chunk's fragments are read
+#pragma unroll
+        for (int e = 0; e < kInStage; e++)
+            xs[(q0 + kLanesPerChannel * e) * kInPitch + cc] = __float2half_rn(staged[e]);
+        __syncthreads();
+        if (ch + 1 < chunks) load_chunk(ch + 1);
+#pragma unroll
+        for (int j = 0; j < 3; j++) {
+            uint32_t a[2][4];
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                for (int q = 0; q < 4; q++)
+                    a[mt][q] = *reinterpret_cast<const uint32_t*>(
+                        xs + (32 * warp + 16 * mt + g + 8 * (q & 1) + kInMaxDilation + (j - 1) * d) * kInPitch +
+                        2 * t + 8 * (q >> 1));
+#pragma unroll
+            for (int n = 0; n < NTiles; n++) {
+                const uint2 bf = __ldg(frag + ((n * chunks + ch) * 3 + j) * 32 + lane);
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++) mma_m16n8k16<__half>(acc[mt][n], a[mt], bf.x, bf.y);
+            }
+        }
+    }
+    // h (without bias) from the fragments, and the block's partial statistics of h + bias.
+    double sum = 0.0, sq = 0.0;
+    float* hrow = h + (b * hidden * R + r) * W;
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int n = 0; n < NTiles; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int k = 8 * n + 2 * t + (e & 1), w = p0 + 32 * warp + 16 * mt + g + 8 * (e >> 1);
+                if (k < hidden && w < W) {
+                    hrow[k * plane + w] = acc[mt][n][e];
+                    const double v = acc[mt][n][e] + bias[k];
+                    sum += v, sq += v * v;
+                }
+            }
+    const int count = min(kRowThreads, W - p0);
+    write_partial(partial, double(count) * hidden, sum, sq, red);
+}
+
+bool in_tc_fits(const Ctx& ctx, const DConvLayerWeights& w) {
+    return ctx.gemm != DType::F32 && ctx.tensor_core_dconv && w.in_fragments && w.hidden <= 32 &&
+           w.dilation <= kInMaxDilation;
+}
+
+// Whether the tensor-core apply takes a layer (ctx in float16 / bfloat16).
+bool apply_tc_fits(const Ctx& ctx, const DConvLayerWeights& w) {
+    return ctx.gemm != DType::F32 && ctx.tensor_core_dconv && w.out_fragments && w.channels % 8 == 0 &&
+           w.hidden <= 32 && apply_tc_smem_bytes(w.channels, (w.hidden + 15) / 16) <= smem_limit();
+}
+
+template <int KSteps>
+void launch_apply_tc(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64_t B, int64_t R, int W,
+                     const float* h, const float2* hcoef, const float2* ycoef) {
+    const int wblocks = (W + kApplyPositions - 1) / kApplyPositions;
+    const int span = ((W + wblocks - 1) / wblocks + 15) / 16 * 16;
+    const size_t bytes = apply_tc_smem_bytes(w.channels, KSteps);
+    allow_shared(dconv_out_apply_tc_kernel<KSteps>, bytes);
+    dconv_out_apply_tc_kernel<KSteps><<<unsigned(B * R * wblocks), kApplyWarps * 32, bytes, ctx.stream>>>(
+        h, w.hidden, w.channels, R, W, span, wblocks, hcoef, reinterpret_cast<const uint2*>(w.out_fragments),
+        w.out_bias, ycoef, w.scale, x);
+    FD_LAUNCH_CHECK();
+}
+
 // ---- Every layer of a DConv with the row in shared memory (dconv_rows) ----
 
 struct RowLayers {
@@ -498,10 +770,24 @@ void launch_layer(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64_t 
     hidden_seg.B = B, hidden_seg.C = w.hidden, hidden_seg.R = R, hidden_seg.W = W;
     out_seg.B = B, out_seg.C = C2, out_seg.R = R, out_seg.W = W;
 
-    const size_t in_bytes = in_smem_floats(C, MaxHidden) * sizeof(float);
-    allow_shared(dconv_in_kernel<MaxHidden>, in_bytes);
-    dconv_in_kernel<MaxHidden><<<blocks, kRowThreads, in_bytes, ctx.stream>>>(
-        x, C, R, W, w.dilation, w.hidden, w.in_table, w.in_bias, h, partial, wblocks);
+    if (in_tc_fits(ctx, w)) {
+        const uint2* frag = reinterpret_cast<const uint2*>(w.in_fragments);
+        auto launch = [&](auto kernel) {
+            kernel<<<blocks, kRowThreads, 0, ctx.stream>>>(x, C, R, W, w.dilation, w.hidden, frag, w.in_bias, h,
+                                                           partial, wblocks);
+        };
+        switch ((w.hidden + 7) / 8) {
+            case 1: launch(dconv_in_tc_kernel<1>); break;
+            case 2: launch(dconv_in_tc_kernel<2>); break;
+            case 3: launch(dconv_in_tc_kernel<3>); break;
+            default: launch(dconv_in_tc_kernel<4>);
+        }
+    } else {
+        const size_t in_bytes = in_smem_floats(C, MaxHidden) * sizeof(float);
+        allow_shared(dconv_in_kernel<MaxHidden>, in_bytes);
+        dconv_in_kernel<MaxHidden><<<blocks, kRowThreads, in_bytes, ctx.stream>>>(
+            x, C, R, W, w.dilation, w.hidden, w.in_table, w.in_bias, h, partial, wblocks);
+    }
     FD_LAUNCH_CHECK();
     segment_finalize(ctx, partial, rows, wblocks, Spread::Variance, mean, var);
     group_norm_coef(ctx, hidden_seg, mean, var, w.in_norm_weight, w.in_norm_bias, w.in_bias, kNormEps, hcoef);
@@ -514,6 +800,13 @@ void launch_layer(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64_t 
     segment_finalize(ctx, partial, rows, wblocks, Spread::Variance, mean, var);
     group_norm_coef(ctx, out_seg, mean, var, w.out_norm_weight, w.out_norm_bias, nullptr, kNormEps, ycoef);
 
+    if (apply_tc_fits(ctx, w)) {
+        if (w.hidden <= 16)
+            launch_apply_tc<1>(ctx, w, x, B, R, W, h, hcoef, ycoef);
+        else
+            launch_apply_tc<2>(ctx, w, x, B, R, W, h, hcoef, ycoef);
+        return;
+    }
     dconv_out_apply_kernel<MaxHidden><<<blocks, kRowThreads, out_bytes, ctx.stream>>>(
         h, w.hidden, C, R, W, hcoef, w.out_weight, w.out_bias, ycoef, w.scale, x, wblocks);
     FD_LAUNCH_CHECK();
@@ -539,6 +832,45 @@ std::vector<float> dconv_in_table(const float* weight, int hidden, int channels)
     for (int k = 0; k < hidden; k++)
         for (int cj = 0; cj < channels * 3; cj++) table[size_t(cj) * mh + k] = weight[int64_t(k) * channels * 3 + cj];
     return table;
+}
+
+std::vector<uint32_t> dconv_out_fragments(const float* weight, int hidden, int channels2) {
+    if (channels2 % 16 != 0 || hidden < 1 || hidden > 32) return {};
+    const int ksteps = (hidden + 15) / 16;
+    std::vector<uint32_t> frags(size_t(channels2 / 8) * ksteps * 32 * 2);
+    auto half_bits = [](float v) { return uint32_t(__half_as_ushort(__float2half_rn(v))); };
+    for (int n = 0; n < channels2 / 8; n++)
+        for (int s = 0; s < ksteps; s++)
+            for (int lane = 0; lane < 32; lane++) {
+                const float* row = weight + int64_t(8 * n + lane / 4) * hidden;
+                auto w = [&](int k) { return k < hidden ? row[k] : 0.0f; };
+                const int k0 = 16 * s + 2 * (lane % 4);
+                uint32_t* at = frags.data() + ((size_t(n) * ksteps + s) * 32 + lane) * 2;
+                at[0] = half_bits(w(k0)) | half_bits(w(k0 + 1)) << 16;
+                at[1] = half_bits(w(k0 + 8)) | half_bits(w(k0 + 9)) << 16;
+            }
+    return frags;
+}
+
+std::vector<uint32_t> dconv_in_fragments(const float* weight, int hidden, int channels) {
+    if (hidden < 1 || hidden > 32 || channels < 1) return {};
+    const int ntiles = (hidden + 7) / 8, chunks = (channels + kInChunk - 1) / kInChunk;
+    std::vector<uint32_t> frags(size_t(ntiles) * chunks * 3 * 32 * 2);
+    auto half_bits = [](float v) { return uint32_t(__half_as_ushort(__float2half_rn(v))); };
+    for (int n = 0; n < ntiles; n++)
+        for (int ch = 0; ch < chunks; ch++)
+            for (int j = 0; j < 3; j++)
+                for (int lane = 0; lane < 32; lane++) {
+                    const int k = 8 * n + lane / 4;  // hidden channel: the B column
+                    auto w = [&](int c) {
+                        return k < hidden && c < channels ? weight[(int64_t(k) * channels + c) * 3 + j] : 0.0f;
+                    };
+                    const int c0 = kInChunk * ch + 2 * (lane % 4);
+                    uint32_t* at = frags.data() + ((((size_t(n) * chunks + ch) * 3 + j) * 32) + lane) * 2;
+                    at[0] = half_bits(w(c0)) | half_bits(w(c0 + 1)) << 16;
+                    at[1] = half_bits(w(c0 + 8)) | half_bits(w(c0 + 9)) << 16;
+                }
+    return frags;
 }
 
 bool dconv_layer_thin_fits(int channels, int hidden) {

@@ -15,10 +15,13 @@
 //   2. dconv_out_stats: y's statistics per row from h alone (the sums of y
 //      and y^2 over channels are a linear and a quadratic form of h)
 //   3. dconv_out_apply: y recomputed once more, normalised, GLU, LayerScale, x +=
-// All arithmetic is float32 (statistics in double) in every precision. The
-// outer layers (hidden 6) are memory-bound; the hidden-24 kernels are bound
-// by their CUDA-core arithmetic (several positions per thread and the apply
-// pass's channels split among blocks were tried: no gain, NOTES.md).
+// All arithmetic is float32 (statistics in double), except the two
+// convolutions in float16 / bfloat16 mode (ctx.gemm), which run on the
+// tensor cores with float16 operands and float32 accumulation
+// (ctx.tensor_core_dconv; the apply pass where C is a multiple of 8). The outer layers (hidden 6) are
+// memory-bound; on CUDA cores the hidden-24 kernels are bound by their
+// arithmetic (several positions per thread and the apply pass's channels
+// split among blocks were tried: no gain, NOTES.md).
 #pragma once
 
 #include <cstdint>
@@ -40,6 +43,8 @@ struct DConvLayerWeights {
     const float* out_norm_bias = nullptr;
     const float* scale = nullptr;  // LayerScale [channels]
     const double* out_gram = nullptr;  // dconv_out_gram of out_weight / out_bias, on the device
+    const uint32_t* out_fragments = nullptr;  // dconv_out_fragments of out_weight (the tensor-core apply; optional)
+    const uint32_t* in_fragments = nullptr;   // dconv_in_fragments of the in-weights (the tensor-core in-conv; optional)
 };
 
 // The out-convolution's statistics form, computed once per model on the
@@ -52,6 +57,20 @@ std::vector<double> dconv_out_gram(const float* weight, const float* bias, int h
 // them: [channels * 3][hidden padded to the kernel's size], zero-padded,
 // built once per model on the host (a straight copy into shared memory).
 std::vector<float> dconv_in_table(const float* weight, int hidden, int channels);
+
+// The out-convolution's weights [channels2, hidden] as the tensor-core
+// apply pass reads its B fragments: float16 pairs, [channels2 / 8][k-steps
+// of 16 (hidden zero-padded)][32 lanes][2], lane (g, t) of tile n, k-step s
+// holding W[8n + g][16s + 2t, +1] and W[8n + g][16s + 2t + 8, +9]. Empty when
+// channels2 is not a multiple of 16 or hidden > 32 (the CUDA-core apply).
+std::vector<uint32_t> dconv_out_fragments(const float* weight, int hidden, int channels2);
+
+// The in-convolution's weights [hidden, channels, 3] as the tensor-core
+// in-convolution reads its B fragments: float16 pairs, [hidden / 8 tiles]
+// [channels / 16 chunks][tap][32 lanes][2] (zero-padded), lane (g, t) of
+// hidden tile n, chunk m, tap j holding W[8n + g][16m + 2t, +1][j] and
+// W[8n + g][16m + 2t + 8, +9][j]. Empty for hidden > 32.
+std::vector<uint32_t> dconv_in_fragments(const float* weight, int hidden, int channels);
 
 // Whether dconv_layer_thin takes this layer (hidden small enough for its
 // per-position registers, weights within its shared memory).

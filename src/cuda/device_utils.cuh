@@ -143,6 +143,40 @@ __device__ __forceinline__ float block_max(float v, float* shared32) {
     return warp_max(t);
 }
 
+// D += A B on the tensor cores, mma.sync.m16n8k16 with float32 accumulation
+// (operands float16 or bfloat16; fragment layouts as in the PTX ISA: lane
+// (g = lane / 4, t = lane % 4) holds A rows g and g + 8, columns 2t, 2t + 1,
+// 2t + 8, 2t + 9 in a[0..3] = {(g, 2t..), (g + 8, 2t..), (g, 2t + 8..),
+// (g + 8, 2t + 8..)}; B column g, rows 2t.. in b0 and 2t + 8.. in b1; D rows
+// g and g + 8, columns 2t, 2t + 1 in d[0..1] and d[2..3]).
+template <typename T>
+__device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+template <>
+__device__ __forceinline__ void mma_m16n8k16<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma_m16n8k16<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                      uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Bit-level views of 16-bit values (no type punning through pointers).
+__device__ __forceinline__ uint16_t bits16(__half v) { return __half_as_ushort(v); }
+__device__ __forceinline__ uint16_t bits16(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
+// Two 16-bit values in one register, lo in the low half (the lower column / row of a fragment).
+__device__ __forceinline__ uint32_t pack16(uint16_t lo, uint16_t hi) { return uint32_t(lo) | (uint32_t(hi) << 16); }
+
+__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
+    return pack16(bits16(__float2half_rn(lo)), bits16(__float2half_rn(hi)));
+}
+
 // Asynchronous global -> shared copies (sm_80 and later): 4 or 16 bytes,
 // zero-filled when !valid (src is then not read but must be a valid address).
 __device__ __forceinline__ void cp_async4(void* dst, const void* src, bool valid) {
