@@ -107,8 +107,9 @@
 // bfloat16 convolutions as implicit GEMMs (cuda/implicit_conv.h). FASTDEMUCS_THIN_DCONV=0 sends the thin DConv
 // layers through the general convolution path instead of cuda/dconv.h's
 // fused passes; FASTDEMUCS_DCONV_ROWS=0 leaves out its row-resident kernel
-// (the frequency branch's outer DConvs then take the three passes per layer); FASTDEMUCS_TC_DCONV=0 keeps
-// the three passes' apply on CUDA cores in float16 / bfloat16. FASTDEMUCS_TRACE=1 prints the start-up time line
+// (the frequency branch's outer DConvs then take the three passes per layer; in float32, and with
+// FASTDEMUCS_TC_DCONV=0, which keeps the three passes' convolutions on CUDA cores in float16 / bfloat16:
+// the tensor-core passes are faster than the row-resident kernel). FASTDEMUCS_TRACE=1 prints the start-up time line
 // (engine/trace.h), =2 also each block of the graph capture and the host
 // time spent in cuBLAS. FASTDEMUCS_NO_LIBRARY_WARM_UP=1 leaves cuBLAS's
 // first product to the capture (cuda_warm_up_libraries; A/B runs).
@@ -1180,7 +1181,11 @@ private:
         if (x.c != d.channels) throw Error("internal error: DConv channels");
         const int depth = int(d.dilations.size());
         // (dconv_layer_thin_fits: the layers whose tables upload_dconv_tables made)
-        if (ctx.thin_dconv && ctx.dconv_rows && dconv_layer_thin_fits(d.channels, d.hidden) &&
+        // With the three passes' convolutions on the tensor cores (float16 /
+        // bfloat16) the row-resident kernel, on CUDA cores, is the slower one
+        // (whole track 0.1070 / 0.1074 -> 0.1066 / 0.1060 s without it, H200 A/B).
+        const bool tensor_cores = ctx.gemm != DType::F32 && ctx.tensor_core_dconv;
+        if (ctx.thin_dconv && ctx.dconv_rows && !tensor_cores && dconv_layer_thin_fits(d.channels, d.hidden) &&
             dconv_rows_fit(d.channels, d.hidden, x.w, depth)) {
             std::vector<DConvLayerWeights> layers;
             for (int i = 0; i < depth; i++)
