@@ -398,8 +398,10 @@ TEST(SeparateCuda, Pcm16StemsAreTheFloatStemsConverted) {
         ScopedEnv cap("FASTDEMUCS_TRACK_PATH_MAX_MIB", "1");
         testing_support::expect_pcm16_equals_converted(*sep, longer, p, "tiny fp32, host path");
     }
-    p.shifts = 2;
+    p.shifts = 1;  // the command's default: the stems are the shifted view's window
     p.seed = 5;
+    testing_support::expect_pcm16_equals_converted(*sep, longer, p, "tiny fp32, 1 shift");
+    p.shifts = 2;
     testing_support::expect_pcm16_equals_converted(*sep, longer, p, "tiny fp32, 2 shifts");
     testing_support::expect_pcm16_equals_converted(*load("tiny", "tiny", Precision::Fp16), mix, no_shift(0.25),
                                                    "tiny fp16");

@@ -67,7 +67,7 @@ struct Ctx {
     bool implicit_conv = false;         // float16 / bfloat16 convs as implicit GEMMs (cuda/implicit_conv.h)
     bool thin_dconv = true;             // DConv layers with hidden <= 32 in three fused passes (cuda/dconv.h)
     bool dconv_rows = true;             // whole DConvs with the row in shared memory where it fits (dconv_rows)
-    bool tensor_core_dconv = true;      // float16 / bfloat16: the thin DConv's apply pass on mma.sync (cuda/dconv.h)
+    bool tensor_core_dconv = true;      // float16 / bfloat16: the thin DConv's convolutions on mma.sync (cuda/dconv.h)
     // float16 / bfloat16: GEMM results that only a memory-bound pass reads (the
     // transposed convolutions' columns, the rewrite convolutions before their
     // GLU) stored in the operand type (else float32).

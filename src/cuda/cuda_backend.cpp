@@ -331,7 +331,7 @@ public:
         ctx_.implicit_conv = env_flag("FASTDEMUCS_IMPLICIT_CONV") && major >= 8;  // cp.async: sm_80 on
         ctx_.thin_dconv = env_string("FASTDEMUCS_THIN_DCONV") != "0";
         ctx_.dconv_rows = env_string("FASTDEMUCS_DCONV_ROWS") != "0";
-        ctx_.tensor_core_dconv = env_string("FASTDEMUCS_TC_DCONV") != "0";
+        ctx_.tensor_core_dconv = env_string("FASTDEMUCS_TC_DCONV") != "0" && major >= 8;  // mma.sync m16n8k16
         staged_upload_ = env_string("FASTDEMUCS_STAGED_UPLOAD") != "0";
         ctx_.narrow_gemm_out = env_string("FASTDEMUCS_NARROW_GEMM_OUT") != "0";
         graphs_enabled_ = !env_flag("FASTDEMUCS_NO_GRAPH");
@@ -697,8 +697,11 @@ private:
         if (float_out) {
             queue_copies(true);
         } else {
-            // After the last forward (the copy stream waited for it): its
-            // workspace holds the converted pieces.
+            // The workspace holds the converted pieces: the copy stream
+            // waits for everything queued on the main stream (the last
+            // download's wait already covers it; this does not rely on that).
+            FD_CUDA(cudaEventRecord(ready_[0]->event, stream));
+            FD_CUDA(cudaStreamWaitEvent(copy_stream, ready_[0]->event, 0));
             if (output.clip == ClipMode::Rescale) stem_peaks(copy_stream, finished, int(S), C, L, result_pitch, peaks);
             arena_.reset();
             // FASTDEMUCS_PCM16_PIECE_FRAMES (tests): pieces shorter than the workspace holds.
@@ -1184,7 +1187,9 @@ private:
         // With the three passes' convolutions on the tensor cores (float16 /
         // bfloat16) the row-resident kernel, on CUDA cores, is the slower one
         // (whole track 0.1070 / 0.1074 -> 0.1066 / 0.1060 s without it, H200 A/B).
-        const bool tensor_cores = ctx.gemm != DType::F32 && ctx.tensor_core_dconv;
+        bool tensor_cores = true;
+        for (int dilation : d.dilations)
+            tensor_cores = tensor_cores && dconv_tensor_cores_take(ctx, d.channels, d.hidden, dilation);
         if (ctx.thin_dconv && ctx.dconv_rows && !tensor_cores && dconv_layer_thin_fits(d.channels, d.hidden) &&
             dconv_rows_fit(d.channels, d.hidden, x.w, depth)) {
             std::vector<DConvLayerWeights> layers;

@@ -316,6 +316,10 @@ __global__ void __launch_bounds__(kRowThreads)
 // loads per output channel on CUDA cores (1.13 ms of a forward of 8 at
 // hidden 24); here a warp issues 2 * hidden / 16 MMAs per 16 positions and
 // 16 output channels. float32 keeps the CUDA-core kernel above (exact).
+// A float16 operand saturated to float16's range: in bfloat16 mode the
+// DConv's input may exceed it (inf would turn the row's statistics to NaN).
+__device__ __forceinline__ __half half_sat(float v) { return __float2half_rn(fminf(fmaxf(v, -65504.0f), 65504.0f)); }
+
 constexpr int kApplyWarps = 4;
 // Positions per block, at most: a strip per warp. With 256 the time
 // branch's hidden-24 layer (8 rows of 5375) had 168 blocks, 1.3 per SM, and
@@ -387,7 +391,7 @@ __global__ void __launch_bounds__(kApplyWarps * 32)
         for (int k = 0; k < K; k++) hv[k] = valid && k < hidden ? hrow[k * plane + w] : 0.0f;
 #pragma unroll
         for (int k = 0; k < K; k++)
-            if (k < hidden) hn[lane * HP + k] = __float2half_rn(valid ? gelu_exact(hv[k] * hc[k].x + hc[k].y) : 0.0f);
+            if (k < hidden) hn[lane * HP + k] = half_sat(valid ? gelu_exact(hv[k] * hc[k].x + hc[k].y) : 0.0f);
         __syncwarp();
         uint32_t a[2][KSteps][4];
 #pragma unroll
@@ -478,7 +482,7 @@ __global__ void __launch_bounds__(kRowThreads)
     dconv_in_tc_kernel(const float* __restrict__ x, int C, int64_t R, int W, int dilation, int hidden,
                        const uint2* __restrict__ frag, const float* __restrict__ bias, float* __restrict__ h,
                        double* __restrict__ partial, int wblocks) {
-    __shared__ __half xs[kInRows * kInPitch];  // position p0 - kInMaxDilation + q at row q
+    __shared__ __align__(16) __half xs[kInRows * kInPitch];  // position p0 - kInMaxDilation + q at row q
     __shared__ double red[32];
     const int d = dilation, chunks = (C + kInChunk - 1) / kInChunk;
     const int64_t row = blockIdx.x / wblocks;
@@ -512,7 +516,7 @@ __global__ void __launch_bounds__(kRowThreads)
         __syncthreads();  // the previous chunk's fragments are read
 #pragma unroll
         for (int e = 0; e < kInStage; e++)
-            xs[(q0 + kLanesPerChannel * e) * kInPitch + cc] = __float2half_rn(staged[e]);
+            xs[(q0 + kLanesPerChannel * e) * kInPitch + cc] = half_sat(staged[e]);
         __syncthreads();
         if (ch + 1 < chunks) load_chunk(ch + 1);
 #pragma unroll
@@ -557,6 +561,15 @@ bool in_tc_fits(const Ctx& ctx, const DConvLayerWeights& w) {
     return ctx.gemm != DType::F32 && ctx.tensor_core_dconv && w.in_fragments && w.hidden <= 32 &&
            w.dilation <= kInMaxDilation;
 }
+
+}  // namespace
+
+bool dconv_tensor_cores_take(const Ctx& ctx, int channels, int hidden, int dilation) {
+    return ctx.gemm != DType::F32 && ctx.tensor_core_dconv && channels % 8 == 0 && hidden <= 32 &&
+           dilation <= kInMaxDilation;
+}
+
+namespace {
 
 // Whether the tensor-core apply takes a layer (ctx in float16 / bfloat16).
 bool apply_tc_fits(const Ctx& ctx, const DConvLayerWeights& w) {

@@ -18,7 +18,8 @@
 // All arithmetic is float32 (statistics in double), except the two
 // convolutions in float16 / bfloat16 mode (ctx.gemm), which run on the
 // tensor cores with float16 operands and float32 accumulation
-// (ctx.tensor_core_dconv; the apply pass where C is a multiple of 8). The outer layers (hidden 6) are
+// (ctx.tensor_core_dconv; the apply pass where C is a multiple of 8),
+// saturated to float16's range. The outer layers (hidden 6) are
 // memory-bound; on CUDA cores the hidden-24 kernels are bound by their
 // arithmetic (several positions per thread and the apply pass's channels
 // split among blocks were tried: no gain, NOTES.md).
@@ -71,6 +72,10 @@ std::vector<uint32_t> dconv_out_fragments(const float* weight, int hidden, int c
 // hidden tile n, chunk m, tap j holding W[8n + g][16m + 2t, +1][j] and
 // W[8n + g][16m + 2t + 8, +9][j]. Empty for hidden > 32.
 std::vector<uint32_t> dconv_in_fragments(const float* weight, int hidden, int channels);
+
+// Whether, in this context, dconv_layer_thin runs both convolutions of such
+// a layer on the tensor cores (float16 / bfloat16, tables present).
+bool dconv_tensor_cores_take(const Ctx& ctx, int channels, int hidden, int dilation);
 
 // Whether dconv_layer_thin takes this layer (hidden small enough for its
 // per-position registers, weights within its shared memory).

@@ -33,7 +33,11 @@ FD_HOST_DEVICE inline float rescale_divisor(float peak) {
 // One sample through the clip mode (divisor: rescale_divisor of the stem's peak).
 FD_HOST_DEVICE inline float clip(float x, ClipMode mode, float divisor) {
     switch (mode) {
+#ifdef __CUDA_ARCH__
+        case ClipMode::Rescale: return __fdiv_rn(x, divisor);  // IEEE even under --use_fast_math
+#else
         case ClipMode::Rescale: return x / divisor;
+#endif
         case ClipMode::Clamp: {
             const float low = x < -0.99f ? -0.99f : x;  // std::max(x, -0.99f)
             return 0.99f < low ? 0.99f : low;           // std::min(low, 0.99f)
