@@ -557,25 +557,27 @@ __global__ void __launch_bounds__(kRowThreads)
     write_partial(partial, double(count) * hidden, sum, sq, red);
 }
 
+// Which layers the tensor-core passes take: float16 / bfloat16 mode with
+// ctx.tensor_core_dconv, their fragment tables built, and these shapes.
+bool tensor_core_mode(const Ctx& ctx) { return ctx.gemm != DType::F32 && ctx.tensor_core_dconv; }
+bool in_tc_shape(int hidden, int dilation) { return hidden <= 32 && dilation <= kInMaxDilation; }
+bool apply_tc_shape(int channels, int hidden) {
+    return channels % 8 == 0 && hidden <= 32 && apply_tc_smem_bytes(channels, (hidden + 15) / 16) <= smem_limit();
+}
 bool in_tc_fits(const Ctx& ctx, const DConvLayerWeights& w) {
-    return ctx.gemm != DType::F32 && ctx.tensor_core_dconv && w.in_fragments && w.hidden <= 32 &&
-           w.dilation <= kInMaxDilation;
+    return tensor_core_mode(ctx) && w.in_fragments && in_tc_shape(w.hidden, w.dilation);
+}
+bool apply_tc_fits(const Ctx& ctx, const DConvLayerWeights& w) {
+    return tensor_core_mode(ctx) && w.out_fragments && apply_tc_shape(w.channels, w.hidden);
 }
 
 }  // namespace
 
 bool dconv_tensor_cores_take(const Ctx& ctx, int channels, int hidden, int dilation) {
-    return ctx.gemm != DType::F32 && ctx.tensor_core_dconv && channels % 8 == 0 && hidden <= 32 &&
-           dilation <= kInMaxDilation;
+    return tensor_core_mode(ctx) && in_tc_shape(hidden, dilation) && apply_tc_shape(channels, hidden);
 }
 
 namespace {
-
-// Whether the tensor-core apply takes a layer (ctx in float16 / bfloat16).
-bool apply_tc_fits(const Ctx& ctx, const DConvLayerWeights& w) {
-    return ctx.gemm != DType::F32 && ctx.tensor_core_dconv && w.out_fragments && w.channels % 8 == 0 &&
-           w.hidden <= 32 && apply_tc_smem_bytes(w.channels, (w.hidden + 15) / 16) <= smem_limit();
-}
 
 template <int KSteps>
 void launch_apply_tc(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64_t B, int64_t R, int W,
@@ -851,7 +853,6 @@ std::vector<uint32_t> dconv_out_fragments(const float* weight, int hidden, int c
     if (channels2 % 16 != 0 || hidden < 1 || hidden > 32) return {};
     const int ksteps = (hidden + 15) / 16;
     std::vector<uint32_t> frags(size_t(channels2 / 8) * ksteps * 32 * 2);
-    auto half_bits = [](float v) { return uint32_t(__half_as_ushort(__float2half_rn(v))); };
     for (int n = 0; n < channels2 / 8; n++)
         for (int s = 0; s < ksteps; s++)
             for (int lane = 0; lane < 32; lane++) {
@@ -859,8 +860,8 @@ std::vector<uint32_t> dconv_out_fragments(const float* weight, int hidden, int c
                 auto w = [&](int k) { return k < hidden ? row[k] : 0.0f; };
                 const int k0 = 16 * s + 2 * (lane % 4);
                 uint32_t* at = frags.data() + ((size_t(n) * ksteps + s) * 32 + lane) * 2;
-                at[0] = half_bits(w(k0)) | half_bits(w(k0 + 1)) << 16;
-                at[1] = half_bits(w(k0 + 8)) | half_bits(w(k0 + 9)) << 16;
+                at[0] = pack_half2(w(k0), w(k0 + 1));
+                at[1] = pack_half2(w(k0 + 8), w(k0 + 9));
             }
     return frags;
 }
@@ -869,7 +870,6 @@ std::vector<uint32_t> dconv_in_fragments(const float* weight, int hidden, int ch
     if (hidden < 1 || hidden > 32 || channels < 1) return {};
     const int ntiles = (hidden + 7) / 8, chunks = (channels + kInChunk - 1) / kInChunk;
     std::vector<uint32_t> frags(size_t(ntiles) * chunks * 3 * 32 * 2);
-    auto half_bits = [](float v) { return uint32_t(__half_as_ushort(__float2half_rn(v))); };
     for (int n = 0; n < ntiles; n++)
         for (int ch = 0; ch < chunks; ch++)
             for (int j = 0; j < 3; j++)
@@ -880,8 +880,8 @@ std::vector<uint32_t> dconv_in_fragments(const float* weight, int hidden, int ch
                     };
                     const int c0 = kInChunk * ch + 2 * (lane % 4);
                     uint32_t* at = frags.data() + ((((size_t(n) * chunks + ch) * 3 + j) * 32) + lane) * 2;
-                    at[0] = half_bits(w(c0)) | half_bits(w(c0 + 1)) << 16;
-                    at[1] = half_bits(w(c0 + 8)) | half_bits(w(c0 + 9)) << 16;
+                    at[0] = pack_half2(w(c0), w(c0 + 1));
+                    at[1] = pack_half2(w(c0 + 8), w(c0 + 9));
                 }
     return frags;
 }

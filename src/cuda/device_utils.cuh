@@ -167,13 +167,16 @@ __device__ __forceinline__ void mma_m16n8k16<__nv_bfloat16>(float (&d)[4], const
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Bit-level views of 16-bit values (no type punning through pointers).
-__device__ __forceinline__ uint16_t bits16(__half v) { return __half_as_ushort(v); }
-__device__ __forceinline__ uint16_t bits16(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
+// Bit-level views of 16-bit values (no type punning through pointers); on
+// the host too, where the fragment tables are built.
+__host__ __device__ __forceinline__ uint16_t bits16(__half v) { return __half_as_ushort(v); }
+__host__ __device__ __forceinline__ uint16_t bits16(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
 // Two 16-bit values in one register, lo in the low half (the lower column / row of a fragment).
-__device__ __forceinline__ uint32_t pack16(uint16_t lo, uint16_t hi) { return uint32_t(lo) | (uint32_t(hi) << 16); }
+__host__ __device__ __forceinline__ uint32_t pack16(uint16_t lo, uint16_t hi) {
+    return uint32_t(lo) | (uint32_t(hi) << 16);
+}
 
-__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
+__host__ __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
     return pack16(bits16(__float2half_rn(lo)), bits16(__float2half_rn(hi)));
 }
 

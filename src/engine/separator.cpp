@@ -41,23 +41,13 @@ public:
     }
 
     Stems separate(const Audio& mix, const SeparateParams& params) const override {
-        check_mix(mix);
-        Stems stems;
-        stems.names = sources();
-        stems.channels = mix.channels;
-        stems.samples = mix.samples;
-        stems.samplerate = mix.samplerate;
+        Stems stems = stems_for<Stems>(mix);
         stems.data = separate_with_bag(bag_, mix.data.data(), mix.channels, mix.samples, params);
         return stems;
     }
 
     Pcm16Stems separate_pcm16(const Audio& mix, const SeparateParams& params, ClipMode clip) const override {
-        check_mix(mix);
-        Pcm16Stems stems;
-        stems.names = sources();
-        stems.channels = mix.channels;
-        stems.samples = mix.samples;
-        stems.samplerate = mix.samplerate;
+        Pcm16Stems stems = stems_for<Pcm16Stems>(mix);
         Pcm16Request request;
         request.clip = clip;
         std::vector<float> floats = separate_with_bag(bag_, mix.data.data(), mix.channels, mix.samples, params, &request);
@@ -70,6 +60,19 @@ public:
     }
 
 private:
+    // The (empty) stems of a separation of `mix`, once the mix is checked:
+    // Stems or Pcm16Stems, which share these fields.
+    template <typename Out>
+    Out stems_for(const Audio& mix) const {
+        check_mix(mix);
+        Out stems;
+        stems.names = sources();
+        stems.channels = mix.channels;
+        stems.samples = mix.samples;
+        stems.samplerate = mix.samplerate;
+        return stems;
+    }
+
     void check_mix(const Audio& mix) const {
         if (mix.channels != audio_channels())
             throw Error("the model expects " + std::to_string(audio_channels()) + " channels, got " +
