@@ -15,6 +15,7 @@
 #include "cuda/attention.h"
 #include "cuda/common.h"
 #include "cuda/conv.h"
+#include "cuda/conv_glu.h"
 #include "cuda/dconv.h"
 #include "cuda/kernels.h"
 #include "cuda/libraries.h"
@@ -379,7 +380,74 @@ void conv_glu_case(DType t, int kh, int kw, int64_t H, int64_t W) {
     EXPECT_FALSE(conv2d_glu(f32, in, cw, g, out));  // float32 keeps conv2d + glu
 }
 
+// conv_glu (the rewrites' implicit GEMM with the GLU on its accumulators):
+// GLU(conv(x + skip) + bias) against the double reference. The operands are
+// exact in the operand type and so are x + skip (|k| / 64 <= 3) and every
+// partial sum in float32: only the GLU's exp2 and reciprocal differ.
+void conv_glu_fused_case(DType t, int kh, int kw, int64_t B, int64_t C, int64_t H, int64_t W, bool with_skip) {
+    Gpu gpu;
+    ConvGeom g;
+    g.kh = kh, g.kw = kw, g.ph = kh / 2, g.pw = kw / 2;
+    const int64_t n = H * W, taps = int64_t(kh) * kw;
+    const std::vector<float> x = exact_random(size_t(B * C * n), 21);
+    const std::vector<float> skip = with_skip ? exact_random(size_t(B * C * n), 22) : std::vector<float>();
+    const std::vector<float> w = exact_random(size_t(2 * C * C * taps), 23);
+    const std::vector<float> bias = random(size_t(2 * C), 24);
+    ConvWeight cw;
+    cw.w = put_as(gpu, w, t), cw.bias = gpu.put(bias), cw.cout = int(2 * C), cw.cin = int(C), cw.kh = kh, cw.kw = kw;
+    float* w32 = gpu.put(w);
+    void* taps_copy = gpu.arena.alloc_bytes(w.size() * dtype_bytes(t));
+    conv_weight_taps(gpu.ctx(t), w32, taps_copy, t, 2 * C, C, taps);
+    cw.taps = taps_copy;
+    ASSERT_TRUE(conv_glu_takes(gpu.ctx(t), cw, g));
+    DTensor in{gpu.put(x), B, C, H, W};
+    DTensor out{gpu.arena.alloc<float>(B * C * n), B, C, H, W};
+    conv_glu(gpu.ctx(t), in, with_skip ? gpu.put(skip) : nullptr, cw, out);
+    const auto got = gpu.get(out.p, size_t(out.numel()));
+    std::vector<float> sum = x;
+    for (size_t i = 0; i < skip.size(); i++) sum[i] += skip[i];
+    const auto y = conv_ref(sum, w, bias, B, C, H, W, W, int(2 * C), g, H, W);
+    std::vector<double> ref(size_t(B * C * n));
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t i = 0; i < C * n; i++)
+            ref[size_t(b * C * n + i)] = y[size_t(b * 2 * C * n + i)] / (1.0 + std::exp(-y[size_t((b * 2 + 1) * C * n + i)]));
+    EXPECT_LE(rel(got, ref), 1e-5) << dtype_name(t) << " kernel " << kh << "x" << kw << ", C " << C << ", " << H
+                                   << "x" << W << (with_skip ? ", skip" : "");
+}
+
 }  // namespace
+
+TEST(KernelsCuda, ConvGluMatchesTheModule) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    for (DType t : {DType::F16, DType::BF16}) {
+        // The frequency decoders' 3x3 (odd rows: a block's second row past H; 300 = 2 blocks of
+        // 128 + a partial one), the time decoders' 1x3 on odd and even rows of several blocks;
+        // C = 16 and 64 leave GLU tiles partly empty, C = 96 fills two.
+        conv_glu_fused_case(t, 3, 3, 2, 48, 5, 300, true);
+        conv_glu_fused_case(t, 3, 3, 1, 64, 4, 37, false);
+        conv_glu_fused_case(t, 3, 3, 3, 16, 8, 128, true);
+        conv_glu_fused_case(t, 3, 3, 1, 96, 3, 130, true);
+        conv_glu_fused_case(t, 1, 3, 2, 32, 1, 601, true);
+        conv_glu_fused_case(t, 1, 3, 1, 96, 1, 512, false);
+    }
+    Ctx f32;
+    f32.gemm = DType::F32;
+    ConvWeight w;
+    w.cin = 16, w.cout = 32, w.kh = 3, w.kw = 3, w.taps = &w;
+    ConvGeom g;
+    g.kh = 3, g.kw = 3, g.ph = 1, g.pw = 1;
+    EXPECT_FALSE(conv_glu_takes(f32, w, g));  // float32 keeps the exact GEMM path
+    Ctx f16 = f32;
+    f16.gemm = DType::F16;
+    EXPECT_TRUE(conv_glu_takes(f16, w, g));
+    w.cin = 24, w.cout = 48;
+    EXPECT_FALSE(conv_glu_takes(f16, w, g));  // channels not a multiple of 16
+    w.cin = 192, w.cout = 384;
+    EXPECT_FALSE(conv_glu_takes(f16, w, g));  // wide rewrites stay on cuBLAS
+    w.cin = 16, w.cout = 32, w.kh = 1, w.kw = 1;
+    g.kh = 1, g.kw = 1, g.ph = 0, g.pw = 0;
+    EXPECT_FALSE(conv_glu_takes(f16, w, g));  // the encoders' 1x1 rewrites too
+}
 
 TEST(KernelsCuda, TransposedConvolutionWithCrop) {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";

@@ -186,6 +186,7 @@
 #include "cuda/arena.h"
 #include "cuda/common.h"
 #include "cuda/conv.h"
+#include "cuda/conv_glu.h"
 #include "cuda/dconv.h"
 #include "cuda/gemm.h"
 #include "cuda/host_output.h"
@@ -329,6 +330,7 @@ public:
         ctx_.tensor_core_attention = attention != "simt" && major >= 8;
         ctx_.pipelined_attention = attention != "tc-v1";
         ctx_.implicit_conv = env_flag("FASTDEMUCS_IMPLICIT_CONV") && major >= 8;  // cp.async: sm_80 on
+        ctx_.conv_glu = env_string("FASTDEMUCS_CONV_GLU") != "0" && major >= 8;  // cp.async, mma.sync
         ctx_.thin_dconv = env_string("FASTDEMUCS_THIN_DCONV") != "0";
         ctx_.dconv_rows = env_string("FASTDEMUCS_DCONV_ROWS") != "0";
         ctx_.tensor_core_dconv = env_string("FASTDEMUCS_TC_DCONV") != "0" && major >= 8;  // mma.sync m16n8k16
@@ -1223,13 +1225,16 @@ private:
     }
 
     // rewrite conv -> norm -> GLU into out (chout channels). Square kernel over (F, T) in the frequency branch.
+    // `skip` (the decoders' skip connection, or null) is added to x first; x may change.
     void rewrite(const Ctx& ctx, bool freq, int kernel, bool norm, int groups, const std::string& prefix,
-                 const std::string& norm_name, const DTensor& x, const DTensor& out) const {
+                 const std::string& norm_name, const DTensor& x, const float* skip, const DTensor& out) const {
         ArenaScope scope(*ctx.arena);
         ConvGeom g;
         g.pw = kernel / 2;
         if (freq) g.ph = kernel / 2;
         const ConvWeight w = conv_weight(prefix + "rewrite.", freq ? kernel : 1, kernel);
+        if (!norm && conv_glu_takes(ctx, w, g)) return conv_glu(ctx, x, skip, w, out);
+        if (skip) add(ctx, x.p, skip, x.numel());
         int64_t Ho = 0, Wo = 0;
         conv_output_size(x.h, x.w, w, g, &Ho, &Wo);
         if (!norm && conv2d_glu(ctx, x, w, g, out)) return;
@@ -1276,7 +1281,7 @@ private:
             gelu(ctx, y.p, y.numel());
         }
         if (e.dconv.present) dconv(ctx, e.dconv, e.prefix, y);
-        if (rewrites) rewrite(ctx, e.freq, e.rewrite_kernel, e.norm, e.norm_groups, e.prefix, "norm2.", y, out);
+        if (rewrites) rewrite(ctx, e.freq, e.rewrite_kernel, e.norm, e.norm_groups, e.prefix, "norm2.", y, nullptr, out);
         return out;
     }
 
@@ -1305,8 +1310,10 @@ private:
         if (rewrites && !pre) y = alloc(ctx, x.b, x.c, x.h, x.w);
         if (!d.empty) {
             if (!skip || skip->numel() != x.numel()) throw Error("internal error: " + d.prefix + " skip shape");
-            add(ctx, x.p, skip->p, x.numel());
-            if (rewrites) rewrite(ctx, d.freq, d.rewrite_kernel, d.norm, d.norm_groups, d.prefix, "norm1.", x, y);
+            if (rewrites)
+                rewrite(ctx, d.freq, d.rewrite_kernel, d.norm, d.norm_groups, d.prefix, "norm1.", x, skip->p, y);
+            else
+                add(ctx, x.p, skip->p, x.numel());
             if (d.dconv.present) dconv(ctx, d.dconv, d.prefix, y);
         }
         const Act act = d.last ? Act::None : Act::Gelu;

@@ -238,6 +238,16 @@ __global__ void convert_kernel(const float* __restrict__ in, T* __restrict__ out
         n, [&](int64_t i) { return in[i]; }, [&](int64_t i, float v) { out[i] = from_float<T>(v); });
 }
 
+template <typename T>
+__global__ void conv_weight_taps_kernel(const float* __restrict__ in, T* __restrict__ out, int64_t cout, int64_t cin,
+                                        int64_t taps) {
+    const int64_t n = cout * cin * taps;
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+        const int64_t t = i / (cout * cin), oc = i - t * cout * cin;  // oc = co * cin + ci
+        out[i] = from_float<T>(in[oc * taps + t]);
+    }
+}
+
 template <typename T, typename I>
 __global__ void convert_rows_kernel(const float* __restrict__ in, T* __restrict__ out, I total, Divisor<I> n, I ld) {
     grid_stride_batched<kUnroll>(
@@ -896,6 +906,15 @@ void convert(const Ctx& ctx, const float* in, void* out, DType dt, int64_t n) {
     }
     FD_DISPATCH(dt, T,
                 convert_kernel<T><<<grid_for(n), kThreads, 0, ctx.stream>>>(in, static_cast<T*>(out), n));
+    FD_LAUNCH_CHECK();
+}
+
+void conv_weight_taps(const Ctx& ctx, const float* in, void* out, DType dt, int64_t cout, int64_t cin, int64_t taps) {
+    const int64_t n = cout * cin * taps;
+    if (ctx.dry || n == 0) return;
+    FD_DISPATCH(dt, T,
+                conv_weight_taps_kernel<T><<<grid_for(n), kThreads, 0, ctx.stream>>>(in, static_cast<T*>(out), cout,
+                                                                                      cin, taps));
     FD_LAUNCH_CHECK();
 }
 

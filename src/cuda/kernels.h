@@ -66,6 +66,9 @@ void bias_act(const Ctx& ctx, const float* in, void* out, DType dt, const float*
 void bias_act_inplace(const Ctx& ctx, void* x, DType t, const float* bias, int64_t outer, int64_t C, int64_t inner,
                       Act act);
 void convert(const Ctx& ctx, const float* in, void* out, DType dt, int64_t n);
+// out [taps][cout][cin] (type dt) = in [cout][cin][taps]: a convolution's
+// weights tap-major (the shifted-GEMM and conv_glu layouts).
+void conv_weight_taps(const Ctx& ctx, const float* in, void* out, DType dt, int64_t cout, int64_t cin, int64_t taps);
 // out [rows, ld] (type dt) = in [rows, n] (ld >= n; columns past n left unset).
 void convert_rows(const Ctx& ctx, const float* in, void* out, DType dt, int64_t rows, int64_t n, int64_t ld);
 // y[b, c, i] = a * sigmoid(g), a = x[b, c, i] + bias[c], g = x[b, C + c, i] + bias[C + c]

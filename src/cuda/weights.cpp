@@ -14,14 +14,17 @@ bool ends_with(const std::string& s, const std::string& tail) {
     return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
 }
 
-// Weights of stride-1 convolutions with more than one tap: the rewrite
-// convs and the first conv of each DConv layer.
-bool shifted_conv(const std::string& name, const std::vector<int64_t>& shape) {
+// Weights of stride-1 convolutions with more than one tap that get a
+// tap-major copy: the rewrite convs (conv_glu in float16 / bfloat16, the
+// shifted GEMMs) and, for the shifted GEMMs only, the first conv of each
+// DConv layer.
+bool tap_major_copy(const std::string& name, const std::vector<int64_t>& shape, bool rewrites, bool dconv) {
     if (shape.size() < 3) return false;
     int64_t taps = 1;
     for (size_t i = 2; i < shape.size(); i++) taps *= shape[i];
     if (taps <= 1) return false;
-    return ends_with(name, ".rewrite.weight") || (name.find(".dconv.layers.") != std::string::npos && ends_with(name, ".0.weight"));
+    return (rewrites && ends_with(name, ".rewrite.weight")) ||
+           (dconv && name.find(".dconv.layers.") != std::string::npos && ends_with(name, ".0.weight"));
 }
 
 // A float32 staging image on the device converted into `out` (operand type).
@@ -42,7 +45,7 @@ DeviceWeights::DeviceWeights(const HTDemucsModel& model, DType gemm, bool with_t
         e.shape = kv.second.shape;
         e.f32 = total;
         total += aligned(kv.second.numel());
-        if (with_taps && shifted_conv(kv.first, e.shape)) {
+        if (tap_major_copy(kv.first, e.shape, with_taps || gemm != DType::F32, with_taps)) {
             e.taps = total_taps;
             total_taps += aligned(kv.second.numel());
         }
@@ -57,23 +60,14 @@ DeviceWeights::DeviceWeights(const HTDemucsModel& model, DType gemm, bool with_t
     }
     if (gemm != DType::F32) convert_image(f32_, gemm_, gemm, total, "the model weights");
     if (total_taps > 0) {
-        std::vector<float> host(size_t(total_taps), 0.0f);
+        taps_ = DeviceBuffer(size_t(total_taps) * dtype_bytes(gemm), "the per-tap weights");
+        FD_CUDA(cudaMemset(taps_.get(), 0, taps_.bytes()));
+        Ctx ctx;  // default stream, synchronised below
         for (const auto& kv : model.weights) {
             const Entry& e = entries_.at(kv.first);
             if (e.taps < 0) continue;
-            const std::vector<float>& d = kv.second.data;
-            const int64_t cout = e.shape[0], cin = e.shape[1], taps = int64_t(d.size()) / (cout * cin);
-            float* dst = host.data() + e.taps;
-            for (int64_t co = 0; co < cout; co++)
-                for (int64_t ci = 0; ci < cin; ci++)
-                    for (int64_t t = 0; t < taps; t++) dst[(t * cout + co) * cin + ci] = d[(co * cin + ci) * taps + t];
-        }
-        DeviceBuffer staging = upload(host.data(), host.size() * sizeof(float), "the per-tap weights");
-        if (gemm == DType::F32) {
-            taps_ = std::move(staging);
-        } else {
-            convert_image(staging, taps_, gemm, total_taps, "the per-tap weights");
-            FD_CUDA(cudaDeviceSynchronize());  // before the staging buffer goes
+            const int64_t cout = e.shape[0], cin = e.shape[1], taps = kv.second.numel() / (cout * cin);
+            conv_weight_taps(ctx, f32_.as<float>() + e.f32, offset(taps_.get(), e.taps, gemm), gemm, cout, cin, taps);
         }
     }
     FD_CUDA(cudaDeviceSynchronize());

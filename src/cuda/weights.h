@@ -2,9 +2,10 @@
 // tensor in float32 (norms, biases, scales, tables), and in float16 /
 // bfloat16 backends the same image converted to the operand type (the conv,
 // transposed-conv and linear weights are read from it; the few vectors in
-// it are never used). With `with_taps` also a per-tap copy [kh * kw][cout][cin]
-// of the stride-1 multi-tap conv weights (rewrite, DConv) for the
-// shifted-GEMM convolution (FASTDEMUCS_SHIFTED_CONV=1 only).
+// it are never used). Tap-major copies [kh * kw][cout][cin] of the rewrite
+// conv weights in float16 / bfloat16 (conv_glu's layout), and with
+// `with_taps` (the shifted-GEMM convolution, FASTDEMUCS_SHIFTED_CONV=1) of
+// every stride-1 multi-tap conv weight (rewrites and DConv), in any type.
 #pragma once
 
 #include <map>

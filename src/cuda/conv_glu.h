@@ -1,0 +1,39 @@
+// The rewrite convolutions with their GLU as one implicit GEMM on the tensor
+// cores (float16 / bfloat16 operands, float32 accumulation):
+//     out [B, C, H, W] = GLU(conv(x + skip) + bias)   (GLU over channels)
+// for the stride-1, "same"-padded 1x3 (time decoders) and 3x3 (frequency
+// decoders) rewrites of up to 96 channels, cout = 2C (the outer decoders:
+// past that the layers are bound by the tensor cores and im2col + cuBLAS's
+// wgmma kernels beat this kernel's mma.sync, see conv_glu.cu).
+//
+// Why: im2col + cuBLAS + GLU wrote the 3x3 rewrites' column matrix (9x the
+// input, ~2.2 GB per forward of 8 chunks in float16), read it back, wrote the
+// conv's 2C channels and read them again for the GLU, after a pass of its own
+// for the decoder's skip connection. Here x + skip is packed once to
+// channels-last in the operand type (one pass), and each thread block loads
+// a tile of it with its halo once per 16 input channels and multiplies it
+// for every tap from shared memory; its 96 rows are 48 GLU outputs and their
+// 48 gates, so the GLU (and the bias) run on the accumulators and only the C
+// output channels are written, in float32, in the activations' layout.
+// The conv's result is not rounded to the operand type before the GLU (the
+// im2col path rounds it): at least as close to float64.
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/common.h"
+#include "cuda/conv.h"
+
+namespace fastdemucs::cuda {
+
+// Whether conv_glu takes this rewrite: float16 / bfloat16 with ctx.conv_glu
+// (sm_80 on), stride 1 and no dilation, a 1x3 or 3x3 kernel with "same"
+// padding, cin a multiple of 16 and at most 96, cout = 2 cin, the
+// tap-major weights (w.taps) present.
+bool conv_glu_takes(const Ctx& ctx, const ConvWeight& w, const ConvGeom& g);
+
+// out [B, C, H, W] = GLU(conv(x + skip) + w.bias) for x [B, C, H, W] and
+// skip (null, or x's shape); out must not overlap x or skip.
+void conv_glu(const Ctx& ctx, const DTensor& x, const float* skip, const ConvWeight& w, const DTensor& out);
+
+}  // namespace fastdemucs::cuda
