@@ -17,6 +17,8 @@
 // in float16 / bfloat16; outputs are float32, except where only a
 // memory-bound pass reads them (conv2d_glu, the transposed convolution's
 // columns: the operand type, ctx.narrow_gemm_out).
+// The outer decoders' rewrites with their GLU have a kernel of their own in
+// float16 / bfloat16 (cuda/conv_glu.h), chosen by the backend.
 // With ctx.implicit_conv (FASTDEMUCS_IMPLICIT_CONV=1), float16 / bfloat16
 // convolutions are instead one implicit GEMM each (cuda/implicit_conv.h: no
 // column buffer, no conversion or crop pass) — exact, but slower than

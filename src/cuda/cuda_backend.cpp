@@ -59,7 +59,10 @@
 // 1x3) are im2col + one GEMM with aligned rows: the former "shifted GEMM"
 // form (one GEMM per tap on shifted, hence misaligned, operands, re-reading
 // and re-writing the float32 output per tap) kept cuBLAS off its fast
-// kernels (FASTDEMUCS_SHIFTED_CONV=1 restores it, for comparison).
+// kernels (FASTDEMUCS_SHIFTED_CONV=1 restores it, for comparison). In
+// float16 / bfloat16 the outer decoders' rewrites (C <= 96) are instead one
+// implicit GEMM each with the skip add and the GLU fused (cuda/conv_glu.h;
+// FASTDEMUCS_CONV_GLU=0 restores im2col + cuBLAS + GLU for them).
 //
 // Workspace. All activation memory is one device allocation used as a stack
 // (cuda/arena): each op takes its output and temporaries and releases the
