@@ -88,13 +88,6 @@ struct Tile {
 
 __device__ __forceinline__ int swizzled(int record, int half) { return record * 32 + ((half ^ ((record >> 2) & 1)) << 4); }
 
-__device__ __forceinline__ void ldmatrix_x4(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3, const void* row) {
-    const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(row));
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(a));
-}
-
 struct ConvGluArgs {
     const void* xp;      // [B, H, W, C] operand type
     const void* weight;  // [taps][2C][C] operand type
@@ -105,10 +98,13 @@ struct ConvGluArgs {
 };
 
 // A persistent kernel: block k takes tiles k, k + gridDim.x, ... and walks
-// their (tile, chunk) steps as one pipeline, so that the next tile's first
-// chunks load while this one finishes and writes its outputs (one block per
-// SM at ~220 registers: without that, every tile's first load and its
-// epilogue left the SM idle; 3x3 at C = 48 has only 3 chunks a tile).
+// their (tile, chunk) steps as one pipeline, the next tile's first chunks
+// loading while this one finishes and writes its outputs (one block per SM
+// at ~220 registers). Measured: persistence alone was slower than a block
+// per tile (1.78 -> 2.04 ms for the four 3x3 rewrites of a forward of 8);
+// with no divisions per step, the weight copies interleaved with the taps'
+// MMAs and the fragments loaded one MMA group ahead it takes 1.63 ms (a
+// block per tile was not re-measured with those).
 template <typename T, int KH, int KW, int ROWS>
 __global__ void __launch_bounds__(kBlockThreads, 1) conv_glu_kernel(ConvGluArgs a) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
