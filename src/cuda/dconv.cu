@@ -777,7 +777,7 @@ __global__ void __launch_bounds__(kDConvRowsMaxW)
 
 template <int MaxHidden>
 void launch_layer(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64_t B, int64_t R, int W, int wblocks,
-                  float* h, double* partial, double* mean, double* var, float2* hcoef, float2* ycoef) {
+                  float* h, double* partial, float2* hcoef, float2* ycoef) {
     const int64_t rows = B * R;
     const unsigned blocks = unsigned(rows * wblocks);
     const int C = w.channels, C2 = 2 * C;
@@ -804,16 +804,14 @@ void launch_layer(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64_t 
             x, C, R, W, w.dilation, w.hidden, w.in_table, w.in_bias, h, partial, wblocks);
     }
     FD_LAUNCH_CHECK();
-    segment_finalize(ctx, partial, rows, wblocks, Spread::Variance, mean, var);
-    group_norm_coef(ctx, hidden_seg, mean, var, w.in_norm_weight, w.in_norm_bias, w.in_bias, kNormEps, hcoef);
+    group_norm_coef(ctx, partial, wblocks, hidden_seg, w.in_norm_weight, w.in_norm_bias, w.in_bias, kNormEps, hcoef);
 
     dconv_out_stats_kernel<MaxHidden><<<blocks, kRowThreads, 0, ctx.stream>>>(h, w.hidden, C2, R, W, hcoef,
                                                                               w.out_gram, partial, wblocks);
     FD_LAUNCH_CHECK();
     const size_t out_bytes = out_smem_floats(C, MaxHidden) * sizeof(float);
     allow_shared(dconv_out_apply_kernel<MaxHidden>, out_bytes);
-    segment_finalize(ctx, partial, rows, wblocks, Spread::Variance, mean, var);
-    group_norm_coef(ctx, out_seg, mean, var, w.out_norm_weight, w.out_norm_bias, nullptr, kNormEps, ycoef);
+    group_norm_coef(ctx, partial, wblocks, out_seg, w.out_norm_weight, w.out_norm_bias, nullptr, kNormEps, ycoef);
 
     if (apply_tc_fits(ctx, w)) {
         if (w.hidden <= 16)
@@ -907,14 +905,11 @@ void dconv_layer_thin(const Ctx& ctx, const DConvLayerWeights& w, float* x, int6
     ArenaScope scope(*ctx.arena);
     float* h = ctx.arena->alloc<float>(B * w.hidden * R * W);
     double* partial = ctx.arena->alloc<double>(3 * blocks);
-    double* mean = ctx.arena->alloc<double>(rows);
-    double* var = ctx.arena->alloc<double>(rows);
     float2* hcoef = ctx.arena->alloc<float2>(B * w.hidden * R);
     float2* ycoef = ctx.arena->alloc<float2>(B * 2 * w.channels * R);
     if (ctx.dry || blocks == 0) return;
     const auto launch = [&](auto max_hidden) {
-        launch_layer<decltype(max_hidden)::value>(ctx, w, x, B, R, int(W), int(wblocks), h, partial, mean, var, hcoef,
-                                                  ycoef);
+        launch_layer<decltype(max_hidden)::value>(ctx, w, x, B, R, int(W), int(wblocks), h, partial, hcoef, ycoef);
     };
     switch (max_hidden_for(w.hidden)) {
         case 8: launch(std::integral_constant<int, 8>()); break;

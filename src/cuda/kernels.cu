@@ -125,23 +125,38 @@ __global__ void normalize_kernel(float* x, I total, Divisor<I> n, const double* 
     }
 }
 
-// Per (item, channel, row) q = (b * C + c) * R + r of a GroupNorm: the
-// affine map of its values, {scale, shift} (the double arithmetic of the
-// per-value formula, done once per row).
-// With an input offset (x + offset[c] is normalised) the shift absorbs it.
-__global__ void group_norm_coef_kernel(Segments seg, const double* __restrict__ mean,
-                                       const double* __restrict__ var, const float* __restrict__ weight,
-                                       const float* __restrict__ bias, const float* __restrict__ offset, float eps,
-                                       float2* __restrict__ coef) {
-    const int64_t cg = seg.C / seg.G;
-    FD_GRID_STRIDE(q, seg.B * seg.C * seg.R) {
-        const int64_t r = q % seg.R, c = (q / seg.R) % seg.C, b = q / (seg.R * seg.C);
-        const int64_t s = (b * seg.G + c / cg) * seg.R + r;
-        const double inv = 1.0 / sqrt(var[s] + double(eps));
+// A GroupNorm's affine map {scale, shift} per (item, channel, row)
+// q = (b * C + c) * R + r, one block per segment: its partial sums added in
+// a fixed order (segment_finalize_kernel's arithmetic), then the map of each
+// of its channels in double, once per row instead of once per value. With
+// an input offset (x + offset[c] is normalised) the shift absorbs it. One
+// launch for what were two (~4 us each for 32 segments or 4096 alike: the
+// DConv ran 64 such launches per forward of 8 chunks).
+__global__ void group_norm_coef_kernel(const double* __restrict__ partial, int64_t splits, Segments seg,
+                                       const float* __restrict__ weight, const float* __restrict__ bias,
+                                       const float* __restrict__ offset, float eps, float2* __restrict__ coef) {
+    __shared__ double shared[32];
+    __shared__ double stats[2];
+    const int64_t s = blockIdx.x;
+    double n = 0.0, sum = 0.0, sq = 0.0;
+    for (int64_t sp = threadIdx.x; sp < splits; sp += blockDim.x) {
+        const double* p = partial + 3 * (s * splits + sp);
+        n += p[0], sum += p[1], sq += p[2];
+    }
+    n = block_sum(n, shared);
+    sum = block_sum(sum, shared);
+    sq = block_sum(sq, shared);
+    if (threadIdx.x == 0) finish_segment(n, sum, sq, Spread::Variance, &stats[0], &stats[1]);
+    __syncthreads();
+    const double mean = stats[0], inv = 1.0 / sqrt(stats[1] + double(eps));
+    // s = (b * G + g) * R + r
+    const int64_t cg = seg.C / seg.G, r = s % seg.R, g = (s / seg.R) % seg.G, b = s / (seg.R * seg.G);
+    for (int64_t k = threadIdx.x; k < cg; k += blockDim.x) {
+        const int64_t c = g * cg + k;
         const float scale = float(inv * weight[c]);
-        const double centre = offset ? mean[s] - double(offset[c]) : mean[s];
+        const double centre = offset ? mean - double(offset[c]) : mean;
         const float shift = float(bias[c] - centre * inv * weight[c]);
-        coef[q] = make_float2(scale, shift);
+        coef[(b * seg.C + c) * seg.R + r] = make_float2(scale, shift);
     }
 }
 
@@ -747,28 +762,9 @@ __global__ void crop_act_kernel(const float* __restrict__ in, float* __restrict_
 
 // ------------------------------------------------------------------ host side
 
-void segment_stats(const Ctx& ctx, const float* x, const Segments& seg, Spread spread, double* mean, double* out,
-                   const float* offset) {
-    const int64_t size = seg.size(), count = seg.count();
-    const int64_t splits = std::max<int64_t>(1, (size + kStatChunk - 1) / kStatChunk);
-    double* partial = ctx.arena->alloc<double>(3 * count * splits);
-    if (ctx.dry || count == 0) return;
-    if (count * splits > int64_t(0x7fffffff)) throw Error("segment_stats: too many segments");
-    // Chunks are multiples of 4 values, so with whole float4 rows no float4 straddles two blocks.
-    const bool vec4 = seg.W % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 && kStatChunk % 4 == 0;
-    FD_INDEX_DISPATCH(size, I, {
-        const unsigned blocks = unsigned(count * splits);
-        if (vec4)
-            segment_partial_kernel<I, true><<<blocks, kThreads, 0, ctx.stream>>>(x, seg, splits, kStatChunk,
-                                                                                Divisor<I>(seg.W / 4), offset, partial);
-        else
-            segment_partial_kernel<I, false><<<blocks, kThreads, 0, ctx.stream>>>(x, seg, splits, kStatChunk,
-                                                                                 Divisor<I>(seg.W), offset, partial);
-    });
-    FD_LAUNCH_CHECK();
-    segment_finalize(ctx, partial, count, splits, spread, mean, out);
-}
+namespace {
 
+// Mean and spread per segment from its `splits` partial triples.
 void segment_finalize(const Ctx& ctx, const double* partial, int64_t count, int64_t splits, Spread spread,
                       double* mean, double* out) {
     if (ctx.dry || count == 0) return;
@@ -780,12 +776,46 @@ void segment_finalize(const Ctx& ctx, const double* partial, int64_t count, int6
     FD_LAUNCH_CHECK();
 }
 
-void group_norm_coef(const Ctx& ctx, const Segments& seg, const double* mean, const double* var,
-                     const float* weight, const float* bias, const float* offset, float eps, float2* coef) {
-    const int64_t rows = seg.B * seg.C * seg.R;
-    if (ctx.dry || rows == 0) return;
-    group_norm_coef_kernel<<<grid_for(rows), kThreads, 0, ctx.stream>>>(seg, mean, var, weight, bias, offset, eps,
-                                                                        coef);
+// The (count, sum, sum of squares) triples of every segment's chunks, from
+// the arena (the caller's scope); *splits chunks per segment.
+double* segment_partials(const Ctx& ctx, const float* x, const Segments& seg, const float* offset, int64_t* splits) {
+    const int64_t size = seg.size(), count = seg.count();
+    *splits = std::max<int64_t>(1, (size + kStatChunk - 1) / kStatChunk);
+    double* partial = ctx.arena->alloc<double>(3 * count * *splits);
+    if (ctx.dry || count == 0) return partial;
+    if (count * *splits > int64_t(0x7fffffff)) throw Error("segment_stats: too many segments");
+    // Chunks are multiples of 4 values, so with whole float4 rows no float4 straddles two blocks.
+    const bool vec4 = seg.W % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 && kStatChunk % 4 == 0;
+    FD_INDEX_DISPATCH(size, I, {
+        const unsigned blocks = unsigned(count * *splits);
+        if (vec4)
+            segment_partial_kernel<I, true><<<blocks, kThreads, 0, ctx.stream>>>(x, seg, *splits, kStatChunk,
+                                                                                Divisor<I>(seg.W / 4), offset, partial);
+        else
+            segment_partial_kernel<I, false><<<blocks, kThreads, 0, ctx.stream>>>(x, seg, *splits, kStatChunk,
+                                                                                 Divisor<I>(seg.W), offset, partial);
+    });
+    FD_LAUNCH_CHECK();
+    return partial;
+}
+
+}  // namespace
+
+void segment_stats(const Ctx& ctx, const float* x, const Segments& seg, Spread spread, double* mean, double* out,
+                   const float* offset) {
+    int64_t splits = 1;
+    const double* partial = segment_partials(ctx, x, seg, offset, &splits);
+    segment_finalize(ctx, partial, seg.count(), splits, spread, mean, out);
+}
+
+void group_norm_coef(const Ctx& ctx, const double* partial, int64_t splits, const Segments& seg, const float* weight,
+                     const float* bias, const float* offset, float eps, float2* coef) {
+    const int64_t count = seg.count();
+    if (ctx.dry || count == 0) return;
+    if (seg.C % seg.G != 0) throw Error("group_norm: channels not divisible by groups");
+    if (count > int64_t(0x7fffffff)) throw Error("group_norm: too many segments");
+    group_norm_coef_kernel<<<unsigned(count), 128, 0, ctx.stream>>>(partial, splits, seg, weight, bias, offset, eps,
+                                                                    coef);
     FD_LAUNCH_CHECK();
 }
 
@@ -810,10 +840,9 @@ float2* group_norm_coefficients(const Ctx& ctx, const float* x, const Segments& 
     const int64_t rows = seg.B * seg.C * seg.R;
     float2* coef = ctx.arena->alloc<float2>(rows);
     ArenaScope scope(*ctx.arena);
-    double* mean = ctx.arena->alloc<double>(seg.count());
-    double* var = ctx.arena->alloc<double>(seg.count());
-    segment_stats(ctx, x, seg, Spread::Variance, mean, var, input_bias);
-    group_norm_coef(ctx, seg, mean, var, weight, bias, input_bias, eps, coef);
+    int64_t splits = 1;
+    const double* partial = segment_partials(ctx, x, seg, input_bias, &splits);
+    group_norm_coef(ctx, partial, splits, seg, weight, bias, input_bias, eps, coef);
     return coef;
 }
 

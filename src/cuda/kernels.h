@@ -30,16 +30,14 @@ enum class Spread { Variance, UnbiasedStd };
 void segment_stats(const Ctx& ctx, const float* x, const Segments& seg, Spread spread, double* mean, double* out,
                    const float* offset = nullptr);
 
-// The same per segment from partial (count, sum, sum of squares) triples in
-// double, `splits` consecutive triples per segment (added in a fixed order):
-// for kernels that produce their statistics on the way (cuda/dconv.h).
-void segment_finalize(const Ctx& ctx, const double* partial, int64_t count, int64_t splits, Spread spread,
-                      double* mean, double* out);
 // A GroupNorm's affine map {scale, shift} per (item, channel, row)
-// q = (b * C + c) * R + r, from its segments' mean and variance; with an
-// offset (the norm sees x + offset[c]) the shift absorbs it.
-void group_norm_coef(const Ctx& ctx, const Segments& seg, const double* mean, const double* var,
-                     const float* weight, const float* bias, const float* offset, float eps, float2* coef);
+// q = (b * C + c) * R + r, from its segments' partial (count, sum, sum of
+// squares) triples in double, `splits` consecutive triples per segment
+// (added in a fixed order: segment_stats' mean and variance), as kernels
+// that produce their statistics on the way leave them (cuda/dconv.h); with
+// an offset (the norm sees x + offset[c]) the shift absorbs it.
+void group_norm_coef(const Ctx& ctx, const double* partial, int64_t splits, const Segments& seg, const float* weight,
+                     const float* bias, const float* offset, float eps, float2* coef);
 
 // x[b, i] = (x[b, i] - mean[b]) / (1e-5 + std[b]) over n values per item.
 void normalize(const Ctx& ctx, float* x, int64_t B, int64_t n, const double* mean, const double* std);
