@@ -384,7 +384,8 @@ void conv_glu_case(DType t, int kh, int kw, int64_t H, int64_t W) {
 // GLU(conv(x + skip) + bias) against the double reference. The operands are
 // exact in the operand type and so are x + skip (|k| / 64 <= 3) and every
 // partial sum in float32: only the GLU's exp2 and reciprocal differ.
-void conv_glu_fused_case(DType t, int kh, int kw, int64_t B, int64_t C, int64_t H, int64_t W, bool with_skip) {
+void conv_glu_fused_case(DType t, int kh, int kw, int64_t B, int64_t C, int64_t H, int64_t W, bool with_skip,
+                         bool with_bias = true) {
     Gpu gpu;
     ConvGeom g;
     g.kh = kh, g.kw = kw, g.ph = kh / 2, g.pw = kw / 2;
@@ -394,7 +395,8 @@ void conv_glu_fused_case(DType t, int kh, int kw, int64_t B, int64_t C, int64_t 
     const std::vector<float> w = exact_random(size_t(2 * C * C * taps), 23);
     const std::vector<float> bias = random(size_t(2 * C), 24);
     ConvWeight cw;
-    cw.w = put_as(gpu, w, t), cw.bias = gpu.put(bias), cw.cout = int(2 * C), cw.cin = int(C), cw.kh = kh, cw.kw = kw;
+    cw.w = put_as(gpu, w, t), cw.bias = with_bias ? gpu.put(bias) : nullptr;
+    cw.cout = int(2 * C), cw.cin = int(C), cw.kh = kh, cw.kw = kw;
     float* w32 = gpu.put(w);
     void* taps_copy = gpu.arena.alloc_bytes(w.size() * dtype_bytes(t));
     conv_weight_taps(gpu.ctx(t), w32, taps_copy, t, 2 * C, C, taps);
@@ -406,13 +408,14 @@ void conv_glu_fused_case(DType t, int kh, int kw, int64_t B, int64_t C, int64_t 
     const auto got = gpu.get(out.p, size_t(out.numel()));
     std::vector<float> sum = x;
     for (size_t i = 0; i < skip.size(); i++) sum[i] += skip[i];
-    const auto y = conv_ref(sum, w, bias, B, C, H, W, W, int(2 * C), g, H, W);
+    const auto y = conv_ref(sum, w, with_bias ? bias : std::vector<float>(bias.size(), 0.0f), B, C, H, W, W,
+                            int(2 * C), g, H, W);
     std::vector<double> ref(size_t(B * C * n));
     for (int64_t b = 0; b < B; b++)
         for (int64_t i = 0; i < C * n; i++)
             ref[size_t(b * C * n + i)] = y[size_t(b * 2 * C * n + i)] / (1.0 + std::exp(-y[size_t((b * 2 + 1) * C * n + i)]));
     EXPECT_LE(rel(got, ref), 1e-5) << dtype_name(t) << " kernel " << kh << "x" << kw << ", C " << C << ", " << H
-                                   << "x" << W << (with_skip ? ", skip" : "");
+                                   << "x" << W << (with_skip ? ", skip" : "") << (with_bias ? "" : ", no bias");
 }
 
 }  // namespace
@@ -429,6 +432,12 @@ TEST(KernelsCuda, ConvGluMatchesTheModule) {
         conv_glu_fused_case(t, 3, 3, 1, 96, 3, 130, true);
         conv_glu_fused_case(t, 1, 3, 2, 32, 1, 601, true);
         conv_glu_fused_case(t, 1, 3, 1, 96, 1, 512, false);
+        // Items and channel tiles together, no bias.
+        conv_glu_fused_case(t, 3, 3, 2, 64, 6, 40, true, false);
+        // More tiles than a grid of one block per SM (132 on an H100 / H200): blocks walk
+        // several tiles, the next tile's loads in flight across the previous one's epilogue.
+        conv_glu_fused_case(t, 3, 3, 2, 16, 160, 128, true);
+        conv_glu_fused_case(t, 1, 3, 2, 16, 1, 20001, true);
     }
     Ctx f32;
     f32.gemm = DType::F32;

@@ -346,7 +346,9 @@ void conv_glu(const Ctx& ctx, const DTensor& x, const float* skip, const ConvWei
     if (out.b != x.b || out.c != x.c || out.h != x.h || out.w != x.w || w.cin != x.c || w.cout != 2 * x.c)
         throw Error("internal error: conv_glu shapes");
     const int64_t B = x.b, C = x.c, P = x.h * x.w;
-    if (B * C * P > std::numeric_limits<int32_t>::max() / 2)
+    // Offsets within an item's input tile rows are 32-bit (b_src: a few rows of W positions of C
+    // channels); everything else indexes in 64 bits. The pack's grid takes an item per z.
+    if (int64_t(4) * (x.w + 2) * C > std::numeric_limits<int32_t>::max() || B > 65535)
         throw Error("internal error: conv_glu dimensions");
     ArenaScope scope(*ctx.arena);
     void* xp = ctx.arena->alloc_bytes(size_t(B * P * C) * dtype_bytes(ctx.gemm));

@@ -814,8 +814,9 @@ void group_norm_coef(const Ctx& ctx, const double* partial, int64_t splits, cons
     if (ctx.dry || count == 0) return;
     if (seg.C % seg.G != 0) throw Error("group_norm: channels not divisible by groups");
     if (count > int64_t(0x7fffffff)) throw Error("group_norm: too many segments");
-    group_norm_coef_kernel<<<unsigned(count), 128, 0, ctx.stream>>>(partial, splits, seg, weight, bias, offset, eps,
-                                                                    coef);
+    // kThreads, as segment_finalize_kernel: the same order of additions for any number of splits.
+    group_norm_coef_kernel<<<unsigned(count), kThreads, 0, ctx.stream>>>(partial, splits, seg, weight, bias, offset,
+                                                                         eps, coef);
     FD_LAUNCH_CHECK();
 }
 
