@@ -118,7 +118,6 @@ __global__ void __launch_bounds__(kBlockThreads, 1) conv_glu_kernel(ConvGluArgs 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int chunks = C / kChunk;
     const int my_tiles = (a.tiles - int(blockIdx.x) + int(gridDim.x) - 1) / int(gridDim.x);
-    const int steps = my_tiles * chunks;
 
     struct Origin {
         int b, c0, h0, w0;
@@ -181,11 +180,10 @@ __global__ void __launch_bounds__(kBlockThreads, 1) conv_glu_kernel(ConvGluArgs 
             cp_async16(tile + b_dst[k], valid ? xc + b_src[k] : xp, valid);
         }
     };
-    // The next stage to load: its step, tile, chunk (counters, no divisions per step).
-    int load_step = 0, load_k = 0, load_chunk = 0;
+    // The next stage to load: its tile and chunk (counters, no divisions per step).
+    int load_k = 0, load_chunk = 0;
     Origin load_o = origin(0);
     auto advance_load = [&]() {
-        load_step++;
         if (++load_chunk == chunks) {
             load_chunk = 0;
             if (++load_k < my_tiles) load_o = origin(load_k);
@@ -193,12 +191,15 @@ __global__ void __launch_bounds__(kBlockThreads, 1) conv_glu_kernel(ConvGluArgs 
     };
 
     float acc[kMTiles][kNTiles][4];
+    auto clear = [&]() {
 #pragma unroll
-    for (int i = 0; i < kMTiles; i++)
+        for (int i = 0; i < kMTiles; i++)
 #pragma unroll
-        for (int j = 0; j < kNTiles; j++)
+            for (int j = 0; j < kNTiles; j++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
+                for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
+    };
+    clear();
 
     // ldmatrix lanes: matrix lane / 8, its row lane % 8. Records a multiple
     // of 8 apart share their swizzle, so each fragment's address is a
@@ -216,7 +217,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1) conv_glu_kernel(ConvGluArgs 
     const bool pairs = W % 2 == 0;  // float2 stores stay aligned
 
     for (int s = 0; s < TileT::kStages - 1; s++) {
-        if (load_step < steps) {
+        if (load_k < my_tiles) {
             unsigned char* stage = shared_raw + s * TileT::kStageBytes;
             copy_input(load_o, load_chunk * kChunk, stage);
 #pragma unroll
@@ -226,10 +227,10 @@ __global__ void __launch_bounds__(kBlockThreads, 1) conv_glu_kernel(ConvGluArgs 
         cp_async_commit();
     }
     int chunk = 0, tile_k = 0, stage_index = 0, load_stage_index = TileT::kStages - 1;
-    for (int step = 0; step < steps; step++) {
+    for (int step = 0; step < my_tiles * chunks; step++) {
         cp_async_wait<TileT::kStages - 2>();
         __syncthreads();  // the step has landed; every warp is done with the stage refilled next
-        const bool loads = load_step < steps;
+        const bool loads = load_k < my_tiles;
         unsigned char* load_stage = shared_raw + load_stage_index * TileT::kStageBytes;
         const int load_ci = load_chunk * kChunk;
         if (loads) copy_input(load_o, load_ci, load_stage);
@@ -297,12 +298,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1) conv_glu_kernel(ConvGluArgs 
                     }
                 }
             }
-#pragma unroll
-        for (int i = 0; i < kMTiles; i++)
-#pragma unroll
-            for (int j = 0; j < kNTiles; j++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
+        clear();
     }
     cp_async_wait<0>();
 #endif
@@ -327,19 +323,30 @@ void launch(const Ctx& ctx, ConvGluArgs a) {
     kernel<<<grid, kBlockThreads, TileT::kSharedBytes, ctx.stream>>>(a);
 }
 
+// x + skip packed channels-last into a.xp, then the convolution.
 template <typename T>
-void launch_for_kernel(const Ctx& ctx, const ConvGluArgs& a, int kh) {
-    if (kh == 3) return launch<T, 3, 3, 2>(ctx, a);
-    launch<T, 1, 3, 1>(ctx, a);
+void pack_and_launch(const Ctx& ctx, const float* x, const float* skip, int P, T* xp, ConvGluArgs a, int kh) {
+    const dim3 pack_grid(unsigned((P + kPackPositions - 1) / kPackPositions),
+                         unsigned((a.C + kPackChannels - 1) / kPackChannels), unsigned(a.B));
+    pack_channels_last_kernel<T><<<pack_grid, 256, 0, ctx.stream>>>(x, skip, xp, a.C, P);
+    FD_LAUNCH_CHECK();
+    a.xp = xp;
+    if (kh == 3)
+        launch<T, 3, 3, 2>(ctx, a);
+    else
+        launch<T, 1, 3, 1>(ctx, a);
+    FD_LAUNCH_CHECK();
 }
 
 }  // namespace
+
+bool conv_glu_channels_fit(int64_t cin) { return cin % kChunk == 0 && cin <= kMaxChannels; }
 
 bool conv_glu_takes(const Ctx& ctx, const ConvWeight& w, const ConvGeom& g) {
     if (ctx.gemm == DType::F32 || !ctx.conv_glu) return false;
     const bool kernel = (w.kh == 1 && w.kw == 3) || (w.kh == 3 && w.kw == 3);
     return kernel && g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1 && g.ph == w.kh / 2 && g.pw == w.kw / 2 &&
-           w.cin % kChunk == 0 && w.cin <= kMaxChannels && w.cout == 2 * w.cin && w.taps;
+           conv_glu_channels_fit(w.cin) && w.cout == 2 * w.cin && w.taps;
 }
 
 void conv_glu(const Ctx& ctx, const DTensor& x, const float* skip, const ConvWeight& w, const DTensor& out) {
@@ -354,21 +361,14 @@ void conv_glu(const Ctx& ctx, const DTensor& x, const float* skip, const ConvWei
     void* xp = ctx.arena->alloc_bytes(size_t(B * P * C) * dtype_bytes(ctx.gemm));
     if (ctx.dry || B * P == 0) return;
     ProfileSpan span(ctx, ProfKind::Gemm);
-    const dim3 pack_grid(unsigned((P + kPackPositions - 1) / kPackPositions),
-                         unsigned((C + kPackChannels - 1) / kPackChannels), unsigned(B));
-    FD_DISPATCH(ctx.gemm, T,
-                pack_channels_last_kernel<T><<<pack_grid, 256, 0, ctx.stream>>>(x.p, skip, static_cast<T*>(xp),
-                                                                                int(C), int(P)));
-    FD_LAUNCH_CHECK();
     ConvGluArgs a;
-    a.xp = xp, a.weight = w.taps, a.bias = w.bias, a.out = out.p;
+    a.weight = w.taps, a.bias = w.bias, a.out = out.p;
     a.C = int(C), a.H = int(x.h), a.W = int(x.w), a.B = int(B);
     a.glu_tiles = int((C + kGluTile - 1) / kGluTile);
     if (ctx.gemm == DType::F16)
-        launch_for_kernel<__half>(ctx, a, w.kh);
+        pack_and_launch(ctx, x.p, skip, int(P), static_cast<__half*>(xp), a, w.kh);
     else
-        launch_for_kernel<__nv_bfloat16>(ctx, a, w.kh);
-    FD_LAUNCH_CHECK();
+        pack_and_launch(ctx, x.p, skip, int(P), static_cast<__nv_bfloat16*>(xp), a, w.kh);
 }
 
 }  // namespace fastdemucs::cuda

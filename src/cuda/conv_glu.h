@@ -31,6 +31,8 @@ namespace fastdemucs::cuda {
 // padding, cin a multiple of 16 and at most 96, cout = 2 cin, the
 // tap-major weights (w.taps) present.
 bool conv_glu_takes(const Ctx& ctx, const ConvWeight& w, const ConvGeom& g);
+// Its channel condition alone: which rewrite weights need the tap-major copy.
+bool conv_glu_channels_fit(int64_t cin);
 
 // out [B, C, H, W] = GLU(conv(x + skip) + w.bias) for x [B, C, H, W] and
 // skip (null, or x's shape); out must not overlap x or skip.

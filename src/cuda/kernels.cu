@@ -96,19 +96,27 @@ __global__ void segment_finalize_single_kernel(const double* __restrict__ partia
 
 // Segments of several chunks: a block each, the chunks' sums added in a
 // fixed order (deterministic).
-__global__ void segment_finalize_kernel(const double* __restrict__ partial, int64_t splits, Spread spread,
-                                        double* __restrict__ mean_out, double* __restrict__ out) {
-    __shared__ double shared[32];
-    const int64_t s = blockIdx.x;
+// Segment s's (count, sum, sum of squares) from its `splits` partial
+// triples, added by the block in a fixed order; every thread gets them.
+__device__ __forceinline__ double3 segment_sums(const double* __restrict__ partial, int64_t splits, int64_t s,
+                                                double* shared32) {
     double n = 0.0, sum = 0.0, sq = 0.0;
     for (int64_t sp = threadIdx.x; sp < splits; sp += blockDim.x) {
         const double* p = partial + 3 * (s * splits + sp);
         n += p[0], sum += p[1], sq += p[2];
     }
-    n = block_sum(n, shared);
-    sum = block_sum(sum, shared);
-    sq = block_sum(sq, shared);
-    if (threadIdx.x == 0) finish_segment(n, sum, sq, spread, mean_out + s, out + s);
+    n = block_sum(n, shared32);
+    sum = block_sum(sum, shared32);
+    sq = block_sum(sq, shared32);
+    return make_double3(n, sum, sq);
+}
+
+__global__ void segment_finalize_kernel(const double* __restrict__ partial, int64_t splits, Spread spread,
+                                        double* __restrict__ mean_out, double* __restrict__ out) {
+    __shared__ double shared[32];
+    const int64_t s = blockIdx.x;
+    const double3 t = segment_sums(partial, splits, s, shared);
+    if (threadIdx.x == 0) finish_segment(t.x, t.y, t.z, spread, mean_out + s, out + s);
 }
 
 // inv[b] = 1 / (1e-5 + std[b]), once per item instead of once per value.
@@ -136,19 +144,11 @@ __global__ void group_norm_coef_kernel(const double* __restrict__ partial, int64
                                        const float* __restrict__ weight, const float* __restrict__ bias,
                                        const float* __restrict__ offset, float eps, float2* __restrict__ coef) {
     __shared__ double shared[32];
-    __shared__ double stats[2];
     const int64_t s = blockIdx.x;
-    double n = 0.0, sum = 0.0, sq = 0.0;
-    for (int64_t sp = threadIdx.x; sp < splits; sp += blockDim.x) {
-        const double* p = partial + 3 * (s * splits + sp);
-        n += p[0], sum += p[1], sq += p[2];
-    }
-    n = block_sum(n, shared);
-    sum = block_sum(sum, shared);
-    sq = block_sum(sq, shared);
-    if (threadIdx.x == 0) finish_segment(n, sum, sq, Spread::Variance, &stats[0], &stats[1]);
-    __syncthreads();
-    const double mean = stats[0], inv = 1.0 / sqrt(stats[1] + double(eps));
+    const double3 t = segment_sums(partial, splits, s, shared);
+    double mean = 0.0, var = 0.0;  // every thread finishes the same sums alike
+    finish_segment(t.x, t.y, t.z, Spread::Variance, &mean, &var);
+    const double inv = 1.0 / sqrt(var + double(eps));
     // s = (b * G + g) * R + r
     const int64_t cg = seg.C / seg.G, r = s % seg.R, g = (s / seg.R) % seg.G, b = s / (seg.R * seg.G);
     for (int64_t k = threadIdx.x; k < cg; k += blockDim.x) {

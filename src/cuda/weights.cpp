@@ -1,5 +1,6 @@
 #include "cuda/weights.h"
 
+#include "cuda/conv_glu.h"
 #include "cuda/kernels.h"
 #include "error.h"
 
@@ -15,16 +16,16 @@ bool ends_with(const std::string& s, const std::string& tail) {
 }
 
 // Weights of stride-1 convolutions with more than one tap that get a
-// tap-major copy: the rewrite convs (conv_glu in float16 / bfloat16, the
-// shifted GEMMs) and, for the shifted GEMMs only, the first conv of each
-// DConv layer.
-bool tap_major_copy(const std::string& name, const std::vector<int64_t>& shape, bool rewrites, bool dconv) {
+// tap-major copy: for the shifted GEMMs (`shifted`) every rewrite conv and
+// the first conv of each DConv layer; in float16 / bfloat16 the rewrites
+// that conv_glu takes.
+bool tap_major_copy(const std::string& name, const std::vector<int64_t>& shape, bool shifted, DType gemm) {
     if (shape.size() < 3) return false;
     int64_t taps = 1;
     for (size_t i = 2; i < shape.size(); i++) taps *= shape[i];
     if (taps <= 1) return false;
-    return (rewrites && ends_with(name, ".rewrite.weight")) ||
-           (dconv && name.find(".dconv.layers.") != std::string::npos && ends_with(name, ".0.weight"));
+    if (ends_with(name, ".rewrite.weight")) return shifted || (gemm != DType::F32 && conv_glu_channels_fit(shape[1]));
+    return shifted && name.find(".dconv.layers.") != std::string::npos && ends_with(name, ".0.weight");
 }
 
 // A float32 staging image on the device converted into `out` (operand type).
@@ -45,7 +46,7 @@ DeviceWeights::DeviceWeights(const HTDemucsModel& model, DType gemm, bool with_t
         e.shape = kv.second.shape;
         e.f32 = total;
         total += aligned(kv.second.numel());
-        if (tap_major_copy(kv.first, e.shape, with_taps || gemm != DType::F32, with_taps)) {
+        if (tap_major_copy(kv.first, e.shape, with_taps, gemm)) {
             e.taps = total_taps;
             total_taps += aligned(kv.second.numel());
         }

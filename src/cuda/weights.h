@@ -3,7 +3,7 @@
 // bfloat16 backends the same image converted to the operand type (the conv,
 // transposed-conv and linear weights are read from it; the few vectors in
 // it are never used). Tap-major copies [kh * kw][cout][cin] of the rewrite
-// conv weights in float16 / bfloat16 (conv_glu's layout), and with
+// conv weights conv_glu takes in float16 / bfloat16 (its layout), and with
 // `with_taps` (the shifted-GEMM convolution, FASTDEMUCS_SHIFTED_CONV=1) of
 // every stride-1 multi-tap conv weight (rewrites and DConv), in any type.
 #pragma once
