@@ -294,6 +294,26 @@ TEST(KernelsCuda, ConvolutionPaths) {
 
 namespace {
 
+// A result written as a GEMM operand too (type t, rows of ld = operand_ld(n) per (b, c)) holds
+// the float32 result `got` ([rows, n]) rounded once: equal to it converted on the device.
+void expect_operand_rows(Gpu& gpu, DType t, const Planes& op, const std::vector<float>& got, int64_t rows,
+                         int64_t n, const std::string& what) {
+    ASSERT_EQ(op.type, t);
+    ASSERT_EQ(op.ld, operand_ld(gpu.ctx(t), n));
+    const std::vector<float> want = get_as(gpu, put_as(gpu, got, t), t, got.size());
+    const std::vector<float> all = get_as(gpu, op.p, t, size_t(rows * op.ld));
+    size_t differ = 0;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t i = 0; i < n; i++) differ += all[size_t(r * op.ld + i)] != want[size_t(r * n + i)];
+    EXPECT_EQ(differ, 0u) << what << ": the operand copy (rows of " << op.ld << ")";
+}
+
+// A Planes buffer for [rows, n] in the operand type.
+Planes operand_planes(Gpu& gpu, DType t, int64_t rows, int64_t n) {
+    const int64_t ld = operand_ld(gpu.ctx(t), n);
+    return {gpu.arena.alloc_bytes(size_t(rows * ld) * dtype_bytes(t)), t, ld};
+}
+
 struct TransposedShape {
     int64_t H, W;
     int kh, kw, sh, sw;
@@ -322,6 +342,15 @@ void transposed_case(DType t, const TransposedShape& k) {
     const auto got = gpu.get(out.p, size_t(out.numel()));
     conv_transpose2d(gpu.ctx(t), in, cw, sh, sw, k.h0, k.w0, out, Act::None);
     const auto narrow = gpu.get(out.p, size_t(out.numel()));
+    if (t != DType::F32) {
+        // The input handed over as the GEMM operand already (as a decoder's GLU writes it).
+        const Planes op = operand_planes(gpu, t, B * Cin, H * W);
+        convert_rows(gpu.ctx(t), in.p, op.p, t, B * Cin, H * W, op.ld);
+        DTensor shape_only = in;
+        shape_only.p = nullptr;
+        conv_transpose2d(gpu.ctx(t), shape_only, cw, sh, sw, k.h0, k.w0, out, Act::None, op.p);
+        EXPECT_EQ(gpu.get(out.p, size_t(out.numel())), narrow) << dtype_name(t) << " input given as the operand";
+    }
     std::vector<double> full(size_t(B * cout * Hf * Wf), 0.0);
     for (int64_t b = 0; b < B; b++)
         for (int co = 0; co < cout; co++) {
@@ -558,6 +587,31 @@ TEST(KernelsCuda, GroupNormPerRowAndLayerNormAndStats) {
     }
     EXPECT_LE(rel(gy, ry), 1e-6) << "layer norm";
 
+    // The residual and the LayerNorm after it in one pass: the same as the two passes,
+    // rows of 384 (three runs of 4 a lane), 40 (lanes left idle), 520 (two sizes of runs), 37
+    // (single values) and 1100 (past the registers: the two passes themselves).
+    for (const int64_t C : {int64_t(384), int64_t(40), int64_t(520), int64_t(37), int64_t(1100)}) {
+        for (DType type : {DType::F32, DType::F16}) {
+            const int64_t n = rows * C;
+            const std::vector<float> x0 = random(size_t(n), 16, 1.5f, -0.5f), y = random(size_t(n), 17);
+            const std::vector<float> rb = random(size_t(C), 18), rg = random(size_t(C), 19, 0.1f);
+            const std::vector<float> nw = random(size_t(C), 20, 0.2f, 1.0f), nb = random(size_t(C), 21, 0.1f);
+            float *ra = gpu.put(x0), *rb_ = gpu.put(x0), *dy2 = gpu.put(y);
+            const float *db = gpu.put(rb), *dg = gpu.put(rg), *dw = gpu.put(nw), *dnb = gpu.put(nb);
+            void* oa = gpu.arena.alloc_bytes(size_t(n) * dtype_bytes(type));
+            void* ob = gpu.arena.alloc_bytes(size_t(n) * dtype_bytes(type));
+            residual(gpu.ctx(), ra, dy2, db, dg, rows, C);
+            layer_norm(gpu.ctx(), ra, oa, type, rows, C, dw, dnb, 1e-5f);
+            residual_layer_norm(gpu.ctx(), rb_, dy2, db, dg, ob, type, rows, C, dw, dnb, 1e-5f);
+            const auto xa = gpu.get(ra, size_t(n)), xb = gpu.get(rb_, size_t(n));
+            const auto ya = get_as(gpu, oa, type, size_t(n)), yb = get_as(gpu, ob, type, size_t(n));
+            const std::vector<double> xa64(xa.begin(), xa.end()), ya64(ya.begin(), ya.end());
+            EXPECT_LE(rel(xb, xa64), 1e-7) << "fused residual, C " << C;
+            EXPECT_LE(rel(yb, ya64), type == DType::F32 ? 1e-7 : 1e-3) << "fused layer norm, C " << C << " "
+                                                                        << dtype_name(type);
+        }
+    }
+
     // Whole-item statistics over many chunks (mean far from zero), unbiased std;
     // contiguous items of 100003 values (scalar) and 100000 (16-byte loads).
     for (const int64_t n : {100003, 100000}) {
@@ -677,7 +731,14 @@ double dconv_case_error(const DConvCase& k, const std::vector<int>& dilations, b
     if (rows) {
         dconv_rows(gpu.ctx(), layers.data(), int(layers.size()), dx, B, R, W);
     } else {
-        for (const DConvLayerWeights& lw : layers) dconv_layer_thin(gpu.ctx(type), lw, dx, B, R, W);
+        // In float16 / bfloat16 the last layer also writes its result as a GEMM operand.
+        Planes copy;
+        if (type != DType::F32) copy = operand_planes(gpu, type, B * C, R * W);
+        for (size_t i = 0; i < layers.size(); i++)
+            dconv_layer_thin(gpu.ctx(type), layers[i], dx, B, R, W, i + 1 == layers.size() && copy.p ? &copy : nullptr);
+        if (copy.p)
+            expect_operand_rows(gpu, type, copy, gpu.get(dx, x.size()), B * C, R * W,
+                                "DConv C " + std::to_string(C) + ", W " + std::to_string(W));
     }
     const auto got = gpu.get(dx, x.size());
     // Against the residual branches alone (x itself is exact in both).

@@ -48,6 +48,18 @@ inline void* offset(void* p, int64_t n, DType t) { return static_cast<char*>(p) 
 
 enum class Act { None, Gelu, Relu };
 
+// Where a [B, C, H, W] result is stored: a row of `ld` values of type `type`
+// per (b, c) plane. The activations are float32 with ld = H * W; a GEMM
+// operand is float16 / bfloat16 with its padded row stride (operand_ld in
+// cuda/conv.h). A producer whose result a GEMM reads next writes that
+// operand as well (the DConv's last pass), which saves a conversion pass
+// reading the float32 result back (the same values, rounded once).
+struct Planes {
+    void* p = nullptr;
+    DType type = DType::F32;
+    int64_t ld = 0;
+};
+
 class Arena;
 class Profiler;
 

@@ -16,10 +16,9 @@ std::string dims(const DTensor& t) {
            std::to_string(t.w) + "]";
 }
 
-// Row stride of a GEMM operand / output with n columns: rows start on 16
-// bytes in float16 / bfloat16 (cuBLAS's tensor-core kernels want aligned
-// rows; an odd stride such as the time branch's 85995 falls back to slow
-// kernels). Float32 operands are used in place.
+// Row stride of a GEMM operand / output with n columns (operand_ld): rows
+// start on 16 bytes in float16 / bfloat16 (an odd stride such as the time
+// branch's 85995 falls back to slow kernels). Float32 operands are used in place.
 int64_t gemm_ld(const Ctx& ctx, int64_t n) { return ctx.gemm == DType::F32 ? n : (n + 7) / 8 * 8; }
 
 // x [B, C, H, W] as a GEMM operand [B * C, ld]: itself in float32, else a
@@ -45,6 +44,8 @@ int64_t items_per_slice(int64_t B, int64_t bytes_per_item) {
 
 }  // namespace
 
+int64_t operand_ld(const Ctx& ctx, int64_t n) { return gemm_ld(ctx, n); }
+
 void conv_output_size(int64_t H, int64_t Wl, const ConvWeight& w, const ConvGeom& g, int64_t* Ho, int64_t* Wo) {
     *Ho = (H + 2 * g.ph - int64_t(g.dh) * (w.kh - 1) - 1) / g.sh + 1;
     *Wo = (Wl + 2 * g.pw - int64_t(g.dw) * (w.kw - 1) - 1) / g.sw + 1;
@@ -69,13 +70,14 @@ bool is_pointwise(const DTensor& x, int64_t Wl, const ConvGeom& g) {
 // The 1x1 and im2col paths' GEMMs: y [B, cout, ld] (type yt, F32 or the
 // operand type; ld >= Ho * Wo, a multiple of 8 in float16 / bfloat16 unless
 // it is Ho * Wo), no bias or activation.
+// x_operand (or null): x as the pointwise path's operand already.
 void conv2d_gemm(const Ctx& ctx, const DTensor& x, int64_t Wl, const ConvWeight& w, const ConvGeom& g, int64_t Ho,
-                 int64_t Wo, void* y, DType yt, int64_t ld) {
+                 int64_t Wo, void* y, DType yt, int64_t ld, const void* x_operand = nullptr) {
     const DType dt = ctx.gemm;
     const int64_t B = x.b, cin = x.c, cout = w.cout;
     if (is_pointwise(x, Wl, g)) {
         // y[b] [cout, ld] = W [cout, cin] x[b] [cin, ld]
-        const void* xb = operand(ctx, x, ld);
+        const void* xb = x_operand ? x_operand : operand(ctx, x, ld);
         gemm_as(ctx, dt, false, false, cout, ld, cin, 1.0f, {w.w, cin, 0}, {xb, ld, cin * ld}, 0.0f, y, yt, ld,
                 cout * ld, B);
         return;
@@ -142,7 +144,8 @@ void conv2d(const Ctx& ctx, const DTensor& x, int64_t Wl, const ConvWeight& w, C
     }
 }
 
-bool conv2d_glu(const Ctx& ctx, const DTensor& x, const ConvWeight& w, ConvGeom g, const DTensor& out) {
+bool conv2d_glu(const Ctx& ctx, const DTensor& x, const ConvWeight& w, ConvGeom g, const DTensor& out,
+                const void* x_operand) {
     g.kh = w.kh, g.kw = w.kw;
     const int64_t taps = int64_t(w.kh) * w.kw;
     const bool stride1_taps = g.sh == 1 && g.sw == 1 && taps > 1;
@@ -155,19 +158,19 @@ bool conv2d_glu(const Ctx& ctx, const DTensor& x, const ConvWeight& w, ConvGeom 
     ArenaScope scope(*ctx.arena);
     const int64_t N = Ho * Wo, ld = gemm_ld(ctx, N);
     void* y = ctx.arena->alloc_bytes(size_t(x.b * w.cout * ld) * dtype_bytes(ctx.gemm));
-    conv2d_gemm(ctx, x, x.w, w, g, Ho, Wo, y, ctx.gemm, ld);
+    conv2d_gemm(ctx, x, x.w, w, g, Ho, Wo, y, ctx.gemm, ld, x_operand);
     glu(ctx, y, ctx.gemm, ld, out.p, x.b, out.c, N, w.bias);
     return true;
 }
 
 void conv_transpose2d(const Ctx& ctx, const DTensor& x, const ConvWeight& w, int sh, int sw, int64_t h0, int64_t w0,
-                      const DTensor& out, Act act) {
+                      const DTensor& out, Act act, const void* x_operand) {
     if (x.c != w.cin || out.b != x.b || out.c != w.cout)
         throw Error("internal error: conv_transpose2d shapes: input " + dims(x) + ", output " + dims(out));
     ArenaScope scope(*ctx.arena);
     const DType dt = ctx.gemm;
     const int64_t B = x.b, rows = int64_t(w.cout) * w.kh * w.kw, HW = x.h * x.w, ld = gemm_ld(ctx, HW);
-    const void* xb = operand(ctx, x, ld);
+    const void* xb = x_operand ? x_operand : operand(ctx, x, ld);
     // The columns are read once, by the overlap-add: in float16 / bfloat16
     // they cost half the bytes, rounded once as autocast rounds the official
     // conv_transpose2d's output.

@@ -61,10 +61,20 @@ void conv2d(const Ctx& ctx, const DTensor& x, int64_t Wl, const ConvWeight& w, C
 // of that round trip). Returns false, doing nothing, where that does not
 // apply (float32, the implicit and shifted paths, ctx.narrow_gemm_out off):
 // the caller then runs conv2d and glu.
-bool conv2d_glu(const Ctx& ctx, const DTensor& x, const ConvWeight& w, ConvGeom g, const DTensor& out);
+// x_operand (or null): a pointwise conv's input already as its GEMM operand
+// (ctx.gemm, planes of operand_ld(ctx, x.h * x.w)); ignored by the im2col path.
+bool conv2d_glu(const Ctx& ctx, const DTensor& x, const ConvWeight& w, ConvGeom g, const DTensor& out,
+                const void* x_operand = nullptr);
+
+// The row stride of a GEMM operand of n columns (x [B, C, H, W] as [B * C, ld]
+// with n = H * W): n in float32, n rounded up to 8 values (16 bytes) in
+// float16 / bfloat16, where cuBLAS's tensor-core kernels want aligned rows.
+int64_t operand_ld(const Ctx& ctx, int64_t n);
 
 // out = act(window [h0, h0 + out.h) x [w0, w0 + out.w) of conv_transpose(x) + bias).
+// x_operand (or null): x already as the GEMM operand (ctx.gemm, rows of
+// operand_ld(ctx, x.h * x.w)), x.p then unused.
 void conv_transpose2d(const Ctx& ctx, const DTensor& x, const ConvWeight& w, int sh, int sw, int64_t h0, int64_t w0,
-                      const DTensor& out, Act act);
+                      const DTensor& out, Act act, const void* x_operand = nullptr);
 
 }  // namespace fastdemucs::cuda

@@ -1185,7 +1185,11 @@ private:
     // DConv: residual branches over time, every frequency row on its own.
     // Thin layers (hidden <= 32) take cuda/dconv.h's three passes; the
     // others im2col / GEMM convolutions and the norm kernels.
-    void dconv(const Ctx& ctx, const DConvPlan& d, const std::string& prefix, const DTensor& x) const {
+    // x through the DConv's residual layers (in place). `copy` (or null): the
+    // result also as the next layer's GEMM operand (see Planes), written by the
+    // last layer's apply pass where it can, else converted at the end.
+    void dconv(const Ctx& ctx, const DConvPlan& d, const std::string& prefix, const DTensor& x,
+               const Planes* copy = nullptr) const {
         if (x.c != d.channels) throw Error("internal error: DConv channels");
         const int depth = int(d.dilations.size());
         // (dconv_layer_thin_fits: the layers whose tables upload_dconv_tables made)
@@ -1202,12 +1206,17 @@ private:
                 layers.push_back(thin_dconv_weights(d, prefix + "dconv.layers." + std::to_string(i) + ".",
                                                     d.dilations[size_t(i)]));
             dconv_rows(ctx, layers.data(), depth, x.p, x.b, x.h, x.w);
+            if (copy) convert_rows(ctx, x.p, copy->p, copy->type, x.b * x.c, x.h * x.w, copy->ld);
             return;
         }
+        bool copied = false;
         for (size_t i = 0; i < d.dilations.size(); i++) {
             const std::string p = prefix + "dconv.layers." + std::to_string(i) + ".";
             if (ctx.thin_dconv && dconv_layer_thin_fits(d.channels, d.hidden)) {
-                dconv_layer_thin(ctx, thin_dconv_weights(d, p, d.dilations[i]), x.p, x.b, x.h, x.w);
+                const bool last = i + 1 == d.dilations.size();
+                dconv_layer_thin(ctx, thin_dconv_weights(d, p, d.dilations[i]), x.p, x.b, x.h, x.w,
+                                 last ? copy : nullptr);
+                copied = last && copy;
                 continue;
             }
             ArenaScope scope(*ctx.arena);
@@ -1225,12 +1234,21 @@ private:
             group_norm_glu_residual(ctx, y.p, x.p, x.b, x.c, x.h, x.w, weights_->f32(p + "4.weight"),
                                     weights_->f32(p + "4.bias"), 1e-5f, w3.bias, weights_->f32(p + "6.scale"));
         }
+        if (copy && !copied) convert_rows(ctx, x.p, copy->p, copy->type, x.b * x.c, x.h * x.w, copy->ld);
+    }
+
+    // A GEMM operand buffer for x's shape (float16 / bfloat16 planes of operand_ld) from the arena.
+    Planes operand_planes(const Ctx& ctx, const DTensor& x) const {
+        const int64_t ld = operand_ld(ctx, x.h * x.w);
+        return {ctx.arena->alloc_bytes(size_t(x.b * x.c * ld) * dtype_bytes(ctx.gemm)), ctx.gemm, ld};
     }
 
     // rewrite conv -> norm -> GLU into out (chout channels). Square kernel over (F, T) in the frequency branch.
     // `skip` (the decoders' skip connection, or null) is added to x first; x may change.
+    // x_operand (or null): x as a GEMM operand already, for a pointwise rewrite (see conv2d_glu).
     void rewrite(const Ctx& ctx, bool freq, int kernel, bool norm, int groups, const std::string& prefix,
-                 const std::string& norm_name, const DTensor& x, const float* skip, const DTensor& out) const {
+                 const std::string& norm_name, const DTensor& x, const float* skip, const DTensor& out,
+                 const void* x_operand = nullptr) const {
         ArenaScope scope(*ctx.arena);
         ConvGeom g;
         g.pw = kernel / 2;
@@ -1240,7 +1258,7 @@ private:
         if (skip) add(ctx, x.p, skip, x.numel());
         int64_t Ho = 0, Wo = 0;
         conv_output_size(x.h, x.w, w, g, &Ho, &Wo);
-        if (!norm && conv2d_glu(ctx, x, w, g, out)) return;
+        if (!norm && conv2d_glu(ctx, x, w, g, out, x_operand)) return;
         DTensor y = alloc(ctx, x.b, w.cout, Ho, Wo);
         // The convolution's bias goes to the norm or the GLU (no pass of its own).
         conv2d(ctx, x, x.w, without_bias(w), g, y, Act::None);
@@ -1283,8 +1301,16 @@ private:
         } else if (!fuse_gelu) {
             gelu(ctx, y.p, y.numel());
         }
-        if (e.dconv.present) dconv(ctx, e.dconv, e.prefix, y);
-        if (rewrites) rewrite(ctx, e.freq, e.rewrite_kernel, e.norm, e.norm_groups, e.prefix, "norm2.", y, nullptr, out);
+        // A pointwise rewrite's GEMM reads the DConv's output: the DConv writes that operand too.
+        Planes y_operand;
+        if (e.dconv.present) {
+            const bool copy = rewrites && e.rewrite_kernel == 1 && ctx.gemm != DType::F32;
+            if (copy) y_operand = operand_planes(ctx, y);
+            dconv(ctx, e.dconv, e.prefix, y, copy ? &y_operand : nullptr);
+        }
+        if (rewrites)
+            rewrite(ctx, e.freq, e.rewrite_kernel, e.norm, e.norm_groups, e.prefix, "norm2.", y, nullptr, out,
+                    y_operand.p);
         return out;
     }
 
@@ -1311,24 +1337,29 @@ private:
         if (rewrites && pre) y = alloc(ctx, x.b, x.c, x.h, x.w);
         ArenaScope scope(*ctx.arena);
         if (rewrites && !pre) y = alloc(ctx, x.b, x.c, x.h, x.w);
+        // The transposed conv's GEMM reads the DConv's output: the DConv writes that operand too.
+        Planes y_operand;
         if (!d.empty) {
             if (!skip || skip->numel() != x.numel()) throw Error("internal error: " + d.prefix + " skip shape");
             if (rewrites)
                 rewrite(ctx, d.freq, d.rewrite_kernel, d.norm, d.norm_groups, d.prefix, "norm1.", x, skip->p, y);
             else
                 add(ctx, x.p, skip->p, x.numel());
-            if (d.dconv.present) dconv(ctx, d.dconv, d.prefix, y);
+            if (d.dconv.present) {
+                if (ctx.gemm != DType::F32) y_operand = operand_planes(ctx, y);
+                dconv(ctx, d.dconv, d.prefix, y, y_operand.p ? &y_operand : nullptr);
+            }
         }
         const Act act = d.last ? Act::None : Act::Gelu;
         if (d.norm) {
             // GroupNorm sees the untrimmed output.
             DTensor full = alloc(ctx, x.b, d.chout, Hf, Wf);
-            conv_transpose2d(ctx, y, tw, sh, sw, 0, 0, full, Act::None);
+            conv_transpose2d(ctx, y, tw, sh, sw, 0, 0, full, Act::None, y_operand.p);
             group_norm(ctx, full.p, groups_of(full, d.norm_groups), weights_->f32(d.prefix + "norm2.weight"),
                        weights_->f32(d.prefix + "norm2.bias"), 1e-5f, Act::None);
             crop_act(ctx, full.p, z.p, full.b * full.c, Hf, Wf, h0, Hc, w0, Wc, act);
         } else {
-            conv_transpose2d(ctx, y, tw, sh, sw, h0, w0, z, act);
+            conv_transpose2d(ctx, y, tw, sh, sw, h0, w0, z, act, y_operand.p);
         }
         if (pre) *pre = y;
         return z;

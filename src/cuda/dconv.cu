@@ -349,12 +349,16 @@ constexpr size_t apply_tc_smem_bytes(int C, int ksteps) {
 // values go through the warp's result tile so that x is written back in
 // whole rows too (written straight from the fragments, every access was a
 // quarter of a row: 4x the memory transactions, slower than the CUDA cores).
-template <int KSteps>
+// `copy` (or null): the result also written there in CopyT, planes of
+// copy_ld values (a GEMM operand for the layer that reads the DConv's output:
+// no conversion pass of its own, see Planes).
+template <int KSteps, typename CopyT>
 __global__ void __launch_bounds__(kApplyWarps * 32)
     dconv_out_apply_tc_kernel(const float* __restrict__ h, int hidden, int C, int64_t R, int W, int span,
                               int wblocks, const float2* __restrict__ hcoef, const uint2* __restrict__ frag,
                               const float* __restrict__ bias, const float2* __restrict__ ycoef,
-                              const float* __restrict__ scale, float* __restrict__ x) {
+                              const float* __restrict__ scale, float* __restrict__ x, CopyT* __restrict__ copy,
+                              int64_t copy_ld) {
     constexpr int K = 16 * KSteps, HP = hn_pitch(KSteps);
     extern __shared__ float2 yc[];  // [2C]
     const int C2 = 2 * C, half_tiles = C / 8;
@@ -380,6 +384,7 @@ __global__ void __launch_bounds__(kApplyWarps * 32)
     const int64_t plane = R * W;
     const float* hrow = h + (b * hidden * R + r) * W;
     float* xrow = x + (b * C * R + r) * W;
+    CopyT* copy_row = copy ? copy + b * C * copy_ld + r * W : nullptr;
     const int end = min(W, (wb + 1) * span);
     for (int w0 = wb * span + kStrip * warp; w0 < end; w0 += kStrip * kApplyWarps) {
         const int w = w0 + lane;
@@ -455,7 +460,10 @@ __global__ void __launch_bounds__(kApplyWarps * 32)
                 for (int p = 0; p < kPairs; p++)
                     if (j + p < half_tiles)
 #pragma unroll
-                        for (int u = 0; u < 8; u++) xrow[(8 * (j + p) + u) * plane + w] = xn[p][u];
+                        for (int u = 0; u < 8; u++) {
+                            xrow[(8 * (j + p) + u) * plane + w] = xn[p][u];
+                            if (copy_row) copy_row[(8 * (j + p) + u) * copy_ld + w] = from_float<CopyT>(xn[p][u]);
+                        }
             __syncwarp();  // the result tile is rewritten by the next group
         }
     }
@@ -581,14 +589,22 @@ namespace {
 
 template <int KSteps>
 void launch_apply_tc(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64_t B, int64_t R, int W,
-                     const float* h, const float2* hcoef, const float2* ycoef) {
+                     const float* h, const float2* hcoef, const float2* ycoef, const Planes* copy) {
     const int wblocks = (W + kApplyPositions - 1) / kApplyPositions;
     const int span = ((W + wblocks - 1) / wblocks + 15) / 16 * 16;
     const size_t bytes = apply_tc_smem_bytes(w.channels, KSteps);
-    allow_shared(dconv_out_apply_tc_kernel<KSteps>, bytes);
-    dconv_out_apply_tc_kernel<KSteps><<<unsigned(B * R * wblocks), kApplyWarps * 32, bytes, ctx.stream>>>(
-        h, w.hidden, w.channels, R, W, span, wblocks, hcoef, reinterpret_cast<const uint2*>(w.out_fragments),
-        w.out_bias, ycoef, w.scale, x);
+    auto launch = [&](auto* copy_p) {
+        using CopyT = std::remove_pointer_t<decltype(copy_p)>;
+        const auto kernel = dconv_out_apply_tc_kernel<KSteps, CopyT>;
+        allow_shared(kernel, bytes);
+        kernel<<<unsigned(B * R * wblocks), kApplyWarps * 32, bytes, ctx.stream>>>(
+            h, w.hidden, w.channels, R, W, span, wblocks, hcoef, reinterpret_cast<const uint2*>(w.out_fragments),
+            w.out_bias, ycoef, w.scale, x, copy_p, copy ? copy->ld : 0);
+    };
+    if (copy && copy->type == DType::BF16)
+        launch(static_cast<__nv_bfloat16*>(copy->p));
+    else
+        launch(static_cast<__half*>(copy ? copy->p : nullptr));
     FD_LAUNCH_CHECK();
 }
 
@@ -777,7 +793,7 @@ __global__ void __launch_bounds__(kDConvRowsMaxW)
 
 template <int MaxHidden>
 void launch_layer(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64_t B, int64_t R, int W, int wblocks,
-                  float* h, double* partial, float2* hcoef, float2* ycoef) {
+                  float* h, double* partial, float2* hcoef, float2* ycoef, const Planes* copy) {
     const int64_t rows = B * R;
     const unsigned blocks = unsigned(rows * wblocks);
     const int C = w.channels, C2 = 2 * C;
@@ -815,14 +831,15 @@ void launch_layer(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64_t 
 
     if (apply_tc_fits(ctx, w)) {
         if (w.hidden <= 16)
-            launch_apply_tc<1>(ctx, w, x, B, R, W, h, hcoef, ycoef);
+            launch_apply_tc<1>(ctx, w, x, B, R, W, h, hcoef, ycoef, copy);
         else
-            launch_apply_tc<2>(ctx, w, x, B, R, W, h, hcoef, ycoef);
+            launch_apply_tc<2>(ctx, w, x, B, R, W, h, hcoef, ycoef, copy);
         return;
     }
     dconv_out_apply_kernel<MaxHidden><<<blocks, kRowThreads, out_bytes, ctx.stream>>>(
         h, w.hidden, C, R, W, hcoef, w.out_weight, w.out_bias, ycoef, w.scale, x, wblocks);
     FD_LAUNCH_CHECK();
+    if (copy) convert_rows(ctx, x, copy->p, copy->type, B * C, R * W, copy->ld);
 }
 
 }  // namespace
@@ -892,7 +909,10 @@ bool dconv_layer_thin_fits(int channels, int hidden) {
            out_smem_floats(channels, mh) * sizeof(float) <= limit;
 }
 
-void dconv_layer_thin(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64_t B, int64_t R, int64_t W) {
+void dconv_layer_thin(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64_t B, int64_t R, int64_t W,
+                      const Planes* copy) {
+    if (copy && (copy->type == DType::F32 || copy->ld < R * W))
+        throw Error("internal error: dconv_layer_thin: the operand copy");
     if (!dconv_layer_thin_fits(w.channels, w.hidden))
         throw Error("internal error: dconv_layer_thin: " + std::to_string(w.channels) + " channels, hidden " +
                     std::to_string(w.hidden));
@@ -909,7 +929,8 @@ void dconv_layer_thin(const Ctx& ctx, const DConvLayerWeights& w, float* x, int6
     float2* ycoef = ctx.arena->alloc<float2>(B * 2 * w.channels * R);
     if (ctx.dry || blocks == 0) return;
     const auto launch = [&](auto max_hidden) {
-        launch_layer<decltype(max_hidden)::value>(ctx, w, x, B, R, int(W), int(wblocks), h, partial, hcoef, ycoef);
+        launch_layer<decltype(max_hidden)::value>(ctx, w, x, B, R, int(W), int(wblocks), h, partial, hcoef, ycoef,
+                                                  copy);
     };
     switch (max_hidden_for(w.hidden)) {
         case 8: launch(std::integral_constant<int, 8>()); break;

@@ -81,8 +81,12 @@ bool dconv_tensor_cores_take(const Ctx& ctx, int channels, int hidden, int dilat
 // per-position registers, weights within its shared memory).
 bool dconv_layer_thin_fits(int channels, int hidden);
 
-// x [B, C, R, W] (float32, in place) through one residual layer.
-void dconv_layer_thin(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64_t B, int64_t R, int64_t W);
+// x [B, C, R, W] (float32, in place) through one residual layer. `copy`
+// (or null; float16 / bfloat16 planes of copy->ld >= R * W values): the
+// result written there as well, as the GEMM operand of the layer that reads
+// the DConv's output (by the tensor-core apply pass itself, else converted).
+void dconv_layer_thin(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64_t B, int64_t R, int64_t W,
+                      const Planes* copy = nullptr);
 
 // Every residual layer of a DConv in one kernel, a block per row (b, r)
 // holding the row x[b, :, r, :] ([C, W], float32) in shared memory from its

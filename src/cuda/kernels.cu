@@ -206,6 +206,83 @@ __global__ void layer_norm_kernel(const float* x, T* y, int64_t rows, int64_t C,
         yr[c] = from_float<T>(float((double(xr[c]) - mean) * inv) * weight[c] + bias[c]);
 }
 
+// VEC consecutive values as one access (VEC * sizeof(T) bytes, aligned).
+template <typename T, int VEC>
+struct alignas(VEC * sizeof(T)) Run {
+    T e[VEC];
+};
+
+// x [rows, C] += gamma[c] * (y + bias[c]) where y is given, then out =
+// LayerNorm(x) in type T (out may be x in float32): a warp per row, each
+// lane holding PER runs of VEC values in registers (C <= 32 PER VEC; VEC = 4
+// where C % 4 == 0: 16-byte loads), all of a row's loads issued before the
+// first is used. x is read once; the separate passes read it once for the
+// residual and three times for the norm (layer_norm_kernel, still used past
+// 1024 values a row). Statistics in double as there.
+template <typename T, int VEC, int PER>
+__global__ void layer_norm_regs_kernel(float* x, const float* __restrict__ y, const float* __restrict__ bias,
+                                       const float* __restrict__ gamma, T* out, int64_t rows, int C,
+                                       const float* __restrict__ weight, const float* __restrict__ norm_bias,
+                                       float eps) {
+    const int64_t row = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x & 31;
+    if (row >= rows) return;  // whole warps leave together
+    using F = Run<float, VEC>;
+    float* xr = x + row * C;
+    F v[PER];
+#pragma unroll
+    for (int j = 0; j < PER; j++) {
+        const int c = VEC * (lane + 32 * j);
+        if (c < C) v[j] = *reinterpret_cast<const F*>(xr + c);
+    }
+    if (y) {
+        F r[PER];
+#pragma unroll
+        for (int j = 0; j < PER; j++) {
+            const int c = VEC * (lane + 32 * j);
+            if (c < C) r[j] = *reinterpret_cast<const F*>(y + row * C + c);
+        }
+#pragma unroll
+        for (int j = 0; j < PER; j++) {
+            const int c = VEC * (lane + 32 * j);
+            if (c >= C) continue;
+#pragma unroll
+            for (int e = 0; e < VEC; e++) {
+                const float b = r[j].e[e] + (bias ? bias[c + e] : 0.0f);
+                v[j].e[e] += gamma ? gamma[c + e] * b : b;
+            }
+            *reinterpret_cast<F*>(xr + c) = v[j];
+        }
+    }
+    double sum = 0.0;
+#pragma unroll
+    for (int j = 0; j < PER; j++)
+        if (VEC * (lane + 32 * j) < C)
+#pragma unroll
+            for (int e = 0; e < VEC; e++) sum += v[j].e[e];
+    const double mean = warp_sum(sum) / double(C);
+    double var = 0.0;
+#pragma unroll
+    for (int j = 0; j < PER; j++)
+        if (VEC * (lane + 32 * j) < C)
+#pragma unroll
+            for (int e = 0; e < VEC; e++) {
+                const double d = double(v[j].e[e]) - mean;
+                var += d * d;
+            }
+    const double inv = 1.0 / sqrt(warp_sum(var) / double(C) + double(eps));
+#pragma unroll
+    for (int j = 0; j < PER; j++) {
+        const int c = VEC * (lane + 32 * j);
+        if (c >= C) continue;
+        Run<T, VEC> o;
+#pragma unroll
+        for (int e = 0; e < VEC; e++)
+            o.e[e] = from_float<T>(float((double(v[j].e[e]) - mean) * inv) * weight[c + e] + norm_bias[c + e]);
+        *reinterpret_cast<Run<T, VEC>*>(out + row * C + c) = o;
+    }
+}
+
 // ---------------------------------------------------------------- element-wise
 
 __global__ void gelu_kernel(float* x, int64_t n) {
@@ -879,15 +956,56 @@ void group_norm_tokens(const Ctx& ctx, float* x, int64_t B, int64_t N, int64_t C
     FD_LAUNCH_CHECK();
 }
 
+namespace {
+
+// The register kernel for rows of up to kRegisterRow values (y null: the LayerNorm alone).
+constexpr int64_t kRegisterRow = 32 * 32;
+
+void layer_norm_regs(const Ctx& ctx, float* x, const float* y, const float* bias, const float* gamma, void* out,
+                     DType dt, int64_t rows, int64_t C, const float* weight, const float* norm_bias, float eps) {
+    const int warps = kThreads / 32;
+    const unsigned blocks = unsigned((rows + warps - 1) / warps);
+    auto launch = [&](auto vec, auto per) {
+        constexpr int VEC = decltype(vec)::value, PER = decltype(per)::value;
+        FD_DISPATCH(dt, T,
+                    layer_norm_regs_kernel<T, VEC, PER><<<blocks, kThreads, 0, ctx.stream>>>(
+                        x, y, bias, gamma, static_cast<T*>(out), rows, int(C), weight, norm_bias, eps));
+    };
+    using std::integral_constant;
+    const bool runs = C % 4 == 0 && aligned16(x) && (!y || aligned16(y)) && reinterpret_cast<uintptr_t>(out) % 16 == 0;
+    if (runs && C <= 32 * 4 * 4)
+        launch(integral_constant<int, 4>(), integral_constant<int, 4>());
+    else if (runs)
+        launch(integral_constant<int, 4>(), integral_constant<int, 8>());
+    else
+        launch(integral_constant<int, 1>(), integral_constant<int, 32>());
+    FD_LAUNCH_CHECK();
+}
+
+}  // namespace
+
 void layer_norm(const Ctx& ctx, const float* x, void* y, DType dt, int64_t rows, int64_t C, const float* weight,
                 const float* bias, float eps) {
     if (ctx.dry || rows == 0) return;
+    if (C <= kRegisterRow)  // without a residual x is only read
+        return layer_norm_regs(ctx, const_cast<float*>(x), nullptr, nullptr, nullptr, y, dt, rows, C, weight, bias,
+                               eps);
     const int warps = kThreads / 32;
     const unsigned blocks = unsigned((rows + warps - 1) / warps);
     FD_DISPATCH(dt, T,
                 layer_norm_kernel<T><<<blocks, kThreads, 0, ctx.stream>>>(x, static_cast<T*>(y), rows, C, weight,
                                                                           bias, eps));
     FD_LAUNCH_CHECK();
+}
+
+void residual_layer_norm(const Ctx& ctx, float* x, const float* y, const float* bias, const float* gamma, void* out,
+                         DType dt, int64_t rows, int64_t C, const float* weight, const float* norm_bias, float eps) {
+    if (C > kRegisterRow) {
+        residual(ctx, x, y, bias, gamma, rows, C);
+        return layer_norm(ctx, x, out, dt, rows, C, weight, norm_bias, eps);
+    }
+    if (ctx.dry || rows == 0) return;
+    layer_norm_regs(ctx, x, y, bias, gamma, out, dt, rows, C, weight, norm_bias, eps);
 }
 
 void gelu(const Ctx& ctx, float* x, int64_t n) {

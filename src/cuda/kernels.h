@@ -89,6 +89,9 @@ void add_freq_embedding(const Ctx& ctx, float* x, const float* table, int64_t B,
 // x [rows, C] += gamma[c] * (y + bias[c]) (gamma and bias may be null).
 void residual(const Ctx& ctx, float* x, const float* y, const float* bias, const float* gamma, int64_t rows,
               int64_t C);
+// residual(x, y, bias, gamma), then layer_norm(x -> out, dt, weight, norm_bias) in one pass over x.
+void residual_layer_norm(const Ctx& ctx, float* x, const float* y, const float* bias, const float* gamma, void* out,
+                         DType dt, int64_t rows, int64_t C, const float* weight, const float* norm_bias, float eps);
 // x[b * n + i] += weight * table[i].
 void add_broadcast(const Ctx& ctx, float* x, const float* table, float weight, int64_t B, int64_t n);
 void copy(const Ctx& ctx, float* dst, const float* src, int64_t n);

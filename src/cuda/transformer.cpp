@@ -174,9 +174,9 @@ void CrossTransformer::layer(const Ctx& ctx, const Work& w, const TransformerLay
         } else {
             mha(w.a, nullptr);
         }
-        residual(ctx, x, w.proj, out_b, gamma1, rows, C);
         const std::string ff_norm = plan.cross ? "norm3." : "norm2.";
-        layer_norm(ctx, x, w.a, dt, rows, C, f32(ff_norm + "weight"), f32(ff_norm + "bias"), 1e-5f);
+        residual_layer_norm(ctx, x, w.proj, out_b, gamma1, w.a, dt, rows, C, f32(ff_norm + "weight"),
+                            f32(ff_norm + "bias"), 1e-5f);
         feed_forward(w.a);
         residual(ctx, x, w.proj, f32("linear2.bias"), gamma2, rows, C);
         if (cfg.t_norm_out) group_norm_tokens(ctx, x, B, n, C, f32("norm_out.weight"), f32("norm_out.bias"), 1e-5f);
