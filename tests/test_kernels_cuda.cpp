@@ -495,6 +495,10 @@ TEST(KernelsCuda, TransposedConvolutionWithCrop) {
         // The time decoders: [1, 8] kernels, stride 4 over W, a window starting past 0, rows of
         // more than one overlap-add run (1204 positions).
         transposed_case(t, {1, 300, 1, 8, 1, 4, 0, 1, 2, (300 - 1) * 4 + 8 - 5});
+        // The whole row (its last outputs from the tap before the end alone), and a window
+        // that starts mid-group and ends early.
+        transposed_case(t, {1, 300, 1, 8, 1, 4, 0, 1, 0, (300 - 1) * 4 + 8});
+        transposed_case(t, {1, 37, 1, 8, 1, 4, 0, 1, 3, 140});
         // Rows of a multiple of 8 positions: the vectorised overlap-add along H.
         transposed_case(t, {6, 16, 8, 1, 4, 1, 2, (6 - 1) * 4 + 8 - 4, 0, 16});
         // 300-position rows (not a multiple of 8): scalar runs of 3 positions per thread.

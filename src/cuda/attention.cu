@@ -356,8 +356,15 @@ __global__ void __launch_bounds__(32 * kTcWarps) tc_attention_kernel(const T* __
 // Version 1 loaded each tile synchronously and transposed V element by
 // element: 0.82 ms for a 2688-token self-attention of 8 chunks on an H100
 // (~108 TFLOP/s).
+// At most 96 registers (5 blocks of 4 warps per SM, the shared memory
+// carve-out set for them at launch): the kernel is bound by each
+// warp's MMA -> softmax -> MMA chain, so more warps per SM help; at 100
+// registers 4 blocks fit. H200, the ten attentions of a forward of 8:
+// 2.60 -> 2.55 ms (6 blocks at 80 registers spill: 2.65 ms).
+constexpr int kTcF16BlocksPerSm = 5;
+
 template <int DH>
-__global__ void __launch_bounds__(32 * kTcWarps)
+__global__ void __launch_bounds__(32 * kTcWarps, kTcF16BlocksPerSm)
     tc_attention_f16_kernel(const __half* __restrict__ q, int64_t ldq, const __half* __restrict__ k,
                             const __half* __restrict__ v, int64_t ldkv, __half* __restrict__ out, int64_t ldo,
                             int N, int M, float scale_log2) {
@@ -453,6 +460,9 @@ void launch_tc_typed(const Ctx& ctx, const AttentionArgs& a, float scale) {
     if (ctx.gemm == DType::F16 && ctx.pipelined_attention) {
         const dim3 grid(unsigned((a.N + kTcRows - 1) / kTcRows), unsigned(a.heads), unsigned(a.B));
         const float scale_log2 = float(double(scale) * 1.4426950408889634);
+        // Set on every launch: the attribute belongs to the context (release_gpus() may have made a new one).
+        FD_CUDA(cudaFuncSetAttribute(tc_attention_f16_kernel<DH>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                     cudaSharedmemCarveoutMaxShared));
         tc_attention_f16_kernel<DH><<<grid, 32 * kTcWarps, 0, ctx.stream>>>(
             static_cast<const __half*>(a.q), a.ldq, static_cast<const __half*>(a.k), static_cast<const __half*>(a.v),
             a.ldkv, static_cast<__half*>(a.out), a.ldo, int(a.N), int(a.M), scale_log2);
