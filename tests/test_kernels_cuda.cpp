@@ -343,7 +343,7 @@ void transposed_case(DType t, const TransposedShape& k) {
     conv_transpose2d(gpu.ctx(t), in, cw, sh, sw, k.h0, k.w0, out, Act::None);
     const auto narrow = gpu.get(out.p, size_t(out.numel()));
     if (t != DType::F32) {
-        // The input handed over as the GEMM operand already (as a decoder's GLU writes it).
+        // The input handed over as the GEMM operand already (as the DConv's last layer writes it).
         const Planes op = operand_planes(gpu, t, B * Cin, H * W);
         convert_rows(gpu.ctx(t), in.p, op.p, t, B * Cin, H * W, op.ld);
         DTensor shape_only = in;
@@ -397,6 +397,12 @@ void conv_glu_case(DType t, int kh, int kw, int64_t H, int64_t W) {
     DTensor out{gpu.arena.alloc<float>(B * C * H * W), B, C, H, W};
     ASSERT_TRUE(conv2d_glu(gpu.ctx(t), in, cw, g, out));
     const auto got = gpu.get(out.p, size_t(out.numel()));
+    if (kh * kw == 1) {  // a pointwise conv given its input as the operand (the DConv's copy): the same
+        const Planes op = operand_planes(gpu, t, B * Cin, H * W);
+        convert_rows(gpu.ctx(t), in.p, op.p, t, B * Cin, H * W, op.ld);
+        ASSERT_TRUE(conv2d_glu(gpu.ctx(t), in, cw, g, out, op.p));
+        EXPECT_EQ(gpu.get(out.p, size_t(out.numel())), got) << dtype_name(t) << " input given as the operand";
+    }
     const auto y = conv_ref(x, w, bias, B, Cin, H, W, W, int(2 * C), g, H, W);
     std::vector<double> ref(size_t(B * C * H * W));
     const int64_t n = H * W;
@@ -591,17 +597,32 @@ TEST(KernelsCuda, GroupNormPerRowAndLayerNormAndStats) {
     }
     EXPECT_LE(rel(gy, ry), 1e-6) << "layer norm";
 
-    // The residual and the LayerNorm after it in one pass: the same as the two passes,
-    // rows of 384 (three runs of 4 a lane), 40 (lanes left idle), 520 (two sizes of runs), 37
-    // (single values) and 1100 (past the registers: the two passes themselves).
+    // The residual and the LayerNorm after it in one pass, against the double reference and
+    // the two separate passes: rows of 384 (three runs of 4 values a lane), 40 (lanes left
+    // idle), 520 (runs of 4, up to five a lane), 37 (single values) and 1100 (past the
+    // registers: the two passes themselves); float32 (also in place), float16, bfloat16.
     for (const int64_t C : {int64_t(384), int64_t(40), int64_t(520), int64_t(37), int64_t(1100)}) {
-        for (DType type : {DType::F32, DType::F16}) {
-            const int64_t n = rows * C;
-            const std::vector<float> x0 = random(size_t(n), 16, 1.5f, -0.5f), y = random(size_t(n), 17);
-            const std::vector<float> rb = random(size_t(C), 18), rg = random(size_t(C), 19, 0.1f);
-            const std::vector<float> nw = random(size_t(C), 20, 0.2f, 1.0f), nb = random(size_t(C), 21, 0.1f);
-            float *ra = gpu.put(x0), *rb_ = gpu.put(x0), *dy2 = gpu.put(y);
-            const float *db = gpu.put(rb), *dg = gpu.put(rg), *dw = gpu.put(nw), *dnb = gpu.put(nb);
+        const int64_t n = rows * C;
+        const std::vector<float> x0 = random(size_t(n), 16, 1.5f, -0.5f), y = random(size_t(n), 17);
+        const std::vector<float> rb = random(size_t(C), 18), rg = random(size_t(C), 19, 0.1f);
+        const std::vector<float> nw = random(size_t(C), 20, 0.2f, 1.0f), nb = random(size_t(C), 21, 0.1f);
+        std::vector<double> rx(static_cast<size_t>(n)), ref(static_cast<size_t>(n));  // x after the residual (float32 arithmetic), the norm
+        for (int64_t r = 0; r < rows; r++) {
+            double sum = 0, var = 0;
+            for (int64_t c = 0; c < C; c++) {
+                const float v = y[size_t(r * C + c)] + rb[size_t(c)];
+                rx[size_t(r * C + c)] = x0[size_t(r * C + c)] + rg[size_t(c)] * v;
+                sum += rx[size_t(r * C + c)];
+            }
+            const double mean = sum / double(C);
+            for (int64_t c = 0; c < C; c++) var += (rx[size_t(r * C + c)] - mean) * (rx[size_t(r * C + c)] - mean);
+            const double inv = 1.0 / std::sqrt(var / double(C) + 1e-5);
+            for (int64_t c = 0; c < C; c++)
+                ref[size_t(r * C + c)] = (rx[size_t(r * C + c)] - mean) * inv * nw[size_t(c)] + nb[size_t(c)];
+        }
+        const float *dy2 = gpu.put(y), *db = gpu.put(rb), *dg = gpu.put(rg), *dw = gpu.put(nw), *dnb = gpu.put(nb);
+        for (DType type : {DType::F32, DType::F16, DType::BF16}) {
+            float *ra = gpu.put(x0), *rb_ = gpu.put(x0);
             void* oa = gpu.arena.alloc_bytes(size_t(n) * dtype_bytes(type));
             void* ob = gpu.arena.alloc_bytes(size_t(n) * dtype_bytes(type));
             residual(gpu.ctx(), ra, dy2, db, dg, rows, C);
@@ -609,10 +630,18 @@ TEST(KernelsCuda, GroupNormPerRowAndLayerNormAndStats) {
             residual_layer_norm(gpu.ctx(), rb_, dy2, db, dg, ob, type, rows, C, dw, dnb, 1e-5f);
             const auto xa = gpu.get(ra, size_t(n)), xb = gpu.get(rb_, size_t(n));
             const auto ya = get_as(gpu, oa, type, size_t(n)), yb = get_as(gpu, ob, type, size_t(n));
-            const std::vector<double> xa64(xa.begin(), xa.end()), ya64(ya.begin(), ya.end());
-            EXPECT_LE(rel(xb, xa64), 1e-7) << "fused residual, C " << C;
-            EXPECT_LE(rel(yb, ya64), type == DType::F32 ? 1e-7 : 1e-3) << "fused layer norm, C " << C << " "
-                                                                        << dtype_name(type);
+            const std::string what = "C " + std::to_string(C) + " " + dtype_name(type);
+            EXPECT_LE(rel(xb, rx), 2e-7) << "fused residual, " << what;
+            const double unit = type == DType::F32 ? 1e-6 : type == DType::F16 ? 0x1p-11 : 0x1p-8;
+            EXPECT_LE(rel(ya, ref), unit) << "layer norm, " << what;
+            EXPECT_LE(rel(yb, ref), unit) << "fused layer norm, " << what;
+            const std::vector<double> ya64(ya.begin(), ya.end());
+            EXPECT_LE(rel(yb, ya64), type == DType::F32 ? 1e-7 : 1e-4) << "fused against the two passes, " << what;
+            if (type == DType::F32) {  // in place (the post-norm layers' use)
+                float* rc = gpu.put(x0);
+                residual_layer_norm(gpu.ctx(), rc, dy2, db, dg, rc, type, rows, C, dw, dnb, 1e-5f);
+                EXPECT_EQ(gpu.get(rc, size_t(n)), get_as(gpu, ob, type, size_t(n))) << "in place, " << what;
+            }
         }
     }
 

@@ -356,12 +356,17 @@ __global__ void __launch_bounds__(32 * kTcWarps) tc_attention_kernel(const T* __
 // Version 1 loaded each tile synchronously and transposed V element by
 // element: 0.82 ms for a 2688-token self-attention of 8 chunks on an H100
 // (~108 TFLOP/s).
-// At most 96 registers (5 blocks of 4 warps per SM, the shared memory
-// carve-out set for them at launch): the kernel is bound by each
+// On sm_90, at most 96 registers (5 blocks of 4 warps per SM, the shared
+// memory carve-out set for them at launch): the kernel is bound by each
 // warp's MMA -> softmax -> MMA chain, so more warps per SM help; at 100
 // registers 4 blocks fit. H200, the ten attentions of a forward of 8:
-// 2.60 -> 2.55 ms (6 blocks at 80 registers spill: 2.65 ms).
+// 2.60 -> 2.55 ms (6 blocks at 80 registers spill: 2.65 ms). Earlier chips
+// have less shared memory per SM (5 blocks do not fit): no bound there.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+constexpr int kTcF16BlocksPerSm = 1;
+#else
 constexpr int kTcF16BlocksPerSm = 5;
+#endif
 
 template <int DH>
 __global__ void __launch_bounds__(32 * kTcWarps, kTcF16BlocksPerSm)

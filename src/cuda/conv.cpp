@@ -144,13 +144,15 @@ void conv2d(const Ctx& ctx, const DTensor& x, int64_t Wl, const ConvWeight& w, C
     }
 }
 
+bool conv2d_glu_takes(const Ctx& ctx, const ConvWeight& w, const ConvGeom& g) {
+    const bool stride1_taps = g.sh == 1 && g.sw == 1 && int64_t(w.kh) * w.kw > 1;
+    return ctx.gemm != DType::F32 && ctx.narrow_gemm_out && !ctx.implicit_conv && !(ctx.shifted_conv && stride1_taps);
+}
+
 bool conv2d_glu(const Ctx& ctx, const DTensor& x, const ConvWeight& w, ConvGeom g, const DTensor& out,
                 const void* x_operand) {
     g.kh = w.kh, g.kw = w.kw;
-    const int64_t taps = int64_t(w.kh) * w.kw;
-    const bool stride1_taps = g.sh == 1 && g.sw == 1 && taps > 1;
-    if (ctx.gemm == DType::F32 || !ctx.narrow_gemm_out || ctx.implicit_conv || (ctx.shifted_conv && stride1_taps))
-        return false;
+    if (!conv2d_glu_takes(ctx, w, g)) return false;
     int64_t Ho = 0, Wo = 0;
     conv_output_size(x.h, x.w, w, g, &Ho, &Wo);
     check_conv_shapes(x, x.w, w, g, out.b, 2 * out.c, Ho, Wo, nullptr);

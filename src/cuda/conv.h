@@ -62,7 +62,10 @@ void conv2d(const Ctx& ctx, const DTensor& x, int64_t Wl, const ConvWeight& w, C
 // apply (float32, the implicit and shifted paths, ctx.narrow_gemm_out off):
 // the caller then runs conv2d and glu.
 // x_operand (or null): a pointwise conv's input already as its GEMM operand
-// (ctx.gemm, planes of operand_ld(ctx, x.h * x.w)); ignored by the im2col path.
+// (ctx.gemm, planes of operand_ld(ctx, x.h * x.w)); ignored by the im2col
+// path and wherever conv2d_glu returns false.
+// conv2d_glu_takes: whether it applies in this context (it returns true).
+bool conv2d_glu_takes(const Ctx& ctx, const ConvWeight& w, const ConvGeom& g);
 bool conv2d_glu(const Ctx& ctx, const DTensor& x, const ConvWeight& w, ConvGeom g, const DTensor& out,
                 const void* x_operand = nullptr);
 

@@ -1254,6 +1254,7 @@ private:
         g.pw = kernel / 2;
         if (freq) g.ph = kernel / 2;
         const ConvWeight w = conv_weight(prefix + "rewrite.", freq ? kernel : 1, kernel);
+        if (skip && x_operand) throw Error("internal error: rewrite: the skip would leave x's operand stale");
         if (!norm && conv_glu_takes(ctx, w, g)) return conv_glu(ctx, x, skip, w, out);
         if (skip) add(ctx, x.p, skip, x.numel());
         int64_t Ho = 0, Wo = 0;
@@ -1301,10 +1302,11 @@ private:
         } else if (!fuse_gelu) {
             gelu(ctx, y.p, y.numel());
         }
-        // A pointwise rewrite's GEMM reads the DConv's output: the DConv writes that operand too.
+        // A pointwise rewrite's GEMM (conv2d_glu) reads the DConv's output: the DConv writes that operand too.
         Planes y_operand;
         if (e.dconv.present) {
-            const bool copy = rewrites && e.rewrite_kernel == 1 && ctx.gemm != DType::F32;
+            const bool copy = rewrites && e.rewrite_kernel == 1 && !e.norm &&
+                              conv2d_glu_takes(ctx, conv_weight(e.prefix + "rewrite.", 1, 1), ConvGeom{});
             if (copy) y_operand = operand_planes(ctx, y);
             dconv(ctx, e.dconv, e.prefix, y, copy ? &y_operand : nullptr);
         }

@@ -349,9 +349,10 @@ constexpr size_t apply_tc_smem_bytes(int C, int ksteps) {
 // values go through the warp's result tile so that x is written back in
 // whole rows too (written straight from the fragments, every access was a
 // quarter of a row: 4x the memory transactions, slower than the CUDA cores).
-// `copy` (or null): the result also written there in CopyT, planes of
-// copy_ld values (a GEMM operand for the layer that reads the DConv's output:
-// no conversion pass of its own, see Planes).
+// CopyT __half / __nv_bfloat16: the result also written to `copy` in that
+// type, planes of copy_ld values (a GEMM operand for the layer that reads
+// the DConv's output: no conversion pass of its own, see Planes). CopyT
+// float: no copy (its own instance: the copy's code took 4 more registers).
 template <int KSteps, typename CopyT>
 __global__ void __launch_bounds__(kApplyWarps * 32)
     dconv_out_apply_tc_kernel(const float* __restrict__ h, int hidden, int C, int64_t R, int W, int span,
@@ -384,7 +385,8 @@ __global__ void __launch_bounds__(kApplyWarps * 32)
     const int64_t plane = R * W;
     const float* hrow = h + (b * hidden * R + r) * W;
     float* xrow = x + (b * C * R + r) * W;
-    CopyT* copy_row = copy ? copy + b * C * copy_ld + r * W : nullptr;
+    constexpr bool kCopy = !std::is_same_v<CopyT, float>;
+    CopyT* copy_row = kCopy ? copy + b * C * copy_ld + r * W : nullptr;
     const int end = min(W, (wb + 1) * span);
     for (int w0 = wb * span + kStrip * warp; w0 < end; w0 += kStrip * kApplyWarps) {
         const int w = w0 + lane;
@@ -462,7 +464,8 @@ __global__ void __launch_bounds__(kApplyWarps * 32)
 #pragma unroll
                         for (int u = 0; u < 8; u++) {
                             xrow[(8 * (j + p) + u) * plane + w] = xn[p][u];
-                            if (copy_row) copy_row[(8 * (j + p) + u) * copy_ld + w] = from_float<CopyT>(xn[p][u]);
+                            if constexpr (kCopy)
+                                copy_row[(8 * (j + p) + u) * copy_ld + w] = from_float<CopyT>(xn[p][u]);
                         }
             __syncwarp();  // the result tile is rewritten by the next group
         }
@@ -601,10 +604,12 @@ void launch_apply_tc(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64
             h, w.hidden, w.channels, R, W, span, wblocks, hcoef, reinterpret_cast<const uint2*>(w.out_fragments),
             w.out_bias, ycoef, w.scale, x, copy_p, copy ? copy->ld : 0);
     };
-    if (copy && copy->type == DType::BF16)
+    if (!copy)
+        launch(static_cast<float*>(nullptr));
+    else if (copy->type == DType::BF16)
         launch(static_cast<__nv_bfloat16*>(copy->p));
     else
-        launch(static_cast<__half*>(copy ? copy->p : nullptr));
+        launch(static_cast<__half*>(copy->p));
     FD_LAUNCH_CHECK();
 }
 

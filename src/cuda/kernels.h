@@ -89,7 +89,8 @@ void add_freq_embedding(const Ctx& ctx, float* x, const float* table, int64_t B,
 // x [rows, C] += gamma[c] * (y + bias[c]) (gamma and bias may be null).
 void residual(const Ctx& ctx, float* x, const float* y, const float* bias, const float* gamma, int64_t rows,
               int64_t C);
-// residual(x, y, bias, gamma), then layer_norm(x -> out, dt, weight, norm_bias) in one pass over x.
+// residual(x, y, bias, gamma), then layer_norm(x -> out, dt, weight, norm_bias): one pass over x for
+// rows of up to 1024 values, the two passes past that.
 void residual_layer_norm(const Ctx& ctx, float* x, const float* y, const float* bias, const float* gamma, void* out,
                          DType dt, int64_t rows, int64_t C, const float* weight, const float* norm_bias, float eps);
 // x[b * n + i] += weight * table[i].
