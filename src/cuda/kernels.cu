@@ -212,25 +212,25 @@ struct alignas(VEC * sizeof(T)) Run {
     T e[VEC];
 };
 
-// x [rows, C] += gamma[c] * (y + bias[c]) where y is given, then out =
-// LayerNorm(x) in type T (out may be x in float32): a warp per row, each
-// lane holding PER runs of VEC values in registers (C <= 32 PER VEC; VEC = 4
-// where C % 4 == 0: 16-byte loads), all of a row's loads issued before the
-// first is used. x is read once; the separate passes read it once for the
+// x_out [rows, C] = x + gamma[c] * (y + bias[c]) where y is given (x_out may
+// be x), then out = LayerNorm of that (or of x alone) in type T (out may be
+// x in float32): a warp per row, each lane holding PER runs of VEC values in
+// registers (C <= 32 PER VEC; VEC = 4 where C % 4 == 0: 16-byte loads), all
+// of a row's loads issued before the first is used. x is read once; the separate passes read it once for the
 // residual and three times for the norm (layer_norm_kernel, still used past
 // 1024 values a row). Statistics in double as there; each lane adds its runs
 // in another order than that kernel's lane stride (float32 outputs equal in
 // practice: the fixture dumps were byte-identical).
 template <typename T, int VEC, int PER>
-__global__ void layer_norm_regs_kernel(float* x, const float* __restrict__ y, const float* __restrict__ bias,
-                                       const float* __restrict__ gamma, T* out, int64_t rows, int C,
-                                       const float* __restrict__ weight, const float* __restrict__ norm_bias,
-                                       float eps) {
+__global__ void layer_norm_regs_kernel(const float* x, float* x_out, const float* __restrict__ y,
+                                       const float* __restrict__ bias, const float* __restrict__ gamma, T* out,
+                                       int64_t rows, int C, const float* __restrict__ weight,
+                                       const float* __restrict__ norm_bias, float eps) {
     const int64_t row = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
     const int lane = threadIdx.x & 31;
     if (row >= rows) return;  // whole warps leave together
     using F = Run<float, VEC>;
-    float* xr = x + row * C;
+    const float* xr = x + row * C;
     F v[PER];
 #pragma unroll
     for (int j = 0; j < PER; j++) {
@@ -253,7 +253,7 @@ __global__ void layer_norm_regs_kernel(float* x, const float* __restrict__ y, co
                 const float b = r[j].e[e] + (bias ? bias[c + e] : 0.0f);
                 v[j].e[e] += gamma ? gamma[c + e] * b : b;
             }
-            *reinterpret_cast<F*>(xr + c) = v[j];
+            *reinterpret_cast<F*>(x_out + row * C + c) = v[j];
         }
     }
     double sum = 0.0;
@@ -963,18 +963,19 @@ namespace {
 // The register kernel for rows of up to kRegisterRow values (y null: the LayerNorm alone).
 constexpr int64_t kRegisterRow = 32 * 32;
 
-void layer_norm_regs(const Ctx& ctx, float* x, const float* y, const float* bias, const float* gamma, void* out,
-                     DType dt, int64_t rows, int64_t C, const float* weight, const float* norm_bias, float eps) {
+void layer_norm_regs(const Ctx& ctx, const float* x, float* x_out, const float* y, const float* bias,
+                     const float* gamma, void* out, DType dt, int64_t rows, int64_t C, const float* weight,
+                     const float* norm_bias, float eps) {
     const int warps = kThreads / 32;
     const unsigned blocks = unsigned((rows + warps - 1) / warps);
     auto launch = [&](auto vec, auto per) {
         constexpr int VEC = decltype(vec)::value, PER = decltype(per)::value;
         FD_DISPATCH(dt, T,
                     layer_norm_regs_kernel<T, VEC, PER><<<blocks, kThreads, 0, ctx.stream>>>(
-                        x, y, bias, gamma, static_cast<T*>(out), rows, int(C), weight, norm_bias, eps));
+                        x, x_out, y, bias, gamma, static_cast<T*>(out), rows, int(C), weight, norm_bias, eps));
     };
     using std::integral_constant;
-    const bool runs = C % 4 == 0 && aligned16(x) && (!y || aligned16(y)) && reinterpret_cast<uintptr_t>(out) % 16 == 0;
+    const bool runs = C % 4 == 0 && aligned16(x) && (!y || aligned16(y)) && aligned16(out);
     if (runs && C <= 32 * 4 * 4)
         launch(integral_constant<int, 4>(), integral_constant<int, 4>());
     else if (runs)
@@ -989,9 +990,8 @@ void layer_norm_regs(const Ctx& ctx, float* x, const float* y, const float* bias
 void layer_norm(const Ctx& ctx, const float* x, void* y, DType dt, int64_t rows, int64_t C, const float* weight,
                 const float* bias, float eps) {
     if (ctx.dry || rows == 0) return;
-    if (C <= kRegisterRow)  // without a residual x is only read
-        return layer_norm_regs(ctx, const_cast<float*>(x), nullptr, nullptr, nullptr, y, dt, rows, C, weight, bias,
-                               eps);
+    if (C <= kRegisterRow)
+        return layer_norm_regs(ctx, x, nullptr, nullptr, nullptr, nullptr, y, dt, rows, C, weight, bias, eps);
     const int warps = kThreads / 32;
     const unsigned blocks = unsigned((rows + warps - 1) / warps);
     FD_DISPATCH(dt, T,
@@ -1007,7 +1007,7 @@ void residual_layer_norm(const Ctx& ctx, float* x, const float* y, const float* 
         return layer_norm(ctx, x, out, dt, rows, C, weight, norm_bias, eps);
     }
     if (ctx.dry || rows == 0) return;
-    layer_norm_regs(ctx, x, y, bias, gamma, out, dt, rows, C, weight, norm_bias, eps);
+    layer_norm_regs(ctx, x, x, y, bias, gamma, out, dt, rows, C, weight, norm_bias, eps);
 }
 
 void gelu(const Ctx& ctx, float* x, int64_t n) {

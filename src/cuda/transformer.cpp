@@ -189,12 +189,12 @@ void CrossTransformer::layer(const Ctx& ctx, const Work& w, const TransformerLay
         } else {
             mha(w.a, nullptr);
         }
-        residual(ctx, x, w.proj, out_b, gamma1, rows, C);
-        layer_norm(ctx, x, x, DType::F32, rows, C, f32("norm1.weight"), f32("norm1.bias"), 1e-5f);
+        residual_layer_norm(ctx, x, w.proj, out_b, gamma1, x, DType::F32, rows, C, f32("norm1.weight"),
+                            f32("norm1.bias"), 1e-5f);
         convert(ctx, x, w.a, dt, rows * C);
         feed_forward(w.a);
-        residual(ctx, x, w.proj, f32("linear2.bias"), gamma2, rows, C);
-        layer_norm(ctx, x, x, DType::F32, rows, C, f32("norm2.weight"), f32("norm2.bias"), 1e-5f);
+        residual_layer_norm(ctx, x, w.proj, f32("linear2.bias"), gamma2, x, DType::F32, rows, C,
+                            f32("norm2.weight"), f32("norm2.bias"), 1e-5f);
     }
 }
 
