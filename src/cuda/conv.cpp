@@ -166,9 +166,10 @@ bool conv2d_glu(const Ctx& ctx, const DTensor& x, const ConvWeight& w, ConvGeom 
 }
 
 void conv_transpose2d(const Ctx& ctx, const DTensor& x, const ConvWeight& w, int sh, int sw, int64_t h0, int64_t w0,
-                      const DTensor& out, Act act, const void* x_operand) {
+                      const DTensor& out, Act act, const void* x_operand, const ColumnSink* sink) {
     if (x.c != w.cin || out.b != x.b || out.c != w.cout)
         throw Error("internal error: conv_transpose2d shapes: input " + dims(x) + ", output " + dims(out));
+    if (sink && act != Act::None) throw Error("internal error: conv_transpose2d: a column sink with an activation");
     ArenaScope scope(*ctx.arena);
     const DType dt = ctx.gemm;
     const int64_t B = x.b, rows = int64_t(w.cout) * w.kh * w.kw, HW = x.h * x.w, ld = gemm_ld(ctx, HW);
@@ -184,8 +185,11 @@ void conv_transpose2d(const Ctx& ctx, const DTensor& x, const ConvWeight& w, int
         // cols[b] [cout * kh * kw, ld] = W^T (W stored [cin, cout * kh * kw]) x[b] [cin, ld]
         gemm_as(ctx, dt, true, false, rows, ld, x.c, 1.0f, {w.w, rows, 0},
                 {offset(xb, b0 * x.c * ld, dt), ld, x.c * ld}, 0.0f, cols, ct, ld, rows * ld, nb);
-        col2im(ctx, cols, ct, out.p + b0 * w.cout * out.h * out.w, w.bias, nb, w.cout, x.h, x.w, w.kh, w.kw, sh, sw,
-               h0, out.h, w0, out.w, act, ld);
+        if (sink)
+            (*sink)(cols, ct, ld, b0, nb);
+        else
+            col2im(ctx, cols, ct, out.p + b0 * w.cout * out.h * out.w, w.bias, nb, w.cout, x.h, x.w, w.kh, w.kw, sh,
+                   sw, h0, out.h, w0, out.w, act, ld);
     }
 }
 

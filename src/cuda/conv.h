@@ -26,6 +26,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 #include "cuda/common.h"
 #include "cuda/kernels.h"
@@ -74,10 +75,17 @@ bool conv2d_glu(const Ctx& ctx, const DTensor& x, const ConvWeight& w, ConvGeom 
 // float16 / bfloat16, where cuBLAS's tensor-core kernels want aligned rows.
 int64_t operand_ld(const Ctx& ctx, int64_t n);
 
+// Takes a transposed convolution's columns instead of its overlap-add into
+// `out`: called per slice of items [b0, b0 + nb) with cols [nb, cout * kh *
+// kw, ld] of type ct (the iSTFT's input written from the last frequency
+// decoder's columns: Spectral::spectrum_from_columns).
+using ColumnSink = std::function<void(const void* cols, DType ct, int64_t ld, int64_t b0, int64_t nb)>;
+
 // out = act(window [h0, h0 + out.h) x [w0, w0 + out.w) of conv_transpose(x) + bias).
 // x_operand (or null): x already as the GEMM operand (ctx.gemm, rows of
-// operand_ld(ctx, x.h * x.w)), x.p then unused.
+// operand_ld(ctx, x.h * x.w)), x.p then unused. sink (or null): the columns
+// go there instead (out.p then unused; act must be None).
 void conv_transpose2d(const Ctx& ctx, const DTensor& x, const ConvWeight& w, int sh, int sw, int64_t h0, int64_t w0,
-                      const DTensor& out, Act act, const void* x_operand = nullptr);
+                      const DTensor& out, Act act, const void* x_operand = nullptr, const ColumnSink* sink = nullptr);
 
 }  // namespace fastdemucs::cuda

@@ -337,6 +337,7 @@ public:
         ctx_.thin_dconv = env_string("FASTDEMUCS_THIN_DCONV") != "0";
         ctx_.dconv_rows = env_string("FASTDEMUCS_DCONV_ROWS") != "0";
         ctx_.tensor_core_dconv = env_string("FASTDEMUCS_TC_DCONV") != "0" && major >= 8;  // mma.sync m16n8k16
+        ctx_.decoder_writes_spectrum = env_string("FASTDEMUCS_SPECTRUM_FROM_COLUMNS") != "0";
         staged_upload_ = env_string("FASTDEMUCS_STAGED_UPLOAD") != "0";
         ctx_.narrow_gemm_out = env_string("FASTDEMUCS_NARROW_GEMM_OUT") != "0";
         graphs_enabled_ = !env_flag("FASTDEMUCS_NO_GRAPH");
@@ -946,15 +947,36 @@ private:
         segment_stats(ctx, xt.p, whole, Spread::UnbiasedStd, time_stats, time_stats + B);
         normalize(ctx, xt.p, B, whole.W, time_stats, time_stats + B);
 
-        run_network(ctx, x, xt);
+        SpectrumTarget spectrum;
+        spectrum.stats = spec_stats;
+        const bool direct = decoder_writes_spectrum(ctx);
+        run_network(ctx, x, xt, direct ? &spectrum : nullptr);
 
         if (x.c != S * 2 * C || x.h != bins || x.w != T || xt.c != S * C || xt.h != 1 || xt.w != L)
             throw Error("internal error: unexpected output shapes of the network");
         profile_block(ctx, "istft + sum");
-        spectral_->istft_add(ctx, B, S * C, x.p, spec_stats, xt.p, time_stats, io.out);
+        if (direct)
+            spectral_->istft_add_spectrum(ctx, B, S * C, spectrum.spec, xt.p, time_stats, io.out);
+        else
+            spectral_->istft_add(ctx, B, S * C, x.p, spec_stats, xt.p, time_stats, io.out);
     }
 
-    void run_network(const Ctx& ctx, DTensor& x, DTensor& xt) {
+    // The last frequency decoder writing the iSTFT's input itself
+    // (Spectral::spectrum_from_columns): its output z is then never stored.
+    struct SpectrumTarget {
+        const double* stats = nullptr;  // the spectrogram's {mean[B], std[B]}
+        cufftComplex* spec = nullptr;   // allocated by decoder_layer where z would be
+    };
+    // Where that applies: a plain transposed convolution (no GroupNorm after
+    // it), no taps (they read z).
+    bool decoder_writes_spectrum(const Ctx& ctx) const {
+        const auto& decoders = model_->plan.decoder;
+        if (!ctx.decoder_writes_spectrum || tap_ || decoders.empty()) return false;
+        const DecoderLayerPlan& d = decoders.back();
+        return d.freq && d.last && !d.norm && spectral_->spectrum_from_columns_fits(d.kernel, d.stride);
+    }
+
+    void run_network(const Ctx& ctx, DTensor& x, DTensor& xt, SpectrumTarget* spectrum) {
         const auto& plan = model_->plan;
         const auto& cfg = model_->config;
         std::vector<DTensor> saved, saved_t;
@@ -1029,7 +1051,9 @@ private:
             const bool need_pre = t_here && plan.tdecoder[idx - offset].empty;
             DTensor pre;
             profile_block(ctx, "decoder." + std::to_string(idx));
-            x = decoder_layer(ctx, plan.decoder[idx], x, &skip, lengths.back(), need_pre ? &pre : nullptr);
+            const bool last = idx + 1 == plan.decoder.size();
+            x = decoder_layer(ctx, plan.decoder[idx], x, &skip, lengths.back(), need_pre ? &pre : nullptr,
+                              last ? spectrum : nullptr);
             lengths.pop_back();
             emit(ctx, "decoder." + std::to_string(idx) + ".0", x);
             if (t_here) {
@@ -1317,9 +1341,10 @@ private:
     }
 
     // Returns z; `pre` (if given) receives the input of the transposed conv,
-    // which then stays allocated.
+    // which then stays allocated. `spectrum` (or null): the transposed conv's
+    // columns go to the iSTFT's input instead (SpectrumTarget; z.p is then null).
     DTensor decoder_layer(const Ctx& ctx, const DecoderLayerPlan& d, const DTensor& x, const DTensor* skip,
-                          int64_t length, DTensor* pre) const {
+                          int64_t length, DTensor* pre, SpectrumTarget* spectrum = nullptr) const {
         const int kh = d.freq ? d.kernel : 1, kw = d.freq ? 1 : d.kernel;
         const int sh = d.freq ? d.stride : 1, sw = d.freq ? 1 : d.stride;
         const ConvWeight tw = conv_tr_weight(d.prefix + "conv_tr.", kh, kw);
@@ -1332,7 +1357,16 @@ private:
             w0 = d.pad, Wc = length;
             if (w0 + Wc > Wf) throw Error("internal error: " + d.prefix + " output shorter than the skip length");
         }
-        DTensor z = alloc(ctx, x.b, d.chout, Hc, Wc);
+        DTensor z;
+        if (spectrum) {
+            if (!d.freq || d.norm || !d.last || pre || kw != 1 || sw != 1 || Hc != spectral_->bins() ||
+                x.w != spectral_->frames() || Wc != x.w || d.chout % 2 != 0)
+                throw Error("internal error: " + d.prefix + " cannot write the iSTFT's input");
+            spectrum->spec = spectral_->alloc_spectrum(ctx, x.b, d.chout / 2);
+            z = DTensor{nullptr, x.b, d.chout, Hc, Wc};
+        } else {
+            z = alloc(ctx, x.b, d.chout, Hc, Wc);
+        }
         const bool rewrites = !d.empty && d.rewrite_kernel;
         // The rewritten input outlives this call only when it is asked for.
         DTensor y = x;
@@ -1360,6 +1394,12 @@ private:
             group_norm(ctx, full.p, groups_of(full, d.norm_groups), weights_->f32(d.prefix + "norm2.weight"),
                        weights_->f32(d.prefix + "norm2.bias"), 1e-5f, Act::None);
             crop_act(ctx, full.p, z.p, full.b * full.c, Hf, Wf, h0, Hc, w0, Wc, act);
+        } else if (spectrum) {
+            const ColumnSink sink = [&](const void* cols, DType ct, int64_t ld, int64_t b0, int64_t nb) {
+                spectral_->spectrum_from_columns(ctx, cols, ct, ld, tw.bias, x.b, b0, nb, d.chout / 2, x.h, kh, sh, h0,
+                                                 spectrum->stats, spectrum->spec);
+            };
+            conv_transpose2d(ctx, y, tw, sh, sw, h0, w0, z, act, y_operand.p, &sink);
         } else {
             conv_transpose2d(ctx, y, tw, sh, sw, h0, w0, z, act, y_operand.p);
         }

@@ -448,6 +448,23 @@ __global__ void freq_embedding_kernel(float* x, const float* __restrict__ table,
     }
 }
 
+// The same, eight frames of a row a thread (T a multiple of 8): the row's
+// table value found once for eight (one output a thread spent the pass on
+// its divisions: 0.19 ms of a float16 forward of 8 at 2.7 TB/s).
+template <typename I>
+__global__ void freq_embedding_vec_kernel(float* x, const float* __restrict__ table, I C, Divisor<I> F,
+                                          Divisor<I> row_vecs, I slots, float k, float s) {
+    for (I v = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); v < slots; v += I(gridDim.x) * I(blockDim.x)) {
+        const I ft = row_vecs.div(v), bc = F.div(ft), f = ft - bc * F.value(), c = bc % C;
+        const float e = k * (table[f * C + c] * s);
+        float row[kVec];
+        load8(x + int64_t(v) * kVec, row);
+#pragma unroll
+        for (int i = 0; i < kVec; i++) row[i] += e;
+        store8(x + int64_t(v) * kVec, row);
+    }
+}
+
 template <typename I>
 __global__ void residual_kernel(float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ bias,
                                 const float* __restrict__ gamma, I total, Divisor<I> C) {
@@ -1138,9 +1155,15 @@ void add_freq_embedding(const Ctx& ctx, float* x, const float* table, int64_t B,
                         float k, float s) {
     const int64_t n = B * C * F * T;
     if (ctx.dry || n == 0) return;
-    FD_INDEX_DISPATCH(n, I,
-                      freq_embedding_kernel<I><<<grid_for(n), kThreads, 0, ctx.stream>>>(x, table, I(B), I(C), I(F),
-                                                                                         I(T), k, s));
+    if (T % kVec == 0 && aligned16(x)) {
+        FD_INDEX_DISPATCH(n, I,
+                          freq_embedding_vec_kernel<I><<<grid_for(n / kVec), kThreads, 0, ctx.stream>>>(
+                              x, table, I(C), Divisor<I>(F), Divisor<I>(T / kVec), I(n / kVec), k, s));
+    } else {
+        FD_INDEX_DISPATCH(n, I,
+                          freq_embedding_kernel<I><<<grid_for(n), kThreads, 0, ctx.stream>>>(x, table, I(B), I(C),
+                                                                                             I(F), I(T), k, s));
+    }
     FD_LAUNCH_CHECK();
 }
 
