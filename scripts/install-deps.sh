@@ -26,3 +26,23 @@ if ! python3 -c "import onnxruntime, numpy" 2>/dev/null; then
     python3 -m pip install --quiet --break-system-packages onnxruntime numpy ||
     echo "install-deps: could not install onnxruntime (the ONNX export tests will skip)" >&2
 fi
+
+# The cuDNN frontend (header-only, from PyPI) for the GPU build's fused
+# attention: its headers unpacked in .deps/ (the build uses our own attention
+# kernels alone where they are missing).
+frontend_version=1.32.0
+frontend="$(cd "$(dirname "$0")/.." && pwd)/.deps/cudnn_frontend"
+if [ ! -f "$frontend/include/cudnn_frontend.h" ]; then
+  wheels=$(mktemp -d)
+  if python3 -m pip download --quiet --no-deps --dest "$wheels" "nvidia-cudnn-frontend==$frontend_version" 2>/dev/null; then
+    python3 - "$wheels" "$frontend" <<'EOF'
+import glob, os, sys, zipfile
+wheel = glob.glob(os.path.join(sys.argv[1], "*.whl"))[0]
+with zipfile.ZipFile(wheel) as z:
+    z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith("include/")])
+EOF
+  else
+    echo "install-deps: could not download the cuDNN frontend (GPU builds use our attention kernels only)" >&2
+  fi
+  rm -rf "$wheels"
+fi

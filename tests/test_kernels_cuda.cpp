@@ -16,6 +16,7 @@
 #include "cuda/common.h"
 #include "cuda/conv.h"
 #include "cuda/conv_glu.h"
+#include "cuda/cudnn_attention.h"
 #include "cuda/dconv.h"
 #include "cuda/kernels.h"
 #include "cuda/libraries.h"
@@ -128,7 +129,7 @@ std::vector<float> get_as(Gpu& g, const void* d, DType t, size_t n) {
 }
 
 void attention_case(DType t, bool fused, int heads, int dh, bool tensor_cores = true, int64_t N = 131,
-                    int64_t M = 77) {
+                    int64_t M = 77, CudnnAttention* cudnn = nullptr) {
     Gpu g;
     const int64_t B = 2, C = int64_t(heads) * dh, ldq = 3 * C, ldkv = 2 * C;
     const std::vector<float> q = exact_random(size_t(B * N * ldq), 1), kv = exact_random(size_t(B * M * ldkv), 2);
@@ -137,7 +138,9 @@ void attention_case(DType t, bool fused, int heads, int dh, bool tensor_cores = 
     a.k = put_as(g, kv, t), a.v = offset(a.k, C, t), a.ldkv = ldkv;
     a.out = g.arena.alloc_bytes(size_t(B * N * C) * dtype_bytes(t)), a.ldo = C;
     a.B = B, a.N = N, a.M = M, a.heads = heads, a.dh = dh;
-    attention(g.ctx(t, fused, tensor_cores), a);
+    Ctx ctx = g.ctx(t, fused, tensor_cores);
+    ctx.cudnn_attention = cudnn;
+    attention(ctx, a);
     const std::vector<float> got = get_as(g, a.out, t, size_t(B * N * C));
 
     std::vector<double> ref(size_t(B * N * C));
@@ -163,7 +166,8 @@ void attention_case(DType t, bool fused, int heads, int dh, bool tensor_cores = 
                 }
             }
     const double tol = t == DType::F32 ? 2e-6 : t == DType::F16 ? 3e-3 : 2e-2;
-    EXPECT_LE(rel(got, ref), tol) << dtype_name(t) << (fused ? (tensor_cores ? " fused" : " fused simt") : " cublas")
+    EXPECT_LE(rel(got, ref), tol) << dtype_name(t)
+                                  << (cudnn ? " cudnn" : fused ? (tensor_cores ? " fused" : " fused simt") : " cublas")
                                   << " dh " << dh << " N " << N << " M " << M;
 }
 
@@ -244,6 +248,21 @@ TEST(KernelsCuda, AttentionBothPathsEveryType) {
     attention_case(DType::F16, true, 2, 48, true, 70, 64);
     attention_case(DType::F16, true, 2, 48, true, 200, 128);
     attention_case(DType::BF16, true, 2, 48, true, 200, 128);
+}
+
+// cuDNN's fused attention where libcudnn.so.9 loads: every head size in
+// both reduced types, partial tiles, more keys than queries and the
+// reverse, each run taken by cuDNN (not left to our kernels).
+TEST(KernelsCuda, AttentionThroughCudnn) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    if (!cudnn_attention_built()) GTEST_SKIP() << "built without cuDNN";
+    CudnnAttention cudnn(0);
+    if (!cudnn.available()) GTEST_SKIP() << cudnn.reason();
+    for (DType t : {DType::F16, DType::BF16})
+        for (int dh : {16, 32, 48, 64}) attention_case(t, true, 3, dh, true, 131, 77, &cudnn);
+    attention_case(DType::F16, true, 8, 48, true, 300, 700, &cudnn);
+    attention_case(DType::BF16, true, 2, 64, true, 64, 129, &cudnn);
+    EXPECT_EQ(cudnn.runs(), 10);
 }
 
 TEST(KernelsCuda, ConvolutionPaths) {

@@ -7,7 +7,8 @@
 #      checkpoint (the htdemucs_6s architecture): float64 reference, command
 #      path fp32, all chunks batched in eager fp32, batched torch.compile fp16 (bench/official_baseline.py);
 #   3. fastdemucs model time in fp32 / fp16 / bf16 (gpu_bench) and the
-#      fidelity of each against that float64 reference;
+#      fidelity of each against that float64 reference, then fp16 / bf16 again
+#      with cuDNN's fused attention (FASTDEMUCS_ATTENTION=cudnn);
 #   4. the fastdemucs command end to end (process start to six WAV files),
 #      BENCH_COMMAND_RUNS times per precision (default 3).
 # Everything goes to $OUT/bench.log (plus the dump's 7 .npy files); the
@@ -26,6 +27,11 @@ log=$out/bench.log
     --runs "${BENCH_RUNS:-5}" --out "$work" --modes "${BENCH_MODES:-reference,command,eager32,compiled}" --shifts "${BENCH_SHIFTS:-0}"
   .device/bin/gpu_bench "$ckpt" "$work/track.wav" "$work" "${BENCH_RUNS:-5}"
   python3 bench/compare_stems.py "$work/reference.npy" "$work"/stems_*.npy
+  # The same with cuDNN's fused attention (opt-in: src/cuda/cudnn_attention.h), float16 / bfloat16.
+  FASTDEMUCS_ATTENTION=cudnn GPU_BENCH_PRECISIONS=fp16,bf16 .device/bin/gpu_bench "$ckpt" "$work/track.wav" "$work" \
+    "${BENCH_RUNS:-5}" | sed 's/"mode": "fastdemucs_/"mode": "fastdemucs_cudnn_/'
+  python3 bench/compare_stems.py "$work/reference.npy" "$work"/stems_fp16.npy "$work"/stems_bf16.npy |
+    sed 's/"file": "/"attention": "cudnn", "file": "/'
   # The command's own output against the float64 reference (no shifts, float32 WAVs, no
   # clipping rescale: the same settings as the model-time rows).
   rm -rf "$work/sep"

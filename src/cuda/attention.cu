@@ -5,6 +5,7 @@
 #include <string>
 
 #include "cuda/arena.h"
+#include "cuda/cudnn_attention.h"
 #include "cuda/device_utils.cuh"
 #include "cuda/gemm.h"
 #include "cuda/kernels.h"
@@ -543,6 +544,7 @@ void attention(const Ctx& ctx, const AttentionArgs& a) {
         throw Error("internal error: attention arguments");
     const float scale = float(1.0 / std::sqrt(double(a.dh)));
     ProfileSpan span(ctx, ProfKind::Attention);
+    if (ctx.cudnn_attention && ctx.cudnn_attention->run(ctx, a, scale)) return;
     if (!(ctx.fused_attention && fused_attention_supported(a.dh))) {
         attention_cublas(ctx, a, scale);
         return;

@@ -3,7 +3,8 @@
 // nn.MultiheadAttention splits them. q, k, v and out are in the context's
 // operand type; scores, softmax and accumulation are float32.
 //
-// Three implementations, same function:
+// Three implementations, same function (and, with FASTDEMUCS_ATTENTION=cudnn,
+// cuDNN's fused attention before them: cuda/cudnn_attention.h):
 //   - fused, tensor cores (default in float16 / bfloat16): FlashAttention-2
 //     style on mma.sync m16n8k16, 64 query rows per block, K/V tiles of 64
 //     keys in shared memory, online softmax on the float32 accumulator

@@ -61,6 +61,7 @@ struct Planes {
 };
 
 class Arena;
+class CudnnAttention;
 class Profiler;
 
 // What every op needs. With `dry` set nothing is launched: ops only take
@@ -73,6 +74,7 @@ struct Ctx {
     Arena* arena = nullptr;
     bool dry = false;
     bool fused_attention = true;
+    CudnnAttention* cudnn_attention = nullptr;  // float16 / bfloat16 attention through cuDNN first (cuda/cudnn_attention.h)
     bool tensor_core_attention = true;  // float16 / bfloat16 fused attention on mma.sync (else the SIMT kernel)
     bool pipelined_attention = true;    // float16: the cp.async / ldmatrix kernel (else version 1, as bfloat16)
     bool shifted_conv = false;          // stride-1 multi-tap convs as shifted GEMMs (else im2col + one GEMM)

@@ -183,6 +183,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -190,6 +191,7 @@
 #include "cuda/common.h"
 #include "cuda/conv.h"
 #include "cuda/conv_glu.h"
+#include "cuda/cudnn_attention.h"
 #include "cuda/dconv.h"
 #include "cuda/gemm.h"
 #include "cuda/host_output.h"
@@ -332,6 +334,16 @@ public:
         // mma.sync m16n8k16 and cp.async: sm_80 on (else the SIMT kernel).
         ctx_.tensor_core_attention = attention != "simt" && major >= 8;
         ctx_.pipelined_attention = attention != "tc-v1";
+        // FASTDEMUCS_ATTENTION=cudnn: cuDNN's fused attention first in float16 / bfloat16 (our
+        // kernels where it is not installed; cuda/cudnn_attention.h says why it is not the default).
+        if (dtype_ != DType::F32 && attention == "cudnn") {
+            cudnn_attention_ = std::make_unique<CudnnAttention>(device_);
+            if (cudnn_attention_->available())
+                ctx_.cudnn_attention = cudnn_attention_.get();
+            else
+                trace_point(("cuda: no cuDNN attention (" + cudnn_attention_->reason() + ")").c_str());
+            trace_point("cuda: cuDNN");
+        }
         ctx_.implicit_conv = env_flag("FASTDEMUCS_IMPLICIT_CONV") && major >= 8;  // cp.async: sm_80 on
         ctx_.conv_glu = env_string("FASTDEMUCS_CONV_GLU") != "0" && major >= 8;  // cp.async, mma.sync
         ctx_.thin_dconv = env_string("FASTDEMUCS_THIN_DCONV") != "0";
@@ -752,6 +764,7 @@ private:
 
     void ensure_workspace(int batch) {
         const size_t need = measure(batch);
+        if (cudnn_attention_) cudnn_attention_->prepare(batch);  // the shapes measure() met, planned in parallel
         if (workspace_.bytes() < need) resize_workspace(need, "batch " + std::to_string(batch));
         arena_.bind(workspace_.get(), workspace_.bytes());
     }
@@ -1426,6 +1439,7 @@ private:
     std::unique_ptr<EventOwner> ready_[2];  // a batch's overlap-add is done (whole-track path)
     DeviceBuffer blas_workspace_;
     std::unique_ptr<BlasOwner> blas_;
+    std::unique_ptr<CudnnAttention> cudnn_attention_;  // (null: our attention kernels)
     std::unique_ptr<DeviceWeights> weights_;
     DeviceBuffer grams_;      // thin DConv statistics forms (upload_dconv_tables)
     DeviceBuffer in_tables_;  // thin DConv in-convolution weight tables and apply fragments
@@ -1483,8 +1497,20 @@ void cuda_warm_up_libraries(int device_index, Precision precision) {
         cudaGetLastError();
         return;
     }
+    // cuDNN's first attention plan (where chosen) on a thread of its own, beside cuBLAS's first product.
+    std::thread cudnn;
+    if (cuda::env_string("FASTDEMUCS_ATTENTION") == "cudnn") {
+        try {
+            cudnn = std::thread([device_index, precision] {
+                cuda::warm_up_cudnn_attention(device_index, cuda::operand_type(precision));
+                trace_point("cuDNN warmed up (start-up thread)");
+            });
+        } catch (const std::system_error&) {
+        }
+    }
     cuda::warm_up_gemm_library(cuda::operand_type(precision));
     trace_point("cuBLAS warmed up (start-up thread)");
+    if (cudnn.joinable()) cudnn.join();
 }
 
 namespace {

@@ -11,11 +11,7 @@
 #endif
 
 namespace fastdemucs::cuda {
-namespace {
 
-// By soname first (LD_LIBRARY_PATH, the loader's cache, our RUNPATH), then
-// in the toolkit's folder this build was made against. Returns null with
-// the loader's reason on failure.
 void* open_library(const std::string& soname, std::string& reason) {
     if (void* lib = dlopen(soname.c_str(), RTLD_NOW | RTLD_LOCAL)) return lib;
     const char* first = dlerror();
@@ -27,6 +23,8 @@ void* open_library(const std::string& soname, std::string& reason) {
     }
     return nullptr;
 }
+
+namespace {
 
 template <typename Fn>
 void resolve(void* lib, const char* name, Fn& fn, std::string& missing) {

@@ -9,6 +9,8 @@
 // (`blas_api().cublasCreate(&h)`: cublas_v2.h's macros map the names).
 #pragma once
 
+#include <string>
+
 #include <cublas_v2.h>
 #include <cufft.h>
 
@@ -49,5 +51,10 @@ const CufftApi& fft_api();
 
 // Loads both now (errors are left for the first real use); never throws.
 void preload_cuda_libraries();
+
+// dlopen of a CUDA library by soname first (LD_LIBRARY_PATH, the loader's
+// cache, our RUNPATH), then in the toolkit's folder this build was made
+// against. Returns null with the loader's reason on failure.
+void* open_library(const std::string& soname, std::string& reason);
 
 }  // namespace fastdemucs::cuda
