@@ -145,6 +145,8 @@ bool CudnnAttention::run(const Ctx& ctx, const AttentionArgs& a, float scale) {
     // cost host time) reserve the same arena memory as real ones; a shape
     // cuDNN then declines falls to our fused kernel, which takes no memory.
     if (!impl_->handle || (t != DType::F16 && t != DType::BF16) || !fused_attention_supported(a.dh)) return false;
+    // Released on return: later kernels on the stream may reuse it (stream order).
+    ArenaScope scope(*ctx.arena);
     void* workspace = ctx.arena->alloc_bytes(kWorkspaceReserve);
     const PlanKey key{int(t), a.B, a.N, a.M, a.heads, a.dh, a.ldq, a.ldkv, a.ldo, scale};
     auto it = impl_->plans.find(key);
