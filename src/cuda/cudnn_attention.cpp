@@ -61,12 +61,15 @@ struct CudnnAttention::Impl {
     int64_t runs = 0;
 
     ~Impl() {
-        for (auto& [key, plan] : plans) {
-            plan.graph.reset();
-            if (plan.own) fe::detail::destroy_handle(plan.own);
+        try {  // the frontend's entry-point lookup throws; never out of a destructor
+            for (auto& [key, plan] : plans) {
+                plan.graph.reset();
+                if (plan.own) fe::detail::destroy_handle(plan.own);
+            }
+            plans.clear();
+            if (handle) fe::detail::destroy_handle(handle);
+        } catch (...) {
         }
-        plans.clear();
-        if (handle) fe::detail::destroy_handle(handle);
     }
 
     // The graph of out [B, H, N, dh] = SDPA(q, k, v) over the heads
@@ -115,13 +118,14 @@ CudnnAttention::CudnnAttention(int device) : impl_(std::make_unique<Impl>()) {
         std::string why;
         void* lib = open_library("libcudnn.so.9", why);
         if (!lib) trace_point(("cuda: cuDNN not loaded (" + why + "): our attention kernels run").c_str());
+        // Set once, before any thread's first use (the static's initialisation orders it).
+        fe::cudnn_dlhandle = lib;
         return lib;
     }();
     if (!library) {
         impl_->reason = "libcudnn.so.9 could not be loaded";
         return;
     }
-    fe::cudnn_dlhandle = library;
     try {
         if (fe::detail::create_handle(&impl_->handle) != CUDNN_STATUS_SUCCESS) {
             impl_->handle = nullptr;
