@@ -29,20 +29,27 @@ fi
 
 # The cuDNN frontend (header-only, from PyPI) for the GPU build's fused
 # attention: its headers unpacked in .deps/ (the build uses our own attention
-# kernels alone where they are missing).
+# kernels alone where they are missing). Only where the CUDA toolkit is; a
+# wheel only (no source package), one quick try: no network, no frontend.
 frontend_version=1.32.0
 frontend="$(cd "$(dirname "$0")/.." && pwd)/.deps/cudnn_frontend"
-if [ ! -f "$frontend/include/cudnn_frontend.h" ]; then
+if [ ! -f "$frontend/include/cudnn_frontend.h" ] &&
+   { command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; }; then
   wheels=$(mktemp -d)
-  if python3 -m pip download --quiet --no-deps --dest "$wheels" "nvidia-cudnn-frontend==$frontend_version" 2>/dev/null; then
-    python3 - "$wheels" "$frontend" <<'EOF'
+  if python3 -m pip download --quiet --no-deps --only-binary=:all: --retries 1 --timeout 15 --dest "$wheels" \
+       "nvidia-cudnn-frontend==$frontend_version" 2>/dev/null &&
+     python3 - "$wheels" "$frontend" <<'EOF'
 import glob, os, sys, zipfile
-wheel = glob.glob(os.path.join(sys.argv[1], "*.whl"))[0]
-with zipfile.ZipFile(wheel) as z:
+wheels = glob.glob(os.path.join(sys.argv[1], "*.whl"))
+if not wheels:
+    sys.exit(1)
+with zipfile.ZipFile(wheels[0]) as z:
     z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith("include/")])
 EOF
+  then
+    :
   else
-    echo "install-deps: could not download the cuDNN frontend (GPU builds use our attention kernels only)" >&2
+    echo "install-deps: could not fetch the cuDNN frontend (GPU builds use our attention kernels only)" >&2
   fi
   rm -rf "$wheels"
 fi

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <random>
 #include <thread>
 #include <vector>
@@ -263,6 +264,28 @@ TEST(KernelsCuda, AttentionThroughCudnn) {
     attention_case(DType::F16, true, 8, 48, true, 300, 700, &cudnn);
     attention_case(DType::BF16, true, 2, 64, true, 64, 129, &cudnn);
     EXPECT_EQ(cudnn.runs(), 10);
+}
+
+// A plan made once is read back from the plan store by the next user (no
+// kernel generation) and gives the same attention; a damaged stored plan is
+// made again.
+TEST(KernelsCuda, CudnnAttentionPlansComeBackFromThePlanStore) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    if (!cudnn_attention_built()) GTEST_SKIP() << "built without cuDNN";
+    const std::string dir = testing_support::make_temp_dir("plans");
+    testing_support::ScopedEnv store("FASTDEMUCS_PLAN_CACHE", dir);
+    for (int round = 0; round < 3; round++) {
+        if (round == 2)  // every stored plan damaged
+            for (const auto& entry : std::filesystem::directory_iterator(dir))
+                std::filesystem::resize_file(entry.path(), 100);
+        CudnnAttention cudnn(0);
+        if (!cudnn.available()) GTEST_SKIP() << cudnn.reason();
+        attention_case(DType::F16, true, 3, 48, true, 131, 77, &cudnn);
+        attention_case(DType::BF16, true, 2, 64, true, 64, 129, &cudnn);
+        EXPECT_EQ(cudnn.runs(), 2);
+        EXPECT_EQ(cudnn.plans_read(), round == 1 ? 2 : 0) << "round " << round;
+    }
+    std::filesystem::remove_all(dir);
 }
 
 TEST(KernelsCuda, ConvolutionPaths) {

@@ -5,11 +5,30 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <stdexcept>
 
 namespace testing_support {
+
+namespace {
+// The GPU tests' cuDNN plans go to a folder of this run, not the user's
+// cache (cuda/plan_store.h), unless FASTDEMUCS_PLAN_CACHE names one.
+struct TestPlanStore {
+    std::string dir;
+    TestPlanStore() {
+        const char* chosen = std::getenv("FASTDEMUCS_PLAN_CACHE");
+        if (chosen && *chosen) return;
+        dir = make_temp_dir("test_plans");
+        setenv("FASTDEMUCS_PLAN_CACHE", dir.c_str(), 1);
+    }
+    ~TestPlanStore() {
+        std::error_code ec;
+        if (!dir.empty()) std::filesystem::remove_all(dir, ec);
+    }
+} test_plan_store;
+}  // namespace
 
 std::string fixtures_dir() {
     const char* env = std::getenv("FASTDEMUCS_FIXTURES");

@@ -35,11 +35,21 @@ double snr_db(const float* out, const float* ref, int64_t n);
 std::string make_temp_dir(const std::string& tag);
 
 // Sets an environment variable for the lifetime of the object (the engine
-// reads its switches when a backend is made).
+// reads its switches when a backend is made), then restores what was there.
 struct ScopedEnv {
     std::string name;
-    ScopedEnv(const std::string& n, const std::string& value) : name(n) { setenv(n.c_str(), value.c_str(), 1); }
-    ~ScopedEnv() { unsetenv(name.c_str()); }
+    bool had = false;
+    std::string before;
+    ScopedEnv(const std::string& n, const std::string& value) : name(n) {
+        if (const char* old = getenv(n.c_str())) had = true, before = old;
+        setenv(n.c_str(), value.c_str(), 1);
+    }
+    ~ScopedEnv() {
+        if (had)
+            setenv(name.c_str(), before.c_str(), 1);
+        else
+            unsetenv(name.c_str());
+    }
 };
 
 }  // namespace testing_support

@@ -102,7 +102,9 @@
 // loads the kernels and picks cuBLAS's algorithms. Taps bypass the
 // graph. FASTDEMUCS_NO_GRAPH=1 disables graphs; FASTDEMUCS_ATTENTION=cublas
 // selects the cuBLAS attention path, =simt the float32-arithmetic fused
-// kernel in every precision, =tc-v1 the first float16 tensor-core kernel.
+// kernel in every precision, =tc-v1 the first float16 tensor-core kernel,
+// =tc our current tensor-core kernel (unset: cuDNN's fused attention first,
+// cuda/cudnn_attention.h; FASTDEMUCS_PLAN_CACHE its plan store's folder).
 // FASTDEMUCS_NARROW_GEMM_OUT=0 keeps every GEMM result in float32 (Ctx::narrow_gemm_out).
 // FASTDEMUCS_GPU_TIMELINE=1 prints the track path's GPU time line (events).
 // FASTDEMUCS_PROFILE=1 runs every forward eagerly and prints a per-block
@@ -334,15 +336,14 @@ public:
         // mma.sync m16n8k16 and cp.async: sm_80 on (else the SIMT kernel).
         ctx_.tensor_core_attention = attention != "simt" && major >= 8;
         ctx_.pipelined_attention = attention != "tc-v1";
-        // FASTDEMUCS_ATTENTION=cudnn: cuDNN's fused attention first in float16 / bfloat16 (our
-        // kernels where it is not installed; cuda/cudnn_attention.h says why it is not the default).
-        if (dtype_ != DType::F32 && attention == "cudnn") {
+        // cuDNN's fused attention first in float16 / bfloat16 (our kernels where it is not
+        // installed, or with FASTDEMUCS_ATTENTION=tc: cuda/cudnn_attention.h).
+        if (dtype_ != DType::F32 && cudnn_attention_chosen()) {
             cudnn_attention_ = std::make_unique<CudnnAttention>(device_);
             if (cudnn_attention_->available())
                 ctx_.cudnn_attention = cudnn_attention_.get();
             else
                 trace_point(("cuda: no cuDNN attention (" + cudnn_attention_->reason() + ")").c_str());
-            trace_point("cuda: cuDNN");
         }
         ctx_.implicit_conv = env_flag("FASTDEMUCS_IMPLICIT_CONV") && major >= 8;  // cp.async: sm_80 on
         ctx_.conv_glu = env_string("FASTDEMUCS_CONV_GLU") != "0" && major >= 8;  // cp.async, mma.sync
@@ -1499,7 +1500,7 @@ void cuda_warm_up_libraries(int device_index, Precision precision) {
     }
     // cuDNN's first attention plan (where chosen) on a thread of its own, beside cuBLAS's first product.
     std::thread cudnn;
-    if (cuda::env_string("FASTDEMUCS_ATTENTION") == "cudnn") {
+    if (cuda::cudnn_attention_chosen() && precision != Precision::Fp32) {
         try {
             cudnn = std::thread([device_index, precision] {
                 cuda::warm_up_cudnn_attention(device_index, cuda::operand_type(precision));

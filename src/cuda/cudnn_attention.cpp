@@ -2,10 +2,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <string>
 #include <system_error>
 #include <thread>
+#include <utility>
 #include <tuple>
 #include <unordered_map>
 #include <vector>
@@ -21,6 +25,7 @@
 #include <cudnn_frontend.h>
 
 #include "cuda/libraries.h"
+#include "cuda/plan_store.h"
 
 namespace cudnn_frontend {
 void* cudnn_dlhandle = nullptr;
@@ -58,7 +63,9 @@ struct CudnnAttention::Impl {
     };
     std::map<PlanKey, Plan> plans;
     std::map<PlanKey, AttentionArgs> wanted;  // seen by dry runs, not planned yet (prepare())
+    PlanStore store{PlanStore::default_folder()};
     int64_t runs = 0;
+    int64_t plans_read = 0;
 
     ~Impl() {
         try {  // the frontend's entry-point lookup throws; never out of a destructor
@@ -72,9 +79,76 @@ struct CudnnAttention::Impl {
         }
     }
 
+    // What a plan is made for, as the plan store keys it: the libraries'
+    // versions, the GPU and the shape (a stored plan holds kernels generated
+    // for exactly these).
+    std::string describe(const AttentionArgs& a, DType t, float scale) const {
+        cudaDeviceProp prop{};
+        if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) cudaGetLastError();
+        char text[512];
+        std::snprintf(text, sizeof text,
+                      "cudnn sdpa fwd; cudnn %lld; frontend %d; gpu %s sm_%d%d; %s; B %lld N %lld M %lld heads %d dh %d "
+                      "ldq %lld ldkv %lld ldo %lld scale %a",
+                      (long long)fe::detail::get_backend_version(), CUDNN_FRONTEND_VERSION, prop.name, prop.major,
+                      prop.minor, t == DType::BF16 ? "bf16" : "f16", (long long)a.B, (long long)a.N, (long long)a.M,
+                      a.heads, a.dh, (long long)a.ldq, (long long)a.ldkv, (long long)a.ldo, double(scale));
+        return text;
+    }
+
+    // A plan read back from the plan store on handle `on` (no kernel
+    // generation: ~1 ms); null graph where none is stored or it does not
+    // load. `warm`: the frontend runs it once inside a throwaway stream
+    // capture, so that its first real run (inside our graph's capture) has
+    // nothing left to load; that capture must not overlap another thread's
+    // device synchronisation (both fail), so warm loads run one at a time
+    // on the main thread.
+    Plan load_plan(const std::string& description, cudnnHandle_t on, bool warm = true) {
+        Plan plan;
+        const std::vector<uint8_t> stored = store.load(description);
+        if (stored.empty()) return plan;
+        auto graph = std::make_unique<fe::graph::Graph>();
+        // The warm-up captures the handle's stream, or a stream of its own
+        // where it has none: the stream a caller last ran on may be gone.
+        if (warm && fe::detail::set_stream(on, nullptr) != CUDNN_STATUS_SUCCESS) return plan;
+        auto status = graph->deserialize(on, stored, false, warm);
+        if (status.is_good()) status = graph->get_workspace_size(plan.workspace);
+        if (status.is_good()) {
+            plan.graph = std::move(graph);
+            plans_read++;
+            trace_point("cuda: cuDNN attention plan read from the plan store");
+        } else {
+            cudaGetLastError();
+            trace_point(("cuda: a stored cuDNN attention plan did not load (" + status.get_message() + "): made again")
+                            .c_str());
+        }
+        return plan;
+    }
+
+    // A new plan (cuDNN generates its kernels: ~80-100 ms), saved in the
+    // plan store for the next process. Safe on several threads, a handle each.
+    Plan make_and_save_plan(const AttentionArgs& a, DType t, float scale, cudnnHandle_t on) {
+        Plan plan = build_plan(a, t, scale, on);
+        if (!plan.graph || store.folder().empty()) return plan;
+        std::vector<uint8_t> bytes;
+        // Plan-only (no graph structure): execute() needs nothing else.
+        auto status = plan.graph->serialize(bytes, false);
+        if (!status.is_good())
+            trace_point(("cuda: a cuDNN attention plan could not be serialised (" + status.get_message() + ")").c_str());
+        else if (store.save(describe(a, t, scale), bytes))
+            trace_point("cuda: cuDNN attention plan saved in the plan store");
+        else
+            trace_point(("cuda: the plan store " + store.folder() + " could not keep a cuDNN attention plan").c_str());
+        return plan;
+    }
+
+    Plan make_plan(const AttentionArgs& a, DType t, float scale, cudnnHandle_t on) {
+        Plan plan = load_plan(describe(a, t, scale), on);
+        return plan.graph ? std::move(plan) : make_and_save_plan(a, t, scale, on);
+    }
+
     // The graph of out [B, H, N, dh] = SDPA(q, k, v) over the heads
     // interleaved along each token's row (strides: item, head, token, 1).
-    Plan make_plan(const AttentionArgs& a, DType t, float scale, cudnnHandle_t on) {
+    Plan build_plan(const AttentionArgs& a, DType t, float scale, cudnnHandle_t on) {
         Plan plan;
         auto graph = std::make_unique<fe::graph::Graph>();
         graph->set_io_data_type(t == DType::BF16 ? fe::DataType_t::BFLOAT16 : fe::DataType_t::HALF)
@@ -95,10 +169,16 @@ struct CudnnAttention::Impl {
         (void)stats;
         out->set_output(true).set_uid(kO).set_dim({a.B, H, a.N, dh}).set_stride({a.N * a.ldo, dh, a.ldo, 1});
         // Any step failing leaves the shape to our kernels.
-        if (!graph->validate().is_good() || !graph->build_operation_graph(on).is_good() ||
-            !graph->create_execution_plans({fe::HeurMode_t::A}).is_good() || !graph->check_support().is_good() ||
-            !graph->build_plans().is_good() || !graph->get_workspace_size(plan.workspace).is_good()) {
-            trace_point("cuda: cuDNN has no attention plan for a shape: our kernel runs it");
+        auto status = graph->validate();
+        if (status.is_good()) status = graph->build_operation_graph(on);
+        if (status.is_good()) status = graph->create_execution_plans({fe::HeurMode_t::A});
+        if (status.is_good()) status = graph->check_support();
+        if (status.is_good()) status = graph->build_plans();
+        if (status.is_good()) status = graph->get_workspace_size(plan.workspace);
+        if (!status.is_good()) {
+            trace_point(("cuda: cuDNN has no attention plan for a shape (" + status.get_message() +
+                         "): our kernel runs it")
+                            .c_str());
             return plan;
         }
         plan.graph = std::move(graph);
@@ -116,6 +196,10 @@ CudnnAttention::CudnnAttention(int device) : impl_(std::make_unique<Impl>()) {
     // One library for the process; every backend makes its own handle.
     static void* const library = [] {
         std::string why;
+        // The frontend opens a libcudart of its own for a few calls and
+        // prefers libcudart.so.12 where several are installed: ours instead.
+        setenv("CUDNN_FRONTEND_CUDART_LIB_NAME", ("libcudart.so." + std::to_string(CUDART_VERSION / 1000)).c_str(),
+               0);
         void* lib = open_library("libcudnn.so.9", why);
         if (!lib) trace_point(("cuda: cuDNN not loaded (" + why + "): our attention kernels run").c_str());
         // Set once, before any thread's first use (the static's initialisation orders it).
@@ -127,9 +211,10 @@ CudnnAttention::CudnnAttention(int device) : impl_(std::make_unique<Impl>()) {
         return;
     }
     try {
-        if (fe::detail::create_handle(&impl_->handle) != CUDNN_STATUS_SUCCESS) {
+        const cudnnStatus_t status = fe::detail::create_handle(&impl_->handle);
+        if (status != CUDNN_STATUS_SUCCESS) {
             impl_->handle = nullptr;
-            impl_->reason = "cudnnCreate failed";
+            impl_->reason = std::string("cudnnCreate failed (") + fe::detail::get_error_string(status) + ")";
         }
     } catch (const std::exception& e) {  // the frontend throws where an entry point is missing
         impl_->handle = nullptr;
@@ -142,13 +227,23 @@ CudnnAttention::~CudnnAttention() = default;
 bool CudnnAttention::available() const { return impl_->handle != nullptr; }
 const std::string& CudnnAttention::reason() const { return impl_->reason; }
 int64_t CudnnAttention::runs() const { return impl_->runs; }
+int64_t CudnnAttention::plans_read() const { return impl_->plans_read; }
 
 bool CudnnAttention::run(const Ctx& ctx, const AttentionArgs& a, float scale) {
     const DType t = ctx.gemm;
     // Taken or not on the shape alone, so that dry runs (no plans made: they
     // cost host time) reserve the same arena memory as real ones; a shape
     // cuDNN then declines falls to our fused kernel, which takes no memory.
-    if (!impl_->handle || (t != DType::F16 && t != DType::BF16) || !fused_attention_supported(a.dh)) return false;
+    // Only where the fallback is our fused kernel (the cuBLAS path takes
+    // arena memory a dry run that went to cuDNN did not reserve), and only
+    // the 16-byte aligned operands the frontend assumes (dry-run pointers
+    // have the real runs' offsets, so the decision is the same).
+    const auto aligned16 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+    const bool aligned = aligned16(a.q) && aligned16(a.k) && aligned16(a.v) && aligned16(a.out) && a.ldq % 8 == 0 &&
+                         a.ldkv % 8 == 0 && a.ldo % 8 == 0;
+    if (!impl_->handle || (t != DType::F16 && t != DType::BF16) || !ctx.fused_attention ||
+        !fused_attention_supported(a.dh) || !aligned)
+        return false;
     // Released on return: later kernels on the stream may reuse it (stream order).
     ArenaScope scope(*ctx.arena);
     void* workspace = ctx.arena->alloc_bytes(kWorkspaceReserve);
@@ -168,13 +263,26 @@ bool CudnnAttention::run(const Ctx& ctx, const AttentionArgs& a, float scale) {
         it = impl_->plans.emplace(key, std::move(plan)).first;
     }
     Impl::Plan& plan = it->second;
-    if (!plan.graph || plan.workspace > int64_t(kWorkspaceReserve)) return false;
+    if (plan.graph && plan.workspace > int64_t(kWorkspaceReserve)) {
+        trace_point("cuda: a cuDNN attention plan wants more workspace than reserved: our kernel runs it");
+        plan.graph.reset();  // (said once)
+    }
+    if (!plan.graph) return false;
     std::unordered_map<fe::graph::Tensor_attributes::uid_t, void*> pack = {
         {kQ, const_cast<void*>(a.q)}, {kK, const_cast<void*>(a.k)}, {kV, const_cast<void*>(a.v)}, {kO, a.out}};
     cudnnHandle_t on = plan.own ? plan.own : impl_->handle;
-    if (fe::detail::set_stream(on, ctx.stream) != CUDNN_STATUS_SUCCESS) throw Error("cuDNN: cannot set the stream");
-    auto status = plan.graph->execute(on, pack, workspace);
-    if (!status.is_good()) throw Error("cuDNN attention failed: " + status.get_message());
+    try {  // the frontend throws where an entry point is missing: an Error, for the graph capture's fallback
+        const cudnnStatus_t set = fe::detail::set_stream(on, ctx.stream);
+        if (set != CUDNN_STATUS_SUCCESS)
+            throw Error(std::string("cuDNN attention: cannot set the stream (") + fe::detail::get_error_string(set) +
+                        ")");
+        auto status = plan.graph->execute(on, pack, workspace);
+        if (!status.is_good()) throw Error("cuDNN attention failed: " + status.get_message());
+    } catch (const Error&) {
+        throw;
+    } catch (const std::exception& e) {
+        throw Error(std::string("cuDNN attention failed: ") + e.what());
+    }
     impl_->runs++;
     return true;
 }
@@ -186,38 +294,64 @@ void CudnnAttention::prepare(int64_t batch) {
         if (args.B == batch) jobs.emplace_back(key, args);
     impl_->wanted.clear();  // other batch sizes are planned by run() if they ever run
     if (jobs.empty()) return;
+    // Plans stored by an earlier process first, one after the other on the
+    // main handle (Impl::load_plan says why not in parallel).
+    std::vector<std::pair<PlanKey, AttentionArgs>> missing;
+    for (const auto& job : jobs) {
+        Impl::Plan plan;
+        try {
+            plan = impl_->load_plan(
+                impl_->describe(job.second, DType(std::get<0>(job.first)), std::get<9>(job.first)), impl_->handle);
+        } catch (const std::exception&) {
+        }
+        if (plan.graph)
+            impl_->plans.emplace(job.first, std::move(plan));
+        else
+            missing.push_back(job);
+    }
+    jobs.swap(missing);
+    if (jobs.empty()) {
+        trace_point("cuda: cuDNN attention plans read");
+        return;
+    }
     std::vector<Impl::Plan> built(jobs.size());
     // Each plan on a thread and a handle of its own (cuDNN is thread-safe
     // across handles); it then runs on that handle.
-    auto make = [&](size_t i) {
+    // tried[i]: cuDNN answered for the shape (a plan, or declined: our
+    // kernel then runs it); otherwise run() plans it on the main handle.
+    std::vector<char> tried(jobs.size(), 0);
+    auto make = [&](size_t i, bool worker) {
+        cudnnHandle_t own = nullptr;
         try {
-            if (cudaSetDevice(impl_->device) != cudaSuccess) return;
-            cudnnHandle_t own = nullptr;
-            if (fe::detail::create_handle(&own) != CUDNN_STATUS_SUCCESS) return;
+            if (cudaSetDevice(impl_->device) != cudaSuccess || fe::detail::create_handle(&own) != CUDNN_STATUS_SUCCESS) {
+                own = nullptr;
+                if (worker) cudaGetLastError();  // (the error of this thread only)
+                return;
+            }
             const PlanKey& key = jobs[i].first;
-            built[i] = impl_->make_plan(jobs[i].second, DType(std::get<0>(key)), std::get<9>(key), own);
-            if (built[i].graph)
-                built[i].own = own;
-            else
-                fe::detail::destroy_handle(own);
+            built[i] = impl_->make_and_save_plan(jobs[i].second, DType(std::get<0>(key)), std::get<9>(key), own);
+            tried[i] = 1;
+            if (built[i].graph) built[i].own = std::exchange(own, nullptr);
         } catch (const std::exception&) {  // left to run()'s own planning
             built[i] = Impl::Plan{};
         }
-        cudaGetLastError();
+        try {
+            if (own) fe::detail::destroy_handle(own);
+        } catch (const std::exception&) {
+        }
     };
     std::vector<std::thread> threads;
     for (size_t i = 1; i < jobs.size(); i++) {
         try {
-            threads.emplace_back(make, i);
+            threads.emplace_back(make, i, true);
         } catch (const std::system_error&) {
-            make(i);
+            make(i, false);
         }
     }
-    make(0);
+    make(0, false);
     for (std::thread& t : threads) t.join();
-    // A shape not planned here is planned by run() on the main handle.
     for (size_t i = 0; i < jobs.size(); i++)
-        if (built[i].graph) impl_->plans.emplace(jobs[i].first, std::move(built[i]));
+        if (tried[i]) impl_->plans.emplace(jobs[i].first, std::move(built[i]));
     trace_point("cuda: cuDNN attention plans made");
 }
 
@@ -232,12 +366,23 @@ void warm_up_cudnn_attention(int device, DType t) {
         AttentionArgs a;
         a.B = 8, a.N = a.M = 2688, a.heads = 8, a.dh = 48;
         a.ldq = a.ldkv = 3 * 8 * 48, a.ldo = 8 * 48;
-        cudnn.impl_->make_plan(a, t, float(1.0 / std::sqrt(48.0)), cudnn.impl_->handle);
+        // A stored plan is read without its warm-up capture (main-thread
+        // work runs meanwhile); a missing one is made and stored.
+        const float scale = float(1.0 / std::sqrt(48.0));
+        if (!cudnn.impl_->load_plan(cudnn.impl_->describe(a, t, scale), cudnn.impl_->handle, false).graph)
+            cudnn.impl_->make_and_save_plan(a, t, scale, cudnn.impl_->handle);
     } catch (const std::exception&) {
     }
 }
 
-#else  // no frontend headers in this build
+#endif
+
+bool cudnn_attention_chosen() {
+    const std::string choice = env_string("FASTDEMUCS_ATTENTION");
+    return cudnn_attention_built() && (choice.empty() || choice == "auto" || choice == "cudnn");
+}
+
+#ifndef FASTDEMUCS_WITH_CUDNN_FRONTEND  // no frontend headers in this build
 
 struct CudnnAttention::Impl {
     std::string reason = "built without cuDNN (FASTDEMUCS_CUDNN off)";
@@ -248,6 +393,7 @@ CudnnAttention::~CudnnAttention() = default;
 bool CudnnAttention::available() const { return false; }
 const std::string& CudnnAttention::reason() const { return impl_->reason; }
 int64_t CudnnAttention::runs() const { return 0; }
+int64_t CudnnAttention::plans_read() const { return 0; }
 bool CudnnAttention::run(const Ctx&, const AttentionArgs&, float) { return false; }
 void CudnnAttention::prepare(int64_t) {}
 bool cudnn_attention_built() { return false; }

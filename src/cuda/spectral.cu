@@ -367,7 +367,7 @@ void Spectral::inverse_and_add(const Ctx& ctx, int64_t B, int64_t N, cufftComple
     const float norm = float(1.0 / std::sqrt(double(nfft_)));
     const int64_t n = B * N * length_;
     const bool quads = length_ % 4 == 0 && hop_ % 4 == 0 && offset_ % 4 == 0 && aligned16(frames) &&
-                       aligned16(window_.get()) && aligned16(xt) && aligned16(out) && !env_flag("FASTDEMUCS_OLA1");
+                       aligned16(window_.get()) && aligned16(xt) && aligned16(out);
     if (quads) {
         FD_INDEX_DISPATCH(n, I,
                           istft_ola_add4_kernel<I><<<grid_for(n / 4), kThreads, 0, ctx.stream>>>(
