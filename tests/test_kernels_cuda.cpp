@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <random>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "cuda/arena.h"
@@ -19,6 +20,7 @@
 #include "cuda/conv_glu.h"
 #include "cuda/cudnn_attention.h"
 #include "cuda/dconv.h"
+#include "cuda/gemm.h"
 #include "cuda/kernels.h"
 #include "cuda/libraries.h"
 #include "cuda/host_output.h"
@@ -582,6 +584,35 @@ TEST(KernelsCuda, BiasActivationInPlace) {
             const double unit = t == DType::F16 ? 0x1p-11 : 0x1p-8;
             EXPECT_LE(rel(got, ref), unit) << dtype_name(t) << " C " << C;
         }
+}
+
+// The transformer's projections with the bias in cuBLASLt's epilogue:
+// y = x W^T + b rounded once from float32 (inputs exact in the operand type).
+TEST(KernelsCuda, LinearWithTheBiasInTheEpilogue) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    for (DType t : {DType::F16, DType::BF16})
+        for (const auto& [rows, in, out] : {std::tuple<int64_t, int64_t, int64_t>{37, 48, 24}, {300, 384, 1152}}) {
+            Gpu gpu;
+            const std::vector<float> x = exact_random(size_t(rows * in), 21), w = exact_random(size_t(out * in), 22),
+                                     bias = exact_random(size_t(out), 23);
+            void* y = gpu.arena.alloc_bytes(size_t(rows * out) * dtype_bytes(t));
+            ASSERT_TRUE(linear_bias_as(gpu.ctx(t), put_as(gpu, x, t), rows, in, put_as(gpu, w, t), out,
+                                       put_as(gpu, bias, t), y, t))
+                << "no cuBLASLt algorithm for " << dtype_name(t);
+            const auto got = get_as(gpu, y, t, size_t(rows * out));
+            std::vector<double> ref(got.size());
+            for (int64_t r = 0; r < rows; r++)
+                for (int64_t o = 0; o < out; o++) {
+                    double v = bias[size_t(o)];
+                    for (int64_t k = 0; k < in; k++) v += double(x[size_t(r * in + k)]) * w[size_t(o * in + k)];
+                    ref[size_t(r * out + o)] = v;
+                }
+            const double unit = t == DType::F16 ? 0x1p-11 : 0x1p-8;
+            EXPECT_LE(rel(got, ref), unit) << dtype_name(t) << " " << rows << " x " << in << " -> " << out;
+        }
+    // float32 never takes it (no rounding to spare).
+    Gpu gpu;
+    EXPECT_FALSE(linear_bias_as(gpu.ctx(DType::F32), nullptr, 4, 4, nullptr, 4, nullptr, nullptr, DType::F32));
 }
 
 TEST(KernelsCuda, GroupNormPerRowAndLayerNormAndStats) {

@@ -106,6 +106,7 @@
 // =tc our current tensor-core kernel (unset: cuDNN's fused attention first,
 // cuda/cudnn_attention.h; FASTDEMUCS_PLAN_CACHE its plan store's folder).
 // FASTDEMUCS_NARROW_GEMM_OUT=0 keeps every GEMM result in float32 (Ctx::narrow_gemm_out).
+// FASTDEMUCS_BIAS_EPILOGUE=0: the linear layers' biases in passes of their own (Ctx::bias_epilogue).
 // FASTDEMUCS_GPU_TIMELINE=1 prints the track path's GPU time line (events).
 // FASTDEMUCS_PROFILE=1 runs every forward eagerly and prints a per-block
 // table (cuda/profile.h). FASTDEMUCS_IMPLICIT_CONV=1 runs the float16 /
@@ -351,6 +352,7 @@ public:
         ctx_.dconv_rows = env_string("FASTDEMUCS_DCONV_ROWS") != "0";
         ctx_.tensor_core_dconv = env_string("FASTDEMUCS_TC_DCONV") != "0" && major >= 8;  // mma.sync m16n8k16
         ctx_.decoder_writes_spectrum = env_string("FASTDEMUCS_SPECTRUM_FROM_COLUMNS") != "0";
+        ctx_.bias_epilogue = env_string("FASTDEMUCS_BIAS_EPILOGUE") != "0";
         staged_upload_ = env_string("FASTDEMUCS_STAGED_UPLOAD") != "0";
         ctx_.narrow_gemm_out = env_string("FASTDEMUCS_NARROW_GEMM_OUT") != "0";
         graphs_enabled_ = !env_flag("FASTDEMUCS_NO_GRAPH");

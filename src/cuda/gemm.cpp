@@ -3,7 +3,11 @@
 #include <atomic>
 #include <chrono>
 #include <limits>
+#include <map>
+#include <mutex>
+#include <optional>
 #include <string>
+#include <tuple>
 
 #include "cuda/libraries.h"
 #include "cuda/profile.h"
@@ -29,6 +33,65 @@ int as_int(int64_t v, const char* what) {
 }
 
 std::atomic<int64_t> g_gemm_host_ns{0};
+
+// The descriptors of one cuBLASLt product, destroyed with it.
+struct LtProduct {
+    const CublasLtApi& api;
+    cublasLtMatmulDesc_t desc = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+    explicit LtProduct(const CublasLtApi& lt) : api(lt) {}
+    LtProduct(const LtProduct&) = delete;
+    LtProduct& operator=(const LtProduct&) = delete;
+    ~LtProduct() {
+        if (d) api.cublasLtMatrixLayoutDestroy(d);
+        if (b) api.cublasLtMatrixLayoutDestroy(b);
+        if (a) api.cublasLtMatrixLayoutDestroy(a);
+        if (desc) api.cublasLtMatmulDescDestroy(desc);
+    }
+    // Column-major, as cuBLASLt sees row-major y [rows, out] = x [rows, in] W^T:
+    // D [out, rows] = op(A) op(B) with A = W ([in, out], transposed) and B = x ([in, rows]).
+    bool make(DType t, int64_t rows, int64_t in, int64_t out, const void* bias) {
+        const cudaDataType_t dt = cuda_type(t);
+        const cublasOperation_t trans = CUBLAS_OP_T, none = CUBLAS_OP_N;
+        const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
+        return api.cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS &&
+               api.cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &trans, sizeof trans) ==
+                   CUBLAS_STATUS_SUCCESS &&
+               api.cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &none, sizeof none) ==
+                   CUBLAS_STATUS_SUCCESS &&
+               api.cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue) ==
+                   CUBLAS_STATUS_SUCCESS &&
+               api.cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias) ==
+                   CUBLAS_STATUS_SUCCESS &&
+               api.cublasLtMatrixLayoutCreate(&a, dt, uint64_t(in), uint64_t(out), in) == CUBLAS_STATUS_SUCCESS &&
+               api.cublasLtMatrixLayoutCreate(&b, dt, uint64_t(in), uint64_t(rows), in) == CUBLAS_STATUS_SUCCESS &&
+               api.cublasLtMatrixLayoutCreate(&d, dt, uint64_t(out), uint64_t(rows), out) == CUBLAS_STATUS_SUCCESS;
+    }
+};
+
+// The process's cuBLASLt handle (it holds no stream or device state) and
+// the algorithm chosen per shape (its heuristic costs host time; kept,
+// absent where cuBLASLt has none). Null where cuBLASLt cannot be loaded.
+struct LtState {
+    const CublasLtApi* api = nullptr;
+    cublasLtHandle_t handle = nullptr;
+    std::mutex mutex;
+    std::map<std::tuple<int, int64_t, int64_t, int64_t>, std::optional<cublasLtMatmulAlgo_t>> algos;
+};
+
+LtState& lt_state() {
+    static LtState* state = [] {
+        auto* s = new LtState;  // never destroyed: used until the process ends
+        try {
+            s->api = &blas_lt_api();
+            if (s->api->cublasLtCreate(&s->handle) != CUBLAS_STATUS_SUCCESS) s->handle = nullptr;
+        } catch (const Error&) {
+            s->handle = nullptr;
+        }
+        return s;
+    }();
+    return *state;
+}
 
 }  // namespace
 
@@ -63,6 +126,51 @@ void gemm_as(const Ctx& ctx, DType ab, bool trans_a, bool trans_b, int64_t m, in
     if (timed)
         g_gemm_host_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start)
                               .count();
+}
+
+bool linear_bias_as(const Ctx& ctx, const void* x, int64_t rows, int64_t in, const void* w, int64_t out,
+                    const void* bias, void* y, DType yt) {
+    if (ctx.gemm == DType::F32 || yt != ctx.gemm || !ctx.bias_epilogue || rows <= 0 || in <= 0 || out <= 0)
+        return false;
+    LtState& lt = lt_state();
+    if (!lt.handle) return false;
+    LtProduct product(*lt.api);
+    if (!product.make(yt, rows, in, out, bias)) return false;
+    const auto key = std::make_tuple(int(yt), rows, in, out);
+    cublasLtMatmulAlgo_t algo;
+    {
+        std::lock_guard<std::mutex> lock(lt.mutex);
+        auto it = lt.algos.find(key);
+        if (it == lt.algos.end()) {
+            // No workspace: these products are large enough without split-K.
+            std::optional<cublasLtMatmulAlgo_t> chosen;
+            cublasLtMatmulPreference_t pref = nullptr;
+            const uint64_t no_workspace = 0;
+            cublasLtMatmulHeuristicResult_t result{};
+            int found = 0;
+            if (lt.api->cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS &&
+                lt.api->cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                             &no_workspace, sizeof no_workspace) ==
+                    CUBLAS_STATUS_SUCCESS &&
+                lt.api->cublasLtMatmulAlgoGetHeuristic(lt.handle, product.desc, product.a, product.b, product.d,
+                                                       product.d, pref, 1, &result, &found) == CUBLAS_STATUS_SUCCESS &&
+                found > 0)
+                chosen = result.algo;
+            if (pref) lt.api->cublasLtMatmulPreferenceDestroy(pref);
+            it = lt.algos.emplace(key, chosen).first;
+        }
+        if (!it->second) return false;
+        algo = *it->second;
+    }
+    if (ctx.dry) return true;
+    ProfileSpan span(ctx, ProfKind::Gemm);
+    const float alpha = 1.0f, beta = 0.0f;
+    const cublasStatus_t status =
+        lt.api->cublasLtMatmul(lt.handle, product.desc, &alpha, w, product.a, x, product.b, &beta, y, product.d, y,
+                               product.d, &algo, nullptr, 0, ctx.stream);
+    if (status != CUBLAS_STATUS_SUCCESS)
+        throw Error("cuBLASLt product with bias failed (status " + std::to_string(int(status)) + ")");
+    return true;
 }
 
 void warm_up_gemm_library(DType operand) {

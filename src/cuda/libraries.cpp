@@ -71,6 +71,25 @@ const Loaded<CublasApi>& cublas_library() {
     return loaded;
 }
 
+const Loaded<CublasLtApi>& cublas_lt_library() {
+    static const Loaded<CublasLtApi> loaded =
+        load<CublasLtApi>("cuBLASLt", "libcublasLt.so." + std::to_string(CUBLAS_VER_MAJOR),
+                          [](void* lib, CublasLtApi& t, std::string& missing) {
+                              FD_RESOLVE(cublasLtCreate)
+                              FD_RESOLVE(cublasLtMatmulDescCreate)
+                              FD_RESOLVE(cublasLtMatmulDescDestroy)
+                              FD_RESOLVE(cublasLtMatmulDescSetAttribute)
+                              FD_RESOLVE(cublasLtMatrixLayoutCreate)
+                              FD_RESOLVE(cublasLtMatrixLayoutDestroy)
+                              FD_RESOLVE(cublasLtMatmulPreferenceCreate)
+                              FD_RESOLVE(cublasLtMatmulPreferenceDestroy)
+                              FD_RESOLVE(cublasLtMatmulPreferenceSetAttribute)
+                              FD_RESOLVE(cublasLtMatmulAlgoGetHeuristic)
+                              FD_RESOLVE(cublasLtMatmul)
+                          });
+    return loaded;
+}
+
 const Loaded<CufftApi>& cufft_library() {
     static const Loaded<CufftApi> loaded =
         load<CufftApi>("cuFFT", "libcufft.so." + std::to_string(CUFFT_VER_MAJOR),
@@ -97,6 +116,12 @@ const CublasApi& blas_api() {
     return loaded.table;
 }
 
+const CublasLtApi& blas_lt_api() {
+    const auto& loaded = cublas_lt_library();
+    if (!loaded.error.empty()) throw Error(loaded.error);
+    return loaded.table;
+}
+
 const CufftApi& fft_api() {
     const auto& loaded = cufft_library();
     if (!loaded.error.empty()) throw Error(loaded.error);
@@ -105,6 +130,7 @@ const CufftApi& fft_api() {
 
 void preload_cuda_libraries() {
     cublas_library();
+    cublas_lt_library();
     cufft_library();
 }
 

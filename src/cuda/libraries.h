@@ -11,6 +11,7 @@
 
 #include <string>
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cufft.h>
 
@@ -33,6 +34,21 @@ struct CublasApi {
         nullptr;
 };
 
+// cuBLASLt: the matrix products with a bias epilogue (gemm.h's linear_bias_as).
+struct CublasLtApi {
+    decltype(&::cublasLtCreate) cublasLtCreate = nullptr;
+    decltype(&::cublasLtMatmulDescCreate) cublasLtMatmulDescCreate = nullptr;
+    decltype(&::cublasLtMatmulDescDestroy) cublasLtMatmulDescDestroy = nullptr;
+    decltype(&::cublasLtMatmulDescSetAttribute) cublasLtMatmulDescSetAttribute = nullptr;
+    decltype(&::cublasLtMatrixLayoutCreate) cublasLtMatrixLayoutCreate = nullptr;
+    decltype(&::cublasLtMatrixLayoutDestroy) cublasLtMatrixLayoutDestroy = nullptr;
+    decltype(&::cublasLtMatmulPreferenceCreate) cublasLtMatmulPreferenceCreate = nullptr;
+    decltype(&::cublasLtMatmulPreferenceDestroy) cublasLtMatmulPreferenceDestroy = nullptr;
+    decltype(&::cublasLtMatmulPreferenceSetAttribute) cublasLtMatmulPreferenceSetAttribute = nullptr;
+    decltype(&::cublasLtMatmulAlgoGetHeuristic) cublasLtMatmulAlgoGetHeuristic = nullptr;
+    decltype(&::cublasLtMatmul) cublasLtMatmul = nullptr;
+};
+
 struct CufftApi {
     decltype(&::cufftCreate) cufftCreate = nullptr;
     decltype(&::cufftDestroy) cufftDestroy = nullptr;
@@ -47,6 +63,7 @@ struct CufftApi {
 // The library, loaded once per process (thread-safe; a second caller waits
 // for the first). Throws Error naming the library when it cannot be loaded.
 const CublasApi& blas_api();
+const CublasLtApi& blas_lt_api();
 const CufftApi& fft_api();
 
 // Loads both now (errors are left for the first real use); never throws.

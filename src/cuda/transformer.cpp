@@ -122,13 +122,18 @@ void CrossTransformer::layer(const Ctx& ctx, const Work& w, const TransformerLay
     const float* gamma2 = cfg.t_layer_scale ? f32("gamma_2.scale") : nullptr;
     const void* in_w = gw(attn + "in_proj_weight");  // [3C, C]: q, k, v stacked
     const float* in_b = f32(attn + "in_proj_bias");
+    const void* in_b_op = gw(attn + "in_proj_bias");  // the same in the operand type (the bias epilogue's)
 
     // op [r, cols] (operand type) = act(x [r, C] W^T + bias). In float16 /
     // bfloat16 the GEMM writes the operand type itself and the bias pass
     // works in place (ctx.narrow_gemm_out: half the bytes of the float32
     // result's round trip), else through the float32 `scratch`.
-    auto project = [&](const void* x_op, int64_t r, const void* weight, int64_t cols, const float* bias, Act act,
-                       float* scratch, void* op) {
+    auto project = [&](const void* x_op, int64_t r, const void* weight, int64_t cols, const float* bias,
+                       const void* bias_op, Act act, float* scratch, void* op) {
+        // Without activation the bias goes in the product's epilogue (linear_bias_as).
+        if (act == Act::None && dt != DType::F32 && ctx.narrow_gemm_out &&
+            linear_bias_as(ctx, x_op, r, C, weight, cols, bias_op, op, dt))
+            return;
         if (dt != DType::F32 && ctx.narrow_gemm_out) {
             linear_as(ctx, x_op, r, C, weight, cols, op, dt);
             bias_act_inplace(ctx, op, dt, bias, r, cols, 1, act);
@@ -144,13 +149,14 @@ void CrossTransformer::layer(const Ctx& ctx, const Work& w, const TransformerLay
         a.B = B, a.N = n, a.heads = cfg.t_heads, a.dh = int(C / cfg.t_heads);
         a.out = w.attn, a.ldo = C;
         if (!kvsrc) {
-            project(q, rows, in_w, 3 * C, in_b, Act::None, w.wide, w.wide_op);
+            project(q, rows, in_w, 3 * C, in_b, in_b_op, Act::None, w.wide, w.wide_op);
             a.q = w.wide_op, a.ldq = 3 * C;
             a.k = offset(w.wide_op, C, dt), a.v = offset(w.wide_op, 2 * C, dt), a.ldkv = 3 * C;
             a.M = n;
         } else {
-            project(q, rows, in_w, C, in_b, Act::None, w.wide, w.wide_op);
-            project(kvsrc, rows_kv, offset(in_w, C * C, dt), 2 * C, in_b + C, Act::None, w.kv, w.kv_op);
+            project(q, rows, in_w, C, in_b, in_b_op, Act::None, w.wide, w.wide_op);
+            project(kvsrc, rows_kv, offset(in_w, C * C, dt), 2 * C, in_b + C, offset(in_b_op, C, dt), Act::None, w.kv,
+                    w.kv_op);
             a.q = w.wide_op, a.ldq = C;
             a.k = w.kv_op, a.v = offset(w.kv_op, C, dt), a.ldkv = 2 * C;
             a.M = m;
@@ -162,7 +168,7 @@ void CrossTransformer::layer(const Ctx& ctx, const Work& w, const TransformerLay
     const Act ff_act = cfg.t_gelu ? Act::Gelu : Act::Relu;
     // linear2(act(linear1(a))) into w.proj (bias later).
     auto feed_forward = [&](const void* a) {
-        project(a, rows, gw("linear1.weight"), hidden_, f32("linear1.bias"), ff_act, w.wide, w.wide_op);
+        project(a, rows, gw("linear1.weight"), hidden_, f32("linear1.bias"), nullptr, ff_act, w.wide, w.wide_op);
         linear(ctx, w.wide_op, rows, hidden_, gw("linear2.weight"), C, w.proj);
     };
 
