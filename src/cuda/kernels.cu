@@ -842,6 +842,57 @@ __global__ void col2im_rows_vec_kernel(const T* __restrict__ cols, float* __rest
     }
 }
 
+// Taps along W only, two per output (kh = sh = 1, kw = 2 sw, sw = 4: the
+// time decoders' [1, 8] kernels): a thread takes 8 input columns q0 ..
+// q0 + 7, the 32 outputs u = 4 q0 .. 4 q0 + 31 of the uncropped row, and
+// reads each of the 8 tap rows once in 16-byte loads (col2im_kernel, a
+// value a thread with its taps found by divisions, ran at 1.2 TB/s). The
+// same sums in the same order: bias, tap u mod 4 at column u / 4, tap
+// u mod 4 + 4 at column u / 4 - 1. The block's outputs go through shared
+// memory so that the cropped row (any alignment) is written in whole runs.
+constexpr int kCol2imWThreads = 128, kCol2imWStride = 4, kCol2imWCols = 8;
+constexpr int kCol2imWOut = kCol2imWCols * kCol2imWStride;  // outputs a thread
+template <typename T>
+__global__ void __launch_bounds__(kCol2imWThreads)
+    col2im_w_pairs_kernel(const T* __restrict__ cols, float* __restrict__ out, const float* __restrict__ bias, int C,
+                          int W, int w0, int Wc, int64_t ld, Act act) {
+    __shared__ float tile[kCol2imWThreads * (kCol2imWOut + 1)];  // a padded row per thread: no bank conflicts
+    const int64_t row = blockIdx.y;                               // b * C + c
+    const int q0 = (int(blockIdx.x) * kCol2imWThreads + int(threadIdx.x)) * kCol2imWCols;
+    const T* taps = cols + row * (2 * kCol2imWStride) * ld;
+    const float b = bias ? bias[row % C] : 0.0f;
+    float first[kCol2imWStride][kVec], second[kCol2imWStride][kVec], before[kCol2imWStride];
+    const bool inside = q0 < W;  // (then q0 + 8 <= ld: ld and q0 are multiples of 8)
+#pragma unroll
+    for (int j = 0; j < kCol2imWStride; j++) {
+        if (inside) {
+            load8(taps + j * ld + q0, first[j]);
+            load8(taps + (j + kCol2imWStride) * ld + q0, second[j]);
+        }
+        before[j] = q0 >= 1 && q0 - 1 < W ? to_float(taps[(j + kCol2imWStride) * ld + q0 - 1]) : 0.0f;
+    }
+    float* mine = tile + threadIdx.x * (kCol2imWOut + 1);
+#pragma unroll
+    for (int e = 0; e < kCol2imWCols; e++) {
+        const int q = q0 + e;
+#pragma unroll
+        for (int j = 0; j < kCol2imWStride; j++) {
+            float acc = b;
+            if (q < W) acc += first[j][e];
+            if (q >= 1 && q - 1 < W) acc += e == 0 ? before[j] : second[j][e - 1];
+            mine[e * kCol2imWStride + j] = activate(acc, act);
+        }
+    }
+    __syncthreads();
+    constexpr int kBlockOut = kCol2imWThreads * kCol2imWOut;
+    const int u0 = int(blockIdx.x) * kBlockOut;
+    float* orow = out + row * Wc;
+    for (int i = int(threadIdx.x); i < kBlockOut; i += kCol2imWThreads) {
+        const int j = u0 + i - w0;
+        if (j >= 0 && j < Wc) orow[j] = tile[(i / kCol2imWOut) * (kCol2imWOut + 1) + i % kCol2imWOut];
+    }
+}
+
 template <typename I>
 __global__ void crop_act_kernel(const float* __restrict__ in, float* __restrict__ out, I Hin, I Win, I h0,
                                 Divisor<I> Hc, I w0, Divisor<I> Wc, I total, Act act) {
@@ -1317,6 +1368,18 @@ void col2im(const Ctx& ctx, const void* cols, DType ct, float* out, const float*
                                           static_cast<const T*>(cols), out, bias, Divisor<I>(C), I(H), I(W), kh, sh,
                                           I(h0), Divisor<I>(Hc), I(w0), I(Wc), Divisor<I>(Wc / kVec), I(slots), ld,
                                           act)));
+        FD_LAUNCH_CHECK();
+        return;
+    }
+    // The time decoders' [1, 8] kernels of stride 4, rows of int32 positions.
+    const int64_t int_room = int64_t(0x7fffffff) - int64_t(kCol2imWThreads) * kCol2imWOut;
+    if (kh == 1 && sh == 1 && H == 1 && Hc == 1 && h0 == 0 && kw == 2 * kCol2imWStride && sw == kCol2imWStride &&
+        ld % kVec == 0 && aligned16(cols) && B * C <= 65535 && w0 + Wc <= int_room && ld <= int_room) {
+        const int64_t per_block = int64_t(kCol2imWThreads) * kCol2imWOut;
+        const dim3 grid(unsigned((w0 + Wc + per_block - 1) / per_block), unsigned(B * C));
+        FD_DISPATCH(ct, T,
+                    col2im_w_pairs_kernel<T><<<grid, kCol2imWThreads, 0, ctx.stream>>>(
+                        static_cast<const T*>(cols), out, bias, int(C), int(W), int(w0), int(Wc), ld, act));
         FD_LAUNCH_CHECK();
         return;
     }
