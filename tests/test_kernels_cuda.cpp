@@ -537,6 +537,51 @@ TEST(KernelsCuda, ConvGluMatchesTheModule) {
     EXPECT_FALSE(conv_glu_takes(f16, w, g));  // the encoders' 1x1 rewrites too
 }
 
+// A frequency decoder's transposed conv writing the next rewrite's packed
+// input (pack_columns) gives the conv_glu of the stored path (col2im with
+// GELU, then conv_glu's own pack of x + skip) bit for bit.
+TEST(KernelsCuda, PackedInputFromColumnsEqualsTheStoredPath) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    for (DType t : {DType::F16, DType::BF16})
+        for (const auto& [C, W] : {std::pair<int64_t, int64_t>{16, 16}, {48, 40}, {96, 336}}) {
+            Gpu gpu;
+            Ctx ctx = gpu.ctx(t);
+            const int64_t B = 2, Cin = 24, H = 5, kh = 8, sh = 4, h0 = 2, Hc = (H - 1) * sh + kh - 2 * h0;
+            ConvWeight tw;
+            tw.w = put_as(gpu, exact_random(size_t(Cin * C * kh), 31), t), tw.bias = gpu.put(random(size_t(C), 32));
+            tw.cin = int(Cin), tw.cout = int(C), tw.kh = int(kh), tw.kw = 1;
+            const std::vector<float> gw = exact_random(size_t(2 * C * C * 9), 33);
+            ConvWeight rw;
+            rw.w = put_as(gpu, gw, t), rw.bias = gpu.put(random(size_t(2 * C), 34));
+            rw.cin = int(C), rw.cout = int(2 * C), rw.kh = 3, rw.kw = 3;
+            rw.taps = gpu.arena.alloc_bytes(gw.size() * dtype_bytes(t));
+            conv_weight_taps(ctx, gpu.put(gw), const_cast<void*>(rw.taps), t, 2 * C, C, 9);
+            ConvGeom g;
+            g.kh = 3, g.kw = 3, g.ph = 1, g.pw = 1;
+            ASSERT_TRUE(conv_glu_takes(ctx, rw, g));
+            ASSERT_TRUE(pack_columns_fits(ctx, C, W, operand_ld(ctx, H * W)));
+            const DTensor in{gpu.put(random(size_t(B * Cin * H * W), 35)), B, Cin, H, W};
+            const float* skip = gpu.put(random(size_t(B * C * Hc * W), 36));
+            // Stored: z = GELU(conv_transpose(in)), then conv_glu(z + skip).
+            const DTensor z{gpu.arena.alloc<float>(B * C * Hc * W), B, C, Hc, W};
+            conv_transpose2d(ctx, in, tw, int(sh), 1, h0, 0, z, Act::Gelu);
+            const DTensor stored{gpu.arena.alloc<float>(z.numel()), B, C, Hc, W};
+            conv_glu(ctx, z, skip, rw, stored);
+            // Packed straight from the columns.
+            void* xp = gpu.arena.alloc_bytes(conv_glu_packed_bytes(ctx, B, C, Hc * W));
+            const ColumnSink sink = [&](const void* cols, DType ct, int64_t ld, int64_t b0, int64_t nb) {
+                pack_columns(ctx, cols, ct, ld, tw.bias, Act::Gelu, b0, nb, C, H, W, int(kh), int(sh), h0, Hc, skip,
+                             xp);
+            };
+            const DTensor shape{nullptr, B, C, Hc, W};
+            conv_transpose2d(ctx, in, tw, int(sh), 1, h0, 0, shape, Act::None, nullptr, &sink);
+            const DTensor packed{gpu.arena.alloc<float>(z.numel()), B, C, Hc, W};
+            conv_glu_packed(ctx, xp, shape, rw, packed);
+            EXPECT_EQ(gpu.get(packed.p, size_t(z.numel())), gpu.get(stored.p, size_t(z.numel())))
+                << dtype_name(t) << " C " << C << " W " << W;
+        }
+}
+
 TEST(KernelsCuda, TransposedConvolutionWithCrop) {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
     for (DType t : {DType::F32, DType::F16, DType::BF16}) {

@@ -85,6 +85,7 @@ struct Ctx {
     bool tensor_core_dconv = true;      // float16 / bfloat16: the thin DConv's convolutions on mma.sync (cuda/dconv.h)
     bool decoder_writes_spectrum = true;  // the last frequency decoder's columns straight into the iSTFT's input
     bool bias_epilogue = true;  // float16 / bfloat16 linear layers' biases in cuBLASLt's epilogue (gemm.h)
+    bool pack_from_columns = true;  // a frequency decoder's columns straight into the next rewrite's packed input
     // float16 / bfloat16: GEMM results that only a memory-bound pass reads (the
     // transposed convolutions' columns, the rewrite convolutions before their
     // GLU) stored in the operand type (else float32).

@@ -46,6 +46,61 @@ __global__ void __launch_bounds__(256) pack_channels_last_kernel(const float* __
     }
 }
 
+// The same packed input made from a frequency transposed convolution's
+// columns instead of its output x: x = act(bias + its taps
+// along H) summed as col2im_rows_vec_kernel sums it (bias first, then taps
+// ho % sh, ho % sh + sh, ...), + skip, then packed as above: the same floats,
+// without x's float32 round trip through memory (the previous decoder's
+// col2im and this pack in one pass). A block takes 64 channels x 32
+// positions of one output row ho; a thread reads 8 positions of a channel
+// per tap in one 16-byte access. cols [nb, C * kh, ld] (kw = 1), rows of W.
+template <typename CT, typename T>
+__global__ void __launch_bounds__(256)
+    pack_columns_kernel(const CT* __restrict__ cols, int64_t ld, const float* __restrict__ bias, Act act,
+                        const float* __restrict__ skip, T* __restrict__ xp, int C, int H, int W, int kh, int sh,
+                        int h0, int Hc, int64_t b0) {
+    __shared__ float tile[kPackChannels][kPackPositions + 1];
+    const int w0 = int(blockIdx.x) * kPackPositions;
+    const int channel_tiles = (C + kPackChannels - 1) / kPackChannels;
+    const int hr = int(blockIdx.y) / channel_tiles, c0 = (int(blockIdx.y) - hr * channel_tiles) * kPackChannels;
+    const int64_t bl = blockIdx.z, b = b0 + bl;
+    const int ho = hr + h0;
+    {
+        const int r = int(threadIdx.x) >> 2, run = (int(threadIdx.x) & 3) * kVec;  // 64 channels x 4 runs of 8
+        const int c = c0 + r, w = w0 + run;
+        float acc[kVec];
+#pragma unroll
+        for (int e = 0; e < kVec; e++) acc[e] = 0.0f;
+        if (c < C && w < W) {
+            const float bv = bias ? bias[c] : 0.0f;
+#pragma unroll
+            for (int e = 0; e < kVec; e++) acc[e] = bv;
+            for (int ki = ho % sh, h = ho / sh; ki < kh && ki <= ho; ki += sh, h--) {
+                if (h >= H) continue;
+                float v[kVec];
+                load8(cols + (bl * C + c) * kh * ld + int64_t(ki) * ld + int64_t(h) * W + w, v);
+#pragma unroll
+                for (int e = 0; e < kVec; e++) acc[e] += v[e];
+            }
+            float sk[kVec];
+            load8(skip + ((b * C + c) * Hc + hr) * int64_t(W) + w, sk);
+#pragma unroll
+            for (int e = 0; e < kVec; e++) acc[e] = __fadd_rn(activate(acc[e], act), sk[e]);  // never an FMA with it
+        }
+#pragma unroll
+        for (int e = 0; e < kVec; e++) tile[r][run + e] = acc[e];
+    }
+    __syncthreads();
+    const int p = threadIdx.x >> 3, group = threadIdx.x & 7;
+    const int c = c0 + group * kVec;
+    if (w0 + p < W && c < C) {
+        float v[kVec];
+#pragma unroll
+        for (int e = 0; e < kVec; e++) v[e] = tile[group * kVec + e][p];
+        store8(xp + (b * Hc * W + int64_t(hr) * W + w0 + p) * C + c, v);
+    }
+}
+
 // ------------------------------------------------------------- convolution
 // A block: 48 GLU outputs (96 conv rows: the values c0.. and their gates
 // C + c0..) x 256 positions (ROWS output rows of 256 / ROWS), 8 warps, each
@@ -323,6 +378,16 @@ void launch(const Ctx& ctx, ConvGluArgs a) {
     kernel<<<grid, kBlockThreads, TileT::kSharedBytes, ctx.stream>>>(a);
 }
 
+// The convolution over a.xp (packed).
+template <typename T>
+void launch_packed(const Ctx& ctx, const ConvGluArgs& a, int kh) {
+    if (kh == 3)
+        launch<T, 3, 3, 2>(ctx, a);
+    else
+        launch<T, 1, 3, 1>(ctx, a);
+    FD_LAUNCH_CHECK();
+}
+
 // x + skip packed channels-last into a.xp, then the convolution.
 template <typename T>
 void pack_and_launch(const Ctx& ctx, const float* x, const float* skip, int P, T* xp, ConvGluArgs a, int kh) {
@@ -331,11 +396,22 @@ void pack_and_launch(const Ctx& ctx, const float* x, const float* skip, int P, T
     pack_channels_last_kernel<T><<<pack_grid, 256, 0, ctx.stream>>>(x, skip, xp, a.C, P);
     FD_LAUNCH_CHECK();
     a.xp = xp;
-    if (kh == 3)
-        launch<T, 3, 3, 2>(ctx, a);
-    else
-        launch<T, 1, 3, 1>(ctx, a);
-    FD_LAUNCH_CHECK();
+    launch_packed<T>(ctx, a, kh);
+}
+
+// The arguments of a convolution of x's shape (its input set by the caller).
+ConvGluArgs conv_glu_args(const DTensor& x, const ConvWeight& w, const DTensor& out) {
+    if (out.b != x.b || out.c != x.c || out.h != x.h || out.w != x.w || w.cin != x.c || w.cout != 2 * x.c)
+        throw Error("internal error: conv_glu shapes");
+    // Offsets within an item's input tile rows are 32-bit (b_src: a few rows of W positions of C
+    // channels); everything else indexes in 64 bits. The pack's grid takes an item per z.
+    if (int64_t(4) * (x.w + 2) * x.c > std::numeric_limits<int32_t>::max() || x.b > 65535)
+        throw Error("internal error: conv_glu dimensions");
+    ConvGluArgs a;
+    a.weight = w.taps, a.bias = w.bias, a.out = out.p;
+    a.C = int(x.c), a.H = int(x.h), a.W = int(x.w), a.B = int(x.b);
+    a.glu_tiles = int((x.c + kGluTile - 1) / kGluTile);
+    return a;
 }
 
 }  // namespace
@@ -350,25 +426,63 @@ bool conv_glu_takes(const Ctx& ctx, const ConvWeight& w, const ConvGeom& g) {
 }
 
 void conv_glu(const Ctx& ctx, const DTensor& x, const float* skip, const ConvWeight& w, const DTensor& out) {
-    if (out.b != x.b || out.c != x.c || out.h != x.h || out.w != x.w || w.cin != x.c || w.cout != 2 * x.c)
-        throw Error("internal error: conv_glu shapes");
+    ConvGluArgs a = conv_glu_args(x, w, out);
     const int64_t B = x.b, C = x.c, P = x.h * x.w;
-    // Offsets within an item's input tile rows are 32-bit (b_src: a few rows of W positions of C
-    // channels); everything else indexes in 64 bits. The pack's grid takes an item per z.
-    if (int64_t(4) * (x.w + 2) * C > std::numeric_limits<int32_t>::max() || B > 65535)
-        throw Error("internal error: conv_glu dimensions");
     ArenaScope scope(*ctx.arena);
-    void* xp = ctx.arena->alloc_bytes(size_t(B * P * C) * dtype_bytes(ctx.gemm));
+    void* xp = ctx.arena->alloc_bytes(size_t(conv_glu_packed_bytes(ctx, B, C, P)));
     if (ctx.dry || B * P == 0) return;
     ProfileSpan span(ctx, ProfKind::Gemm);
-    ConvGluArgs a;
-    a.weight = w.taps, a.bias = w.bias, a.out = out.p;
-    a.C = int(C), a.H = int(x.h), a.W = int(x.w), a.B = int(B);
-    a.glu_tiles = int((C + kGluTile - 1) / kGluTile);
     if (ctx.gemm == DType::F16)
         pack_and_launch(ctx, x.p, skip, int(P), static_cast<__half*>(xp), a, w.kh);
     else
         pack_and_launch(ctx, x.p, skip, int(P), static_cast<__nv_bfloat16*>(xp), a, w.kh);
+}
+
+}  // namespace fastdemucs::cuda
+
+namespace fastdemucs::cuda {
+
+size_t conv_glu_packed_bytes(const Ctx& ctx, int64_t B, int64_t C, int64_t P) {
+    return size_t(B * P * C) * dtype_bytes(ctx.gemm);
+}
+
+void conv_glu_packed(const Ctx& ctx, const void* xp, const DTensor& x, const ConvWeight& w, const DTensor& out) {
+    ConvGluArgs a = conv_glu_args(x, w, out);
+    if (ctx.dry || x.b * x.h * x.w == 0) return;
+    ProfileSpan span(ctx, ProfKind::Gemm);
+    a.xp = xp;
+    if (ctx.gemm == DType::F16)
+        launch_packed<__half>(ctx, a, w.kh);
+    else
+        launch_packed<__nv_bfloat16>(ctx, a, w.kh);
+}
+
+bool pack_columns_fits(const Ctx& ctx, int64_t C, int64_t W, int64_t ld) {
+    return ctx.gemm != DType::F32 && C % kVec == 0 && W % kVec == 0 && ld % kVec == 0;
+}
+
+void pack_columns(const Ctx& ctx, const void* cols, DType ct, int64_t ld, const float* bias, Act act, int64_t b0,
+                  int64_t nb, int64_t C, int64_t H, int64_t W, int kh, int sh, int64_t h0, int64_t Hc,
+                  const float* skip, void* xp) {
+    if (!pack_columns_fits(ctx, C, W, ld) || !aligned16(cols) || !aligned16(skip) || !aligned16(xp) || ld < H * W ||
+        h0 < 0 || h0 + Hc > (H - 1) * sh + kh || nb > 65535 ||
+        Hc * ((C + kPackChannels - 1) / kPackChannels) > 65535 || (H + 1) * W > std::numeric_limits<int32_t>::max())
+        throw Error("internal error: pack_columns geometry");
+    if (ctx.dry || nb == 0) return;
+    const dim3 grid(unsigned((W + kPackPositions - 1) / kPackPositions),
+                    unsigned(Hc * ((C + kPackChannels - 1) / kPackChannels)), unsigned(nb));
+    auto launch = [&](auto* out) {
+        using T = std::remove_pointer_t<decltype(out)>;
+        FD_DISPATCH(ct, CT,
+                    pack_columns_kernel<CT, T><<<grid, 256, 0, ctx.stream>>>(
+                        static_cast<const CT*>(cols), ld, bias, act, skip, out, int(C), int(H), int(W), kh, sh,
+                        int(h0), int(Hc), b0));
+    };
+    if (ctx.gemm == DType::F16)
+        launch(static_cast<__half*>(xp));
+    else
+        launch(static_cast<__nv_bfloat16*>(xp));
+    FD_LAUNCH_CHECK();
 }
 
 }  // namespace fastdemucs::cuda

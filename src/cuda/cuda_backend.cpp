@@ -107,6 +107,7 @@
 // cuda/cudnn_attention.h; FASTDEMUCS_PLAN_CACHE its plan store's folder).
 // FASTDEMUCS_NARROW_GEMM_OUT=0 keeps every GEMM result in float32 (Ctx::narrow_gemm_out).
 // FASTDEMUCS_BIAS_EPILOGUE=0: the linear layers' biases in passes of their own (Ctx::bias_epilogue).
+// FASTDEMUCS_PACK_FROM_COLUMNS=0: the frequency decoders' outputs stored, then packed (Ctx::pack_from_columns).
 // FASTDEMUCS_GPU_TIMELINE=1 prints the track path's GPU time line (events).
 // FASTDEMUCS_PROFILE=1 runs every forward eagerly and prints a per-block
 // table (cuda/profile.h). FASTDEMUCS_IMPLICIT_CONV=1 runs the float16 /
@@ -353,6 +354,7 @@ public:
         ctx_.tensor_core_dconv = env_string("FASTDEMUCS_TC_DCONV") != "0" && major >= 8;  // mma.sync m16n8k16
         ctx_.decoder_writes_spectrum = env_string("FASTDEMUCS_SPECTRUM_FROM_COLUMNS") != "0";
         ctx_.bias_epilogue = env_string("FASTDEMUCS_BIAS_EPILOGUE") != "0";
+        ctx_.pack_from_columns = env_string("FASTDEMUCS_PACK_FROM_COLUMNS") != "0";
         staged_upload_ = env_string("FASTDEMUCS_STAGED_UPLOAD") != "0";
         ctx_.narrow_gemm_out = env_string("FASTDEMUCS_NARROW_GEMM_OUT") != "0";
         graphs_enabled_ = !env_flag("FASTDEMUCS_NO_GRAPH");
@@ -992,6 +994,26 @@ private:
         return d.freq && d.last && !d.norm && spectral_->spectrum_from_columns_fits(d.kernel, d.stride);
     }
 
+    // A frequency decoder writing the next one's rewrite input as conv_glu's
+    // packed operand (conv_glu.h pack_columns): its output z is then never
+    // stored, and the next decoder's skip is added there.
+    struct PackedInput {
+        const float* skip = nullptr;  // the next decoder's skip [B, C, Hc, W]
+        void* xp = nullptr;           // allocated by decoder_layer where z would be
+    };
+    // Where that applies: d a plain frequency transposed conv with GELU (no
+    // norm, not the last), next a frequency decoder whose rewrite conv_glu
+    // takes; no taps (they read z).
+    bool decoder_packs_next(const Ctx& ctx, const DecoderLayerPlan& d, const DecoderLayerPlan& next) const {
+        if (!ctx.pack_from_columns || tap_ || ctx.gemm == DType::F32 || !d.freq || d.norm || d.last || d.empty ||
+            !next.freq || next.empty || !next.rewrite_kernel || next.norm)
+            return false;
+        ConvGeom g;
+        g.pw = g.ph = next.rewrite_kernel / 2;
+        return conv_glu_takes(ctx, conv_weight(next.prefix + "rewrite.", next.rewrite_kernel, next.rewrite_kernel), g) &&
+               pack_columns_fits(ctx, d.chout, spectral_->frames(), operand_ld(ctx, spectral_->frames()));
+    }
+
     void run_network(const Ctx& ctx, DTensor& x, DTensor& xt, SpectrumTarget* spectrum) {
         const auto& plan = model_->plan;
         const auto& cfg = model_->config;
@@ -1060,6 +1082,7 @@ private:
         }
 
         const size_t offset = plan.decoder.size() - plan.tdecoder.size();
+        PackedInput packed_input;  // this decoder's input, packed by the previous one (or none)
         for (size_t idx = 0; idx < plan.decoder.size(); idx++) {
             DTensor skip = saved.back();
             saved.pop_back();
@@ -1068,8 +1091,13 @@ private:
             DTensor pre;
             profile_block(ctx, "decoder." + std::to_string(idx));
             const bool last = idx + 1 == plan.decoder.size();
+            // The next frequency decoder's packed rewrite input made by this one (PackedInput).
+            PackedInput next_input;
+            if (!need_pre && !last && decoder_packs_next(ctx, plan.decoder[idx], plan.decoder[idx + 1]))
+                next_input.skip = saved.back().p;
             x = decoder_layer(ctx, plan.decoder[idx], x, &skip, lengths.back(), need_pre ? &pre : nullptr,
-                              last ? spectrum : nullptr);
+                              last ? spectrum : nullptr, packed_input.xp, next_input.skip ? &next_input : nullptr);
+            packed_input = next_input;
             lengths.pop_back();
             emit(ctx, "decoder." + std::to_string(idx) + ".0", x);
             if (t_here) {
@@ -1286,14 +1314,19 @@ private:
     // rewrite conv -> norm -> GLU into out (chout channels). Square kernel over (F, T) in the frequency branch.
     // `skip` (the decoders' skip connection, or null) is added to x first; x may change.
     // x_operand (or null): x as a GEMM operand already, for a pointwise rewrite (see conv2d_glu).
+    // x_packed (or null): x + skip already packed for conv_glu (PackedInput).
     void rewrite(const Ctx& ctx, bool freq, int kernel, bool norm, int groups, const std::string& prefix,
                  const std::string& norm_name, const DTensor& x, const float* skip, const DTensor& out,
-                 const void* x_operand = nullptr) const {
+                 const void* x_operand = nullptr, const void* x_packed = nullptr) const {
         ArenaScope scope(*ctx.arena);
         ConvGeom g;
         g.pw = kernel / 2;
         if (freq) g.ph = kernel / 2;
         const ConvWeight w = conv_weight(prefix + "rewrite.", freq ? kernel : 1, kernel);
+        if (x_packed) {
+            if (norm || !conv_glu_takes(ctx, w, g)) throw Error("internal error: rewrite: a packed input conv_glu declines");
+            return conv_glu_packed(ctx, x_packed, x, w, out);
+        }
         if (skip && x_operand) throw Error("internal error: rewrite: the skip would leave x's operand stale");
         if (!norm && conv_glu_takes(ctx, w, g)) return conv_glu(ctx, x, skip, w, out);
         if (skip) add(ctx, x.p, skip, x.numel());
@@ -1359,8 +1392,13 @@ private:
     // Returns z; `pre` (if given) receives the input of the transposed conv,
     // which then stays allocated. `spectrum` (or null): the transposed conv's
     // columns go to the iSTFT's input instead (SpectrumTarget; z.p is then null).
+    // `x_packed` (or null): x + skip already packed for the rewrite by the
+    // previous decoder (x.p then unused); `packed` (or null): this decoder's
+    // output goes to the next one's packed input instead (PackedInput; z.p
+    // is then null).
     DTensor decoder_layer(const Ctx& ctx, const DecoderLayerPlan& d, const DTensor& x, const DTensor* skip,
-                          int64_t length, DTensor* pre, SpectrumTarget* spectrum = nullptr) const {
+                          int64_t length, DTensor* pre, SpectrumTarget* spectrum = nullptr,
+                          const void* x_packed = nullptr, PackedInput* packed = nullptr) const {
         const int kh = d.freq ? d.kernel : 1, kw = d.freq ? 1 : d.kernel;
         const int sh = d.freq ? d.stride : 1, sw = d.freq ? 1 : d.stride;
         const ConvWeight tw = conv_tr_weight(d.prefix + "conv_tr.", kh, kw);
@@ -1380,6 +1418,12 @@ private:
                 throw Error("internal error: " + d.prefix + " cannot write the iSTFT's input");
             spectrum->spec = spectral_->alloc_spectrum(ctx, x.b, d.chout / 2);
             z = DTensor{nullptr, x.b, d.chout, Hc, Wc};
+        } else if (packed) {
+            if (!d.freq || d.norm || d.last || pre || kw != 1 || sw != 1 || Wc != x.w ||
+                !pack_columns_fits(ctx, d.chout, Wc, operand_ld(ctx, x.h * x.w)))
+                throw Error("internal error: " + d.prefix + " cannot write the next decoder's packed input");
+            packed->xp = ctx.arena->alloc_bytes(conv_glu_packed_bytes(ctx, x.b, d.chout, Hc * Wc));
+            z = DTensor{nullptr, x.b, d.chout, Hc, Wc};
         } else {
             z = alloc(ctx, x.b, d.chout, Hc, Wc);
         }
@@ -1393,8 +1437,10 @@ private:
         Planes y_operand;
         if (!d.empty) {
             if (!skip || skip->numel() != x.numel()) throw Error("internal error: " + d.prefix + " skip shape");
+            if (x_packed && !rewrites) throw Error("internal error: " + d.prefix + " packed input without a rewrite");
             if (rewrites)
-                rewrite(ctx, d.freq, d.rewrite_kernel, d.norm, d.norm_groups, d.prefix, "norm1.", x, skip->p, y);
+                rewrite(ctx, d.freq, d.rewrite_kernel, d.norm, d.norm_groups, d.prefix, "norm1.", x, skip->p, y,
+                        nullptr, x_packed);
             else
                 add(ctx, x.p, skip->p, x.numel());
             if (d.dconv.present) {
@@ -1416,6 +1462,13 @@ private:
                                                  spectrum->stats, spectrum->spec);
             };
             conv_transpose2d(ctx, y, tw, sh, sw, h0, w0, z, act, y_operand.p, &sink);
+        } else if (packed) {
+            // The activation goes in the sink (a sink takes the columns before it).
+            const ColumnSink sink = [&](const void* cols, DType ct, int64_t ld, int64_t b0, int64_t nb) {
+                pack_columns(ctx, cols, ct, ld, tw.bias, act, b0, nb, d.chout, x.h, x.w, kh, sh, h0, Hc, packed->skip,
+                             packed->xp);
+            };
+            conv_transpose2d(ctx, y, tw, sh, sw, h0, w0, z, Act::None, y_operand.p, &sink);
         } else {
             conv_transpose2d(ctx, y, tw, sh, sw, h0, w0, z, act, y_operand.p);
         }
