@@ -17,6 +17,22 @@ namespace {
 // runs of 8 channels.
 constexpr int kPackChannels = 64, kPackPositions = 32;
 
+// A pack's tile [channels c0 ..][positions] out, 256 threads: each writes
+// the 8 channels of a group at one position as one 16-byte record run;
+// `first` is the tile's first position's record, `valid` its positions.
+template <typename T>
+__device__ __forceinline__ void store_packed_tile(const float (*tile)[kPackPositions + 1], T* __restrict__ first,
+                                                  int valid, int c0, int C) {
+    const int p = threadIdx.x >> 3, group = threadIdx.x & 7;
+    const int c = c0 + group * kVec;
+    if (p < valid && c < C) {
+        float v[kVec];
+#pragma unroll
+        for (int e = 0; e < kVec; e++) v[e] = tile[group * kVec + e][p];
+        store8(first + int64_t(p) * C + c, v);
+    }
+}
+
 template <typename T>
 __global__ void __launch_bounds__(256) pack_channels_last_kernel(const float* __restrict__ x,
                                                                  const float* __restrict__ skip, T* __restrict__ xp,
@@ -36,14 +52,7 @@ __global__ void __launch_bounds__(256) pack_channels_last_kernel(const float* __
         tile[r][lane] = v;
     }
     __syncthreads();
-    const int p = threadIdx.x >> 3, group = threadIdx.x & 7;
-    const int c = c0 + group * kVec;
-    if (p0 + p < P && c < C) {
-        float v[kVec];
-#pragma unroll
-        for (int e = 0; e < kVec; e++) v[e] = tile[group * kVec + e][p];
-        store8(xp + item + int64_t(p0 + p) * C + c, v);
-    }
+    store_packed_tile(tile, xp + item + int64_t(p0) * C, P - p0, c0, C);
 }
 
 // The same packed input made from a frequency transposed convolution's
@@ -91,14 +100,7 @@ __global__ void __launch_bounds__(256)
         for (int e = 0; e < kVec; e++) tile[r][run + e] = acc[e];
     }
     __syncthreads();
-    const int p = threadIdx.x >> 3, group = threadIdx.x & 7;
-    const int c = c0 + group * kVec;
-    if (w0 + p < W && c < C) {
-        float v[kVec];
-#pragma unroll
-        for (int e = 0; e < kVec; e++) v[e] = tile[group * kVec + e][p];
-        store8(xp + (b * Hc * W + int64_t(hr) * W + w0 + p) * C + c, v);
-    }
+    store_packed_tile(tile, xp + (b * Hc * W + int64_t(hr) * W + w0) * C, W - w0, c0, C);
 }
 
 // ------------------------------------------------------------- convolution
