@@ -24,6 +24,7 @@
 #include "cuda/kernels.h"
 #include "cuda/libraries.h"
 #include "cuda/host_output.h"
+#include "cuda/spectral.h"
 #include "cuda/staging.h"
 #include "engine/backend.h"
 #include "test_support.h"
@@ -580,6 +581,49 @@ TEST(KernelsCuda, PackedInputFromColumnsEqualsTheStoredPath) {
             EXPECT_EQ(gpu.get(packed.p, size_t(z.numel())), gpu.get(stored.p, size_t(z.numel())))
                 << dtype_name(t) << " C " << C << " W " << W;
         }
+}
+
+// The last frequency decoder's columns straight into the C2R input
+// (Spectral::spectrum_from_columns) give the stored path's stems (col2im
+// into z, then istft_add's own pack) bit for bit, in every column type.
+TEST(KernelsCuda, SpectrumFromColumnsEqualsTheStoredPath) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    for (DType t : {DType::F32, DType::F16, DType::BF16}) {
+        Gpu gpu;
+        Ctx ctx = gpu.ctx(t);
+        const int nfft = 256;
+        const int64_t L = 64 * 40;  // 40 frames of hop 64
+        Spectral spectral(nfft, L);
+        const int64_t T = spectral.frames(), bins = spectral.bins();
+        const int64_t B = 2, N = 3, Cin = 8, kh = 8, sh = 4, h0 = 2, H = (bins + 2 * h0 - kh) / sh + 1;
+        ASSERT_TRUE(spectral.spectrum_from_columns_fits(int(kh), int(sh)));
+        ConvWeight tw;
+        tw.w = put_as(gpu, t == DType::F32 ? random(size_t(Cin * 2 * N * kh), 41, 0.3f)
+                                          : exact_random(size_t(Cin * 2 * N * kh), 41),
+                      t);
+        tw.bias = gpu.put(random(size_t(2 * N), 42));
+        tw.cin = int(Cin), tw.cout = int(2 * N), tw.kh = int(kh), tw.kw = 1;
+        const DTensor in{gpu.put(random(size_t(B * Cin * H * T), 43)), B, Cin, H, T};
+        const float* xt = gpu.put(random(size_t(B * N * L), 44));
+        const double* z_stats = gpu.put(std::vector<double>{0.1, -0.2, 1.5, 0.7});
+        const double* xt_stats = gpu.put(std::vector<double>{-0.05, 0.3, 0.9, 1.2});
+        // Stored: z = conv_transpose(in), then istft_add.
+        const DTensor z{gpu.arena.alloc<float>(B * 2 * N * bins * T), B, 2 * N, bins, T};
+        conv_transpose2d(ctx, in, tw, int(sh), 1, h0, 0, z, Act::None);
+        float* stored = gpu.arena.alloc<float>(B * N * L);
+        spectral.istft_add(ctx, B, N, z.p, z_stats, xt, xt_stats, stored);
+        // From the columns.
+        cufftComplex* spec = spectral.alloc_spectrum(ctx, B, N);
+        const ColumnSink sink = [&](const void* cols, DType ct, int64_t ld, int64_t b0, int64_t nb) {
+            spectral.spectrum_from_columns(ctx, cols, ct, ld, tw.bias, B, b0, nb, N, H, int(kh), int(sh), h0, z_stats,
+                                           spec);
+        };
+        conv_transpose2d(ctx, in, tw, int(sh), 1, h0, 0, DTensor{nullptr, B, 2 * N, bins, T}, Act::None, nullptr,
+                         &sink);
+        float* direct = gpu.arena.alloc<float>(B * N * L);
+        spectral.istft_add_spectrum(ctx, B, N, spec, xt, xt_stats, direct);
+        EXPECT_EQ(gpu.get(direct, size_t(B * N * L)), gpu.get(stored, size_t(B * N * L))) << dtype_name(t);
+    }
 }
 
 TEST(KernelsCuda, TransposedConvolutionWithCrop) {
