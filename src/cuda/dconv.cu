@@ -227,27 +227,61 @@ __device__ __forceinline__ void y_moments(const float (&hn)[MaxHidden], int hidd
     }
 }
 
-// Partial statistics of y = W_out hn + bias [B, 2C, R, W] per block, from gram (G then s).
+// Partial statistics of y = W_out hn + bias [B, 2C, R, W] per block, from
+// gram (G then s). Up to hidden 12 a block takes 4 positions a thread (a
+// whole 336-frame row of the frequency branch in one block): with one, the
+// 12288 short blocks at hidden 6 spent their time in the fixed steps (the
+// Gram form's load, two block reductions), at 0.6 TB/s (4 a thread: 0.32 ->
+// 0.27 ms per forward of 8 at hidden 6, 0.21 -> 0.19 at 12). At hidden 24
+// one (four: 0.19 -> 0.44 ms, the registers of 4 x 24 values and too few
+// blocks for the time branch's 8 long rows). `wblocks`: this kernel's
+// blocks per row (stats_wblocks), not the in-convolution's.
+__host__ __device__ constexpr int stats_per_thread(int max_hidden) { return max_hidden <= 12 ? 4 : 1; }
+int stats_wblocks(int W, int max_hidden) {
+    const int positions = kRowThreads * stats_per_thread(max_hidden);
+    return (W + positions - 1) / positions;
+}
+
 template <int MaxHidden>
 __global__ void __launch_bounds__(kRowThreads)
     dconv_out_stats_kernel(const float* __restrict__ h, int hidden, int C2, int64_t R, int W,
                            const float2* __restrict__ hcoef, const double* __restrict__ gram,
                            double* __restrict__ partial, int wblocks) {
     constexpr int N1 = MaxHidden + 1;
+    constexpr int kStatsPerThread = stats_per_thread(MaxHidden), kStatsPositions = kRowThreads * kStatsPerThread;
     __shared__ double g[N1 * N1 + N1];
     __shared__ float2 hc[MaxHidden];
     __shared__ double red[32];
-    const Row p = block_row(R, W, wblocks);
+    const int64_t row = blockIdx.x / wblocks;
+    const int wb = int(blockIdx.x - row * wblocks);
+    const int64_t b = row / R, r = row - b * R;
     const int n = hidden + 1;
     for (int e = threadIdx.x; e < n * n + n; e += blockDim.x) g[e] = gram[e];
     for (int k = threadIdx.x; k < MaxHidden; k += blockDim.x)
-        hc[k] = k < hidden ? hcoef[(p.b * hidden + k) * R + p.r] : make_float2(0.0f, 0.0f);
+        hc[k] = k < hidden ? hcoef[(b * hidden + k) * R + r] : make_float2(0.0f, 0.0f);
     __syncthreads();
-    float hn[MaxHidden];
-    normalised_hidden<MaxHidden>(h, p, hidden, R, W, hc, hn);
+    const int first = wb * kStatsPositions + int(threadIdx.x);
+    const float* hp = h + (b * hidden * R + r) * W;
+    const int64_t plane = R * W;
+    // Every position's h loaded before the first is used.
+    float hv[kStatsPerThread][MaxHidden];
+#pragma unroll
+    for (int i = 0; i < kStatsPerThread; i++) {
+        const int w = first + i * kRowThreads;
+#pragma unroll
+        for (int k = 0; k < MaxHidden; k++) hv[i][k] = w < W && k < hidden ? hp[k * plane + w] : 0.0f;
+    }
     double sum = 0.0, sq = 0.0;
-    if (p.valid) y_moments<MaxHidden>(hn, hidden, g, sum, sq);
-    write_partial(partial, double(p.count) * C2, sum, sq, red);
+#pragma unroll
+    for (int i = 0; i < kStatsPerThread; i++) {
+        if (first + i * kRowThreads >= W) continue;
+        float hn[MaxHidden];
+#pragma unroll
+        for (int k = 0; k < MaxHidden; k++) hn[k] = k < hidden ? gelu_exact(hv[i][k] * hc[k].x + hc[k].y) : 0.0f;
+        y_moments<MaxHidden>(hn, hidden, g, sum, sq);
+    }
+    const int count = min(kStatsPositions, W - wb * kStatsPositions);
+    write_partial(partial, double(count) * C2, sum, sq, red);
 }
 
 // x[c] += scale[c] * a * sigmoid(g), a and g the normalised y at channels c and C + c.
@@ -827,12 +861,13 @@ void launch_layer(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64_t 
     FD_LAUNCH_CHECK();
     group_norm_coef(ctx, partial, wblocks, hidden_seg, w.in_norm_weight, w.in_norm_bias, w.in_bias, kNormEps, hcoef);
 
-    dconv_out_stats_kernel<MaxHidden><<<blocks, kRowThreads, 0, ctx.stream>>>(h, w.hidden, C2, R, W, hcoef,
-                                                                              w.out_gram, partial, wblocks);
+    const int swb = stats_wblocks(W, MaxHidden);
+    dconv_out_stats_kernel<MaxHidden><<<unsigned(rows * swb), kRowThreads, 0, ctx.stream>>>(
+        h, w.hidden, C2, R, W, hcoef, w.out_gram, partial, swb);
     FD_LAUNCH_CHECK();
     const size_t out_bytes = out_smem_floats(C, MaxHidden) * sizeof(float);
     allow_shared(dconv_out_apply_kernel<MaxHidden>, out_bytes);
-    group_norm_coef(ctx, partial, wblocks, out_seg, w.out_norm_weight, w.out_norm_bias, nullptr, kNormEps, ycoef);
+    group_norm_coef(ctx, partial, swb, out_seg, w.out_norm_weight, w.out_norm_bias, nullptr, kNormEps, ycoef);
 
     if (apply_tc_fits(ctx, w)) {
         if (w.hidden <= 16)
