@@ -97,6 +97,31 @@ __device__ __forceinline__ void write_partial(double* partial, double n, double 
     }
 }
 
+// A row's GroupNorm(1, channels) {scale, shift} per channel from the
+// `splits` partial sums its blocks wrote (row_partial [splits][3]), with
+// group_norm_coef_kernel's arithmetic (x + offset[c] normalised, eps
+// kNormEps), into coef (shared memory; the caller synchronises).
+__device__ __forceinline__ void row_norm_coefficients(const double* __restrict__ row_partial, int splits,
+                                                      int channels, const float* __restrict__ weight,
+                                                      const float* __restrict__ bias,
+                                                      const float* __restrict__ offset, float2* coef, double* red) {
+    double n = 0.0, sum = 0.0, sq = 0.0;
+    for (int sp = threadIdx.x; sp < splits; sp += blockDim.x) {
+        const double* q = row_partial + 3 * sp;
+        n += q[0], sum += q[1], sq += q[2];
+    }
+    n = block_sum(n, red);
+    sum = block_sum(sum, red);
+    sq = block_sum(sq, red);
+    const double mean = sum / n;
+    const double var = fmax(sq / n - mean * mean, 0.0);
+    const double inv = 1.0 / sqrt(var + double(kNormEps));
+    for (int c = threadIdx.x; c < channels; c += blockDim.x) {
+        const double centre = offset ? mean - double(offset[c]) : mean;
+        coef[c] = make_float2(float(inv * weight[c]), float(bias[c] - centre * inv * weight[c]));
+    }
+}
+
 // h [B, hidden, R, W] = conv3(x) without bias (the norm takes it), and the
 // partial statistics of h + bias per block.
 // `table` is dconv_in_table's [C * 3][MaxHidden] layout, copied to shared
@@ -235,7 +260,10 @@ __device__ __forceinline__ void y_moments(const float (&hn)[MaxHidden], int hidd
 // 0.27 ms per forward of 8 at hidden 6, 0.21 -> 0.19 at 12). At hidden 24
 // one (four: 0.19 -> 0.44 ms, the registers of 4 x 24 values and too few
 // blocks for the time branch's 8 long rows). `wblocks`: this kernel's
-// blocks per row (stats_wblocks), not the in-convolution's.
+// blocks per row (stats_wblocks), not the in-convolution's (in_splits, whose
+// partial sums give h's GroupNorm coefficients here: a launch of its own
+// per layer was 24 launches of ~7 us per forward of 8; the row's first
+// block also stores them in hcoef for the apply pass).
 __host__ __device__ constexpr int stats_per_thread(int max_hidden) { return max_hidden <= 12 ? 4 : 1; }
 int stats_wblocks(int W, int max_hidden) {
     const int positions = kRowThreads * stats_per_thread(max_hidden);
@@ -245,8 +273,10 @@ int stats_wblocks(int W, int max_hidden) {
 template <int MaxHidden>
 __global__ void __launch_bounds__(kRowThreads)
     dconv_out_stats_kernel(const float* __restrict__ h, int hidden, int C2, int64_t R, int W,
-                           const float2* __restrict__ hcoef, const double* __restrict__ gram,
-                           double* __restrict__ partial, int wblocks) {
+                           const double* __restrict__ in_partial, int in_splits,
+                           const float* __restrict__ in_norm_weight, const float* __restrict__ in_norm_bias,
+                           const float* __restrict__ in_bias, float2* __restrict__ hcoef,
+                           const double* __restrict__ gram, double* __restrict__ partial, int wblocks) {
     constexpr int N1 = MaxHidden + 1;
     constexpr int kStatsPerThread = stats_per_thread(MaxHidden), kStatsPositions = kRowThreads * kStatsPerThread;
     __shared__ double g[N1 * N1 + N1];
@@ -257,9 +287,12 @@ __global__ void __launch_bounds__(kRowThreads)
     const int64_t b = row / R, r = row - b * R;
     const int n = hidden + 1;
     for (int e = threadIdx.x; e < n * n + n; e += blockDim.x) g[e] = gram[e];
-    for (int k = threadIdx.x; k < MaxHidden; k += blockDim.x)
-        hc[k] = k < hidden ? hcoef[(b * hidden + k) * R + r] : make_float2(0.0f, 0.0f);
+    for (int k = hidden + int(threadIdx.x); k < MaxHidden; k += blockDim.x) hc[k] = make_float2(0.0f, 0.0f);
+    row_norm_coefficients(in_partial + 3 * row * in_splits, in_splits, hidden, in_norm_weight, in_norm_bias, in_bias,
+                          hc, red);
     __syncthreads();
+    if (wb == 0)
+        for (int k = threadIdx.x; k < hidden; k += blockDim.x) hcoef[(b * hidden + k) * R + r] = hc[k];
     const int first = wb * kStatsPositions + int(threadIdx.x);
     const float* hp = h + (b * hidden * R + r) * W;
     const int64_t plane = R * W;
@@ -832,12 +865,12 @@ __global__ void __launch_bounds__(kDConvRowsMaxW)
 
 template <int MaxHidden>
 void launch_layer(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64_t B, int64_t R, int W, int wblocks,
-                  float* h, double* partial, float2* hcoef, float2* ycoef, const Planes* copy) {
+                  float* h, double* partial, double* out_partial, float2* hcoef, float2* ycoef,
+                  const Planes* copy) {
     const int64_t rows = B * R;
     const unsigned blocks = unsigned(rows * wblocks);
     const int C = w.channels, C2 = 2 * C;
-    Segments hidden_seg, out_seg;
-    hidden_seg.B = B, hidden_seg.C = w.hidden, hidden_seg.R = R, hidden_seg.W = W;
+    Segments out_seg;
     out_seg.B = B, out_seg.C = C2, out_seg.R = R, out_seg.W = W;
 
     if (in_tc_fits(ctx, w)) {
@@ -859,15 +892,14 @@ void launch_layer(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64_t 
             x, C, R, W, w.dilation, w.hidden, w.in_table, w.in_bias, h, partial, wblocks);
     }
     FD_LAUNCH_CHECK();
-    group_norm_coef(ctx, partial, wblocks, hidden_seg, w.in_norm_weight, w.in_norm_bias, w.in_bias, kNormEps, hcoef);
-
     const int swb = stats_wblocks(W, MaxHidden);
     dconv_out_stats_kernel<MaxHidden><<<unsigned(rows * swb), kRowThreads, 0, ctx.stream>>>(
-        h, w.hidden, C2, R, W, hcoef, w.out_gram, partial, swb);
+        h, w.hidden, C2, R, W, partial, wblocks, w.in_norm_weight, w.in_norm_bias, w.in_bias, hcoef, w.out_gram,
+        out_partial, swb);
     FD_LAUNCH_CHECK();
     const size_t out_bytes = out_smem_floats(C, MaxHidden) * sizeof(float);
     allow_shared(dconv_out_apply_kernel<MaxHidden>, out_bytes);
-    group_norm_coef(ctx, partial, swb, out_seg, w.out_norm_weight, w.out_norm_bias, nullptr, kNormEps, ycoef);
+    group_norm_coef(ctx, out_partial, swb, out_seg, w.out_norm_weight, w.out_norm_bias, nullptr, kNormEps, ycoef);
 
     if (apply_tc_fits(ctx, w)) {
         if (w.hidden <= 16)
@@ -964,13 +996,14 @@ void dconv_layer_thin(const Ctx& ctx, const DConvLayerWeights& w, float* x, int6
         throw Error("internal error: dconv_layer_thin: too many positions");
     ArenaScope scope(*ctx.arena);
     float* h = ctx.arena->alloc<float>(B * w.hidden * R * W);
-    double* partial = ctx.arena->alloc<double>(3 * blocks);
+    double* partial = ctx.arena->alloc<double>(3 * blocks);      // h's, per block of the in-convolution
+    double* out_partial = ctx.arena->alloc<double>(3 * blocks);  // y's, per block of the statistics pass
     float2* hcoef = ctx.arena->alloc<float2>(B * w.hidden * R);
     float2* ycoef = ctx.arena->alloc<float2>(B * 2 * w.channels * R);
     if (ctx.dry || blocks == 0) return;
     const auto launch = [&](auto max_hidden) {
-        launch_layer<decltype(max_hidden)::value>(ctx, w, x, B, R, int(W), int(wblocks), h, partial, hcoef, ycoef,
-                                                  copy);
+        launch_layer<decltype(max_hidden)::value>(ctx, w, x, B, R, int(W), int(wblocks), h, partial, out_partial,
+                                                  hcoef, ycoef, copy);
     };
     switch (max_hidden_for(w.hidden)) {
         case 8: launch(std::integral_constant<int, 8>()); break;
