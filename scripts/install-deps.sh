@@ -36,9 +36,9 @@ frontend="$(cd "$(dirname "$0")/.." && pwd)/.deps/cudnn_frontend"
 if [ ! -f "$frontend/include/cudnn_frontend.h" ] &&
    { command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; }; then
   wheels=$(mktemp -d)
-  if python3 -m pip download --quiet --no-deps --only-binary=:all: --retries 1 --timeout 15 --dest "$wheels" \
-       "nvidia-cudnn-frontend==$frontend_version" 2>/dev/null &&
-     python3 - "$wheels" "$frontend" <<'EOF'
+  if ! { python3 -m pip download --quiet --no-deps --only-binary=:all: --retries 1 --timeout 15 --dest "$wheels" \
+           "nvidia-cudnn-frontend==$frontend_version" 2>/dev/null &&
+         python3 - "$wheels" "$frontend" <<'EOF'
 import glob, os, sys, zipfile
 wheels = glob.glob(os.path.join(sys.argv[1], "*.whl"))
 if not wheels:
@@ -46,9 +46,7 @@ if not wheels:
 with zipfile.ZipFile(wheels[0]) as z:
     z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith("include/")])
 EOF
-  then
-    :
-  else
+  }; then
     echo "install-deps: could not fetch the cuDNN frontend (GPU builds use our attention kernels only)" >&2
   fi
   rm -rf "$wheels"

@@ -64,6 +64,7 @@ struct CudnnAttention::Impl {
     std::map<PlanKey, Plan> plans;
     std::map<PlanKey, AttentionArgs> wanted;  // seen by dry runs, not planned yet (prepare())
     PlanStore store{PlanStore::default_folder()};
+    std::string libraries_and_gpu;  // the libraries' and the GPU's part of every plan's description (describe())
     int64_t runs = 0;
     int64_t plans_read = 0;
 
@@ -79,20 +80,27 @@ struct CudnnAttention::Impl {
         }
     }
 
+    // The libraries' versions and the GPU, once per backend (the device's
+    // properties are a slow query).
+    void describe_libraries_and_gpu() {
+        cudaDeviceProp prop{};
+        if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) cudaGetLastError();
+        char text[384];
+        std::snprintf(text, sizeof text, "cudnn sdpa fwd; cudnn %lld; frontend %d; gpu %s sm_%d%d",
+                      (long long)fe::detail::get_backend_version(), CUDNN_FRONTEND_VERSION, prop.name, prop.major,
+                      prop.minor);
+        libraries_and_gpu = text;
+    }
+
     // What a plan is made for, as the plan store keys it: the libraries'
     // versions, the GPU and the shape (a stored plan holds kernels generated
     // for exactly these).
     std::string describe(const AttentionArgs& a, DType t, float scale) const {
-        cudaDeviceProp prop{};
-        if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) cudaGetLastError();
-        char text[512];
-        std::snprintf(text, sizeof text,
-                      "cudnn sdpa fwd; cudnn %lld; frontend %d; gpu %s sm_%d%d; %s; B %lld N %lld M %lld heads %d dh %d "
-                      "ldq %lld ldkv %lld ldo %lld scale %a",
-                      (long long)fe::detail::get_backend_version(), CUDNN_FRONTEND_VERSION, prop.name, prop.major,
-                      prop.minor, t == DType::BF16 ? "bf16" : "f16", (long long)a.B, (long long)a.N, (long long)a.M,
-                      a.heads, a.dh, (long long)a.ldq, (long long)a.ldkv, (long long)a.ldo, double(scale));
-        return text;
+        char text[256];
+        std::snprintf(text, sizeof text, "; %s; B %lld N %lld M %lld heads %d dh %d ldq %lld ldkv %lld ldo %lld scale %a",
+                      t == DType::BF16 ? "bf16" : "f16", (long long)a.B, (long long)a.N, (long long)a.M, a.heads, a.dh,
+                      (long long)a.ldq, (long long)a.ldkv, (long long)a.ldo, double(scale));
+        return libraries_and_gpu + text;
     }
 
     // A plan read back from the plan store on handle `on` (no kernel
@@ -126,7 +134,8 @@ struct CudnnAttention::Impl {
 
     // A new plan (cuDNN generates its kernels: ~80-100 ms), saved in the
     // plan store for the next process. Safe on several threads, a handle each.
-    Plan make_and_save_plan(const AttentionArgs& a, DType t, float scale, cudnnHandle_t on) {
+    Plan make_and_save_plan(const AttentionArgs& a, DType t, float scale, cudnnHandle_t on,
+                            const std::string& description) {
         Plan plan = build_plan(a, t, scale, on);
         if (!plan.graph || store.folder().empty()) return plan;
         std::vector<uint8_t> bytes;
@@ -134,7 +143,7 @@ struct CudnnAttention::Impl {
         auto status = plan.graph->serialize(bytes, false);
         if (!status.is_good())
             trace_point(("cuda: a cuDNN attention plan could not be serialised (" + status.get_message() + ")").c_str());
-        else if (store.save(describe(a, t, scale), bytes))
+        else if (store.save(description, bytes))
             trace_point("cuda: cuDNN attention plan saved in the plan store");
         else
             trace_point(("cuda: the plan store " + store.folder() + " could not keep a cuDNN attention plan").c_str());
@@ -142,8 +151,9 @@ struct CudnnAttention::Impl {
     }
 
     Plan make_plan(const AttentionArgs& a, DType t, float scale, cudnnHandle_t on) {
-        Plan plan = load_plan(describe(a, t, scale), on);
-        return plan.graph ? std::move(plan) : make_and_save_plan(a, t, scale, on);
+        const std::string description = describe(a, t, scale);
+        Plan plan = load_plan(description, on);
+        return plan.graph ? std::move(plan) : make_and_save_plan(a, t, scale, on, description);
     }
 
     // The graph of out [B, H, N, dh] = SDPA(q, k, v) over the heads
@@ -215,6 +225,8 @@ CudnnAttention::CudnnAttention(int device) : impl_(std::make_unique<Impl>()) {
         if (status != CUDNN_STATUS_SUCCESS) {
             impl_->handle = nullptr;
             impl_->reason = std::string("cudnnCreate failed (") + fe::detail::get_error_string(status) + ")";
+        } else {
+            impl_->describe_libraries_and_gpu();
         }
     } catch (const std::exception& e) {  // the frontend throws where an entry point is missing
         impl_->handle = nullptr;
@@ -296,12 +308,14 @@ void CudnnAttention::prepare(int64_t batch) {
     if (jobs.empty()) return;
     // Plans stored by an earlier process first, one after the other on the
     // main handle (Impl::load_plan says why not in parallel).
+    auto describe = [&](const std::pair<PlanKey, AttentionArgs>& job) {
+        return impl_->describe(job.second, DType(std::get<0>(job.first)), std::get<9>(job.first));
+    };
     std::vector<std::pair<PlanKey, AttentionArgs>> missing;
     for (const auto& job : jobs) {
         Impl::Plan plan;
         try {
-            plan = impl_->load_plan(
-                impl_->describe(job.second, DType(std::get<0>(job.first)), std::get<9>(job.first)), impl_->handle);
+            plan = impl_->load_plan(describe(job), impl_->handle);
         } catch (const std::exception&) {
         }
         if (plan.graph)
@@ -329,7 +343,8 @@ void CudnnAttention::prepare(int64_t batch) {
                 return;
             }
             const PlanKey& key = jobs[i].first;
-            built[i] = impl_->make_and_save_plan(jobs[i].second, DType(std::get<0>(key)), std::get<9>(key), own);
+            built[i] = impl_->make_and_save_plan(jobs[i].second, DType(std::get<0>(key)), std::get<9>(key), own,
+                                                 describe(jobs[i]));
             tried[i] = 1;
             if (built[i].graph) built[i].own = std::exchange(own, nullptr);
         } catch (const std::exception&) {  // left to run()'s own planning
@@ -369,8 +384,9 @@ void warm_up_cudnn_attention(int device, DType t) {
         // A stored plan is read without its warm-up capture (main-thread
         // work runs meanwhile); a missing one is made and stored.
         const float scale = float(1.0 / std::sqrt(48.0));
-        if (!cudnn.impl_->load_plan(cudnn.impl_->describe(a, t, scale), cudnn.impl_->handle, false).graph)
-            cudnn.impl_->make_and_save_plan(a, t, scale, cudnn.impl_->handle);
+        const std::string description = cudnn.impl_->describe(a, t, scale);
+        if (!cudnn.impl_->load_plan(description, cudnn.impl_->handle, false).graph)
+            cudnn.impl_->make_and_save_plan(a, t, scale, cudnn.impl_->handle, description);
     } catch (const std::exception&) {
     }
 }

@@ -97,10 +97,22 @@ __device__ __forceinline__ void write_partial(double* partial, double n, double 
     }
 }
 
+// The row's GroupNorm {scale, shift} for channel c from the row's mean and
+// inverse deviation (the arithmetic of group_norm_coef).
+__device__ __forceinline__ float2 row_norm_coef(double mean, double inv, float weight, float bias, double offset) {
+    return make_float2(float(inv * weight), float(bias - (mean - offset) * inv * weight));
+}
+// mean and 1 / sqrt(var + eps) of n values from their block sums.
+__device__ __forceinline__ double2 row_moments(double n, double sum, double sq) {
+    const double mean = sum / n;
+    const double var = fmax(sq / n - mean * mean, 0.0);
+    return make_double2(mean, 1.0 / sqrt(var + double(kNormEps)));
+}
+
 // A row's GroupNorm(1, channels) {scale, shift} per channel from the
 // `splits` partial sums its blocks wrote (row_partial [splits][3]), with
-// group_norm_coef_kernel's arithmetic (x + offset[c] normalised, eps
-// kNormEps), into coef (shared memory; the caller synchronises).
+// group_norm_coef_kernel's arithmetic (x + offset[c] normalised), into coef
+// (shared memory; the caller synchronises).
 __device__ __forceinline__ void row_norm_coefficients(const double* __restrict__ row_partial, int splits,
                                                       int channels, const float* __restrict__ weight,
                                                       const float* __restrict__ bias,
@@ -113,13 +125,9 @@ __device__ __forceinline__ void row_norm_coefficients(const double* __restrict__
     n = block_sum(n, red);
     sum = block_sum(sum, red);
     sq = block_sum(sq, red);
-    const double mean = sum / n;
-    const double var = fmax(sq / n - mean * mean, 0.0);
-    const double inv = 1.0 / sqrt(var + double(kNormEps));
-    for (int c = threadIdx.x; c < channels; c += blockDim.x) {
-        const double centre = offset ? mean - double(offset[c]) : mean;
-        coef[c] = make_float2(float(inv * weight[c]), float(bias[c] - centre * inv * weight[c]));
-    }
+    const double2 m = row_moments(n, sum, sq);
+    for (int c = threadIdx.x; c < channels; c += blockDim.x)
+        coef[c] = row_norm_coef(m.x, m.y, weight[c], bias[c], offset ? double(offset[c]) : 0.0);
 }
 
 // h [B, hidden, R, W] = conv3(x) without bias (the norm takes it), and the
@@ -701,18 +709,6 @@ constexpr size_t rows_smem_floats(int C, int W, int mh) {
 }
 // The kernel's static arrays: the Gram form and the reduction's 32 doubles.
 constexpr size_t rows_static_smem(int mh) { return size_t(mh + 1) * (mh + 2) * sizeof(double) + 32 * sizeof(double); }
-
-// The row's GroupNorm {scale, shift} for channel c from the row's mean and
-// inverse deviation (the arithmetic of group_norm_coef).
-__device__ __forceinline__ float2 row_norm_coef(double mean, double inv, float weight, float bias, double offset) {
-    return make_float2(float(inv * weight), float(bias - (mean - offset) * inv * weight));
-}
-// mean and 1 / sqrt(var + eps) of n values from their block sums.
-__device__ __forceinline__ double2 row_moments(double n, double sum, double sq) {
-    const double mean = sum / n;
-    const double var = fmax(sq / n - mean * mean, 0.0);
-    return make_double2(mean, 1.0 / sqrt(var + double(kNormEps)));
-}
 
 // A block per row (b, r), a thread per position (W <= blockDim.x); the
 // arithmetic of the three-pass kernels above, the statistics as whole-row

@@ -130,7 +130,8 @@ void gemm_as(const Ctx& ctx, DType ab, bool trans_a, bool trans_b, int64_t m, in
 
 bool linear_bias_as(const Ctx& ctx, const void* x, int64_t rows, int64_t in, const void* w, int64_t out,
                     const void* bias, void* y, DType yt) {
-    if (ctx.gemm == DType::F32 || yt != ctx.gemm || !ctx.bias_epilogue || rows <= 0 || in <= 0 || out <= 0)
+    if (ctx.gemm == DType::F32 || yt != ctx.gemm || !ctx.narrow_gemm_out || !ctx.bias_epilogue || rows <= 0 ||
+        in <= 0 || out <= 0)
         return false;
     LtState& lt = lt_state();
     if (!lt.handle) return false;

@@ -7,10 +7,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <functional>
 #include <iterator>
 #include <system_error>
-#include <thread>
 
 namespace fastdemucs::cuda {
 namespace {
@@ -45,6 +43,9 @@ std::string one_line(std::string text) {
     return text;
 }
 
+// What a file for `description` starts with (its payload's size follows).
+std::string header(const std::string& description) { return kMagic + one_line(description) + "\n"; }
+
 }  // namespace
 
 std::string PlanStore::default_folder() {
@@ -70,7 +71,7 @@ std::vector<uint8_t> PlanStore::load(const std::string& description) const {
     if (folder_.empty()) return {};
     std::ifstream in(path_of(description), std::ios::binary);
     if (!in) return {};
-    const std::string expected = std::string(kMagic) + one_line(description) + "\n";
+    const std::string expected = header(description);
     std::string head(expected.size(), '\0');
     if (!in.read(head.data(), std::streamsize(head.size())) || head != expected) return {};
     unsigned char size_bytes[8];
@@ -90,16 +91,15 @@ bool PlanStore::save(const std::string& description, const std::vector<uint8_t>&
     fs::create_directories(folder_, ec);
     if (ec) return false;
     const std::string final_path = path_of(description);
-    // A name no other writer (process or thread) uses at the same time.
+    // A name no other writer uses at the same time: the process, then a
+    // counter shared by its threads.
     static std::atomic<uint64_t> counter{0};
-    const std::string temp_path = final_path + ".tmp-" + std::to_string(::getpid()) + "-" +
-                                  std::to_string(std::hash<std::thread::id>()(std::this_thread::get_id())) + "-" +
-                                  std::to_string(counter++);
+    const std::string temp_path = final_path + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
     bool written = false;
     {
         std::ofstream out(temp_path, std::ios::binary | std::ios::trunc);
         if (out) {
-            const std::string head = std::string(kMagic) + one_line(description) + "\n";
+            const std::string head = header(description);
             unsigned char size_bytes[8];
             for (int i = 0; i < 8; i++) size_bytes[i] = (uint64_t(bytes.size()) >> (8 * i)) & 0xff;
             out.write(head.data(), std::streamsize(head.size()));

@@ -131,9 +131,7 @@ void CrossTransformer::layer(const Ctx& ctx, const Work& w, const TransformerLay
     auto project = [&](const void* x_op, int64_t r, const void* weight, int64_t cols, const float* bias,
                        const void* bias_op, Act act, float* scratch, void* op) {
         // Without activation the bias goes in the product's epilogue (linear_bias_as).
-        if (act == Act::None && dt != DType::F32 && ctx.narrow_gemm_out &&
-            linear_bias_as(ctx, x_op, r, C, weight, cols, bias_op, op, dt))
-            return;
+        if (act == Act::None && linear_bias_as(ctx, x_op, r, C, weight, cols, bias_op, op, dt)) return;
         if (dt != DType::F32 && ctx.narrow_gemm_out) {
             linear_as(ctx, x_op, r, C, weight, cols, op, dt);
             bias_act_inplace(ctx, op, dt, bias, r, cols, 1, act);
