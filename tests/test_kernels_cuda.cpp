@@ -908,8 +908,9 @@ struct DConvLayerHost {
 };
 
 // The residual branches of `dilations.size()` layers (seeded weights) through
-// dconv_rows (rows = true) or one dconv_layer_thin call per layer, against
-// the double reference; relative error of x_out - x_in.
+// a row-resident kernel (rows = true: dconv_rows in float32, dconv_rows_tc in
+// float16 / bfloat16) or one dconv_layer_thin call per layer, against the
+// double reference; relative error of x_out - x_in.
 double dconv_case_error(const DConvCase& k, const std::vector<int>& dilations, bool rows, DType type = DType::F32) {
     Gpu gpu;
     const int64_t B = k.B, C = k.C, Hd = k.hidden, R = k.R, W = k.W;
@@ -923,18 +924,24 @@ double dconv_case_error(const DConvCase& k, const std::vector<int>& dilations, b
         layers.push_back(host.back().upload(gpu, int(C), int(Hd)));
     }
     float* dx = gpu.put(x);
-    if (rows) {
+    // In float16 / bfloat16 the DConv also writes its result as a GEMM operand.
+    Planes copy;
+    if (type != DType::F32) copy = operand_planes(gpu, type, B * C, R * W);
+    if (rows && type == DType::F32) {
         dconv_rows(gpu.ctx(), layers.data(), int(layers.size()), dx, B, R, W);
+    } else if (rows) {
+        if (!dconv_rows_tc_fit(gpu.ctx(type), layers.data(), int(layers.size()), W)) {
+            ADD_FAILURE() << "dconv_rows_tc does not take C " << C << ", hidden " << Hd << ", W " << W;
+            return 1.0;
+        }
+        dconv_rows_tc(gpu.ctx(type), layers.data(), int(layers.size()), dx, B, R, W, &copy);
     } else {
-        // In float16 / bfloat16 the last layer also writes its result as a GEMM operand.
-        Planes copy;
-        if (type != DType::F32) copy = operand_planes(gpu, type, B * C, R * W);
         for (size_t i = 0; i < layers.size(); i++)
             dconv_layer_thin(gpu.ctx(type), layers[i], dx, B, R, W, i + 1 == layers.size() && copy.p ? &copy : nullptr);
-        if (copy.p)
-            expect_operand_rows(gpu, type, copy, gpu.get(dx, x.size()), B * C, R * W,
-                                "DConv C " + std::to_string(C) + ", W " + std::to_string(W));
     }
+    if (copy.p)
+        expect_operand_rows(gpu, type, copy, gpu.get(dx, x.size()), B * C, R * W,
+                            "DConv C " + std::to_string(C) + ", W " + std::to_string(W));
     const auto got = gpu.get(dx, x.size());
     // Against the residual branches alone (x itself is exact in both).
     std::vector<float> branch(got.size());
@@ -1045,6 +1052,49 @@ TEST(KernelsCuda, RowResidentDConvMatchesTheModule) {
         // The three passes per layer give the same branches.
         EXPECT_LE(dconv_case_error(c.shape, c.dilations, false), 1e-5);
     }
+}
+
+// The row-resident DConv on the tensor cores (float16 / bfloat16 modes)
+// against the double reference: the model's outer shapes (one and two hidden
+// tiles), W not a multiple of 16 (a partial last m-tile) nor of 4 (scalar row
+// copies), channels not a multiple of 16 (a zero half k-step), taps beyond
+// both ends, one to four layers; the operand copy checked as well.
+TEST(KernelsCuda, TensorCoreRowResidentDConvMatchesTheModule) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    struct Case {
+        DConvCase shape;
+        std::vector<int> dilations;
+    };
+    const Case cases[] = {
+        {{2, 48, 6, 3, 336, 1}, {1, 2}},       // the outermost shape, fewer rows
+        {{1, 96, 12, 2, 336, 1}, {1, 2}},      // 220 KB of shared memory: one block per SM
+        {{2, 40, 6, 2, 37, 1}, {3}},           // W % 4 != 0, C % 16 != 0, one layer
+        {{1, 16, 3, 2, 5, 1}, {1, 2, 4, 8}},   // taps beyond both ends, four layers
+        {{1, 24, 14, 2, 100, 1}, {1, 2}},      // hidden 14: two tiles, zero-padded
+        {{1, 48, 6, 1, 512, 1}, {1, 2}},       // the longest row: 16 warps
+    };
+    for (const Case& c : cases)
+        for (DType type : {DType::F16, DType::BF16}) {
+            const double err = dconv_case_error(c.shape, c.dilations, true, type);
+            EXPECT_LE(err, 2e-3) << "C " << c.shape.C << ", hidden " << c.shape.hidden << ", W " << c.shape.W
+                                 << ", layers " << c.dilations.size();
+            EXPECT_GT(err, 1e-6) << "C " << c.shape.C << ": float16 rounding expected";
+        }
+    // What it declines: float32, hidden past 16, dilation past 8, C % 8 != 0, rows past 512.
+    Gpu gpu;
+    DConvLayerWeights lw;
+    lw.channels = 48, lw.hidden = 6, lw.dilation = 1;
+    alignas(16) const uint32_t table[4] = {};
+    lw.in_fragments = lw.out_fragments = table;  // only their presence (and alignment) is checked
+    EXPECT_TRUE(dconv_rows_tc_fit(gpu.ctx(DType::F16), &lw, 1, 336));
+    EXPECT_FALSE(dconv_rows_tc_fit(gpu.ctx(DType::F32), &lw, 1, 336));
+    EXPECT_FALSE(dconv_rows_tc_fit(gpu.ctx(DType::F16), &lw, 1, 513));
+    lw.dilation = 9;
+    EXPECT_FALSE(dconv_rows_tc_fit(gpu.ctx(DType::F16), &lw, 1, 336));
+    lw.dilation = 1, lw.hidden = 24;
+    EXPECT_FALSE(dconv_rows_tc_fit(gpu.ctx(DType::F16), &lw, 1, 336));
+    lw.hidden = 6, lw.channels = 44;
+    EXPECT_FALSE(dconv_rows_tc_fit(gpu.ctx(DType::F16), &lw, 1, 336));
 }
 
 // The staged upload, in pieces smaller than a row (several per row, a short

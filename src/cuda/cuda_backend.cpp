@@ -1262,17 +1262,25 @@ private:
         const int depth = int(d.dilations.size());
         // (dconv_layer_thin_fits: the layers whose tables upload_dconv_tables made)
         // With the three passes' convolutions on the tensor cores (float16 /
-        // bfloat16) the row-resident kernel, on CUDA cores, is the slower one
-        // (whole track 0.1070 / 0.1074 -> 0.1066 / 0.1060 s without it, H200 A/B).
+        // bfloat16) the float32 row-resident kernel, on CUDA cores, is the
+        // slower one (whole track 0.1070 / 0.1074 -> 0.1066 / 0.1060 s without
+        // it, H200 A/B): there the tensor-core row-resident kernel serves.
         bool tensor_cores = true;
         for (int dilation : d.dilations)
             tensor_cores = tensor_cores && dconv_tensor_cores_take(ctx, d.channels, d.hidden, dilation);
-        if (ctx.thin_dconv && ctx.dconv_rows && !tensor_cores && dconv_layer_thin_fits(d.channels, d.hidden) &&
-            dconv_rows_fit(d.channels, d.hidden, x.w, depth)) {
-            std::vector<DConvLayerWeights> layers;
+        const bool rows = ctx.thin_dconv && ctx.dconv_rows && dconv_layer_thin_fits(d.channels, d.hidden);
+        std::vector<DConvLayerWeights> layers;
+        if (rows)
             for (int i = 0; i < depth; i++)
                 layers.push_back(thin_dconv_weights(d, prefix + "dconv.layers." + std::to_string(i) + ".",
                                                     d.dilations[size_t(i)]));
+        // The tensor-core row-resident kernel where the row fits (the
+        // frequency branch's outer DConvs), else the three passes.
+        if (rows && tensor_cores && dconv_rows_tc_fit(ctx, layers.data(), depth, x.w)) {
+            dconv_rows_tc(ctx, layers.data(), depth, x.p, x.b, x.h, x.w, copy);
+            return;
+        }
+        if (rows && !tensor_cores && dconv_rows_fit(d.channels, d.hidden, x.w, depth)) {
             dconv_rows(ctx, layers.data(), depth, x.p, x.b, x.h, x.w);
             if (copy) convert_rows(ctx, x.p, copy->p, copy->type, x.b * x.c, x.h * x.w, copy->ld);
             return;

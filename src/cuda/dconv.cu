@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cuda/arena.h"
+#include "cuda/dconv_internal.cuh"
 #include "cuda/device_utils.cuh"
 #include "cuda/kernels.h"
 #include "error.h"
@@ -14,11 +15,12 @@
 namespace fastdemucs::cuda {
 namespace {
 
+using namespace dconv_detail;
+
 // A block covers kRowThreads consecutive positions w of one row (b, r), a
 // thread each, so the row's coefficients sit in shared memory and the
 // block's statistics are one partial of the row's segment.
 constexpr int kRowThreads = 128;
-constexpr float kNormEps = 1e-5f;  // the DConv's GroupNorms (PyTorch's default)
 constexpr int kInputGroup = 4;     // input channels whose loads are in flight together
 constexpr int kOutputGroup = 8;    // output channels read, updated and written together
 
@@ -35,18 +37,6 @@ constexpr size_t out_smem_floats(int channels, int max_hidden) {
 // its size): past ~100 KB fewer than two blocks would fit an SM.
 constexpr size_t kSmemLimit = 100 * 1024;
 
-// Static plus dynamic shared memory a block may opt in to on the current
-// device (less on some GPUs: sm_75 64 KB); sm_90's 227 KB when no device
-// answers (CPU-only builds and tests ask only whether a shape fits).
-size_t optin_smem() {
-    int device = 0, optin = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
-        cudaGetLastError();
-        return 227 * 1024;
-    }
-    return size_t(optin);
-}
 // The three-pass kernels' dynamic shared memory: the opt-in minus their
 // static arrays, at most kSmemLimit.
 size_t smem_limit() { return std::min(kSmemLimit, optin_smem() - 1024); }
@@ -61,14 +51,6 @@ int max_hidden_for(int hidden) {
     return 32;
 }
 
-// Launch configuration of a kernel with `bytes` of dynamic shared memory
-// (set on every launch: the attribute belongs to the context, which
-// release_gpus() may have replaced; always, since static and dynamic
-// memory together must stay under the 48 KB default without it).
-template <typename Kernel>
-void allow_shared(Kernel kernel, size_t bytes) {
-    FD_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-}
 
 struct Row {
     int64_t b, r;
@@ -97,17 +79,6 @@ __device__ __forceinline__ void write_partial(double* partial, double n, double 
     }
 }
 
-// The row's GroupNorm {scale, shift} for channel c from the row's mean and
-// inverse deviation (the arithmetic of group_norm_coef).
-__device__ __forceinline__ float2 row_norm_coef(double mean, double inv, float weight, float bias, double offset) {
-    return make_float2(float(inv * weight), float(bias - (mean - offset) * inv * weight));
-}
-// mean and 1 / sqrt(var + eps) of n values from their block sums.
-__device__ __forceinline__ double2 row_moments(double n, double sum, double sq) {
-    const double mean = sum / n;
-    const double var = fmax(sq / n - mean * mean, 0.0);
-    return make_double2(mean, 1.0 / sqrt(var + double(kNormEps)));
-}
 
 // A row's GroupNorm(1, channels) {scale, shift} per channel from the
 // `splits` partial sums its blocks wrote (row_partial [splits][3]), with
@@ -391,9 +362,6 @@ __global__ void __launch_bounds__(kRowThreads)
 // loads per output channel on CUDA cores (1.13 ms of a forward of 8 at
 // hidden 24); here a warp issues 2 * hidden / 16 MMAs per 16 positions and
 // 16 output channels. float32 keeps the CUDA-core kernel above (exact).
-// A float16 operand saturated to float16's range: in bfloat16 mode the
-// DConv's input may exceed it (inf would turn the row's statistics to NaN).
-__device__ __forceinline__ __half half_sat(float v) { return __float2half_rn(fminf(fmaxf(v, -65504.0f), 65504.0f)); }
 
 constexpr int kApplyWarps = 4;
 // Positions per block, at most: a strip per warp. With 256 the time
@@ -645,7 +613,6 @@ __global__ void __launch_bounds__(kRowThreads)
 
 // Which layers the tensor-core passes take: float16 / bfloat16 mode with
 // ctx.tensor_core_dconv, their fragment tables built, and these shapes.
-bool tensor_core_mode(const Ctx& ctx) { return ctx.gemm != DType::F32 && ctx.tensor_core_dconv; }
 bool in_tc_shape(int hidden, int dilation) { return hidden <= 32 && dilation <= kInMaxDilation; }
 bool apply_tc_shape(int channels, int hidden) {
     return channels % 8 == 0 && hidden <= 32 && apply_tc_smem_bytes(channels, (hidden + 15) / 16) <= smem_limit();
@@ -689,11 +656,6 @@ void launch_apply_tc(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64
 }
 
 // ---- Every layer of a DConv with the row in shared memory (dconv_rows) ----
-
-struct RowLayers {
-    DConvLayerWeights layer[kDConvRowsMaxLayers];
-    int count;
-};
 
 // Per output channel c of the rows kernel, 8 floats (two 16-byte loads):
 // the out-bias of a and g (channels c and C + c), y's GroupNorm {scale,

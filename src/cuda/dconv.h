@@ -100,4 +100,17 @@ constexpr int kDConvRowsMaxW = 512;  // a position per thread
 bool dconv_rows_fit(int channels, int hidden, int64_t W, int layers);
 void dconv_rows(const Ctx& ctx, const DConvLayerWeights* layers, int count, float* x, int64_t B, int64_t R, int64_t W);
 
+// The same with both convolutions on the tensor cores (float16 / bfloat16
+// modes, as dconv_layer_thin's tensor-core passes: float16 operands, float32
+// accumulation, the residual stream in float32): x read once and written
+// once for the whole DConv (~10 bytes a value against ~28 for two layers of
+// three passes). `copy` as for dconv_layer_thin. Fits when the context runs
+// the DConv on the tensor cores, every layer has both fragment tables, one
+// hidden size <= 16, dilation <= 8, C a multiple of 8, W <= kDConvRowsMaxW
+// and the row twice (float32, float16) within a block's shared memory:
+// the frequency branch's outer DConvs (C = 48 / 96: 113 / 220 KB).
+bool dconv_rows_tc_fit(const Ctx& ctx, const DConvLayerWeights* layers, int count, int64_t W);
+void dconv_rows_tc(const Ctx& ctx, const DConvLayerWeights* layers, int count, float* x, int64_t B, int64_t R,
+                   int64_t W, const Planes* copy = nullptr);
+
 }  // namespace fastdemucs::cuda
