@@ -372,8 +372,8 @@ constexpr int kStrip = 32;            // positions a warp takes at once (two m-t
 constexpr int kOutPitch = kStrip + 4;  // floats per row of a warp's result tile (conflict-free fragment stores)
 constexpr int kPairs = 2;              // tiles of 8 output channels (a and g) per round: 16 x rows in flight
 
-// Dynamic shared memory: y's coefficients [2C] and h's [16 KSteps] (float2),
-// the bias [2C], LayerScale [C]; per warp hn [kStrip][16 KSteps + 8]
+// Dynamic shared memory: y's coefficients [2C] (LayerScale and -log2(e)
+// folded in: glu_folded) and h's [16 KSteps] (float2), the bias [2C]; per warp hn [kStrip][16 KSteps + 8]
 // (float16) and a result tile [8 kPairs][kOutPitch]. The B fragments
 // (dconv_out_fragments) are read through L1: built per block in shared
 // memory, their scattered loads and conversions held every block up (0.89
@@ -381,7 +381,7 @@ constexpr int kPairs = 2;              // tiles of 8 output channels (a and g) p
 __host__ __device__ constexpr int hn_pitch(int ksteps) { return 16 * ksteps + 8; }  // halves: conflict-free A fragment loads
 constexpr size_t apply_tc_smem_bytes(int C, int ksteps) {
     return size_t(2 * C) * sizeof(float2) +
-           size_t(16 * ksteps) * sizeof(float2) + size_t(2 * C) * sizeof(float) + size_t(C) * sizeof(float) +
+           size_t(16 * ksteps) * sizeof(float2) + size_t(2 * C) * sizeof(float) +
            kApplyWarps * (size_t(kStrip) * hn_pitch(ksteps) * sizeof(__half) + 8 * kPairs * kOutPitch * sizeof(float));
 }
 
@@ -408,18 +408,16 @@ __global__ void __launch_bounds__(kApplyWarps * 32)
     const int C2 = 2 * C, half_tiles = C / 8;
     float2* hc = yc + C2;
     float* bs = reinterpret_cast<float*>(hc + K);
-    float* sc = bs + C2;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-    __half* hn = reinterpret_cast<__half*>(sc + C) + warp * (kStrip * HP + 16 * kPairs * kOutPitch);  // [kStrip][HP]
+    __half* hn = reinterpret_cast<__half*>(bs + C2) + warp * (kStrip * HP + 16 * kPairs * kOutPitch);  // [kStrip][HP]
     float* out = reinterpret_cast<float*>(hn + kStrip * HP);  // [8 kPairs][kOutPitch]
     const int64_t row = blockIdx.x / wblocks;
     const int wb = int(blockIdx.x - row * wblocks);
     const int64_t b = row / R, r = row - b * R;
     for (int o = threadIdx.x; o < C2; o += blockDim.x) {
         bs[o] = bias[o];
-        yc[o] = ycoef[(b * C2 + o) * R + r];
+        yc[o] = fold_glu_coef(ycoef[(b * C2 + o) * R + r], o < C, o < C ? scale[o] : 0.0f);
     }
-    for (int c = threadIdx.x; c < C; c += blockDim.x) sc[c] = scale[c];
     for (int k = threadIdx.x; k < K; k += blockDim.x)
         hc[k] = k < hidden ? hcoef[(b * hidden + k) * R + r] : make_float2(0.0f, 0.0f);
     // The padding columns of hn (hidden .. K) stay zero.
@@ -490,7 +488,7 @@ __global__ void __launch_bounds__(kApplyWarps * 32)
                     for (int e = 0; e < 4; e++) {
                         const int c = c0 + (e & 1);
                         out[(8 * p + 2 * t + (e & 1)) * kOutPitch + 16 * mt + g + 8 * (e >> 1)] =
-                            sc[c] * glu_value(ya[mt][e] * yc[c].x + yc[c].y, yg[mt][e] * yc[C + c].x + yc[C + c].y);
+                            glu_folded(ya[mt][e] * yc[c].x + yc[c].y, yg[mt][e] * yc[C + c].x + yc[C + c].y);
                     }
             }
             __syncwarp();

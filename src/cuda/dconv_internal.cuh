@@ -58,6 +58,42 @@ __device__ __forceinline__ __half half_sat(float v) { return __float2half_rn(fmi
 // bfloat16 mode with ctx.tensor_core_dconv (float32 stays exact on CUDA cores).
 inline bool tensor_core_mode(const Ctx& ctx) { return ctx.gemm != DType::F32 && ctx.tensor_core_dconv; }
 
+// Two floats as float16 pairs, saturated to float16's range (half_sat's
+// clamp in one instruction), lo in the low half.
+__device__ __forceinline__ uint32_t half2_sat(float lo, float hi) {
+    uint32_t r;
+    asm("cvt.rn.satfinite.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+// 2^v and 1 / v on the SFU, without the range fix-ups of exp2f / __fdividef
+// (flushed subnormals: the GLU's sigmoid is then 0 or 1 where it was within
+// 1e-38 of them).
+__device__ __forceinline__ float ex2_ftz(float v) {
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
+    return r;
+}
+__device__ __forceinline__ float rcp_ftz(float v) {
+    float r;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
+    return r;
+}
+
+// LayerScale * a * sigmoid(g) = a' / (1 + 2^g') for y's GroupNorm {scale,
+// shift} folded as a' = (a * scale + shift) * LayerScale and g' = (g * scale
+// + shift) * -log2(e) (fold_glu_coef): four instructions a value where
+// sc * glu_value took ten (its exp and division fix up ranges the float16
+// modes never reach). The float16 / bfloat16 kernels' GLU; float32 keeps
+// glu_value.
+constexpr float kLog2e = 1.4426950408889634f;
+__host__ __device__ __forceinline__ float2 fold_glu_coef(float2 k, bool is_a, float layer_scale) {
+    const float f = is_a ? layer_scale : -kLog2e;
+    return make_float2(k.x * f, k.y * f);
+}
+__device__ __forceinline__ float glu_folded(float a_folded, float g_folded) {
+    return a_folded * rcp_ftz(1.0f + ex2_ftz(g_folded));
+}
+
 // A DConv's layers, passed to a row-resident kernel by value.
 struct RowLayers {
     DConvLayerWeights layer[kDConvRowsMaxLayers];

@@ -32,7 +32,6 @@ using namespace dconv_detail;
 
 constexpr int kMargin = 8;  // zero positions each side of the float16 row: dilations up to 8
 constexpr int kMaxHidden = 16;  // one k-step for the out-convolution, at most two hidden tiles
-constexpr float kLog2e = 1.4426950408889634f;
 
 __host__ __device__ constexpr int padded_positions(int W) { return (W + 15) / 16 * 16; }
 // Floats per channel of the float32 row: every position of the m-tiles (the
@@ -69,27 +68,6 @@ constexpr size_t rows_tc_smem_bytes(int C, int W, int nt) {
 // registers for two blocks an SM (two hidden tiles need more than 80).
 constexpr int max_threads(int tpw) { return tpw == 1 ? 768 : 384; }
 constexpr int min_blocks(int tpw, int nt) { return tpw == 1 || nt == 2 ? 1 : 2; }
-
-// Two floats as float16 pairs, saturated to float16's range (half_sat's
-// clamp in one instruction), lo in the low half.
-__device__ __forceinline__ uint32_t half2_sat(float lo, float hi) {
-    uint32_t r;
-    asm("cvt.rn.satfinite.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
-// 2^v and 1 / v on the SFU, without the range fix-ups of exp2f / __fdividef
-// (flushed subnormals: the GLU's sigmoid is then 0 or 1 where it was within
-// 1e-38 of them).
-__device__ __forceinline__ float ex2_ftz(float v) {
-    float r;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
-    return r;
-}
-__device__ __forceinline__ float rcp_ftz(float v) {
-    float r;
-    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
-    return r;
-}
 
 // A block per row (b, r); warp w takes m-tiles w, w + warps, ... (at most
 // TPW). NT: hidden tiles of 8 (1 or 2). CopyT __half /
@@ -256,8 +234,7 @@ __global__ void __launch_bounds__(max_threads(TPW), min_blocks(TPW, NT))
             const double2 m = row_moments(double(W) * C2, sum, sq);
             for (int o = threadIdx.x; o < C2; o += blockDim.x) {
                 const float2 k = row_norm_coef(m.x, m.y, lw.out_norm_weight[o], lw.out_norm_bias[o], 0.0);
-                const float f = o < C ? lw.scale[o] : -kLog2e;
-                yc[o] = make_float2(k.x * f, k.y * f);
+                yc[o] = fold_glu_coef(k, o < C, o < C ? lw.scale[o] : 0.0f);
             }
         }
         __syncthreads();
