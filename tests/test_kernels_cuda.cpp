@@ -1058,7 +1058,9 @@ TEST(KernelsCuda, RowResidentDConvMatchesTheModule) {
 // against the double reference: the model's outer shapes (one and two hidden
 // tiles), W not a multiple of 16 (a partial last m-tile) nor of 4 (scalar row
 // copies), channels not a multiple of 16 (a zero half k-step), taps beyond
-// both ends, one to four layers; the operand copy checked as well.
+// both ends, one to four layers, every launch form (one or two blocks an SM,
+// one to three m-tiles a warp, one or two hidden tiles, hidden 16); the
+// operand copy checked as well.
 TEST(KernelsCuda, TensorCoreRowResidentDConvMatchesTheModule) {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
     struct Case {
@@ -1067,11 +1069,13 @@ TEST(KernelsCuda, TensorCoreRowResidentDConvMatchesTheModule) {
     };
     const Case cases[] = {
         {{2, 48, 6, 3, 336, 1}, {1, 2}},       // the outermost shape, fewer rows
-        {{1, 96, 12, 2, 336, 1}, {1, 2}},      // 220 KB of shared memory: one block per SM
+        {{1, 96, 12, 2, 336, 1}, {1, 2}},      // 217 KiB of shared memory: one block per SM, a tile a warp
+        {{1, 96, 8, 1, 336, 1}, {1, 2}},       // one hidden tile, one block per SM
         {{2, 40, 6, 2, 37, 1}, {3}},           // W % 4 != 0, C % 16 != 0, one layer
         {{1, 16, 3, 2, 5, 1}, {1, 2, 4, 8}},   // taps beyond both ends, four layers
         {{1, 24, 14, 2, 100, 1}, {1, 2}},      // hidden 14: two tiles, zero-padded
-        {{1, 48, 6, 1, 512, 1}, {1, 2}},       // the longest row: 16 warps
+        {{1, 48, 6, 1, 512, 1}, {1, 2}},       // the longest row: three tiles a warp (11 warps)
+        {{1, 16, 16, 1, 400, 1}, {2, 1}},      // hidden 16 (the most), two hidden tiles, three m-tiles a warp
     };
     for (const Case& c : cases)
         for (DType type : {DType::F16, DType::BF16}) {
@@ -1094,6 +1098,17 @@ TEST(KernelsCuda, TensorCoreRowResidentDConvMatchesTheModule) {
     lw.dilation = 1, lw.hidden = 24;
     EXPECT_FALSE(dconv_rows_tc_fit(gpu.ctx(DType::F16), &lw, 1, 336));
     lw.hidden = 6, lw.channels = 44;
+    EXPECT_FALSE(dconv_rows_tc_fit(gpu.ctx(DType::F16), &lw, 1, 336));
+    // Layers of one DConv only (the same channels and hidden size), one to four of them.
+    lw.channels = 48;
+    DConvLayerWeights two[2] = {lw, lw};
+    EXPECT_TRUE(dconv_rows_tc_fit(gpu.ctx(DType::F16), two, 2, 336));
+    two[1].hidden = 12;
+    EXPECT_FALSE(dconv_rows_tc_fit(gpu.ctx(DType::F16), two, 2, 336));
+    EXPECT_FALSE(dconv_rows_tc_fit(gpu.ctx(DType::F16), two, 0, 336));
+    const DConvLayerWeights five[5] = {lw, lw, lw, lw, lw};
+    EXPECT_FALSE(dconv_rows_tc_fit(gpu.ctx(DType::F16), five, 5, 336));
+    lw.out_fragments = table + 1;  // not on 16 bytes
     EXPECT_FALSE(dconv_rows_tc_fit(gpu.ctx(DType::F16), &lw, 1, 336));
 }
 

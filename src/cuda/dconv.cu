@@ -524,7 +524,6 @@ __global__ void __launch_bounds__(kApplyWarps * 32)
 // cores (1.15 ms of a forward of 8 at hidden 24).
 constexpr int kInChunk = 16;                 // input channels per staged chunk (one k-step per tap)
 constexpr int kInPitch = kInChunk + 8;       // halves per staged position: conflict-free A fragment loads
-constexpr int kInMaxDilation = 8;  // the staged margin on each side, whatever the dilation
 constexpr int kInRows = kRowThreads + 2 * kInMaxDilation;  // staged positions
 constexpr int kInStage = kInChunk * kInRows / kRowThreads;  // staged values per thread and chunk
 static_assert(kRowThreads % kInChunk == 0 && kInRows % (kRowThreads / kInChunk) == 0, "whole staging rounds");
@@ -636,20 +635,14 @@ void launch_apply_tc(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64
     const int wblocks = (W + kApplyPositions - 1) / kApplyPositions;
     const int span = ((W + wblocks - 1) / wblocks + 15) / 16 * 16;
     const size_t bytes = apply_tc_smem_bytes(w.channels, KSteps);
-    auto launch = [&](auto* copy_p) {
+    with_copy_type(copy, [&](auto* copy_p) {
         using CopyT = std::remove_pointer_t<decltype(copy_p)>;
         const auto kernel = dconv_out_apply_tc_kernel<KSteps, CopyT>;
         allow_shared(kernel, bytes);
         kernel<<<unsigned(B * R * wblocks), kApplyWarps * 32, bytes, ctx.stream>>>(
             h, w.hidden, w.channels, R, W, span, wblocks, hcoef, reinterpret_cast<const uint2*>(w.out_fragments),
             w.out_bias, ycoef, w.scale, x, copy_p, copy ? copy->ld : 0);
-    };
-    if (!copy)
-        launch(static_cast<float*>(nullptr));
-    else if (copy->type == DType::BF16)
-        launch(static_cast<__nv_bfloat16*>(copy->p));
-    else
-        launch(static_cast<__half*>(copy->p));
+    });
     FD_LAUNCH_CHECK();
 }
 
@@ -693,20 +686,8 @@ __global__ void __launch_bounds__(kDConvRowsMaxW)
     const int64_t b = blockIdx.x / R, r = blockIdx.x - b * R;
     const int64_t plane = R * W;
     float* xrow = x + (b * C * R + r) * W;  // channel c at xrow + c * plane
-    // The row goes in asynchronously while the first layer's weights load;
-    // vec: 16-byte copies (x on 16 bytes and W a multiple of 4).
-    if (vec) {
-        const int q4 = W / 4;
-        for (int i = threadIdx.x; i < C * q4; i += blockDim.x) {
-            const int c = i / q4, q = i - c * q4;
-            cp_async16(xs + c * W + 4 * q, xrow + c * plane + 4 * q, true);
-        }
-    } else {
-        for (int i = threadIdx.x; i < C * W; i += blockDim.x) {
-            const int c = i / W;
-            cp_async4(xs + i, xrow + c * plane + (i - c * W), true);
-        }
-    }
+    // The row goes in asynchronously while the first layer's weights load.
+    load_row_async(xs, W, xrow, plane, C, W, vec);
     cp_async_commit();
     const int w = threadIdx.x;
     const bool valid = w < W;

@@ -108,7 +108,7 @@ void dconv_rows(const Ctx& ctx, const DConvLayerWeights* layers, int count, floa
 // the DConv on the tensor cores, every layer has both fragment tables, one
 // hidden size <= 16, dilation <= 8, C a multiple of 8, W <= kDConvRowsMaxW
 // and the row twice (float32, float16) within a block's shared memory:
-// the frequency branch's outer DConvs (C = 48 / 96: 113 / 220 KB).
+// the frequency branch's outer DConvs (C = 48 / 96: 109 / 217 KiB).
 bool dconv_rows_tc_fit(const Ctx& ctx, const DConvLayerWeights* layers, int count, int64_t W);
 void dconv_rows_tc(const Ctx& ctx, const DConvLayerWeights* layers, int count, float* x, int64_t B, int64_t R,
                    int64_t W, const Planes* copy = nullptr);

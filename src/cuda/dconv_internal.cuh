@@ -4,6 +4,7 @@
 // the shared-memory opt-in. Internal to those files.
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -11,10 +12,14 @@
 
 #include "cuda/common.h"
 #include "cuda/dconv.h"
+#include "cuda/device_utils.cuh"
 
 namespace fastdemucs::cuda::dconv_detail {
 
 constexpr float kNormEps = 1e-5f;  // the DConv's GroupNorms (PyTorch's default)
+// The largest dilation the tensor-core in-convolutions take: both stage
+// this many zero (or neighbouring) positions on each side of their rows.
+constexpr int kInMaxDilation = 8;
 
 // Static plus dynamic shared memory a block may opt in to on the current
 // device (less on some GPUs: sm_75 64 KB); sm_90's 227 KB when no device
@@ -58,8 +63,9 @@ __device__ __forceinline__ __half half_sat(float v) { return __float2half_rn(fmi
 // bfloat16 mode with ctx.tensor_core_dconv (float32 stays exact on CUDA cores).
 inline bool tensor_core_mode(const Ctx& ctx) { return ctx.gemm != DType::F32 && ctx.tensor_core_dconv; }
 
-// Two floats as float16 pairs, saturated to float16's range (half_sat's
-// clamp in one instruction), lo in the low half.
+// Two floats as float16 pairs saturated to float16's range, lo in the low
+// half: half_sat's clamp in one instruction (except that NaN stays NaN,
+// where half_sat's fmaxf made it -65504).
 __device__ __forceinline__ uint32_t half2_sat(float lo, float hi) {
     uint32_t r;
     asm("cvt.rn.satfinite.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
@@ -92,6 +98,35 @@ __host__ __device__ __forceinline__ float2 fold_glu_coef(float2 k, bool is_a, fl
 }
 __device__ __forceinline__ float glu_folded(float a_folded, float g_folded) {
     return a_folded * rcp_ftz(1.0f + ex2_ftz(g_folded));
+}
+
+// The C channel rows of one frequency row of x (channel c at src + c *
+// plane, W positions) into shared memory at dst + c * pitch, asynchronously
+// (the caller commits and waits): a warp per channel row, 16-byte copies
+// when vec (x on 16 bytes, W and pitch multiples of 4). Runtime divisions
+// per value cost more than the copies.
+__device__ __forceinline__ void load_row_async(float* dst, int pitch, const float* src, int64_t plane, int C, int W,
+                                               bool vec) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    for (int c = warp; c < C; c += warps) {
+        if (vec)
+            for (int q = lane; q < W / 4; q += 32) cp_async16(dst + c * pitch + 4 * q, src + c * plane + 4 * q, true);
+        else
+            for (int w = lane; w < W; w += 32) cp_async4(dst + c * pitch + w, src + c * plane + w, true);
+    }
+}
+
+// Runs f with the operand copy's pointer as its element type (__half or
+// __nv_bfloat16), or a null float pointer without a copy: the kernels'
+// CopyT instances.
+template <typename F>
+void with_copy_type(const Planes* copy, F&& f) {
+    if (!copy)
+        f(static_cast<float*>(nullptr));
+    else if (copy->type == DType::BF16)
+        f(static_cast<__nv_bfloat16*>(copy->p));
+    else
+        f(static_cast<__half*>(copy->p));
 }
 
 // A DConv's layers, passed to a row-resident kernel by value.

@@ -30,7 +30,7 @@ namespace {
 
 using namespace dconv_detail;
 
-constexpr int kMargin = 8;  // zero positions each side of the float16 row: dilations up to 8
+constexpr int kMargin = kInMaxDilation;  // zero positions each side of the float16 row
 constexpr int kMaxHidden = 16;  // one k-step for the out-convolution, at most two hidden tiles
 
 __host__ __device__ constexpr int padded_positions(int W) { return (W + 15) / 16 * 16; }
@@ -67,7 +67,10 @@ constexpr size_t rows_tc_smem_bytes(int C, int W, int nt) {
 // shared memory); two or three, up to 12 warps and, with one hidden tile,
 // registers for two blocks an SM (two hidden tiles need more than 80).
 constexpr int max_threads(int tpw) { return tpw == 1 ? 768 : 384; }
-constexpr int min_blocks(int tpw, int nt) { return tpw == 1 || nt == 2 ? 1 : 2; }
+constexpr int min_blocks(int tpw, int nt) { return tpw == 2 && nt == 1 ? 2 : 1; }
+// The longest row: its m-tiles at three a warp within 384 threads.
+constexpr int kRowsTcMaxW = 512;
+static_assert(kRowsTcMaxW <= 16 * 3 * max_threads(3) / 32, "the longest row's warps within the launch bounds");
 
 // A block per row (b, r); warp w takes m-tiles w, w + warps, ... (at most
 // TPW). NT: hidden tiles of 8 (1 or 2). CopyT __half /
@@ -97,14 +100,8 @@ __global__ void __launch_bounds__(max_threads(TPW), min_blocks(TPW, NT))
     float* xrow = x + (b * C * R + r) * W;  // channel c at xrow + c * plane
 
     // The float32 row in asynchronously while the float16 row is zeroed
-    // (margins, positions past W and channels past C stay zero); a warp per
-    // channel row (runtime divisions per value cost more than the copies).
-    for (int c = warp; c < C; c += warps) {
-        if (vec)
-            for (int q = lane; q < W / 4; q += 32) cp_async16(xs + c * WP + 4 * q, xrow + c * plane + 4 * q, true);
-        else
-            for (int w = lane; w < W; w += 32) cp_async4(xs + c * WP + w, xrow + c * plane + w, true);
-    }
+    // (margins, positions past W and channels past C stay zero).
+    load_row_async(xs, WP, xrow, plane, C, W, vec);
     cp_async_commit();
     {
         // Zero where the float16 row is read but never written: the margins,
@@ -177,8 +174,8 @@ __global__ void __launch_bounds__(max_threads(TPW), min_blocks(TPW, NT))
                 }
             }
         // h's row statistics (h + bias over hidden x W; past hidden both are
-        // zero), then its {scale, shift}. Float sums per thread (a few dozen
-        // values), double across the row.
+        // zero), then its {scale, shift}. Float sums per thread (at most 3 x
+        // 2 x 4 values), double across the row.
         float hsum = 0.0f, hsq = 0.0f;
 #pragma unroll
         for (int i = 0; i < TPW; i++)
@@ -215,6 +212,10 @@ __global__ void __launch_bounds__(max_threads(TPW), min_blocks(TPW, NT))
         // y = W_out hn + bias: its row statistics over 2C x W. (The Gram form,
         // a quad's hn gathered by shuffles, a quarter of these instructions,
         // was no faster: 0.49 -> 0.50 ms a launch at C = 48.)
+        // Float sums a thread (2C / 8 x TPW x 4 values, 192 at C = 48 and at
+        // C = 96: relative rounding ~1e-6, far below the float16 operands'
+        // 1e-3), double across the row. (Each MMA's values added to double
+        // sums instead: the kernel 4 % slower.)
         float ysum = 0.0f, ysq = 0.0f;
 #pragma unroll 2
         for (int o = 0; o < C2 / 8; o++) {
@@ -283,14 +284,11 @@ __global__ void __launch_bounds__(max_threads(TPW), min_blocks(TPW, NT))
                 const float4 v = *reinterpret_cast<const float4*>(src + 4 * q);
                 *reinterpret_cast<float4*>(dst + 4 * q) = v;
                 if constexpr (kCopy) {
-                    const float e[4] = {v.x, v.y, v.z, v.w};
                     if (vec_copy) {
-                        uint2 raw;
-                        raw.x = pack16(bits16(from_float<CopyT>(e[0])), bits16(from_float<CopyT>(e[1])));
-                        raw.y = pack16(bits16(from_float<CopyT>(e[2])), bits16(from_float<CopyT>(e[3])));
-                        *reinterpret_cast<uint2*>(copy_dst + 4 * q) = raw;
+                        store4(copy_dst + 4 * q, v);
                     } else {
-                        for (int u = 0; u < 4; u++) copy_dst[4 * q + u] = from_float<CopyT>(e[u]);
+                        copy_dst[4 * q] = from_float<CopyT>(v.x), copy_dst[4 * q + 1] = from_float<CopyT>(v.y);
+                        copy_dst[4 * q + 2] = from_float<CopyT>(v.z), copy_dst[4 * q + 3] = from_float<CopyT>(v.w);
                     }
                 }
             }
@@ -306,7 +304,7 @@ __global__ void __launch_bounds__(max_threads(TPW), min_blocks(TPW, NT))
 }  // namespace
 
 bool dconv_rows_tc_fit(const Ctx& ctx, const DConvLayerWeights* layers, int count, int64_t W) {
-    if (!tensor_core_mode(ctx) || count < 1 || count > kDConvRowsMaxLayers || W < 1 || W > kDConvRowsMaxW)
+    if (!tensor_core_mode(ctx) || count < 1 || count > kDConvRowsMaxLayers || W < 1 || W > kRowsTcMaxW)
         return false;
     const int C = layers[0].channels;
     for (int l = 0; l < count; l++) {
@@ -322,8 +320,8 @@ bool dconv_rows_tc_fit(const Ctx& ctx, const DConvLayerWeights* layers, int coun
 void dconv_rows_tc(const Ctx& ctx, const DConvLayerWeights* layers, int count, float* x, int64_t B, int64_t R,
                    int64_t W, const Planes* copy) {
     if (!dconv_rows_tc_fit(ctx, layers, count, W))
-        throw Error("internal error: dconv_rows_tc: " + std::to_string(layers[0].channels) + " channels, W " +
-                    std::to_string(W));
+        throw Error("internal error: dconv_rows_tc: " + std::to_string(count) + " layers, " +
+                    std::to_string(count > 0 ? layers[0].channels : 0) + " channels, W " + std::to_string(W));
     if (copy && (copy->type == DType::F32 || copy->ld < R * W))
         throw Error("internal error: dconv_rows_tc: the operand copy");
     if (B * R > std::numeric_limits<int>::max()) throw Error("internal error: dconv_rows_tc: too many rows");
@@ -334,34 +332,29 @@ void dconv_rows_tc(const Ctx& ctx, const DConvLayerWeights* layers, int count, f
     const int C = layers[0].channels, hidden = layers[0].hidden;
     const int mtiles = padded_positions(int(W)) / 16;
     const size_t bytes = rows_tc_smem_bytes(C, int(W), (hidden + 7) / 8);
-    const bool two_blocks = 2 * (bytes + 32 * sizeof(double) + 1024) <= optin_smem();
-    // One block an SM (C = 96: 220 KB): a tile a warp, 21 warps (two tiles,
-    // 11 warps: 0.54 vs 0.43 ms a launch). Two blocks (C = 48): two tiles,
-    // the registers of 22 warps an SM (64 per thread at a tile a warp: one
-    // block, 0.81 vs 0.72 ms).
+    // Two blocks an SM where their shared memory and (one hidden tile)
+    // registers fit (C = 48: 109 KiB): two tiles a warp, 22 warps an SM (a
+    // tile a warp, 64 registers: one block, 0.81 vs 0.72 ms a launch). Else
+    // one block (C = 96: 217 KiB): a tile a warp, 21 warps (two tiles, 11
+    // warps: 0.54 vs 0.43 ms). Rows past 24 tiles: three a warp.
+    const bool two_blocks = hidden <= 8 && 2 * (bytes + 32 * sizeof(double) + 1024) <= optin_smem();
     const int tpw = mtiles > 24 ? 3 : two_blocks ? 2 : 1;
     const int warps = (mtiles + tpw - 1) / tpw;
     const bool vec = W % 4 == 0 && aligned16(x);
     const auto launch = [&](auto nt, auto* copy_p) {
         using CopyT = std::remove_pointer_t<decltype(copy_p)>;
         constexpr int NT = decltype(nt)::value;
+        // (two tiles a warp only with two blocks an SM, hence one hidden tile)
         const auto kernel = tpw == 1   ? dconv_rows_tc_kernel<NT, 1, CopyT>
-                            : tpw == 2 ? dconv_rows_tc_kernel<NT, 2, CopyT>
-                                       : dconv_rows_tc_kernel<NT, 3, CopyT>;
+                            : tpw == 3 ? dconv_rows_tc_kernel<NT, 3, CopyT>
+                                       : dconv_rows_tc_kernel<1, 2, CopyT>;
         allow_shared(kernel, bytes);
         const bool vec_copy = copy && copy->ld % 4 == 0 && reinterpret_cast<uintptr_t>(copy->p) % 8 == 0;
         kernel<<<unsigned(B * R), warps * 32, bytes, ctx.stream>>>(p, x, C, R, int(W), vec, copy_p,
                                                                     copy ? copy->ld : 0, vec_copy);
         FD_LAUNCH_CHECK();
     };
-    const auto with_copy = [&](auto nt) {
-        if (!copy)
-            launch(nt, static_cast<float*>(nullptr));
-        else if (copy->type == DType::BF16)
-            launch(nt, static_cast<__nv_bfloat16*>(copy->p));
-        else
-            launch(nt, static_cast<__half*>(copy->p));
-    };
+    const auto with_copy = [&](auto nt) { with_copy_type(copy, [&](auto* copy_p) { launch(nt, copy_p); }); };
     if (hidden <= 8)
         with_copy(std::integral_constant<int, 1>());
     else

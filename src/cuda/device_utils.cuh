@@ -93,6 +93,14 @@ __device__ __forceinline__ void store8(T* p, const float (&v)[kVec]) {
     for (int i = 0; i < kVec; i++) e[i] = from_float<T>(v[i]);
     *reinterpret_cast<uint4*>(p) = raw;
 }
+// Four values at an 8-byte-aligned p, converted to T (__half or __nv_bfloat16).
+template <typename T>
+__device__ __forceinline__ void store4(T* p, float4 v) {
+    uint2 raw;
+    T* e = reinterpret_cast<T*>(&raw);
+    e[0] = from_float<T>(v.x), e[1] = from_float<T>(v.y), e[2] = from_float<T>(v.z), e[3] = from_float<T>(v.w);
+    *reinterpret_cast<uint2*>(p) = raw;
+}
 // Whether p is 16-byte aligned (vector loads / stores above).
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
