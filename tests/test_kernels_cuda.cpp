@@ -1084,32 +1084,43 @@ TEST(KernelsCuda, TensorCoreRowResidentDConvMatchesTheModule) {
                                  << ", layers " << c.dilations.size();
             EXPECT_GT(err, 1e-6) << "C " << c.shape.C << ": float16 rounding expected";
         }
-    // What it declines: float32, hidden past 16, dilation past 8, C % 8 != 0, rows past 512.
-    Gpu gpu;
+}
+
+// What the row-resident tensor-core DConv takes (host logic: runs without a
+// GPU, the shared memory then sm_90's 227 KB): float16 / bfloat16 only,
+// hidden <= 16, dilation <= 8, C % 8 == 0, rows of at most 512, the layers of
+// one DConv (one to four, the same channels and hidden size), both fragment
+// tables on 16 bytes.
+TEST(KernelsCuda, TensorCoreRowResidentDConvFit) {
+    Ctx f16, f32;  // what the fit reads: the operand type and the tensor-core switch
+    f16.gemm = DType::F16;
     DConvLayerWeights lw;
     lw.channels = 48, lw.hidden = 6, lw.dilation = 1;
     alignas(16) const uint32_t table[4] = {};
     lw.in_fragments = lw.out_fragments = table;  // only their presence (and alignment) is checked
-    EXPECT_TRUE(dconv_rows_tc_fit(gpu.ctx(DType::F16), &lw, 1, 336));
-    EXPECT_FALSE(dconv_rows_tc_fit(gpu.ctx(DType::F32), &lw, 1, 336));
-    EXPECT_FALSE(dconv_rows_tc_fit(gpu.ctx(DType::F16), &lw, 1, 513));
+    EXPECT_TRUE(dconv_rows_tc_fit(f16, &lw, 1, 336));
+    EXPECT_FALSE(dconv_rows_tc_fit(f32, &lw, 1, 336));
+    EXPECT_FALSE(dconv_rows_tc_fit(f16, &lw, 1, 513));
     lw.dilation = 9;
-    EXPECT_FALSE(dconv_rows_tc_fit(gpu.ctx(DType::F16), &lw, 1, 336));
+    EXPECT_FALSE(dconv_rows_tc_fit(f16, &lw, 1, 336));
     lw.dilation = 1, lw.hidden = 24;
-    EXPECT_FALSE(dconv_rows_tc_fit(gpu.ctx(DType::F16), &lw, 1, 336));
+    EXPECT_FALSE(dconv_rows_tc_fit(f16, &lw, 1, 336));
     lw.hidden = 6, lw.channels = 44;
-    EXPECT_FALSE(dconv_rows_tc_fit(gpu.ctx(DType::F16), &lw, 1, 336));
+    EXPECT_FALSE(dconv_rows_tc_fit(f16, &lw, 1, 336));
     // Layers of one DConv only (the same channels and hidden size), one to four of them.
     lw.channels = 48;
     DConvLayerWeights two[2] = {lw, lw};
-    EXPECT_TRUE(dconv_rows_tc_fit(gpu.ctx(DType::F16), two, 2, 336));
+    EXPECT_TRUE(dconv_rows_tc_fit(f16, two, 2, 336));
     two[1].hidden = 12;
-    EXPECT_FALSE(dconv_rows_tc_fit(gpu.ctx(DType::F16), two, 2, 336));
-    EXPECT_FALSE(dconv_rows_tc_fit(gpu.ctx(DType::F16), two, 0, 336));
+    EXPECT_FALSE(dconv_rows_tc_fit(f16, two, 2, 336));
+    EXPECT_FALSE(dconv_rows_tc_fit(f16, two, 0, 336));
     const DConvLayerWeights five[5] = {lw, lw, lw, lw, lw};
-    EXPECT_FALSE(dconv_rows_tc_fit(gpu.ctx(DType::F16), five, 5, 336));
+    EXPECT_FALSE(dconv_rows_tc_fit(f16, five, 5, 336));
     lw.out_fragments = table + 1;  // not on 16 bytes
-    EXPECT_FALSE(dconv_rows_tc_fit(gpu.ctx(DType::F16), &lw, 1, 336));
+    EXPECT_FALSE(dconv_rows_tc_fit(f16, &lw, 1, 336));
+    f16.tensor_core_dconv = false;  // FASTDEMUCS_TC_DCONV=0
+    lw.out_fragments = table;
+    EXPECT_FALSE(dconv_rows_tc_fit(f16, &lw, 1, 336));
 }
 
 // The staged upload, in pieces smaller than a row (several per row, a short
