@@ -1,7 +1,8 @@
-// What the DConv's kernel files share (cuda/dconv.cu: the three passes and
-// the float32 row-resident kernel; cuda/dconv_rows_tc.cu: the row-resident
-// kernel on the tensor cores): the norm's arithmetic, float16 saturation,
-// the shared-memory opt-in. Internal to those files.
+// What the DConv's kernel files share (cuda/dconv.cu: the three passes;
+// cuda/dconv_rows.cu: the float32 row-resident kernel; cuda/dconv_rows_tc.cu:
+// the row-resident kernel on the tensor cores): the norm's arithmetic, y's
+// statistics form, float16 saturation, the folded GLU, the shared-memory
+// opt-in, the row load. Internal to those files.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -98,6 +99,49 @@ __host__ __device__ __forceinline__ float2 fold_glu_coef(float2 k, bool is_a, fl
 }
 __device__ __forceinline__ float glu_folded(float a_folded, float g_folded) {
     return a_folded * rcp_ftz(1.0f + ex2_ftz(g_folded));
+}
+
+// The hidden size a kernel is compiled for: the next of 8, 12, 16, 24, 32
+// (multiples of 4: weight rows stay 16-byte vectors; padding costs its share
+// of the multiply-adds, 25% when hidden 12 and 24 ran as 16 and 32).
+inline int max_hidden_for(int hidden) {
+    for (int mh : {8, 12, 16, 24}) {
+        if (hidden <= mh) return mh;
+    }
+    return 32;
+}
+
+// The out-convolution's statistics per position need no y: with
+// W' = [W_out | bias] ([2C, hidden + 1]) and h' = [hn, 1],
+//   sum_o y_o = s . h' (s: the column sums of W'),
+//   sum_o y_o^2 = h'^T G h' (G = W'^T W'),
+// in double: (hidden + 1)^2 / 2 multiply-adds per position instead of
+// 2C * hidden (the direct form made the kernel compute-bound at ~75% of
+// the SM's issue rate).
+//
+// y_moments adds one position's sum_o y_o and sum_o y_o^2 to sum and sq; g holds G
+// ((hidden + 1)^2, row-major) then s (hidden + 1).
+template <int MaxHidden>
+__device__ __forceinline__ void y_moments(const float (&hn)[MaxHidden], int hidden, const double* g, double& sum,
+                                          double& sq) {
+    constexpr int N1 = MaxHidden + 1;
+    const int n = hidden + 1;
+    double hp[N1];
+#pragma unroll
+    for (int k = 0; k < N1; k++) hp[k] = k < hidden ? double(hn[k < MaxHidden ? k : 0]) : (k == hidden ? 1.0 : 0.0);
+    const double* G = g;
+    const double* s = g + n * n;
+#pragma unroll
+    for (int k = 0; k < N1; k++) {
+        if (k < n) {
+            sum += s[k] * hp[k];
+            double row = 0.5 * G[k * n + k] * hp[k];
+#pragma unroll
+            for (int l = k + 1; l < N1; l++)
+                if (l < n) row += G[k * n + l] * hp[l];
+            sq += 2.0 * row * hp[k];
+        }
+    }
 }
 
 // The C channel rows of one frequency row of x (channel c at src + c *
