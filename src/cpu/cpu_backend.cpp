@@ -2,9 +2,12 @@
 // with the kernels of cpu/ops, cpu/spectral and cpu/transformer. Follows the
 // official HTDemucs.forward step for step.
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
+#include "cpu/dconv.h"
 #include "cpu/ops.h"
 #include "cpu/spectral.h"
 #include "cpu/transformer.h"
@@ -208,8 +211,30 @@ private:
                 }
     }
 
-    // DConv: residual branches over time, every frequency row on its own.
+    // DConv: residual branches over time, every frequency row on its own:
+    // a row at a time in cache where the rows are many and short (the
+    // frequency branch; FASTDEMUCS_DCONV_ROWS=0: layer by layer everywhere).
     void dconv(const DConvPlan& d, const std::string& prefix, Tensor& x) const {
+        static const bool rows_off = [] {
+            const char* v = std::getenv("FASTDEMUCS_DCONV_ROWS");
+            return v && std::string(v) == "0";
+        }();
+        if (!rows_off && cpu::dconv_rows_fit(x, d.hidden)) {
+            std::vector<cpu::DConvLayerWeights> layers;
+            for (size_t i = 0; i < d.dilations.size(); i++) {
+                const std::string p = prefix + "dconv.layers." + std::to_string(i) + ".";
+                cpu::DConvLayerWeights l;
+                l.dilation = d.dilations[i];
+                l.in_weight = w(p + "0.weight"), l.in_bias = w(p + "0.bias");
+                l.in_norm_weight = w(p + "1.weight"), l.in_norm_bias = w(p + "1.bias");
+                l.out_weight = w(p + "3.weight"), l.out_bias = w(p + "3.bias");
+                l.out_norm_weight = w(p + "4.weight"), l.out_norm_bias = w(p + "4.bias");
+                l.scale = w(p + "6.scale");
+                layers.push_back(l);
+            }
+            cpu::dconv_rows(x, d.hidden, layers);
+            return;
+        }
         for (size_t i = 0; i < d.dilations.size(); i++) {
             const std::string p = prefix + "dconv.layers." + std::to_string(i) + ".";
             Conv2dParams k;
