@@ -4,8 +4,8 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <cmath>
 
+#include "cpu/ops.h"
 #include "cpu/vector_math.h"
 
 namespace fastdemucs::cpu {
@@ -15,19 +15,6 @@ constexpr float kNormEps = 1e-5f;  // the DConv's GroupNorms (PyTorch's default)
 // A row's working set (x, h, y: C + hidden + 2C floats a position) within a
 // core's L2 (512 KB-1 MB on the machines we know).
 constexpr int64_t kMaxRowBytes = 512 * 1024;
-
-// GroupNorm(1, channels) of rows [channels][W] in place, with group_norm's
-// arithmetic (cpu/ops.cpp): the mean, then the centred variance, in double.
-void norm_rows(float* v, int64_t channels, int64_t W, const float* weight, const float* bias) {
-    double total = 0.0;
-    for (int64_t c = 0; c < channels; c++) total += sum(v + c * W, W);
-    const double n = double(channels * W), mean = total / n;
-    double var = 0.0;
-    for (int64_t c = 0; c < channels; c++) var += sum_squared_deviation(v + c * W, W, mean);
-    const double inv = 1.0 / std::sqrt(var / n + kNormEps);
-    for (int64_t c = 0; c < channels; c++)
-        scale_shift(v + c * W, v + c * W, W, float(inv * weight[c]), float(bias[c] - mean * inv * weight[c]));
-}
 
 // One layer on a row: x [C][W] += its residual branch; h [hidden][W] and
 // y [2C][W] are scratch.
@@ -47,7 +34,7 @@ void layer_on_row(const DConvLayerWeights& l, float* x, float* h, float* y, int6
             for (int64_t w = 0; w < hi; w++) ho[w] += w2 * xc[w + d];
         }
     }
-    norm_rows(h, hidden, W, l.in_norm_weight, l.in_norm_bias);
+    normalize_channels(h, hidden, W, W, l.in_norm_weight, l.in_norm_bias, kNormEps);
     gelu_inplace(h, hidden * W);
     // y = W_out h + bias.
     for (int64_t o = 0; o < 2 * C; o++) {
@@ -59,7 +46,7 @@ void layer_on_row(const DConvLayerWeights& l, float* x, float* h, float* y, int6
             for (int64_t w = 0; w < W; w++) yo[w] += wk * hk[w];
         }
     }
-    norm_rows(y, 2 * C, W, l.out_norm_weight, l.out_norm_bias);
+    normalize_channels(y, 2 * C, W, W, l.out_norm_weight, l.out_norm_bias, kNormEps);
     // x += scale * a * sigmoid(g), the gate written over a.
     for (int64_t c = 0; c < C; c++) {
         float* a = y + c * W;

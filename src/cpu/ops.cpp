@@ -157,6 +157,20 @@ Tensor conv_transpose2d(const Tensor& x, const float* weight, const float* bias,
     return out;
 }
 
+void normalize_channels(float* first, int64_t channels, int64_t channel_stride, int64_t W, const float* weight,
+                        const float* bias, float eps) {
+    auto row = [&](int64_t c) { return first + c * channel_stride; };
+    // Two passes: the mean first, then the centred variance.
+    double total = 0.0;
+    for (int64_t c = 0; c < channels; c++) total += sum(row(c), W);
+    const double n = double(channels * W), mean = total / n;
+    double var = 0.0;
+    for (int64_t c = 0; c < channels; c++) var += sum_squared_deviation(row(c), W, mean);
+    const double inv = 1.0 / std::sqrt(var / n + eps);
+    for (int64_t c = 0; c < channels; c++)
+        scale_shift(row(c), row(c), W, float(inv * weight[c]), float(bias[c] - mean * inv * weight[c]));
+}
+
 void group_norm(Tensor& x, int groups, const float* weight, const float* bias, bool per_row, float eps) {
     const int64_t B = x.dim(0), C = x.dim(1);
     const int64_t R = per_row ? x.dim(2) : 1;
@@ -166,18 +180,9 @@ void group_norm(Tensor& x, int groups, const float* weight, const float* bias, b
 #pragma omp parallel for collapse(3) schedule(static)
     for (int64_t b = 0; b < B; b++)
         for (int64_t g = 0; g < groups; g++)
-            for (int64_t r = 0; r < R; r++) {
-                auto row = [&](int64_t c) { return d + ((b * C + c) * R + r) * W; };
-                // Two passes: the mean first, then the centred variance.
-                double total = 0.0;
-                for (int64_t c = g * cg; c < (g + 1) * cg; c++) total += sum(row(c), W);
-                const double n = double(cg * W), mean = total / n;
-                double var = 0.0;
-                for (int64_t c = g * cg; c < (g + 1) * cg; c++) var += sum_squared_deviation(row(c), W, mean);
-                const double inv = 1.0 / std::sqrt(var / n + eps);
-                for (int64_t c = g * cg; c < (g + 1) * cg; c++)
-                    scale_shift(row(c), row(c), W, float(inv * weight[c]), float(bias[c] - mean * inv * weight[c]));
-            }
+            for (int64_t r = 0; r < R; r++)
+                normalize_channels(d + ((b * C + g * cg) * R + r) * W, cg, R * W, W, weight + g * cg, bias + g * cg,
+                                   eps);
 }
 
 void layer_norm(const float* x, float* y, int64_t rows, int64_t channels, const float* weight, const float* bias,

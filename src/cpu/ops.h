@@ -35,6 +35,11 @@ Tensor conv_transpose2d(const Tensor& x, const float* weight, const float* bias,
 // frequency row as its own sequence.
 void group_norm(Tensor& x, int groups, const float* weight, const float* bias, bool per_row = false,
                 float eps = 1e-5f);
+// One group's normalisation: `channels` rows of W values, row c at first + c *
+// channel_stride, normalised together (mean, then centred variance, in
+// double) with per-channel weight / bias. What group_norm does per group.
+void normalize_channels(float* first, int64_t channels, int64_t channel_stride, int64_t W, const float* weight,
+                        const float* bias, float eps = 1e-5f);
 // LayerNorm over the last dim of x [N, C].
 void layer_norm(const float* x, float* y, int64_t rows, int64_t channels, const float* weight, const float* bias,
                 float eps = 1e-5f);
