@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "cpu/ops.h"
 #include "cpu/tensor.h"
@@ -21,19 +22,27 @@ void linear(const float* x, int64_t n, int64_t in, const float* w, const float* 
 
 // softmax(Q K^T / sqrt(dh)) V for every head; Q [N, C], K and V [M, C] with
 // row strides ldq / ldkv, heads interleaved along C as nn.MultiheadAttention
-// splits them. Query rows go in blocks so the scores stay small.
+// splits them. Query rows go in blocks so the scores stay small; the
+// softmax's division is applied to the dh outputs of a row instead of its M
+// probabilities.
 void attention(const float* q, int64_t ldq, const float* k, const float* v, int64_t ldkv, int64_t n, int64_t m,
                int64_t c, int heads, float* out) {
     const int64_t dh = c / heads, block = 1024;
     const float scale = float(1.0 / std::sqrt(double(dh)));
     Storage scores(block * m);
+    std::vector<float> totals(static_cast<size_t>(block));
     for (int h = 0; h < heads; h++)
         for (int64_t r0 = 0; r0 < n; r0 += block) {
             const int64_t rows = std::min(block, n - r0);
             gemm(false, true, rows, m, dh, scale, q + r0 * ldq + h * dh, ldq, k + h * dh, ldkv, 0.0f, scores.data(), m);
 #pragma omp parallel for schedule(static)
-            for (int64_t r = 0; r < rows; r++) softmax_rows(scores.data() + r * m, 1, m);
-            gemm(false, false, rows, dh, m, 1.0f, scores.data(), m, v + h * dh, ldkv, 0.0f, out + r0 * c + h * dh, c);
+            for (int64_t r = 0; r < rows; r++) totals[size_t(r)] = softmax_numerators(scores.data() + r * m, m);
+            float* o = out + r0 * c + h * dh;
+            gemm(false, false, rows, dh, m, 1.0f, scores.data(), m, v + h * dh, ldkv, 0.0f, o, c);
+            for (int64_t r = 0; r < rows; r++) {
+                const float inv = 1.0f / totals[size_t(r)];
+                for (int64_t j = 0; j < dh; j++) o[r * c + j] *= inv;
+            }
         }
 }
 

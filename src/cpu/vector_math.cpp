@@ -15,22 +15,17 @@ void glu_gate(const float* a, const float* g, float* out, int64_t n) {
     for (int64_t i = 0; i < n; i++) out[i] = a[i] / (1.0f + expf(-g[i]));
 }
 
-void softmax_rows(float* s, int64_t rows, int64_t cols) {
-    for (int64_t r = 0; r < rows; r++) {
-        float* row = s + r * cols;
-        float mx = row[0];
+float softmax_numerators(float* row, int64_t cols) {
+    float mx = row[0];
 #pragma omp simd reduction(max : mx)
-        for (int64_t j = 0; j < cols; j++) mx = std::max(mx, row[j]);
-        float total = 0.0f;
+    for (int64_t j = 0; j < cols; j++) mx = std::max(mx, row[j]);
+    float total = 0.0f;
 #pragma omp simd reduction(+ : total)
-        for (int64_t j = 0; j < cols; j++) {
-            row[j] = expf(row[j] - mx);
-            total += row[j];
-        }
-        const float inv = 1.0f / total;
-#pragma omp simd
-        for (int64_t j = 0; j < cols; j++) row[j] *= inv;
+    for (int64_t j = 0; j < cols; j++) {
+        row[j] = expf(row[j] - mx);
+        total += row[j];
     }
+    return total;
 }
 
 namespace {

@@ -13,8 +13,10 @@ namespace fastdemucs::cpu {
 void gelu_inplace(float* x, int64_t n);
 // out = a * sigmoid(g), the second half of GLU.
 void glu_gate(const float* a, const float* g, float* out, int64_t n);
-// Each row of s [rows, cols] replaced by its softmax.
-void softmax_rows(float* s, int64_t rows, int64_t cols);
+// A row replaced by softmax's numerators exp(x - max); returns their sum
+// (the caller divides by it: attention scales its output rows instead of
+// every probability, a pass over the scores fewer).
+float softmax_numerators(float* row, int64_t cols);
 // Sum and sum of squared deviations from `mean`, accumulated in double over
 // float partial sums (the rows here hold at most a few thousand values).
 double sum(const float* x, int64_t n);
