@@ -146,9 +146,14 @@ Tensor conv_transpose2d(const Tensor& x, const float* weight, const float* bias,
                 for (int64_t i = 0; i < kh; i++)
                     for (int64_t j = 0; j < kw; j++) {
                         const float* c = cols.data() + ((co * kh + i) * kw + j) * n;
-                        for (int64_t p = 0; p < n; p++) {
-                            const int64_t h = (p0 + p) / W, w = (p0 + p) % W;
-                            o[(h * sh + i) * Wo + w * sw + j] += c[p];
+                        // A run of input positions per input row (a division
+                        // per value made this loop integer-bound).
+                        int64_t h = p0 / W, w = p0 % W;
+                        for (int64_t p = 0; p < n; h++, w = 0) {
+                            const int64_t run = std::min(n - p, W - w);
+                            float* dst = o + (h * sh + i) * Wo + w * sw + j;
+                            for (int64_t q = 0; q < run; q++) dst[q * sw] += c[p + q];
+                            p += run;
                         }
                     }
             }
