@@ -1,7 +1,7 @@
 // The CPU DConv a frequency row at a time (cpu/dconv.h) against the same
-// layers composed from the layer-by-layer ops (conv2d, per-row GroupNorm,
-// GELU, 1x1 conv, GroupNorm, GLU, LayerScale), which the fixtures check
-// against the official code.
+// layers composed from the whole-tensor ops (dconv_layer_by_layer: conv2d,
+// per-row GroupNorm, GELU, 1x1 conv, GroupNorm, GLU, LayerScale), which the
+// fixtures check against the official code.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -9,7 +9,6 @@
 #include <vector>
 
 #include "cpu/dconv.h"
-#include "cpu/ops.h"
 
 namespace fastdemucs::cpu {
 namespace {
@@ -22,13 +21,12 @@ std::vector<float> random_values(size_t n, uint32_t seed, float scale, float off
     return v;
 }
 
-// One layer's weights, seeded, and the layer-by-layer reference path.
+// One layer's weights, seeded.
 struct Layer {
-    int64_t C, hidden;
     int dilation;
     std::vector<float> w0, b0, n1w, n1b, w3, b3, n4w, n4b, scale;
     Layer(int64_t c, int64_t h, int d, uint32_t seed)
-        : C(c), hidden(h), dilation(d), w0(random_values(size_t(h * c * 3), seed, 0.3f)),
+        : dilation(d), w0(random_values(size_t(h * c * 3), seed, 0.3f)),
           b0(random_values(size_t(h), seed + 1, 0.1f)), n1w(random_values(size_t(h), seed + 2, 0.2f, 1.0f)),
           n1b(random_values(size_t(h), seed + 3, 0.1f)), w3(random_values(size_t(2 * c * h), seed + 4, 0.3f)),
           b3(random_values(size_t(2 * c), seed + 5, 0.1f)), n4w(random_values(size_t(2 * c), seed + 6, 0.2f, 1.0f)),
@@ -40,17 +38,6 @@ struct Layer {
         l.out_weight = w3.data(), l.out_bias = b3.data(), l.out_norm_weight = n4w.data();
         l.out_norm_bias = n4b.data(), l.scale = scale.data();
         return l;
-    }
-    void apply_layer_by_layer(Tensor& x) const {
-        Conv2dParams k;
-        k.kw = 3, k.dw = dilation, k.pw = dilation;
-        Tensor y = conv2d(x, w0.data(), b0.data(), int(hidden), k);
-        group_norm(y, 1, n1w.data(), n1b.data(), /*per_row=*/true);
-        gelu(y);
-        y = conv2d(y, w3.data(), b3.data(), int(2 * C), Conv2dParams{});
-        group_norm(y, 1, n4w.data(), n4b.data(), /*per_row=*/true);
-        y = glu(y);
-        add_scaled_channels(x, y, scale.data());
     }
 };
 
@@ -66,7 +53,7 @@ double rows_error(int64_t B, int64_t C, int64_t hidden, int64_t R, int64_t W, co
     for (size_t i = 0; i < dilations.size(); i++) layers.emplace_back(C, hidden, dilations[i], uint32_t(100 * i + 1));
     for (const Layer& l : layers) weights.push_back(l.weights());
     dconv_rows(a, int(hidden), weights);
-    for (const Layer& l : layers) l.apply_layer_by_layer(b);
+    dconv_layer_by_layer(b, int(hidden), weights);
     double num = 0.0, den = 0.0;
     for (size_t i = 0; i < input.size(); i++) {
         const double branch_a = double(a.ptr()[i]) - input[i], branch_b = double(b.ptr()[i]) - input[i];

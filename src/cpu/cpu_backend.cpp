@@ -219,34 +219,22 @@ private:
             const char* v = std::getenv("FASTDEMUCS_DCONV_ROWS");
             return v && std::string(v) == "0";
         }();
-        if (!rows_off && cpu::dconv_rows_fit(x, d.hidden)) {
-            std::vector<cpu::DConvLayerWeights> layers;
-            for (size_t i = 0; i < d.dilations.size(); i++) {
-                const std::string p = prefix + "dconv.layers." + std::to_string(i) + ".";
-                cpu::DConvLayerWeights l;
-                l.dilation = d.dilations[i];
-                l.in_weight = w(p + "0.weight"), l.in_bias = w(p + "0.bias");
-                l.in_norm_weight = w(p + "1.weight"), l.in_norm_bias = w(p + "1.bias");
-                l.out_weight = w(p + "3.weight"), l.out_bias = w(p + "3.bias");
-                l.out_norm_weight = w(p + "4.weight"), l.out_norm_bias = w(p + "4.bias");
-                l.scale = w(p + "6.scale");
-                layers.push_back(l);
-            }
-            cpu::dconv_rows(x, d.hidden, layers);
-            return;
-        }
+        std::vector<cpu::DConvLayerWeights> layers;
         for (size_t i = 0; i < d.dilations.size(); i++) {
             const std::string p = prefix + "dconv.layers." + std::to_string(i) + ".";
-            Conv2dParams k;
-            k.kw = 3, k.dw = d.dilations[i], k.pw = d.dilations[i];
-            Tensor y = cpu::conv2d(x, w(p + "0.weight"), w(p + "0.bias"), d.hidden, k);
-            cpu::group_norm(y, 1, w(p + "1.weight"), w(p + "1.bias"), /*per_row=*/true);
-            cpu::gelu(y);
-            y = cpu::conv2d(y, w(p + "3.weight"), w(p + "3.bias"), 2 * d.channels, Conv2dParams{});
-            cpu::group_norm(y, 1, w(p + "4.weight"), w(p + "4.bias"), /*per_row=*/true);
-            y = cpu::glu(y);
-            cpu::add_scaled_channels(x, y, w(p + "6.scale"));
+            cpu::DConvLayerWeights l;
+            l.dilation = d.dilations[i];
+            l.in_weight = w(p + "0.weight"), l.in_bias = w(p + "0.bias");
+            l.in_norm_weight = w(p + "1.weight"), l.in_norm_bias = w(p + "1.bias");
+            l.out_weight = w(p + "3.weight"), l.out_bias = w(p + "3.bias");
+            l.out_norm_weight = w(p + "4.weight"), l.out_norm_bias = w(p + "4.bias");
+            l.scale = w(p + "6.scale");
+            layers.push_back(l);
         }
+        if (!rows_off && cpu::dconv_rows_fit(x, d.hidden))
+            cpu::dconv_rows(x, d.hidden, layers);
+        else
+            cpu::dconv_layer_by_layer(x, d.hidden, layers);
     }
 
     // rewrite conv -> norm -> GLU. Square kernel over (F, T) in the frequency branch.

@@ -1,6 +1,5 @@
 #include "cpu/dconv.h"
 
-
 #include <omp.h>
 
 #include <algorithm>
@@ -19,7 +18,7 @@ constexpr int64_t kMaxRowBytes = 512 * 1024;
 // One layer on a row: x [C][W] += its residual branch; h [hidden][W] and
 // y [2C][W] are scratch.
 void layer_on_row(const DConvLayerWeights& l, float* x, float* h, float* y, int64_t C, int64_t hidden, int64_t W) {
-    const int64_t d = l.dilation;
+    const int64_t d = l.dilation, lo = std::min(d, W), hi = std::max<int64_t>(W - d, 0);
     // h = conv3(x) + bias: tap j reads x[w + (j - 1) d], zero outside the row.
     for (int64_t o = 0; o < hidden; o++) {
         float* ho = h + o * W;
@@ -28,7 +27,6 @@ void layer_on_row(const DConvLayerWeights& l, float* x, float* h, float* y, int6
             const float* xc = x + c * W;
             const float* wk = l.in_weight + (o * C + c) * 3;
             const float w0 = wk[0], w1 = wk[1], w2 = wk[2];
-            const int64_t lo = std::min(d, W), hi = std::max<int64_t>(W - d, 0);
             for (int64_t w = 0; w < W; w++) ho[w] += w1 * xc[w];
             for (int64_t w = lo; w < W; w++) ho[w] += w0 * xc[w - d];
             for (int64_t w = 0; w < hi; w++) ho[w] += w2 * xc[w + d];
@@ -58,6 +56,21 @@ void layer_on_row(const DConvLayerWeights& l, float* x, float* h, float* y, int6
 }
 
 }  // namespace
+
+void dconv_layer_by_layer(Tensor& x, int hidden, const std::vector<DConvLayerWeights>& layers) {
+    const int channels = int(x.dim(1));
+    for (const DConvLayerWeights& l : layers) {
+        Conv2dParams k;
+        k.kw = 3, k.dw = l.dilation, k.pw = l.dilation;
+        Tensor y = conv2d(x, l.in_weight, l.in_bias, hidden, k);
+        group_norm(y, 1, l.in_norm_weight, l.in_norm_bias, /*per_row=*/true);
+        gelu(y);
+        y = conv2d(y, l.out_weight, l.out_bias, 2 * channels, Conv2dParams{});
+        group_norm(y, 1, l.out_norm_weight, l.out_norm_bias, /*per_row=*/true);
+        y = glu(y);
+        add_scaled_channels(x, y, l.scale);
+    }
+}
 
 bool dconv_rows_fit(const Tensor& x, int hidden) {
     if (x.rank() != 4) return false;

@@ -26,6 +26,11 @@ struct DConvLayerWeights {
     const float* scale = nullptr;       // [C]
 };
 
+// x [B, C, R, W] (in place) through the layers one after the other, each
+// op over the whole tensor (cpu/ops.h): the time branch's long rows, and the
+// reference the row-at-a-time path is tested against.
+void dconv_layer_by_layer(Tensor& x, int hidden, const std::vector<DConvLayerWeights>& layers);
+
 // Whether x [B, C, R, W] goes a row at a time: rows enough for every OpenMP
 // thread and small enough for a core's cache (the frequency branch; the time
 // branch's one long row per chunk keeps the layer-by-layer path).
