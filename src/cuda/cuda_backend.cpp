@@ -1268,9 +1268,10 @@ private:
         bool tensor_cores = true;
         for (int dilation : d.dilations)
             tensor_cores = tensor_cores && dconv_tensor_cores_take(ctx, d.channels, d.hidden, dilation);
-        const bool rows = ctx.thin_dconv && ctx.dconv_rows && dconv_layer_thin_fits(d.channels, d.hidden);
+        const bool thin = ctx.thin_dconv && dconv_layer_thin_fits(d.channels, d.hidden);
+        const bool rows = thin && ctx.dconv_rows;
         std::vector<DConvLayerWeights> layers;
-        if (rows)
+        if (thin)
             for (int i = 0; i < depth; i++)
                 layers.push_back(thin_dconv_weights(d, prefix + "dconv.layers." + std::to_string(i) + ".",
                                                     d.dilations[size_t(i)]));
@@ -1288,10 +1289,9 @@ private:
         bool copied = false;
         for (size_t i = 0; i < d.dilations.size(); i++) {
             const std::string p = prefix + "dconv.layers." + std::to_string(i) + ".";
-            if (ctx.thin_dconv && dconv_layer_thin_fits(d.channels, d.hidden)) {
+            if (thin) {
                 const bool last = i + 1 == d.dilations.size();
-                dconv_layer_thin(ctx, thin_dconv_weights(d, p, d.dilations[i]), x.p, x.b, x.h, x.w,
-                                 last ? copy : nullptr);
+                dconv_layer_thin(ctx, layers[i], x.p, x.b, x.h, x.w, last ? copy : nullptr);
                 copied = last && copy;
                 continue;
             }
