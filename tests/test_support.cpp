@@ -20,8 +20,13 @@ struct TestPlanStore {
     TestPlanStore() {
         const char* chosen = std::getenv("FASTDEMUCS_PLAN_CACHE");
         if (chosen && *chosen) return;
-        dir = make_temp_dir("test_plans");
-        setenv("FASTDEMUCS_PLAN_CACHE", dir.c_str(), 1);
+        // Before main: a failure here must not terminate the process
+        // (no store then: "off").
+        try {
+            dir = make_temp_dir("test_plans");
+        } catch (const std::exception&) {
+        }
+        setenv("FASTDEMUCS_PLAN_CACHE", dir.empty() ? "off" : dir.c_str(), 1);
     }
     ~TestPlanStore() {
         std::error_code ec;

@@ -118,16 +118,25 @@ struct CudnnAttention::Impl {
         // The warm-up captures the handle's stream, or a stream of its own
         // where it has none: the stream a caller last ran on may be gone.
         if (warm && fe::detail::set_stream(on, nullptr) != CUDNN_STATUS_SUCCESS) return plan;
-        auto status = graph->deserialize(on, stored, false, warm);
-        if (status.is_good()) status = graph->get_workspace_size(plan.workspace);
-        if (status.is_good()) {
+        // A damaged payload throws from the frontend's JSON parser: as one
+        // that does not load (made again, and saved over it), never as a
+        // declined shape.
+        std::string why;
+        try {
+            auto status = graph->deserialize(on, stored, false, warm);
+            if (status.is_good()) status = graph->get_workspace_size(plan.workspace);
+            if (!status.is_good()) why = status.get_message();
+        } catch (const std::exception& e) {
+            why = e.what();
+            if (why.empty()) why = "unreadable";
+        }
+        if (why.empty()) {
             plan.graph = std::move(graph);
             plans_read++;
             trace_point("cuda: cuDNN attention plan read from the plan store");
         } else {
             cudaGetLastError();
-            trace_point(("cuda: a stored cuDNN attention plan did not load (" + status.get_message() + "): made again")
-                            .c_str());
+            trace_point(("cuda: a stored cuDNN attention plan did not load (" + why + "): made again").c_str());
         }
         return plan;
     }
@@ -313,11 +322,7 @@ void CudnnAttention::prepare(int64_t batch) {
     };
     std::vector<std::pair<PlanKey, AttentionArgs>> missing;
     for (const auto& job : jobs) {
-        Impl::Plan plan;
-        try {
-            plan = impl_->load_plan(describe(job), impl_->handle);
-        } catch (const std::exception&) {
-        }
+        Impl::Plan plan = impl_->load_plan(describe(job), impl_->handle);
         if (plan.graph)
             impl_->plans.emplace(job.first, std::move(plan));
         else

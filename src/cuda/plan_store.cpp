@@ -105,8 +105,8 @@ bool PlanStore::save(const std::string& description, const std::vector<uint8_t>&
             out.write(head.data(), std::streamsize(head.size()));
             out.write(reinterpret_cast<const char*>(size_bytes), 8);
             out.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
-            out.flush();
-            written = bool(out);
+            out.close();  // errors at close (a full disk, NFS) count too
+            written = !out.fail();
         }
     }
     if (written) {
