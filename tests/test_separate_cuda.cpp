@@ -7,9 +7,11 @@
 // with a partial last batch, bags, progress. Skips itself without a GPU.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
+#include <vector>
 
 #include "engine/apply.h"
 #include "engine/backend.h"
@@ -391,8 +393,31 @@ TEST(SeparateCuda, Pcm16StemsAreTheFloatStemsConverted) {
     auto sep = load("tiny", "tiny", Precision::Fp32);
     testing_support::expect_pcm16_equals_converted(*sep, longer, p, "tiny fp32");
     {
-        ScopedEnv pieces("FASTDEMUCS_PCM16_PIECE_FRAMES", "100003");
-        testing_support::expect_pcm16_equals_converted(*sep, longer, p, "tiny fp32, pieces of 100003 frames");
+        // Under rescale the track path converts each region with the divisor
+        // 1 while the GPU works and converts a stem again only when its peak
+        // turns out past 1 / 1.01: a mix scaled so that the loudest stem is
+        // past it and the quietest is not. (The stems scale with the mix:
+        // the model normalises its input and scales its output back.)
+        auto stem_peaks = [](const Stems& stems) {
+            std::vector<float> peaks(stems.names.size(), 0.0f);
+            const size_t per_stem = size_t(stems.channels) * size_t(stems.samples);
+            for (size_t i = 0; i < stems.data.size(); i++)
+                peaks[i / per_stem] = pcm::max_abs(peaks[i / per_stem], stems.data[i]);
+            return peaks;
+        };
+        std::vector<float> peaks = stem_peaks(sep->separate(longer, p));
+        const float low = *std::min_element(peaks.begin(), peaks.end());
+        const float high = *std::max_element(peaks.begin(), peaks.end());
+        ASSERT_GT(high, 1.1f * low) << "the stems' peaks are too close to straddle the rescale threshold";
+        const float gain = 2.0f / (high + 1.01f * low);
+        Audio mixed = longer;
+        for (float& v : mixed.data) v *= gain;
+        peaks = stem_peaks(sep->separate(mixed, p));
+        int rescaled = 0;
+        for (float peak : peaks) rescaled += pcm::rescale_divisor(peak) != 1.0f;
+        ASSERT_GT(rescaled, 0);
+        ASSERT_LT(rescaled, int(peaks.size()));
+        testing_support::expect_pcm16_equals_converted(*sep, mixed, p, "tiny fp32, some stems rescaled");
     }
     {
         ScopedEnv cap("FASTDEMUCS_TRACK_PATH_MAX_MIB", "1");

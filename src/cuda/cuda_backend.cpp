@@ -107,6 +107,7 @@
 // cuda/cudnn_attention.h; FASTDEMUCS_PLAN_CACHE its plan store's folder).
 // FASTDEMUCS_NARROW_GEMM_OUT=0 keeps every GEMM result in float32 (Ctx::narrow_gemm_out).
 // FASTDEMUCS_BIAS_EPILOGUE=0: the linear layers' biases in passes of their own (Ctx::bias_epilogue).
+// FASTDEMUCS_GELU_EPILOGUE=0: the feed-forward's exact GELU in a pass of its own (Ctx::gelu_epilogue).
 // FASTDEMUCS_PACK_FROM_COLUMNS=0: the frequency decoders' outputs stored, then packed (Ctx::pack_from_columns).
 // FASTDEMUCS_GPU_TIMELINE=1 prints the track path's GPU time line (events).
 // FASTDEMUCS_PROFILE=1 runs every forward eagerly and prints a per-block
@@ -149,12 +150,16 @@
 // The host output is allocated, faulted in and
 // page-locked by a thread of its own while the GPU works; pieces finished
 // before it is ready wait on the device and are queued once it is.
-// For 16-bit stems (separate_track_pcm16, Separator::separate_pcm16) the
-// finished regions stay on the device; after the last batch each stem's
-// peak is reduced (rescale), and the stems are clipped, rounded and
-// interleaved into the idle workspace, in pieces as large as it holds
-// (FASTDEMUCS_PCM16_PIECE_FRAMES caps them, for tests), each piece copied
-// down into the host vector, faulted in and locked meanwhile like the float one.
+// For 16-bit stems (separate_track_pcm16, Separator::separate_pcm16) each
+// finished region is clipped, rounded and interleaved into a 16-bit copy of
+// the stems on the device and goes down the same way, half the bytes. Under
+// clip mode rescale a stem's divisor needs its peak over the whole track,
+// known only after the last batch; the regions are converted with the
+// divisor 1 meanwhile (the stem's peak so far kept on the device), which is
+// final for every stem whose peak stays under 1 / 1.01. Only a stem past it
+// is converted and copied again, whole, after the last batch (converting
+// everything after the last batch left ~4 ms of conversion and copies with
+// the GPU otherwise idle).
 // Nothing goes back up. Progress is reported one batch late (an event per
 // batch), so the GPU always has the next batch queued. Device memory for a
 // track of L samples (C channels, S sources), besides the workspace and the
@@ -163,6 +168,7 @@
 //     view    4 S C (L + max_shift)      (4 S C L without shifts)
 //     weights 4 (L + max_shift)          (the summed transition weights)
 //     average 4 S C L                    (only with shifts >= 2)
+//     pcm16   2 S C L                    (only for 16-bit stems)
 // For htdemucs_6s (S = 6, C = 2) one hour at 44.1 kHz (158.8 M samples) is
 // 1.27 + 7.62 + 0.64 = 9.5 GB (17.2 GB with shifts >= 2), plus the workspace
 // (~3.5 GB at batch 8 by the estimate above; the dry run has the exact
@@ -189,6 +195,7 @@
 #include <string>
 #include <system_error>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "cuda/arena.h"
@@ -209,6 +216,7 @@
 #include "cuda/weights.h"
 #include "engine/apply.h"
 #include "engine/backend.h"
+#include "engine/pcm.h"
 #include "engine/trace.h"
 #include "error.h"
 
@@ -354,6 +362,7 @@ public:
         ctx_.tensor_core_dconv = env_string("FASTDEMUCS_TC_DCONV") != "0" && major >= 8;  // mma.sync m16n8k16
         ctx_.decoder_writes_spectrum = env_string("FASTDEMUCS_SPECTRUM_FROM_COLUMNS") != "0";
         ctx_.bias_epilogue = env_string("FASTDEMUCS_BIAS_EPILOGUE") != "0";
+        ctx_.gelu_epilogue = env_string("FASTDEMUCS_GELU_EPILOGUE") != "0";
         ctx_.pack_from_columns = env_string("FASTDEMUCS_PACK_FROM_COLUMNS") != "0";
         staged_upload_ = env_string("FASTDEMUCS_STAGED_UPLOAD") != "0";
         ctx_.narrow_gemm_out = env_string("FASTDEMUCS_NARROW_GEMM_OUT") != "0";
@@ -539,6 +548,7 @@ private:
         const size_t at_acc = take(params.shifts >= 2 ? size_t(SC) * L * sizeof(float) : 0);
         const size_t at_stats = take((2 + size_t(track_stats_partials())) * sizeof(double));
         const size_t at_peaks = take(output.pcm16 ? size_t(S) * sizeof(unsigned) : 0);
+        const size_t at_pcm16 = take(output.pcm16 ? size_t(SC) * L * sizeof(int16_t) : 0);
         // The whole-track buffers grow with the track (9.5 GB for an hour of
         // htdemucs_6s); past FASTDEMUCS_TRACK_PATH_MAX_MIB, or where they and
         // one chunk do not fit the free memory, engine/apply's host path
@@ -570,6 +580,7 @@ private:
         double* stats = reinterpret_cast<double*>(base + at_stats);
         double* partial = stats + 2;
         unsigned* peaks = reinterpret_cast<unsigned*>(base + at_peaks);
+        int16_t* pcm16 = reinterpret_cast<int16_t*>(base + at_pcm16);  // [S, L, C]
         // On any exit the streams are drained before the buffers go.
         const cudaStream_t copy_stream = copy_stream_->stream;
         struct Drain {
@@ -635,23 +646,32 @@ private:
             float_out.emplace(*output.floats, size_t(SC * L), device_, pin, copy_stream, piece_bytes);
         const float* finished = nullptr;  // the finished stems [SC, L], row pitch result_pitch
         struct RowCopy {
-            const float* src;  // the row's first sample on the device
-            size_t offset;     // in the output
+            const void* src;  // the range's first sample on the device (float or int16_t)
+            size_t offset;    // in the output, in samples
             size_t count;
         };
         std::vector<RowCopy> waiting;  // finished on the device, not yet queued for download
-        auto queue_copies = [&](bool wait) {
-            if (wait) float_out->wait();  // rethrows std::bad_alloc
-            const size_t ready = float_out->ready();
+        auto queue_into = [&waiting](auto& host, bool wait) {
+            using T = typename std::decay_t<decltype(host)>::value_type;
+            if (wait) host.wait();  // rethrows std::bad_alloc
+            const size_t ready = host.ready();
             size_t kept = 0;
             for (const RowCopy& r : waiting) {
                 if (r.offset + r.count <= ready)
-                    float_out->copy_from_device(r.offset, r.src, r.count);
+                    host.copy_from_device(r.offset, static_cast<const T*>(r.src), r.count);
                 else
                     waiting[kept++] = r;
             }
             waiting.resize(kept);
         };
+        auto queue_copies = [&](bool wait) {
+            if (float_out)
+                queue_into(*float_out, wait);
+            else
+                queue_into(*pcm16_out, wait);
+        };
+        if (pcm16_out && output.clip == ClipMode::Rescale)
+            FD_CUDA(cudaMemsetAsync(peaks, 0, size_t(S) * sizeof(unsigned), copy_stream));
         auto download = [&](const Cut& cut, const ShiftStep& step, int64_t upto, cudaEvent_t ready) {
             upto = std::min(upto, L);
             if (upto <= done) return;
@@ -663,8 +683,18 @@ private:
             if (float_out) {
                 for (int64_t row = 0; row < SC; row++)
                     waiting.push_back({dst + row * result_pitch + done, size_t(row * L + done), size_t(upto - done)});
-                queue_copies(false);
+            } else {
+                if (output.clip == ClipMode::Rescale)
+                    stem_peaks(copy_stream, dst, int(S), C, done, upto - done, result_pitch, peaks);
+                // Under rescale, provisional: the divisor 1 (null peaks).
+                stems_to_pcm16(copy_stream, dst, int(S), C, result_pitch, done, upto - done, output.clip, nullptr,
+                               pcm16, L);
+                for (int64_t s = 0; s < S; s++) {
+                    const size_t at = size_t((s * L + done) * C);
+                    waiting.push_back({pcm16 + at, at, size_t((upto - done) * C)});
+                }
             }
+            queue_copies(false);
             done = upto;
         };
 
@@ -717,28 +747,22 @@ private:
         trace_point("cuda: every batch queued");
         timeline.mark("every batch done", stream);
         if (done != L) throw Error("internal error: the track was not finished whole");
-        if (float_out) {
-            queue_copies(true);
-        } else {
-            // The workspace holds the converted pieces: the copy stream
-            // waits for everything queued on the main stream (the last
-            // download's wait already covers it; this does not rely on that).
-            FD_CUDA(cudaEventRecord(ready_[0]->event, stream));
-            FD_CUDA(cudaStreamWaitEvent(copy_stream, ready_[0]->event, 0));
-            if (output.clip == ClipMode::Rescale) stem_peaks(copy_stream, finished, int(S), C, L, result_pitch, peaks);
-            arena_.reset();
-            // FASTDEMUCS_PCM16_PIECE_FRAMES (tests): pieces shorter than the workspace holds.
-            const int64_t piece_frames = std::atoll(env_string("FASTDEMUCS_PCM16_PIECE_FRAMES").c_str());
-            int64_t frames = std::min<int64_t>(L, int64_t(arena_.capacity() / (size_t(SC) * sizeof(int16_t))));
-            if (piece_frames > 0) frames = std::min(frames, piece_frames);
-            if (frames < 1) throw Error("internal error: no workspace for the 16-bit stems");
-            int16_t* converted = arena_.alloc<int16_t>(SC * frames);  // [S, frames, C]
-            for (int64_t t0 = 0; t0 < L; t0 += frames) {
-                const int64_t n = std::min(frames, L - t0);
-                stems_to_pcm16(copy_stream, finished, int(S), C, result_pitch, t0, n, output.clip, peaks, converted);
-                pcm16_out->wait();  // rethrows std::bad_alloc
-                for (int64_t s = 0; s < S; s++)
-                    pcm16_out->copy_from_device(size_t((s * L + t0) * C), converted + s * n * C, size_t(n * C));
+        queue_copies(true);
+        if (pcm16_out && output.clip == ClipMode::Rescale) {
+            // The stems whose peak needs a divisor other than 1: converted
+            // again, whole, over their provisional copies (the same stream,
+            // so after them).
+            std::vector<unsigned> peak_bits(size_t(S), 0u);
+            FD_CUDA(cudaMemcpyAsync(peak_bits.data(), peaks, size_t(S) * sizeof(unsigned), cudaMemcpyDeviceToHost,
+                                    copy_stream));
+            FD_CUDA(cudaStreamSynchronize(copy_stream));
+            for (int64_t s = 0; s < S; s++) {
+                float peak = 0.0f;
+                std::memcpy(&peak, &peak_bits[size_t(s)], sizeof(float));
+                if (pcm::rescale_divisor(peak) == 1.0f) continue;
+                stems_to_pcm16(copy_stream, finished + s * C * result_pitch, 1, C, result_pitch, 0, L,
+                               ClipMode::Rescale, peaks + s, pcm16 + s * L * C, L);
+                pcm16_out->copy_from_device(size_t(s * L * C), pcm16 + s * L * C, size_t(L * C));
             }
         }
         timeline.mark("every copy done", copy_stream);

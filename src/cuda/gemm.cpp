@@ -50,10 +50,9 @@ struct LtProduct {
     }
     // Column-major, as cuBLASLt sees row-major y [rows, out] = x [rows, in] W^T:
     // D [out, rows] = op(A) op(B) with A = W ([in, out], transposed) and B = x ([in, rows]).
-    bool make(DType t, int64_t rows, int64_t in, int64_t out, const void* bias) {
+    bool make(DType t, int64_t rows, int64_t in, int64_t out, const void* bias, cublasLtEpilogue_t epilogue) {
         const cudaDataType_t dt = cuda_type(t);
         const cublasOperation_t trans = CUBLAS_OP_T, none = CUBLAS_OP_N;
-        const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
         return api.cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS &&
                api.cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &trans, sizeof trans) ==
                    CUBLAS_STATUS_SUCCESS &&
@@ -76,7 +75,7 @@ struct LtState {
     const CublasLtApi* api = nullptr;
     cublasLtHandle_t handle = nullptr;
     std::mutex mutex;
-    std::map<std::tuple<int, int64_t, int64_t, int64_t>, std::optional<cublasLtMatmulAlgo_t>> algos;
+    std::map<std::tuple<int, int64_t, int64_t, int64_t, int>, std::optional<cublasLtMatmulAlgo_t>> algos;
 };
 
 LtState& lt_state() {
@@ -129,15 +128,16 @@ void gemm_as(const Ctx& ctx, DType ab, bool trans_a, bool trans_b, int64_t m, in
 }
 
 bool linear_bias_as(const Ctx& ctx, const void* x, int64_t rows, int64_t in, const void* w, int64_t out,
-                    const void* bias, void* y, DType yt) {
+                    const void* bias, void* y, DType yt, Act act) {
     if (ctx.gemm == DType::F32 || yt != ctx.gemm || !ctx.narrow_gemm_out || !ctx.bias_epilogue || rows <= 0 ||
-        in <= 0 || out <= 0)
+        in <= 0 || out <= 0 || act == Act::Relu || (act == Act::Gelu && !ctx.gelu_epilogue))
         return false;
     LtState& lt = lt_state();
     if (!lt.handle) return false;
     LtProduct product(*lt.api);
-    if (!product.make(yt, rows, in, out, bias)) return false;
-    const auto key = std::make_tuple(int(yt), rows, in, out);
+    const cublasLtEpilogue_t epilogue = act == Act::Gelu ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS;
+    if (!product.make(yt, rows, in, out, bias, epilogue)) return false;
+    const auto key = std::make_tuple(int(yt), rows, in, out, int(epilogue));
     cublasLtMatmulAlgo_t algo;
     {
         std::lock_guard<std::mutex> lock(lt.mutex);

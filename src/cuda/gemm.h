@@ -41,11 +41,15 @@ void linear_as(const Ctx& ctx, const void* x, int64_t rows, int64_t in, const vo
 // ctx.narrow_gemm_out and ctx.bias_epilogue: the separate bias pass read and
 // wrote y again (the transformer's q / k / v projections: 0.28 ms of a
 // forward of 8 chunks).
-// `bias` in yt (the operand-type image of the weights). Returns false,
-// doing nothing, where that does not apply (float32, cuBLASLt missing or
-// without an algorithm for the shape: the same answer in dry and real runs).
+// `bias` in yt (the operand-type image of the weights). act = Gelu (with
+// ctx.gelu_epilogue) applies cuBLASLt's GELU in the same epilogue: its tanh
+// form, within a quarter of a float16 step of the exact erf form that
+// nn.GELU computes (~5e-4 at |x| ~ 2 where the step is 2e-3), so float16 /
+// bfloat16 only. Returns false, doing nothing, where that does not apply
+// (float32, Relu, cuBLASLt missing or without an algorithm for the shape:
+// the same answer in dry and real runs).
 bool linear_bias_as(const Ctx& ctx, const void* x, int64_t rows, int64_t in, const void* w, int64_t out,
-                    const void* bias, void* y, DType yt);
+                    const void* bias, void* y, DType yt, Act act = Act::None);
 
 // cuBLAS's first matrix product in a process costs ~0.2 s of host time (its
 // heuristics and kernel tables load then), and the first of each shape

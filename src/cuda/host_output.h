@@ -25,6 +25,7 @@ namespace fastdemucs::cuda {
 template <typename T>  // float or int16_t (explicitly instantiated)
 class HostOutput {
 public:
+    using value_type = T;
     // `out` becomes n elements (its contents undefined until copied into);
     // the caller must not touch it until this object is gone. pin = false:
     // faulted in only (copies then go through the driver's staging).

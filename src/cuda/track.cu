@@ -134,12 +134,12 @@ __global__ void finish_shift_kernel(const float* view, int64_t view_pitch, int64
 // Grid (blocks along the row, rows): the largest |x| of each row's part,
 // atomically maxed into its stem's slot as float bits (non-negative floats
 // order as their bits do).
-__global__ void stem_peaks_kernel(const float* __restrict__ x, int C, int64_t L, int64_t pitch,
+__global__ void stem_peaks_kernel(const float* __restrict__ x, int C, int64_t t0, int64_t frames, int64_t pitch,
                                   unsigned* __restrict__ peaks) {
     __shared__ float shared[32];
-    const float* row = x + int64_t(blockIdx.y) * pitch;
+    const float* row = x + int64_t(blockIdx.y) * pitch + t0;
     float peak = 0.0f;
-    for (int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; t < L; t += int64_t(gridDim.x) * blockDim.x)
+    for (int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; t < frames; t += int64_t(gridDim.x) * blockDim.x)
         peak = pcm::max_abs(peak, row[t]);
     peak = block_max(peak, shared);
     if (threadIdx.x == 0) atomicMax(peaks + blockIdx.y / C, __float_as_uint(peak));
@@ -147,11 +147,13 @@ __global__ void stem_peaks_kernel(const float* __restrict__ x, int C, int64_t L,
 
 // Grid (frames, stems): one thread per frame writes its C interleaved samples.
 __global__ void stems_to_pcm16_kernel(const float* __restrict__ x, int C, int64_t pitch, int64_t t0, int64_t frames,
-                                      ClipMode clip, const unsigned* __restrict__ peaks, int16_t* __restrict__ out) {
+                                      ClipMode clip, const unsigned* __restrict__ peaks, int16_t* __restrict__ out,
+                                      int64_t out_frames) {
     const int s = blockIdx.y;
-    const float divisor = clip == ClipMode::Rescale ? pcm::rescale_divisor(__uint_as_float(peaks[s])) : 1.0f;
+    const float divisor =
+        clip == ClipMode::Rescale && peaks ? pcm::rescale_divisor(__uint_as_float(peaks[s])) : 1.0f;
     const float* stem = x + int64_t(s) * C * pitch + t0;
-    int16_t* dst = out + int64_t(s) * frames * C;
+    int16_t* dst = out + (int64_t(s) * out_frames + t0) * C;
     for (int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; t < frames;
          t += int64_t(gridDim.x) * blockDim.x)
         for (int c = 0; c < C; c++)
@@ -218,21 +220,22 @@ void finish_shift(cudaStream_t stream, const float* view, int64_t view_pitch, in
     FD_LAUNCH_CHECK();
 }
 
-void stem_peaks(cudaStream_t stream, const float* x, int S, int C, int64_t L, int64_t pitch, unsigned* peaks) {
-    if (S <= 0 || C <= 0 || L <= 0 || pitch < L || S * C > 65535) throw Error("internal error: stem_peaks arguments");
-    FD_CUDA(cudaMemsetAsync(peaks, 0, size_t(S) * sizeof(unsigned), stream));
-    const unsigned blocks = std::max(1u, grid_for(L) / unsigned(S * C));
-    stem_peaks_kernel<<<dim3(blocks, unsigned(S * C)), kThreads, 0, stream>>>(x, C, L, pitch, peaks);
+void stem_peaks(cudaStream_t stream, const float* x, int S, int C, int64_t t0, int64_t frames, int64_t pitch,
+                unsigned* peaks) {
+    if (S <= 0 || C <= 0 || frames <= 0 || t0 < 0 || t0 + frames > pitch || S * C > 65535)
+        throw Error("internal error: stem_peaks arguments");
+    const unsigned blocks = std::max(1u, grid_for(frames) / unsigned(S * C));
+    stem_peaks_kernel<<<dim3(blocks, unsigned(S * C)), kThreads, 0, stream>>>(x, C, t0, frames, pitch, peaks);
     FD_LAUNCH_CHECK();
 }
 
 void stems_to_pcm16(cudaStream_t stream, const float* x, int S, int C, int64_t pitch, int64_t t0, int64_t frames,
-                    ClipMode clip, const unsigned* peaks, int16_t* out) {
-    if (S <= 0 || C <= 0 || frames <= 0 || t0 < 0 || t0 + frames > pitch || S > 65535)
+                    ClipMode clip, const unsigned* peaks, int16_t* out, int64_t out_frames) {
+    if (S <= 0 || C <= 0 || frames <= 0 || t0 < 0 || t0 + frames > pitch || t0 + frames > out_frames || S > 65535)
         throw Error("internal error: stems_to_pcm16 arguments");
     const unsigned blocks = std::max(1u, grid_for(frames) / unsigned(S));
     stems_to_pcm16_kernel<<<dim3(blocks, unsigned(S)), kThreads, 0, stream>>>(x, C, pitch, t0, frames, clip, peaks,
-                                                                              out);
+                                                                              out, out_frames);
     FD_LAUNCH_CHECK();
 }
 

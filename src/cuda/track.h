@@ -72,12 +72,16 @@ void finish_shift(cudaStream_t stream, const float* view, int64_t view_pitch, in
                   int64_t dst_pitch);
 
 // 16-bit output (Separator::separate_pcm16), over the finished stems x
-// [S * C rows, L] (row pitch `pitch`):
-// peaks[s] = the largest |x| of stem s as float bits (NaNs ignored), for
+// [S * C rows, pitch], a region [t0, t0 + frames) at a time:
+// peaks[s] = max(peaks[s], the largest |x| of stem s in the region) as float
+// bits (NaNs ignored; the caller zeroes peaks before the first region), for
 // ClipMode::Rescale's divisor;
-void stem_peaks(cudaStream_t stream, const float* x, int S, int C, int64_t L, int64_t pitch, unsigned* peaks);
-// out [S, frames, C] = engine/pcm.h's conversion of frames [t0, t0 + frames).
+void stem_peaks(cudaStream_t stream, const float* x, int S, int C, int64_t t0, int64_t frames, int64_t pitch,
+                unsigned* peaks);
+// out [S, out_frames, C] frames [t0, t0 + frames) = engine/pcm.h's
+// conversion of x's. Under Rescale a null `peaks` means the divisor 1 (the
+// one every stem whose peak stays under 1 / 1.01 gets).
 void stems_to_pcm16(cudaStream_t stream, const float* x, int S, int C, int64_t pitch, int64_t t0, int64_t frames,
-                    ClipMode clip, const unsigned* peaks, int16_t* out);
+                    ClipMode clip, const unsigned* peaks, int16_t* out, int64_t out_frames);
 
 }  // namespace fastdemucs::cuda

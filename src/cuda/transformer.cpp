@@ -130,8 +130,8 @@ void CrossTransformer::layer(const Ctx& ctx, const Work& w, const TransformerLay
     // result's round trip), else through the float32 `scratch`.
     auto project = [&](const void* x_op, int64_t r, const void* weight, int64_t cols, const float* bias,
                        const void* bias_op, Act act, float* scratch, void* op) {
-        // Without activation the bias goes in the product's epilogue (linear_bias_as).
-        if (act == Act::None && linear_bias_as(ctx, x_op, r, C, weight, cols, bias_op, op, dt)) return;
+        // The bias (and a GELU) in the product's epilogue where it can (linear_bias_as).
+        if (linear_bias_as(ctx, x_op, r, C, weight, cols, bias_op, op, dt, act)) return;
         if (dt != DType::F32 && ctx.narrow_gemm_out) {
             linear_as(ctx, x_op, r, C, weight, cols, op, dt);
             bias_act_inplace(ctx, op, dt, bias, r, cols, 1, act);
@@ -166,7 +166,8 @@ void CrossTransformer::layer(const Ctx& ctx, const Work& w, const TransformerLay
     const Act ff_act = cfg.t_gelu ? Act::Gelu : Act::Relu;
     // linear2(act(linear1(a))) into w.proj (bias later).
     auto feed_forward = [&](const void* a) {
-        project(a, rows, gw("linear1.weight"), hidden_, f32("linear1.bias"), nullptr, ff_act, w.wide, w.wide_op);
+        project(a, rows, gw("linear1.weight"), hidden_, f32("linear1.bias"), gw("linear1.bias"), ff_act, w.wide,
+                w.wide_op);
         linear(ctx, w.wide_op, rows, hidden_, gw("linear2.weight"), C, w.proj);
     };
 
