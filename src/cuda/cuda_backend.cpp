@@ -108,6 +108,7 @@
 // FASTDEMUCS_NARROW_GEMM_OUT=0 keeps every GEMM result in float32 (Ctx::narrow_gemm_out).
 // FASTDEMUCS_BIAS_EPILOGUE=0: the linear layers' biases in passes of their own (Ctx::bias_epilogue).
 // FASTDEMUCS_GELU_EPILOGUE=0: the feed-forward's exact GELU in a pass of its own (Ctx::gelu_epilogue).
+// FASTDEMUCS_CUDNN_AUTOTUNE=1: cuDNN's attention plans timed, the fastest kept (cuda/cudnn_attention.cpp).
 // FASTDEMUCS_PACK_FROM_COLUMNS=0: the frequency decoders' outputs stored, then packed (Ctx::pack_from_columns).
 // FASTDEMUCS_GPU_TIMELINE=1 prints the track path's GPU time line (events).
 // FASTDEMUCS_PROFILE=1 runs every forward eagerly and prints a per-block

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <mutex>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -67,6 +68,13 @@ struct CudnnAttention::Impl {
     std::string libraries_and_gpu;  // the libraries' and the GPU's part of every plan's description (describe())
     int64_t runs = 0;
     int64_t plans_read = 0;
+    // FASTDEMUCS_CUDNN_AUTOTUNE=1: every plan cuDNN's heuristics offer (6 for
+    // each of this model's shapes) built, timed, the fastest kept and stored.
+    // On the H200 a forward of 8 spent 1.89 ms in the heuristics' first
+    // plans, 1.73 ms in the tuned ones (~0.7 ms of a 3-minute track), but
+    // making them took a machine's first command from 1.1 to 4.6 s: opt-in,
+    // for long runs.
+    bool tune = env_flag("FASTDEMUCS_CUDNN_AUTOTUNE");
 
     ~Impl() {
         try {  // the frontend's entry-point lookup throws; never out of a destructor
@@ -97,8 +105,8 @@ struct CudnnAttention::Impl {
     // for exactly these).
     std::string describe(const AttentionArgs& a, DType t, float scale) const {
         char text[256];
-        std::snprintf(text, sizeof text, "; %s; B %lld N %lld M %lld heads %d dh %d ldq %lld ldkv %lld ldo %lld scale %a",
-                      t == DType::BF16 ? "bf16" : "f16", (long long)a.B, (long long)a.N, (long long)a.M, a.heads, a.dh,
+        std::snprintf(text, sizeof text, "; %s%s; B %lld N %lld M %lld heads %d dh %d ldq %lld ldkv %lld ldo %lld scale %a",
+                      t == DType::BF16 ? "bf16" : "f16", tune ? " tuned" : "", (long long)a.B, (long long)a.N, (long long)a.M, a.heads, a.dh,
                       (long long)a.ldq, (long long)a.ldkv, (long long)a.ldo, double(scale));
         return libraries_and_gpu + text;
     }
@@ -141,12 +149,14 @@ struct CudnnAttention::Impl {
         return plan;
     }
 
-    // A new plan (cuDNN generates its kernels: ~80-100 ms), saved in the
-    // plan store for the next process. Safe on several threads, a handle each.
+    // A new plan (cuDNN generates its kernels: ~80-100 ms a plan), saved in
+    // the plan store for the next process. Safe on several threads, a handle
+    // each. tune_now = false (inside a graph capture: no timing runs) leaves
+    // the heuristics' first, not stored as a tuned one.
     Plan make_and_save_plan(const AttentionArgs& a, DType t, float scale, cudnnHandle_t on,
-                            const std::string& description) {
-        Plan plan = build_plan(a, t, scale, on);
-        if (!plan.graph || store.folder().empty()) return plan;
+                            const std::string& description, bool tune_now) {
+        Plan plan = build_plan(a, t, scale, on, tune && tune_now);
+        if (!plan.graph || store.folder().empty() || tune != tune_now) return plan;
         std::vector<uint8_t> bytes;
         // Plan-only (no graph structure): execute() needs nothing else.
         auto status = plan.graph->serialize(bytes, false);
@@ -159,15 +169,45 @@ struct CudnnAttention::Impl {
         return plan;
     }
 
-    Plan make_plan(const AttentionArgs& a, DType t, float scale, cudnnHandle_t on) {
+    Plan make_plan(const AttentionArgs& a, DType t, float scale, cudnnHandle_t on, bool tune_now) {
         const std::string description = describe(a, t, scale);
         Plan plan = load_plan(description, on);
-        return plan.graph ? std::move(plan) : make_and_save_plan(a, t, scale, on, description);
+        return plan.graph ? std::move(plan) : make_and_save_plan(a, t, scale, on, description, tune_now);
+    }
+
+    // Times every plan built for the shape on zeroed operands of their own
+    // (one shape at a time: plans are built on several threads) and makes
+    // the fastest the graph's. Any failure leaves the heuristics' first.
+    static void autotune(fe::graph::Graph& graph, const AttentionArgs& a, cudnnHandle_t on) {
+        if (graph.get_execution_plan_count() < 2) return;
+        static std::mutex one_at_a_time;
+        std::lock_guard<std::mutex> lock(one_at_a_time);
+        const auto rounded = [](size_t n) { return (n + 255) / 256 * 256; };
+        const size_t q = rounded(size_t(a.B * a.N * a.ldq) * 2), kv = rounded(size_t(a.B * a.M * a.ldkv) * 2),
+                     o = rounded(size_t(a.B * a.N * a.ldo) * 2);
+        const size_t ws = rounded(size_t(std::max<int64_t>(graph.get_autotune_workspace_size(), 1)));
+        char* mem = nullptr;
+        cudaStream_t stream = nullptr;
+        if (cudaMalloc(&mem, q + 2 * kv + o + ws) == cudaSuccess &&
+            cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess &&
+            cudaMemsetAsync(mem, 0, q + 2 * kv + o, stream) == cudaSuccess &&
+            fe::detail::set_stream(on, stream) == CUDNN_STATUS_SUCCESS) {
+            std::unordered_map<int64_t, void*> pack = {
+                {kQ, mem}, {kK, mem + q}, {kV, mem + q + kv}, {kO, mem + q + 2 * kv}};
+            auto status = graph.autotune(on, pack, mem + q + 2 * kv + o);
+            if (!status.is_good())
+                trace_point(("cuda: cuDNN attention not tuned (" + status.get_message() + ")").c_str());
+            cudaStreamSynchronize(stream);
+            fe::detail::set_stream(on, nullptr);
+        }
+        if (stream) cudaStreamDestroy(stream);
+        if (mem) cudaFree(mem);
+        cudaGetLastError();
     }
 
     // The graph of out [B, H, N, dh] = SDPA(q, k, v) over the heads
     // interleaved along each token's row (strides: item, head, token, 1).
-    Plan build_plan(const AttentionArgs& a, DType t, float scale, cudnnHandle_t on) {
+    Plan build_plan(const AttentionArgs& a, DType t, float scale, cudnnHandle_t on, bool tune_now) {
         Plan plan;
         auto graph = std::make_unique<fe::graph::Graph>();
         graph->set_io_data_type(t == DType::BF16 ? fe::DataType_t::BFLOAT16 : fe::DataType_t::HALF)
@@ -190,9 +230,16 @@ struct CudnnAttention::Impl {
         // Any step failing leaves the shape to our kernels.
         auto status = graph->validate();
         if (status.is_good()) status = graph->build_operation_graph(on);
-        if (status.is_good()) status = graph->create_execution_plans({fe::HeurMode_t::A});
+        using Modes = std::vector<fe::HeurMode_t>;
+        if (status.is_good())
+            status = graph->create_execution_plans(tune_now ? Modes{fe::HeurMode_t::A, fe::HeurMode_t::B,
+                                                                    fe::HeurMode_t::FALLBACK}
+                                                            : Modes{fe::HeurMode_t::A});
         if (status.is_good()) status = graph->check_support();
-        if (status.is_good()) status = graph->build_plans();
+        if (status.is_good())
+            status = graph->build_plans(tune_now ? fe::BuildPlanPolicy_t::ALL
+                                                 : fe::BuildPlanPolicy_t::HEURISTICS_CHOICE);
+        if (status.is_good() && tune_now) autotune(*graph, a, on);
         if (status.is_good()) status = graph->get_workspace_size(plan.workspace);
         if (!status.is_good()) {
             trace_point(("cuda: cuDNN has no attention plan for a shape (" + status.get_message() +
@@ -277,7 +324,10 @@ bool CudnnAttention::run(const Ctx& ctx, const AttentionArgs& a, float scale) {
     if (it == impl_->plans.end()) {
         Impl::Plan plan;
         try {
-            plan = impl_->make_plan(a, t, scale, impl_->handle);
+            // No timing runs inside a graph capture.
+            cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+            if (cudaStreamIsCapturing(ctx.stream, &capturing) != cudaSuccess) cudaGetLastError();
+            plan = impl_->make_plan(a, t, scale, impl_->handle, capturing == cudaStreamCaptureStatusNone);
         } catch (const std::exception&) {  // a frontend exception: the shape is ours
             plan = Impl::Plan{};
         }
@@ -349,7 +399,7 @@ void CudnnAttention::prepare(int64_t batch) {
             }
             const PlanKey& key = jobs[i].first;
             built[i] = impl_->make_and_save_plan(jobs[i].second, DType(std::get<0>(key)), std::get<9>(key), own,
-                                                 describe(jobs[i]));
+                                                 describe(jobs[i]), true);
             tried[i] = 1;
             if (built[i].graph) built[i].own = std::exchange(own, nullptr);
         } catch (const std::exception&) {  // left to run()'s own planning
@@ -391,7 +441,7 @@ void warm_up_cudnn_attention(int device, DType t) {
         const float scale = float(1.0 / std::sqrt(48.0));
         const std::string description = cudnn.impl_->describe(a, t, scale);
         if (!cudnn.impl_->load_plan(description, cudnn.impl_->handle, false).graph)
-            cudnn.impl_->make_and_save_plan(a, t, scale, cudnn.impl_->handle, description);
+            cudnn.impl_->make_and_save_plan(a, t, scale, cudnn.impl_->handle, description, true);
     } catch (const std::exception&) {
     }
 }
