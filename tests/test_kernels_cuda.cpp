@@ -271,22 +271,27 @@ TEST(KernelsCuda, AttentionThroughCudnn) {
 
 // A plan made once is read back from the plan store by the next user (no
 // kernel generation) and gives the same attention; a damaged stored plan is
-// made again.
+// made again. The same for tuned plans (FASTDEMUCS_CUDNN_AUTOTUNE=1), which
+// the store keeps apart from untuned ones.
 TEST(KernelsCuda, CudnnAttentionPlansComeBackFromThePlanStore) {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
     if (!cudnn_attention_built()) GTEST_SKIP() << "built without cuDNN";
     const std::string dir = testing_support::make_temp_dir("plans");
     testing_support::ScopedEnv store("FASTDEMUCS_PLAN_CACHE", dir);
-    for (int round = 0; round < 3; round++) {
-        if (round == 2)  // every stored plan damaged
-            for (const auto& entry : std::filesystem::directory_iterator(dir))
-                std::filesystem::resize_file(entry.path(), 100);
-        CudnnAttention cudnn(0);
-        if (!cudnn.available()) GTEST_SKIP() << cudnn.reason();
-        attention_case(DType::F16, true, 3, 48, true, 131, 77, &cudnn);
-        attention_case(DType::BF16, true, 2, 64, true, 64, 129, &cudnn);
-        EXPECT_EQ(cudnn.runs(), 2);
-        EXPECT_EQ(cudnn.plans_read(), round == 1 ? 2 : 0) << "round " << round;
+    for (const char* tuned : {"0", "1"}) {
+        testing_support::ScopedEnv tune("FASTDEMUCS_CUDNN_AUTOTUNE", tuned);
+        const int rounds = tuned[0] == '0' ? 3 : 2;
+        for (int round = 0; round < rounds; round++) {
+            if (round == 2)  // every stored plan damaged
+                for (const auto& entry : std::filesystem::directory_iterator(dir))
+                    std::filesystem::resize_file(entry.path(), 100);
+            CudnnAttention cudnn(0);
+            if (!cudnn.available()) GTEST_SKIP() << cudnn.reason();
+            attention_case(DType::F16, true, 3, 48, true, 131, 77, &cudnn);
+            attention_case(DType::BF16, true, 2, 64, true, 64, 129, &cudnn);
+            EXPECT_EQ(cudnn.runs(), 2);
+            EXPECT_EQ(cudnn.plans_read(), round == 1 ? 2 : 0) << "tuned " << tuned << ", round " << round;
+        }
     }
     std::filesystem::remove_all(dir);
 }

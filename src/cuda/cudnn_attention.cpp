@@ -156,7 +156,7 @@ struct CudnnAttention::Impl {
     Plan make_and_save_plan(const AttentionArgs& a, DType t, float scale, cudnnHandle_t on,
                             const std::string& description, bool tune_now) {
         Plan plan = build_plan(a, t, scale, on, tune && tune_now);
-        if (!plan.graph || store.folder().empty() || tune != tune_now) return plan;
+        if (!plan.graph || store.folder().empty() || (tune && !tune_now)) return plan;
         std::vector<uint8_t> bytes;
         // Plan-only (no graph structure): execute() needs nothing else.
         auto status = plan.graph->serialize(bytes, false);
