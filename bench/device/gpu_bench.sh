@@ -8,7 +8,8 @@
 #      path fp32, all chunks batched in eager fp32, batched torch.compile fp16 (bench/official_baseline.py);
 #   3. fastdemucs model time in fp32 / fp16 / bf16 (gpu_bench) and the
 #      fidelity of each against that float64 reference, then fp16 / bf16 again
-#      with our attention kernel instead of cuDNN's (FASTDEMUCS_ATTENTION=tc);
+#      with our attention kernel instead of cuDNN's (FASTDEMUCS_ATTENTION=tc), and fp16
+#      with cuDNN's plans tuned (FASTDEMUCS_CUDNN_AUTOTUNE=1);
 #   4. the fastdemucs command end to end (process start to six WAV files),
 #      BENCH_COMMAND_RUNS times per precision (default 3), and once in fp16
 #      with an empty plan store (a machine's first run: cuDNN generates its
@@ -36,6 +37,9 @@ rm -rf "$FASTDEMUCS_PLAN_CACHE"
   # The same with our attention kernel instead of cuDNN's (src/cuda/cudnn_attention.h), float16 / bfloat16.
   FASTDEMUCS_ATTENTION=tc GPU_BENCH_PRECISIONS=fp16,bf16 .device/bin/gpu_bench "$ckpt" "$work/track.wav" "$work" \
     "${BENCH_RUNS:-5}" | sed 's/"mode": "fastdemucs_/"mode": "fastdemucs_tc_attention_/'
+  # fp16 with cuDNN's attention plans timed and the fastest kept (FASTDEMUCS_CUDNN_AUTOTUNE=1, opt-in).
+  FASTDEMUCS_CUDNN_AUTOTUNE=1 GPU_BENCH_PRECISIONS=fp16 .device/bin/gpu_bench "$ckpt" "$work/track.wav" "$work" \
+    "${BENCH_RUNS:-5}" | sed 's/"mode": "fastdemucs_/"mode": "fastdemucs_tuned_attention_/'
   python3 bench/compare_stems.py "$work/reference.npy" "$work"/stems_fp16.npy "$work"/stems_bf16.npy |
     sed 's/"file": "/"attention": "tc", "file": "/'
   # The command's own output against the float64 reference (no shifts, float32 WAVs, no
