@@ -36,9 +36,11 @@ frontend="$(cd "$(dirname "$0")/.." && pwd)/.deps/cudnn_frontend"
 if [ ! -f "$frontend/include/cudnn_frontend.h" ] &&
    { command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; }; then
   wheels=$(mktemp -d)
-  if ! { python3 -m pip download --quiet --no-deps --only-binary=:all: --retries 1 --timeout 15 --dest "$wheels" \
+  # Unpacked beside its folder, then moved in whole: an interrupted run leaves no half folder.
+  rm -rf "$frontend.part"
+  if ! { { python3 -m pip download --quiet --no-deps --only-binary=:all: --retries 1 --timeout 15 --dest "$wheels" \
            "nvidia-cudnn-frontend==$frontend_version" 2>/dev/null &&
-         python3 - "$wheels" "$frontend" <<'EOF'
+         python3 - "$wheels" "$frontend.part" <<'EOF'
 import glob, os, sys, zipfile
 wheels = glob.glob(os.path.join(sys.argv[1], "*.whl"))
 if not wheels:
@@ -46,8 +48,8 @@ if not wheels:
 with zipfile.ZipFile(wheels[0]) as z:
     z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith("include/")])
 EOF
-  }; then
+  } && rm -rf "$frontend" && mv "$frontend.part" "$frontend"; }; then
     echo "install-deps: could not fetch the cuDNN frontend (GPU builds use our attention kernels only)" >&2
   fi
-  rm -rf "$wheels"
+  rm -rf "$wheels" "$frontend.part"
 fi

@@ -382,8 +382,8 @@ TEST(SeparateCuda, TrackPathEqualsHostPathFull6s) {
 
 // The 16-bit stems converted on the GPU (peaks, clip, rounding, interleave)
 // equal the engine's host conversion of the float stems, in every clip mode:
-// with and without shifts, in pieces smaller than the track, in fp16, and
-// when the track path declines (the host conversion then runs).
+// with and without shifts, with every stem rescaled and with only some, in
+// fp16, and when the track path declines (the host conversion then runs).
 TEST(SeparateCuda, Pcm16StemsAreTheFloatStemsConverted) {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
     Audio mix = read_audio(testing_support::fixture("tiny/mix_4s.wav"));
@@ -405,19 +405,27 @@ TEST(SeparateCuda, Pcm16StemsAreTheFloatStemsConverted) {
                 peaks[i / per_stem] = pcm::max_abs(peaks[i / per_stem], stems.data[i]);
             return peaks;
         };
-        std::vector<float> peaks = stem_peaks(sep->separate(longer, p));
-        const float low = *std::min_element(peaks.begin(), peaks.end());
-        const float high = *std::max_element(peaks.begin(), peaks.end());
-        ASSERT_GT(high, 1.1f * low) << "the stems' peaks are too close to straddle the rescale threshold";
-        const float gain = 2.0f / (high + 1.01f * low);
-        Audio mixed = longer;
-        for (float& v : mixed.data) v *= gain;
-        peaks = stem_peaks(sep->separate(mixed, p));
-        int rescaled = 0;
-        for (float peak : peaks) rescaled += pcm::rescale_divisor(peak) != 1.0f;
-        ASSERT_GT(rescaled, 0);
-        ASSERT_LT(rescaled, int(peaks.size()));
-        testing_support::expect_pcm16_equals_converted(*sep, mixed, p, "tiny fp32, some stems rescaled");
+        // Without shifts, with one (the stems are the shifted view's window)
+        // and with two (their average); each its own gain.
+        SeparateParams q = p;
+        q.seed = 5;
+        for (int shifts : {0, 1, 2}) {
+            q.shifts = shifts;
+            const std::string what = "tiny fp32, some stems rescaled, " + std::to_string(shifts) + " shifts";
+            std::vector<float> peaks = stem_peaks(sep->separate(longer, q));
+            const float low = *std::min_element(peaks.begin(), peaks.end());
+            const float high = *std::max_element(peaks.begin(), peaks.end());
+            ASSERT_GT(high, 1.1f * low) << what << ": the stems' peaks are too close to straddle the threshold";
+            const float gain = 2.0f / (high + 1.01f * low);
+            Audio mixed = longer;
+            for (float& v : mixed.data) v *= gain;
+            peaks = stem_peaks(sep->separate(mixed, q));
+            int rescaled = 0;
+            for (float peak : peaks) rescaled += pcm::rescale_divisor(peak) != 1.0f;
+            ASSERT_GT(rescaled, 0) << what;
+            ASSERT_LT(rescaled, int(peaks.size())) << what;
+            testing_support::expect_pcm16_equals_converted(*sep, mixed, q, what);
+        }
     }
     {
         ScopedEnv cap("FASTDEMUCS_TRACK_PATH_MAX_MIB", "1");

@@ -459,14 +459,14 @@ void conv_glu_packed(const Ctx& ctx, const void* xp, const DTensor& x, const Con
         launch_packed<__nv_bfloat16>(ctx, a, w.kh);
 }
 
-bool pack_columns_fits(const Ctx& ctx, int64_t C, int64_t W, int64_t ld) {
-    return ctx.gemm != DType::F32 && C % kVec == 0 && W % kVec == 0 && ld % kVec == 0;
+bool pack_columns_fits(const Ctx& ctx, int64_t C, int64_t W) {
+    return ctx.gemm != DType::F32 && C % kVec == 0 && W % kVec == 0;
 }
 
 void pack_columns(const Ctx& ctx, const void* cols, DType ct, int64_t ld, const float* bias, Act act, int64_t b0,
                   int64_t nb, int64_t C, int64_t H, int64_t W, int kh, int sh, int64_t h0, int64_t Hc,
                   const float* skip, void* xp) {
-    if (!pack_columns_fits(ctx, C, W, ld) || !aligned16(cols) || !aligned16(skip) || !aligned16(xp) || ld < H * W ||
+    if (!pack_columns_fits(ctx, C, W) || ld % kVec != 0 || !aligned16(cols) || !aligned16(skip) || !aligned16(xp) || ld < H * W ||
         h0 < 0 || h0 + Hc > (H - 1) * sh + kh || nb > 65535 ||
         Hc * ((C + kPackChannels - 1) / kPackChannels) > 65535 || (H + 1) * W > std::numeric_limits<int32_t>::max())
         throw Error("internal error: pack_columns geometry");

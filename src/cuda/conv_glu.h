@@ -53,7 +53,7 @@ void conv_glu_packed(const Ctx& ctx, const void* xp, const DTensor& x, const Con
 // pack, without x's float32 round trip (the frequency decoders' 3x3
 // rewrites: their packs took 0.31 ms and the col2im before them 0.22 ms of
 // a forward of 8 chunks).
-bool pack_columns_fits(const Ctx& ctx, int64_t C, int64_t W, int64_t ld);
+bool pack_columns_fits(const Ctx& ctx, int64_t C, int64_t W);
 void pack_columns(const Ctx& ctx, const void* cols, DType ct, int64_t ld, const float* bias, Act act, int64_t b0,
                   int64_t nb, int64_t C, int64_t H, int64_t W, int kh, int sh, int64_t h0, int64_t Hc,
                   const float* skip, void* xp);

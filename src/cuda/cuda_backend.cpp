@@ -480,10 +480,10 @@ public:
     }
 
 private:
-    // Where the track path's stems go: floats [S, C, L], downloaded region by
-    // region while later batches run, or 16-bit PCM [S, L, C], converted on
-    // the device once every region is finished (rescale needs each stem's
-    // peak) and downloaded then: half the bytes to fault in and copy.
+    // Where the track path's stems go: floats [S, C, L], or 16-bit PCM
+    // [S, L, C] converted on the device (half the bytes to fault in and
+    // copy), both downloaded region by region while later batches run (a
+    // stem that rescale divides converted and downloaded again at the end).
     struct TrackOutput {
         std::vector<float>* floats = nullptr;
         std::vector<int16_t>* pcm16 = nullptr;
@@ -1041,7 +1041,7 @@ private:
         ConvGeom g;
         g.pw = g.ph = next.rewrite_kernel / 2;
         return conv_glu_takes(ctx, conv_weight(next.prefix + "rewrite.", next.rewrite_kernel, next.rewrite_kernel), g) &&
-               pack_columns_fits(ctx, d.chout, spectral_->frames(), operand_ld(ctx, spectral_->frames()));
+               pack_columns_fits(ctx, d.chout, spectral_->frames());
     }
 
     void run_network(const Ctx& ctx, DTensor& x, DTensor& xt, SpectrumTarget* spectrum) {
@@ -1458,7 +1458,7 @@ private:
             z = DTensor{nullptr, x.b, d.chout, Hc, Wc};
         } else if (packed) {
             if (!d.freq || d.norm || d.last || pre || kw != 1 || sw != 1 || Wc != x.w ||
-                !pack_columns_fits(ctx, d.chout, Wc, operand_ld(ctx, x.h * x.w)))
+                !pack_columns_fits(ctx, d.chout, Wc))
                 throw Error("internal error: " + d.prefix + " cannot write the next decoder's packed input");
             packed->xp = ctx.arena->alloc_bytes(conv_glu_packed_bytes(ctx, x.b, d.chout, Hc * Wc));
             z = DTensor{nullptr, x.b, d.chout, Hc, Wc};

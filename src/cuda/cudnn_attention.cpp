@@ -61,6 +61,7 @@ struct CudnnAttention::Impl {
         std::unique_ptr<fe::graph::Graph> graph;  // null: cuDNN declined the shape
         int64_t workspace = 0;
         cudnnHandle_t own = nullptr;  // the handle it was made (and runs) on, where not `handle`
+        bool tuned = false;           // made with FASTDEMUCS_CUDNN_AUTOTUNE's timing, which succeeded
     };
     std::map<PlanKey, Plan> plans;
     std::map<PlanKey, AttentionArgs> wanted;  // seen by dry runs, not planned yet (prepare())
@@ -151,12 +152,13 @@ struct CudnnAttention::Impl {
 
     // A new plan (cuDNN generates its kernels: ~80-100 ms a plan), saved in
     // the plan store for the next process. Safe on several threads, a handle
-    // each. tune_now = false (inside a graph capture: no timing runs) leaves
-    // the heuristics' first, not stored as a tuned one.
+    // each. tune_now = false (run()'s plans: its stream may be capturing, and
+    // the timing synchronises the device) leaves the heuristics' first; with
+    // tuning asked for, only a plan whose timing succeeded is stored.
     Plan make_and_save_plan(const AttentionArgs& a, DType t, float scale, cudnnHandle_t on,
                             const std::string& description, bool tune_now) {
         Plan plan = build_plan(a, t, scale, on, tune && tune_now);
-        if (!plan.graph || store.folder().empty() || (tune && !tune_now)) return plan;
+        if (!plan.graph || store.folder().empty() || (tune && !plan.tuned)) return plan;
         std::vector<uint8_t> bytes;
         // Plan-only (no graph structure): execute() needs nothing else.
         auto status = plan.graph->serialize(bytes, false);
@@ -177,32 +179,49 @@ struct CudnnAttention::Impl {
 
     // Times every plan built for the shape on zeroed operands of their own
     // (one shape at a time: plans are built on several threads) and makes
-    // the fastest the graph's. Any failure leaves the heuristics' first.
-    static void autotune(fe::graph::Graph& graph, const AttentionArgs& a, cudnnHandle_t on) {
-        if (graph.get_execution_plan_count() < 2) return;
+    // the fastest the graph's. False where that failed (the heuristics'
+    // first stays).
+    static bool autotune(fe::graph::Graph& graph, const AttentionArgs& a, cudnnHandle_t on) {
+        if (graph.get_execution_plan_count() < 2) return true;
         static std::mutex one_at_a_time;
         std::lock_guard<std::mutex> lock(one_at_a_time);
         const auto rounded = [](size_t n) { return (n + 255) / 256 * 256; };
         const size_t q = rounded(size_t(a.B * a.N * a.ldq) * 2), kv = rounded(size_t(a.B * a.M * a.ldkv) * 2),
                      o = rounded(size_t(a.B * a.N * a.ldo) * 2);
         const size_t ws = rounded(size_t(std::max<int64_t>(graph.get_autotune_workspace_size(), 1)));
-        char* mem = nullptr;
-        cudaStream_t stream = nullptr;
-        if (cudaMalloc(&mem, q + 2 * kv + o + ws) == cudaSuccess &&
-            cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess &&
-            cudaMemsetAsync(mem, 0, q + 2 * kv + o, stream) == cudaSuccess &&
-            fe::detail::set_stream(on, stream) == CUDNN_STATUS_SUCCESS) {
-            std::unordered_map<int64_t, void*> pack = {
-                {kQ, mem}, {kK, mem + q}, {kV, mem + q + kv}, {kO, mem + q + 2 * kv}};
-            auto status = graph.autotune(on, pack, mem + q + 2 * kv + o);
-            if (!status.is_good())
-                trace_point(("cuda: cuDNN attention not tuned (" + status.get_message() + ")").c_str());
-            cudaStreamSynchronize(stream);
-            fe::detail::set_stream(on, nullptr);
+        struct Scratch {  // released however the timing ends
+            char* mem = nullptr;
+            cudaStream_t stream = nullptr;
+            cudnnHandle_t on = nullptr;
+            ~Scratch() {
+                if (stream) {
+                    cudaStreamSynchronize(stream);
+                    try {
+                        fe::detail::set_stream(on, nullptr);
+                    } catch (...) {
+                    }
+                    cudaStreamDestroy(stream);
+                }
+                if (mem) cudaFree(mem);
+                cudaGetLastError();
+            }
+        } scratch;
+        scratch.on = on;
+        if (cudaMalloc(&scratch.mem, q + 2 * kv + o + ws) != cudaSuccess ||
+            cudaStreamCreateWithFlags(&scratch.stream, cudaStreamNonBlocking) != cudaSuccess ||
+            cudaMemsetAsync(scratch.mem, 0, q + 2 * kv + o, scratch.stream) != cudaSuccess ||
+            fe::detail::set_stream(on, scratch.stream) != CUDNN_STATUS_SUCCESS) {
+            trace_point("cuda: cuDNN attention not tuned (no memory or stream for the timing runs)");
+            return false;
         }
-        if (stream) cudaStreamDestroy(stream);
-        if (mem) cudaFree(mem);
-        cudaGetLastError();
+        char* mem = scratch.mem;
+        std::unordered_map<int64_t, void*> pack = {{kQ, mem}, {kK, mem + q}, {kV, mem + q + kv}, {kO, mem + q + 2 * kv}};
+        auto status = graph.autotune(on, pack, mem + q + 2 * kv + o);
+        if (!status.is_good()) {
+            trace_point(("cuda: cuDNN attention not tuned (" + status.get_message() + ")").c_str());
+            return false;
+        }
+        return true;
     }
 
     // The graph of out [B, H, N, dh] = SDPA(q, k, v) over the heads
@@ -235,11 +254,13 @@ struct CudnnAttention::Impl {
             status = graph->create_execution_plans(tune_now ? Modes{fe::HeurMode_t::A, fe::HeurMode_t::B,
                                                                     fe::HeurMode_t::FALLBACK}
                                                             : Modes{fe::HeurMode_t::A});
+        // Tuning must not pick a plan that run() would then leave to our kernel.
+        if (status.is_good() && tune_now) graph->deselect_workspace_greater_than(int64_t(kWorkspaceReserve));
         if (status.is_good()) status = graph->check_support();
         if (status.is_good())
             status = graph->build_plans(tune_now ? fe::BuildPlanPolicy_t::ALL
                                                  : fe::BuildPlanPolicy_t::HEURISTICS_CHOICE);
-        if (status.is_good() && tune_now) autotune(*graph, a, on);
+        if (status.is_good() && tune_now) plan.tuned = autotune(*graph, a, on);
         if (status.is_good()) status = graph->get_workspace_size(plan.workspace);
         if (!status.is_good()) {
             trace_point(("cuda: cuDNN has no attention plan for a shape (" + status.get_message() +
@@ -324,10 +345,8 @@ bool CudnnAttention::run(const Ctx& ctx, const AttentionArgs& a, float scale) {
     if (it == impl_->plans.end()) {
         Impl::Plan plan;
         try {
-            // No timing runs inside a graph capture.
-            cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
-            if (cudaStreamIsCapturing(ctx.stream, &capturing) != cudaSuccess) cudaGetLastError();
-            plan = impl_->make_plan(a, t, scale, impl_->handle, capturing == cudaStreamCaptureStatusNone);
+            // Never tuned here (make_and_save_plan says why): prepare() and the warm-up tune.
+            plan = impl_->make_plan(a, t, scale, impl_->handle, false);
         } catch (const std::exception&) {  // a frontend exception: the shape is ours
             plan = Impl::Plan{};
         }

@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <limits>
 #include <map>
 #include <mutex>
@@ -68,14 +69,27 @@ struct LtProduct {
     }
 };
 
-// The process's cuBLASLt handle (it holds no stream or device state) and
-// the algorithm chosen per shape (its heuristic costs host time; kept,
-// absent where cuBLASLt has none). Null where cuBLASLt cannot be loaded.
+// The process's cuBLASLt state: a handle per device (made on first use
+// there) and the algorithm chosen per device, type, shape, epilogue and
+// operand alignment (the heuristic costs host time; kept, absent where
+// cuBLASLt has none). api is null where cuBLASLt cannot be loaded.
 struct LtState {
     const CublasLtApi* api = nullptr;
-    cublasLtHandle_t handle = nullptr;
     std::mutex mutex;
-    std::map<std::tuple<int, int64_t, int64_t, int64_t, int>, std::optional<cublasLtMatmulAlgo_t>> algos;
+    std::map<int, cublasLtHandle_t> handles;  // null: cublasLtCreate failed on that device
+    std::map<std::tuple<int, int, int64_t, int64_t, int64_t, int, int>, std::optional<cublasLtMatmulAlgo_t>> algos;
+
+    // The current device's handle (null where there is none).
+    cublasLtHandle_t handle(int device) {
+        std::lock_guard<std::mutex> lock(mutex);
+        auto it = handles.find(device);
+        if (it == handles.end()) {
+            cublasLtHandle_t h = nullptr;
+            if (api->cublasLtCreate(&h) != CUBLAS_STATUS_SUCCESS) h = nullptr;
+            it = handles.emplace(device, h).first;
+        }
+        return it->second;
+    }
 };
 
 LtState& lt_state() {
@@ -83,13 +97,21 @@ LtState& lt_state() {
         auto* s = new LtState;  // never destroyed: used until the process ends
         try {
             s->api = &blas_lt_api();
-            if (s->api->cublasLtCreate(&s->handle) != CUBLAS_STATUS_SUCCESS) s->handle = nullptr;
         } catch (const Error&) {
-            s->handle = nullptr;
+            s->api = nullptr;
         }
         return s;
     }();
     return *state;
+}
+
+// The largest power of two up to 256 that divides the address (cuBLASLt's
+// heuristic otherwise assumes 256-byte aligned operands).
+uint32_t alignment_of(const void* p) {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    uint32_t align = 256;
+    while (align > 1 && a % align != 0) align /= 2;
+    return align;
 }
 
 }  // namespace
@@ -133,11 +155,18 @@ bool linear_bias_as(const Ctx& ctx, const void* x, int64_t rows, int64_t in, con
         in <= 0 || out <= 0 || act == Act::Relu || (act == Act::Gelu && !ctx.gelu_epilogue))
         return false;
     LtState& lt = lt_state();
-    if (!lt.handle) return false;
+    if (!lt.api) return false;
+    int device = 0;
+    FD_CUDA(cudaGetDevice(&device));
+    const cublasLtHandle_t handle = lt.handle(device);
+    if (!handle) return false;
     LtProduct product(*lt.api);
     const cublasLtEpilogue_t epilogue = act == Act::Gelu ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS;
     if (!product.make(yt, rows, in, out, bias, epilogue)) return false;
-    const auto key = std::make_tuple(int(yt), rows, in, out, int(epilogue));
+    // Dry runs see the real runs' offsets into the arena: the same alignments, the same answer.
+    const uint32_t align_w = alignment_of(w), align_x = alignment_of(x), align_y = alignment_of(y);
+    const int aligns = int(align_w) | int(align_x) << 9 | int(align_y) << 18;
+    const auto key = std::make_tuple(device, int(yt), rows, in, out, int(epilogue), aligns);
     cublasLtMatmulAlgo_t algo;
     {
         std::lock_guard<std::mutex> lock(lt.mutex);
@@ -149,11 +178,17 @@ bool linear_bias_as(const Ctx& ctx, const void* x, int64_t rows, int64_t in, con
             const uint64_t no_workspace = 0;
             cublasLtMatmulHeuristicResult_t result{};
             int found = 0;
+            auto prefer = [&](cublasLtMatmulPreferenceAttributes_t what, const void* value, size_t size) {
+                return lt.api->cublasLtMatmulPreferenceSetAttribute(pref, what, value, size) == CUBLAS_STATUS_SUCCESS;
+            };
+            // A is the weight, B the input, C and D the output (LtProduct::make).
             if (lt.api->cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS &&
-                lt.api->cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                             &no_workspace, sizeof no_workspace) ==
-                    CUBLAS_STATUS_SUCCESS &&
-                lt.api->cublasLtMatmulAlgoGetHeuristic(lt.handle, product.desc, product.a, product.b, product.d,
+                prefer(CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &no_workspace, sizeof no_workspace) &&
+                prefer(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_w, sizeof align_w) &&
+                prefer(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_x, sizeof align_x) &&
+                prefer(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_y, sizeof align_y) &&
+                prefer(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_y, sizeof align_y) &&
+                lt.api->cublasLtMatmulAlgoGetHeuristic(handle, product.desc, product.a, product.b, product.d,
                                                        product.d, pref, 1, &result, &found) == CUBLAS_STATUS_SUCCESS &&
                 found > 0)
                 chosen = result.algo;
@@ -166,11 +201,8 @@ bool linear_bias_as(const Ctx& ctx, const void* x, int64_t rows, int64_t in, con
     if (ctx.dry) return true;
     ProfileSpan span(ctx, ProfKind::Gemm);
     const float alpha = 1.0f, beta = 0.0f;
-    const cublasStatus_t status =
-        lt.api->cublasLtMatmul(lt.handle, product.desc, &alpha, w, product.a, x, product.b, &beta, y, product.d, y,
-                               product.d, &algo, nullptr, 0, ctx.stream);
-    if (status != CUBLAS_STATUS_SUCCESS)
-        throw Error("cuBLASLt product with bias failed (status " + std::to_string(int(status)) + ")");
+    FD_CUBLAS(lt.api->cublasLtMatmul(handle, product.desc, &alpha, w, product.a, x, product.b, &beta, y, product.d, y,
+                                     product.d, &algo, nullptr, 0, ctx.stream));
     return true;
 }
 

@@ -18,22 +18,20 @@ namespace fastdemucs::cuda {
 // shares to the others.
 struct UploadStaging::Pool {
     explicit Pool(int threads) {
-        for (int i = 1; i < threads; i++) {
-            try {
-                helpers.emplace_back([this, i] { serve(i); });
-            } catch (const std::system_error&) {
-                break;
+        try {
+            for (int i = 1; i < threads; i++) {
+                try {
+                    helpers.emplace_back([this, i] { serve(i); });
+                } catch (const std::system_error&) {
+                    break;
+                }
             }
+        } catch (...) {  // (bad_alloc) the started threads stop before the pool unwinds
+            stop();
+            throw;
         }
     }
-    ~Pool() {
-        {
-            std::lock_guard<std::mutex> lock(mutex);
-            quit = true;
-        }
-        start.notify_all();
-        for (std::thread& t : helpers) t.join();
-    }
+    ~Pool() { stop(); }
     Pool(const Pool&) = delete;
     Pool& operator=(const Pool&) = delete;
 
@@ -54,6 +52,15 @@ struct UploadStaging::Pool {
     }
 
 private:
+    void stop() {
+        {
+            std::lock_guard<std::mutex> lock(mutex);
+            quit = true;
+        }
+        start.notify_all();
+        for (std::thread& t : helpers) t.join();
+        helpers.clear();
+    }
     void copy_share(size_t i) const {
         const size_t at = i * share;
         if (at < n) std::memcpy(dst + at, src + at, std::min(share, n - at) * sizeof(float));
