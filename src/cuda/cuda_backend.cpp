@@ -171,11 +171,12 @@
 //     average 4 S C L                    (only with shifts >= 2)
 //     pcm16   2 S C L                    (only for 16-bit stems)
 // For htdemucs_6s (S = 6, C = 2) one hour at 44.1 kHz (158.8 M samples) is
-// 1.27 + 7.62 + 0.64 = 9.5 GB (17.2 GB with shifts >= 2), plus the workspace
-// (~3.5 GB at batch 8 by the estimate above; the dry run has the exact
-// figure): it fits an 80 GB card with room to spare (measured on the H200:
-// 13.2 GB in use at the peak, 2.3 s of separation in fp16). A 3-minute track
-// takes 0.48 GB (shifts 0 or 1). The batch is max_batch()'s with the track's
+// 1.27 + 7.62 + 0.64 = 9.5 GB (17.2 GB with shifts >= 2; 16-bit stems add
+// 3.8 GB), plus the workspace (~3.5 GB at batch 8 by the estimate above; the
+// dry run has the exact figure): it fits an 80 GB card with room to spare
+// (measured on the H200, the command's 16-bit stems: 16.2 GB in use at the
+// peak, 1.5 s of separation in fp16). A 3-minute track takes 0.48 GB
+// (shifts 0 or 1; 0.67 GB for 16-bit stems). The batch is max_batch()'s with the track's
 // buffers set aside (the workspace shrinks if it must); when they and one
 // chunk do not fit, or exceed FASTDEMUCS_TRACK_PATH_MAX_MIB, separate_track
 // declines and engine/apply's host path streams the track through host
