@@ -1161,7 +1161,8 @@ TEST(KernelsCuda, StagedUploadCopiesEveryPiece) {
 
 // The stems' host vector, faulted in and page-locked in pieces by threads:
 // copies that cross the pieces' bounds, queued as soon as the floats under
-// them are ready, land whole, into fresh and reused vectors, locked or not.
+// them are ready, land whole, into fresh and reused vectors, locked or not,
+// or through a download ring.
 TEST(KernelsCuda, HostOutputTakesCopiesAcrossItsPieces) {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
     Gpu gpu;
@@ -1171,17 +1172,21 @@ TEST(KernelsCuda, HostOutputTakesCopiesAcrossItsPieces) {
     cudaStream_t copies = nullptr;
     FD_CUDA(cudaStreamCreateWithFlags(&copies, cudaStreamNonBlocking));
     std::vector<float> out(10, 1.0f);
-    // Rounds: fresh and locked, reused and locked, reused unlocked, fresh unlocked.
-    for (int round = 0; round < 4; round++) {
-        if (round == 3) std::vector<float>().swap(out);
+    // Rounds: fresh and locked, reused and locked, reused unlocked, fresh
+    // unlocked, then through a download ring of 3 slots of 1 MB (copies
+    // queued before the faults reach them, split across slots): fresh, reused.
+    DownloadRing ring(0, size_t(1) << 20, 3, 3);
+    for (int round = 0; round < 6; round++) {
+        if (round == 3 || round == 4) std::vector<float>().swap(out);
         {
-            HostOutput<float> host(out, n, 0, round < 2, copies, 1);
+            HostOutput<float> host(out, n, 0, round < 2, copies, 1, round >= 4 ? &ring : nullptr);
             const size_t cuts[] = {0, 5, 524287, 524289, 1700000, 2621440, n};
             for (size_t i = 0; i + 1 < std::size(cuts); i++) {
-                while (host.ready() < cuts[i + 1]) std::this_thread::yield();
+                while (host.queueable() < cuts[i + 1]) std::this_thread::yield();
                 host.copy_from_device(cuts[i], d + cuts[i], cuts[i + 1] - cuts[i]);
             }
             host.wait();
+            host.finish();
             host.release();
         }
         ASSERT_EQ(out.size(), n);

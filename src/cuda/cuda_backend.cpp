@@ -108,6 +108,8 @@
 // FASTDEMUCS_NARROW_GEMM_OUT=0 keeps every GEMM result in float32 (Ctx::narrow_gemm_out).
 // FASTDEMUCS_BIAS_EPILOGUE=0: the linear layers' biases in passes of their own (Ctx::bias_epilogue).
 // FASTDEMUCS_GELU_EPILOGUE=0: the feed-forward's exact GELU in a pass of its own (Ctx::gelu_epilogue).
+// FASTDEMUCS_DOWNLOAD_RING=0: the stems copied into the caller's vector page-locked for the call
+// instead of through the ring of page-locked slots (cuda/download_ring.h).
 // FASTDEMUCS_CUDNN_AUTOTUNE=1: cuDNN's attention plans timed, the fastest kept (cuda/cudnn_attention.cpp).
 // FASTDEMUCS_PACK_FROM_COLUMNS=0: the frequency decoders' outputs stored, then packed (Ctx::pack_from_columns).
 // FASTDEMUCS_GPU_TIMELINE=1 prints the track path's GPU time line (events).
@@ -146,11 +148,13 @@
 // the last (or only) shift, as soon as a batch's overlap-add is done, the
 // samples before the next chunk's start are final; a second stream waits
 // for that batch's event, finishes them (division, average,
-// de-normalisation) and copies them to the host while the main stream runs
-// the next batch (the copies are asynchronous: the output is page-locked).
-// The host output is allocated, faulted in and
-// page-locked by a thread of its own while the GPU works; pieces finished
-// before it is ready wait on the device and are queued once it is.
+// de-normalisation) and sends them to the host while the main stream runs
+// the next batch: through the backend's ring of page-locked slots, whose
+// thread copies each slot into the host output (cuda/download_ring.h), or,
+// with FASTDEMUCS_DOWNLOAD_RING=0, straight into the host output page-locked
+// for the call. The host output is allocated and faulted in (and, without
+// the ring, page-locked) by a thread of its own while the GPU works; a copy
+// lands once the faults have passed its range.
 // For 16-bit stems (separate_track_pcm16, Separator::separate_pcm16) each
 // finished region is clipped, rounded and interleaved into a 16-bit copy of
 // the stems on the device and goes down the same way, half the bytes. Under
@@ -645,12 +649,23 @@ private:
         const int64_t piece_mib = std::atoll(env_string("FASTDEMUCS_HOST_OUTPUT_PIECE_MIB").c_str());
         const size_t piece_bytes = size_t(piece_mib > 0 ? piece_mib : 32) << 20;
         const bool pin = !env_flag("FASTDEMUCS_NO_PIN");
+        // The copies go through the backend's download ring (cuda/download_ring.h)
+        // unless FASTDEMUCS_DOWNLOAD_RING=0 (the output page-locked, as before it).
+        DownloadRing* ring = nullptr;
+        if (pin && env_string("FASTDEMUCS_DOWNLOAD_RING") != "0") {
+            if (!download_ring_) {
+                const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+                download_ring_ = std::make_unique<DownloadRing>(device_, size_t(8) << 20, 6,
+                                                                int(std::min(cores / 2, 8u)));
+            }
+            ring = download_ring_.get();
+        }
         std::optional<HostOutput<float>> float_out;
         std::optional<HostOutput<int16_t>> pcm16_out;
         if (output.pcm16)
-            pcm16_out.emplace(*output.pcm16, size_t(SC * L), device_, pin, copy_stream, piece_bytes);
+            pcm16_out.emplace(*output.pcm16, size_t(SC * L), device_, pin, copy_stream, piece_bytes, ring);
         else
-            float_out.emplace(*output.floats, size_t(SC * L), device_, pin, copy_stream, piece_bytes);
+            float_out.emplace(*output.floats, size_t(SC * L), device_, pin, copy_stream, piece_bytes, ring);
         const float* finished = nullptr;  // the finished stems [SC, L], row pitch result_pitch
         struct RowCopy {
             const void* src;  // the range's first sample on the device (float or int16_t)
@@ -661,7 +676,7 @@ private:
         auto queue_into = [&waiting](auto& host, bool wait) {
             using T = typename std::decay_t<decltype(host)>::value_type;
             if (wait) host.wait();  // rethrows std::bad_alloc
-            const size_t ready = host.ready();
+            const size_t ready = host.queueable();
             size_t kept = 0;
             for (const RowCopy& r : waiting) {
                 if (r.offset + r.count <= ready)
@@ -772,9 +787,11 @@ private:
                 pcm16_out->copy_from_device(size_t(s * L * C), pcm16 + s * L * C, size_t(L * C));
             }
         }
-        timeline.mark("every copy done", copy_stream);
+        timeline.mark("every copy queued", copy_stream);
         FD_CUDA(cudaStreamSynchronize(copy_stream));
         FD_CUDA(cudaStreamSynchronize(stream));
+        if (float_out) float_out->finish();  // the ring's copies landed (rethrows its failure)
+        if (pcm16_out) pcm16_out->finish();
         timeline.print();
         trace_point("cuda: stems downloaded");
         if (float_out) float_out->release();
@@ -1547,6 +1564,7 @@ private:
     double transition_power_ = 0.0;
     bool staged_upload_ = true;                   // the track through UploadStaging (else a pageable copy)
     std::unique_ptr<UploadStaging> staging_;      // allocated by the first track
+    std::unique_ptr<DownloadRing> download_ring_;  // made by the first track (FASTDEMUCS_DOWNLOAD_RING)
     std::unique_ptr<Spectral> spectral_;
     std::unique_ptr<CrossTransformer> transformer_;
     std::unique_ptr<Profiler> profiler_;

@@ -29,8 +29,9 @@ void advise_huge_pages(void* p, size_t bytes) {
 
 template <typename T>
 HostOutput<T>::HostOutput(std::vector<T>& out, size_t n, int device, bool pin, cudaStream_t copies,
-                       size_t piece_bytes)
-    : n_(n), copies_(copies) {
+                       size_t piece_bytes, DownloadRing* ring)
+    : n_(n), copies_(copies), ring_(ring) {
+    if (ring_) pin = false;
     const bool faulted = out.size() >= n;  // a vector reused from an earlier track
     if (out.capacity() < n) {
         out.clear();  // nothing worth copying into the new allocation
@@ -132,14 +133,35 @@ void HostOutput<T>::lock_pieces(int device) {
 template <typename T>
 void HostOutput<T>::wait() {
     std::unique_lock<std::mutex> lock(mutex_);
-    progressed_.wait(lock, [&] { return failed_ || ready() == n_; });
+    progressed_.wait(lock, [&] { return failed_ || queueable() == n_; });
     if (failed_) std::rethrow_exception(failure_);
 }
 
 template <typename T>
-void HostOutput<T>::copy_from_device(size_t offset, const T* src, size_t count) const {
+void HostOutput<T>::wait_ready(size_t n) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    progressed_.wait(lock, [&] { return failed_ || ready() >= n; });
+    if (failed_) std::rethrow_exception(failure_ ? failure_ : std::make_exception_ptr(Error("host output abandoned")));
+}
+
+template <typename T>
+void HostOutput<T>::copy_from_device(size_t offset, const T* src, size_t count) {
+    if (offset + count > queueable()) throw Error("internal error: a copy into host output not ready yet");
+    if (ring_) {
+        // The ring's copy of each slot waits until the faults have passed it
+        // (the faulting thread zero-fills what it faults in).
+        cudaEvent_t after = nullptr;
+        FD_CUDA(cudaEventCreateWithFlags(&after, cudaEventDisableTiming));
+        const cudaError_t recorded = cudaEventRecord(after, copies_);
+        if (recorded != cudaSuccess) cudaEventDestroy(after);
+        FD_CUDA(recorded);
+        T* const base = data_;
+        ring_->submit(data_ + offset, src, count * sizeof(T), after, [this, base](const char* end) {
+            wait_ready(size_t(reinterpret_cast<const T*>(end) - base));
+        });
+        return;
+    }
     // Before ready() the faulting thread may still zero-fill (overwrite) the range.
-    if (offset + count > ready()) throw Error("internal error: a copy into host output not ready yet");
     size_t k = size_t(std::upper_bound(bounds_.begin(), bounds_.end(), offset) - bounds_.begin()) - 1;
     while (count > 0) {
         const size_t len = std::min(count, bounds_[k + 1] - offset);
@@ -155,7 +177,18 @@ void HostOutput<T>::join() {
 }
 
 template <typename T>
+void HostOutput<T>::finish() {
+    if (ring_) ring_->drain();
+}
+
+template <typename T>
 void HostOutput<T>::release() {
+    if (ring_) {
+        try {  // (the ring's jobs wait on this object's faults: drained before the faulting thread is joined)
+            ring_->drain();
+        } catch (...) {
+        }
+    }
     try {
         join();
     } catch (const std::system_error&) {  // not joinable after all: nothing left to wait for

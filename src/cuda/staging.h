@@ -4,15 +4,15 @@
 // machine (a 3-minute track's 63 MB took 7.5-8.9 ms before the first
 // forward could start); host copies on several threads, each piece's DMA
 // overlapping the next piece's copy, take that to the host's memcpy rate.
-// The threads live as long as the staging: on the H200 machine (16 cores)
-// one thread copies ~6 GB/s, 12 ~45 GB/s, and starting threads for each
-// 8 MB piece cost as much as the copies themselves.
+// The threads live as long as the staging (cuda/copy_pool.h says why).
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <cstddef>
 #include <memory>
+
+#include "cuda/copy_pool.h"
 
 namespace fastdemucs::cuda {
 
@@ -34,9 +34,8 @@ public:
                 cudaStream_t stream);
 
 private:
-    struct Pool;  // the copying threads besides the caller's
     size_t piece_;
-    std::unique_ptr<Pool> pool_;
+    std::unique_ptr<CopyPool> pool_;
     float* host_ = nullptr;                    // 2 * piece_ floats, page-locked
     cudaEvent_t done_[2] = {nullptr, nullptr};  // each half's last copy
 };
