@@ -1175,9 +1175,14 @@ TEST(KernelsCuda, HostOutputTakesCopiesAcrossItsPieces) {
     // Rounds: fresh and locked, reused and locked, reused unlocked, fresh
     // unlocked, then through a download ring of 3 slots of 1 MB (copies
     // queued before the faults reach them, split across slots): fresh, reused.
+    // A last ring round copies everything twice, the second time from other
+    // floats (as 16-bit stems that rescale divides are copied again): the
+    // second copy wins (the ring's jobs land in order); and a copy of nothing.
+    const std::vector<float> again = random(n, 44);
+    const float* d2 = gpu.put(again);
     DownloadRing ring(0, size_t(1) << 20, 3, 3);
-    for (int round = 0; round < 6; round++) {
-        if (round == 3 || round == 4) std::vector<float>().swap(out);
+    for (int round = 0; round < 7; round++) {
+        if (round == 3 || round == 4 || round == 6) std::vector<float>().swap(out);
         {
             HostOutput<float> host(out, n, 0, round < 2, copies, 1, round >= 4 ? &ring : nullptr);
             const size_t cuts[] = {0, 5, 524287, 524289, 1700000, 2621440, n};
@@ -1185,12 +1190,17 @@ TEST(KernelsCuda, HostOutputTakesCopiesAcrossItsPieces) {
                 while (host.queueable() < cuts[i + 1]) std::this_thread::yield();
                 host.copy_from_device(cuts[i], d + cuts[i], cuts[i + 1] - cuts[i]);
             }
+            if (round == 6) {
+                host.copy_from_device(0, d2, n);
+                host.copy_from_device(n, d2, 0);
+            }
             host.wait();
             host.finish();
             host.release();
         }
         ASSERT_EQ(out.size(), n);
-        for (size_t i = 0; i < n; i++) ASSERT_EQ(out[i], src[i]) << "round " << round << ", float " << i;
+        const std::vector<float>& expected = round == 6 ? again : src;
+        for (size_t i = 0; i < n; i++) ASSERT_EQ(out[i], expected[i]) << "round " << round << ", float " << i;
         std::fill(out.begin(), out.end(), -1.0f);
     }
     cudaStreamDestroy(copies);

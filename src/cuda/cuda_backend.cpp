@@ -655,8 +655,13 @@ private:
         if (pin && env_string("FASTDEMUCS_DOWNLOAD_RING") != "0") {
             if (!download_ring_) {
                 const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-                download_ring_ = std::make_unique<DownloadRing>(device_, size_t(8) << 20, 6,
-                                                                int(std::min(cores / 2, 8u)));
+                try {
+                    download_ring_ = std::make_unique<DownloadRing>(device_, size_t(8) << 20, 6,
+                                                                    int(std::min(cores / 2, 8u)));
+                } catch (const std::exception& e) {  // no page-locked memory or thread: the locked path
+                    cudaGetLastError();
+                    trace_point((std::string("cuda: no download ring (") + e.what() + ")").c_str());
+                }
             }
             ring = download_ring_.get();
         }
@@ -675,7 +680,7 @@ private:
         std::vector<RowCopy> waiting;  // finished on the device, not yet queued for download
         auto queue_into = [&waiting](auto& host, bool wait) {
             using T = typename std::decay_t<decltype(host)>::value_type;
-            if (wait) host.wait();  // rethrows std::bad_alloc
+            if (wait) host.wait();  // rethrows std::bad_alloc (with a ring: finish() does)
             const size_t ready = host.queueable();
             size_t kept = 0;
             for (const RowCopy& r : waiting) {
@@ -772,8 +777,11 @@ private:
         queue_copies(true);
         if (pcm16_out && output.clip == ClipMode::Rescale) {
             // The stems whose peak needs a divisor other than 1: converted
-            // again, whole, over their provisional copies (the same stream,
-            // so after them).
+            // again, whole, and copied over their provisional copies. The
+            // ring may still be reading the provisional values while the
+            // conversion rewrites them (its copies are on a stream of its
+            // own); what those copies land is overwritten by the whole
+            // stem's, which the ring lands after them (jobs in order).
             std::vector<unsigned> peak_bits(size_t(S), 0u);
             FD_CUDA(cudaMemcpyAsync(peak_bits.data(), peaks, size_t(S) * sizeof(unsigned), cudaMemcpyDeviceToHost,
                                     copy_stream));

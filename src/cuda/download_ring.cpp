@@ -7,8 +7,9 @@
 
 namespace fastdemucs::cuda {
 
+// Slots of whole 4 KiB: a slot never ends inside an element of the host vector.
 DownloadRing::DownloadRing(int device, size_t slot_bytes, int slots, int threads)
-    : device_(device), slot_bytes_(std::max<size_t>(slot_bytes, 4096)), pool_(std::max(threads, 1)) {
+    : device_(device), slot_bytes_((std::max<size_t>(slot_bytes, 1) + 4095) / 4096 * 4096), pool_(std::max(threads, 1)) {
     struct Undo {  // what was made, released if the constructor throws
         DownloadRing* ring;
         bool done = false;
@@ -59,7 +60,12 @@ void DownloadRing::submit(void* dst, const void* src, size_t bytes, cudaEvent_t 
         if (failure_) std::rethrow_exception(failure_);
         return;
     }
-    jobs_.push_back({static_cast<char*>(dst), static_cast<const char*>(src), bytes, after, std::move(writable)});
+    try {
+        jobs_.push_back({static_cast<char*>(dst), static_cast<const char*>(src), bytes, after, std::move(writable)});
+    } catch (...) {
+        cudaEventDestroy(after);
+        throw;
+    }
     outstanding_++;
     lock.unlock();
     work_.notify_one();
@@ -131,6 +137,8 @@ void DownloadRing::serve() {
             std::lock_guard<std::mutex> lock(mutex_);
             if (!failure_) failure_ = std::current_exception();
             for (Job& j : jobs_)
+                if (j.after) cudaEventDestroy(j.after);
+            for (Job& j : started_)
                 if (j.after) cudaEventDestroy(j.after);
             jobs_.clear();
             started_.clear();

@@ -147,6 +147,7 @@ void HostOutput<T>::wait_ready(size_t n) {
 template <typename T>
 void HostOutput<T>::copy_from_device(size_t offset, const T* src, size_t count) {
     if (offset + count > queueable()) throw Error("internal error: a copy into host output not ready yet");
+    if (count == 0) return;
     if (ring_) {
         // The ring's copy of each slot waits until the faults have passed it
         // (the faulting thread zero-fills what it faults in).
