@@ -7,7 +7,7 @@
 namespace fastdemucs::cuda {
 
 UploadStaging::UploadStaging(size_t piece_floats, int threads)
-    : piece_(std::max<size_t>(piece_floats, 1024)), pool_(std::make_unique<CopyPool>(std::max(threads, 1))) {}
+    : piece_(std::max<size_t>(piece_floats, 1024)), pool_(std::max(threads, 1)) {}
 
 UploadStaging::~UploadStaging() {
     for (cudaEvent_t e : done_) {
@@ -31,7 +31,7 @@ void UploadStaging::upload(float* dst, size_t dpitch, const float* src, size_t s
             const size_t n = std::min(piece_, width - at);
             float* stage = host_ + size_t(half) * piece_;
             FD_CUDA(cudaEventSynchronize(done_[half]));  // the half's previous copy has left
-            pool_->copy(stage, src + r * spitch + at, n * sizeof(float));
+            pool_.copy(stage, src + r * spitch + at, n * sizeof(float));
             FD_CUDA(cudaMemcpyAsync(dst + r * dpitch + at, stage, n * sizeof(float), cudaMemcpyHostToDevice, stream));
             FD_CUDA(cudaEventRecord(done_[half], stream));
             half ^= 1;

@@ -10,7 +10,6 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
-#include <memory>
 
 #include "cuda/copy_pool.h"
 
@@ -35,7 +34,7 @@ public:
 
 private:
     size_t piece_;
-    std::unique_ptr<CopyPool> pool_;
+    CopyPool pool_;
     float* host_ = nullptr;                    // 2 * piece_ floats, page-locked
     cudaEvent_t done_[2] = {nullptr, nullptr};  // each half's last copy
 };
