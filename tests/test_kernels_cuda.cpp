@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <iostream>
 #include <random>
 #include <thread>
 #include <tuple>
@@ -26,6 +27,7 @@
 #include "cuda/host_output.h"
 #include "cuda/spectral.h"
 #include "cuda/staging.h"
+#include "cuda/weights.h"
 #include "engine/backend.h"
 #include "test_support.h"
 
@@ -716,6 +718,69 @@ TEST(KernelsCuda, LinearWithTheBiasInTheEpilogue) {
     // float32 never takes it (no rounding to spare).
     Gpu gpu;
     EXPECT_FALSE(linear_bias_as(gpu.ctx(DType::F32), nullptr, 4, 4, nullptr, 4, nullptr, nullptr, DType::F32));
+}
+
+// The encoders' convolutions with the bias carried by the GEMM (a column of
+// the weight's biased copy against rows of ones in the im2col operand) and
+// the GELU in cuBLASLt's epilogue (its tanh form: within a few float16 steps
+// of the erf form at these magnitudes), and without (biased_conv off), against
+// a double reference: output rows of 16 bytes, and not (the time encoders' odd
+// lengths, which keep the bias pass).
+TEST(KernelsCuda, ConvolutionWithTheBiasInItsGemm) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    for (DType t : {DType::F16, DType::BF16})
+        for (const auto& [cin, cout, H, W, time] :
+             {std::tuple<int64_t, int64_t, int64_t, int64_t, bool>{4, 48, 64, 12, false},
+              {2, 24, 1, 4001, true},
+              {2, 24, 1, 4005, true}}) {
+            Gpu gpu;
+            ConvGeom g;
+            const int k = 8;
+            if (time) g.sw = 4, g.pw = 2; else g.sh = 4, g.ph = 2;
+            const int64_t B = 3, K = cin * k;
+            const std::vector<float> x = exact_random(size_t(B * cin * H * W), 41),
+                                     w = exact_random(size_t(cout * K), 42), bias = exact_random(size_t(cout), 43);
+            std::vector<float> wb(size_t(cout * biased_columns(K)), 0.0f);
+            for (int64_t o = 0; o < cout; o++) {
+                std::copy_n(w.begin() + o * K, K, wb.begin() + o * biased_columns(K));
+                wb[size_t(o * biased_columns(K) + K)] = bias[size_t(o)];
+            }
+            ConvWeight cw;
+            cw.cout = int(cout), cw.cin = int(cin), cw.kh = time ? 1 : k, cw.kw = time ? k : 1;
+            cw.w = put_as(gpu, w, t), cw.bias = gpu.put(bias);
+            const DTensor xd{gpu.put(x), B, cin, H, W};
+            int64_t Ho = 0, Wo = 0;
+            conv_output_size(H, W, cw, g, &Ho, &Wo);
+            for (const bool biased : {false, true}) {
+                cw.biased = put_as(gpu, wb, t);
+                Ctx ctx = gpu.ctx(t);
+                ctx.biased_conv = biased;
+                const DTensor out{gpu.arena.alloc<float>(B * cout * Ho * Wo), B, cout, Ho, Wo};
+                conv2d(ctx, xd, W, cw, g, out, Act::Gelu);
+                const auto got = gpu.get(out.p, size_t(out.numel()));
+                // The reference: the same convolution in float32 (exact inputs), then the erf GELU.
+                std::vector<double> ref(got.size());
+                for (int64_t b = 0; b < B; b++)
+                    for (int64_t o = 0; o < cout; o++)
+                        for (int64_t ho = 0; ho < Ho; ho++)
+                            for (int64_t wo = 0; wo < Wo; wo++) {
+                                double v = bias[size_t(o)];
+                                for (int64_t ci = 0; ci < cin; ci++)
+                                    for (int tap = 0; tap < k; tap++) {
+                                        const int64_t h = time ? ho : ho * g.sh - g.ph + tap;
+                                        const int64_t ww = time ? wo * g.sw - g.pw + tap : wo;
+                                        if (h < 0 || h >= H || ww < 0 || ww >= W) continue;
+                                        v += double(w[size_t(o * K + ci * k + tap)]) *
+                                             x[size_t(((b * cin + ci) * H + h) * W + ww)];
+                                    }
+                                ref[size_t(((b * cout + o) * Ho + ho) * Wo + wo)] =
+                                    0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0)));
+                            }
+                const double unit = t == DType::F16 ? 0x1p-11 : 0x1p-8;
+                EXPECT_LE(rel(got, ref), 2 * unit) << dtype_name(t) << (time ? " time " : " freq ") << W
+                                                   << (biased ? " biased" : "");
+            }
+        }
 }
 
 TEST(KernelsCuda, GroupNormPerRowAndLayerNormAndStats) {

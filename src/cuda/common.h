@@ -85,6 +85,8 @@ struct Ctx {
     bool tensor_core_dconv = true;      // float16 / bfloat16: the thin DConv's convolutions on mma.sync (cuda/dconv.h)
     bool decoder_writes_spectrum = true;  // the last frequency decoder's columns straight into the iSTFT's input
     bool bias_epilogue = true;  // float16 / bfloat16 linear layers' biases in cuBLASLt's epilogue (gemm.h)
+    // The encoders' im2col convolutions with the bias carried by the GEMM (conv.cpp: conv2d_biased).
+    bool biased_conv = true;
     bool gelu_epilogue = true;  // ... and the feed-forward's GELU too, in its tanh form (gemm.h: linear_bias_as)
     bool pack_from_columns = true;  // a frequency decoder's columns straight into the next rewrite's packed input
     // float16 / bfloat16: GEMM results that only a memory-bound pass reads (the

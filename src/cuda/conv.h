@@ -44,6 +44,8 @@ struct ConvWeight {
     const void* w = nullptr;     // operand type: conv [cout, cin * kh * kw]; transposed conv [cin, cout * kh * kw]
     const void* taps = nullptr;  // conv only, for the shifted path: [kh * kw][cout][cin]
     const float* bias = nullptr;
+    // Or null: conv [cout, biased_columns(cin * kh * kw)] with the bias as a column (cuda/weights.h).
+    const void* biased = nullptr;
     int cout = 0, cin = 0, kh = 1, kw = 1;
 };
 

@@ -107,7 +107,8 @@
 // cuda/cudnn_attention.h; FASTDEMUCS_PLAN_CACHE its plan store's folder).
 // FASTDEMUCS_NARROW_GEMM_OUT=0 keeps every GEMM result in float32 (Ctx::narrow_gemm_out).
 // FASTDEMUCS_BIAS_EPILOGUE=0: the linear layers' biases in passes of their own (Ctx::bias_epilogue).
-// FASTDEMUCS_GELU_EPILOGUE=0: the feed-forward's exact GELU in a pass of its own (Ctx::gelu_epilogue).
+// FASTDEMUCS_GELU_EPILOGUE=0: the feed-forward's and the encoders' exact GELU in passes of their own (Ctx::gelu_epilogue).
+// FASTDEMUCS_BIASED_CONV=0: the encoders' biases in passes of their own, not carried by their GEMMs (Ctx::biased_conv).
 // FASTDEMUCS_DOWNLOAD_RING=0: the stems copied into the caller's vector page-locked for the call
 // instead of through the ring of page-locked slots (cuda/download_ring.h).
 // FASTDEMUCS_CUDNN_AUTOTUNE=1: cuDNN's attention plans timed, the fastest kept (cuda/cudnn_attention.cpp).
@@ -369,6 +370,7 @@ public:
         ctx_.decoder_writes_spectrum = env_string("FASTDEMUCS_SPECTRUM_FROM_COLUMNS") != "0";
         ctx_.bias_epilogue = env_string("FASTDEMUCS_BIAS_EPILOGUE") != "0";
         ctx_.gelu_epilogue = env_string("FASTDEMUCS_GELU_EPILOGUE") != "0";
+        ctx_.biased_conv = env_string("FASTDEMUCS_BIASED_CONV") != "0";
         ctx_.pack_from_columns = env_string("FASTDEMUCS_PACK_FROM_COLUMNS") != "0";
         staged_upload_ = env_string("FASTDEMUCS_STAGED_UPLOAD") != "0";
         ctx_.narrow_gemm_out = env_string("FASTDEMUCS_NARROW_GEMM_OUT") != "0";
@@ -742,13 +744,7 @@ private:
             int slot = 0;
             for (int64_t first = 0; first < jobs; first += batch) {
                 const int n = static_cast<int>(std::min<int64_t>(batch, jobs - first));
-                // A short last batch runs as a full one when the full
-                // batch's graph exists (its spare slots hold the previous
-                // batch's chunks; items are independent and their outputs
-                // unused): the graph is replayed instead of an eager
-                // forward, whose first run costs host time (new GEMM shapes)
-                // with the GPU waiting.
-                const int run = graphs_enabled_ && !tap_ && first > 0 && graphs_.count(batch) ? batch : n;
+                const int run = n < batch && first > 0 ? short_batch_size(ctx, n, batch) : n;
                 const Io io = alloc_io(ctx, run);
                 gather_chunks(stream, track, C, g, first, n, io.in);
                 timeline.mark("chunks " + std::to_string(first) + "+" + std::to_string(n) + " gathered", stream);
@@ -949,6 +945,24 @@ private:
     void destroy_graphs() {
         for (auto& kv : graphs_) cudaGraphExecDestroy(kv.second);
         graphs_.clear();
+    }
+
+    // The chunks a short last batch of n runs as (after full batches of
+    // `batch`). The first time this process meets n: as the full batch,
+    // replaying its graph (the spare slots hold the previous batch's chunks;
+    // items are independent and their outputs unused), since an eager
+    // forward or a graph of n costs host time with the GPU waiting (new
+    // GEMM shapes, cuDNN plans, the capture: ~0.1-0.4 s, against ~2 ms of
+    // GPU time for 7 of 8 chunks). From the second time (a catalogue's next
+    // track) n gets a graph of its own.
+    int short_batch_size(const Ctx& ctx, int n, int batch) {
+        if (!graphs_enabled_ || tap_ || graphs_.count(n)) return n;
+        if (!graphs_.count(batch)) return n;
+        if (short_batches_met_.insert(n).second) return batch;
+        if (measure(n) > workspace_.bytes()) return batch;  // never expected: fewer chunks, less memory
+        if (cudnn_attention_) cudnn_attention_->prepare(n);
+        capture(ctx, n);  // on failure graphs are off and n runs eagerly
+        return n;
     }
 
     // Records the forward of `batch` chunks as a CUDA graph (nothing runs).
@@ -1193,6 +1207,7 @@ private:
         w.w = weights_->gemm(name);
         if (weights_->has_taps(name)) w.taps = weights_->taps(name);
         w.bias = weights_->f32(prefix + "bias");
+        w.biased = weights_->biased(name);
         return w;
     }
 
@@ -1212,6 +1227,7 @@ private:
 
     static ConvWeight without_bias(ConvWeight w) {
         w.bias = nullptr;
+        w.biased = nullptr;
         return w;
     }
 
@@ -1586,6 +1602,7 @@ private:
     std::map<int, size_t> measured_;
     std::map<int, cudaGraphExec_t> graphs_;
     std::set<int> eager_done_;
+    std::set<int> short_batches_met_;  // short last batches met so far (short_batch_size)
 };
 
 }  // namespace

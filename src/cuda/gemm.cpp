@@ -8,7 +8,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
-#include <tuple>
+#include <vector>
 
 #include "cuda/libraries.h"
 #include "cuda/profile.h"
@@ -67,6 +67,34 @@ struct LtProduct {
                api.cublasLtMatrixLayoutCreate(&b, dt, uint64_t(in), uint64_t(rows), in) == CUBLAS_STATUS_SUCCESS &&
                api.cublasLtMatrixLayoutCreate(&d, dt, uint64_t(out), uint64_t(rows), out) == CUBLAS_STATUS_SUCCESS;
     }
+    // Column-major, as cuBLASLt sees row-major y[i] [m, n] = A [m, k] B[i] [k, n]
+    // (gemm_act_lt): D[i] [n, m] (float32, ldd, items stride_d apart) =
+    // B[i] ([n, k], ldb, stride_b) A ([k, m], lda, shared), no transposes.
+    bool make_batched(DType t, int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t stride_b,
+                      int64_t ldd, int64_t stride_d, int64_t batch, cublasLtEpilogue_t epilogue) {
+        const cudaDataType_t dt = cuda_type(t);
+        const cublasOperation_t none = CUBLAS_OP_N;
+        auto layout = [&](cublasLtMatrixLayout_t* l, cudaDataType_t type, int64_t rows, int64_t cols, int64_t ld,
+                          int64_t stride) {
+            const int32_t count = int32_t(batch);
+            return api.cublasLtMatrixLayoutCreate(l, type, uint64_t(rows), uint64_t(cols), ld) ==
+                       CUBLAS_STATUS_SUCCESS &&
+                   api.cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count,
+                                                        sizeof count) == CUBLAS_STATUS_SUCCESS &&
+                   api.cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride,
+                                                        sizeof stride) == CUBLAS_STATUS_SUCCESS;
+        };
+        return batch <= std::numeric_limits<int32_t>::max() &&
+               api.cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS &&
+               api.cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &none, sizeof none) ==
+                   CUBLAS_STATUS_SUCCESS &&
+               api.cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &none, sizeof none) ==
+                   CUBLAS_STATUS_SUCCESS &&
+               api.cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue) ==
+                   CUBLAS_STATUS_SUCCESS &&
+               layout(&a, dt, n, k, ldb, stride_b) && layout(&b, dt, k, m, lda, 0) &&
+               layout(&d, CUDA_R_32F, n, m, ldd, stride_d);
+    }
 };
 
 // The process's cuBLASLt state: a handle per device (made on first use
@@ -77,7 +105,8 @@ struct LtState {
     const CublasLtApi* api = nullptr;
     std::mutex mutex;
     std::map<int, cublasLtHandle_t> handles;  // null: cublasLtCreate failed on that device
-    std::map<std::tuple<int, int, int64_t, int64_t, int64_t, int, int>, std::optional<cublasLtMatmulAlgo_t>> algos;
+    // Keyed by what the heuristic saw: device, types, shapes, strides, epilogue, operand alignments.
+    std::map<std::vector<int64_t>, std::optional<cublasLtMatmulAlgo_t>> algos;
 
     // The current device's handle (null where there is none).
     cublasLtHandle_t handle(int device) {
@@ -112,6 +141,40 @@ uint32_t alignment_of(const void* p) {
     uint32_t align = 256;
     while (align > 1 && a % align != 0) align /= 2;
     return align;
+}
+
+// cuBLASLt's algorithm for `product` (operands a, b and output d at these
+// addresses: their alignments join the key), chosen by its heuristic once
+// per key and kept; nullopt where it has none. No workspace: these products
+// are large enough without split-K.
+std::optional<cublasLtMatmulAlgo_t> lt_algo(LtState& lt, cublasLtHandle_t handle, const LtProduct& product,
+                                            std::vector<int64_t> key, const void* a, const void* b, const void* d) {
+    const uint32_t align_a = alignment_of(a), align_b = alignment_of(b), align_d = alignment_of(d);
+    key.push_back(int64_t(align_a) | int64_t(align_b) << 9 | int64_t(align_d) << 18);
+    std::lock_guard<std::mutex> lock(lt.mutex);
+    auto it = lt.algos.find(key);
+    if (it != lt.algos.end()) return it->second;
+    std::optional<cublasLtMatmulAlgo_t> chosen;
+    cublasLtMatmulPreference_t pref = nullptr;
+    const uint64_t no_workspace = 0;
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    auto prefer = [&](cublasLtMatmulPreferenceAttributes_t what, const void* value, size_t size) {
+        return lt.api->cublasLtMatmulPreferenceSetAttribute(pref, what, value, size) == CUBLAS_STATUS_SUCCESS;
+    };
+    if (lt.api->cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS &&
+        prefer(CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &no_workspace, sizeof no_workspace) &&
+        prefer(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a, sizeof align_a) &&
+        prefer(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b, sizeof align_b) &&
+        prefer(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d, sizeof align_d) &&
+        prefer(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d, sizeof align_d) &&
+        lt.api->cublasLtMatmulAlgoGetHeuristic(handle, product.desc, product.a, product.b, product.d, product.d, pref,
+                                               1, &result, &found) == CUBLAS_STATUS_SUCCESS &&
+        found > 0)
+        chosen = result.algo;
+    if (pref) lt.api->cublasLtMatmulPreferenceDestroy(pref);
+    lt.algos.emplace(std::move(key), chosen);
+    return chosen;
 }
 
 }  // namespace
@@ -164,45 +227,42 @@ bool linear_bias_as(const Ctx& ctx, const void* x, int64_t rows, int64_t in, con
     const cublasLtEpilogue_t epilogue = act == Act::Gelu ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS;
     if (!product.make(yt, rows, in, out, bias, epilogue)) return false;
     // Dry runs see the real runs' offsets into the arena: the same alignments, the same answer.
-    const uint32_t align_w = alignment_of(w), align_x = alignment_of(x), align_y = alignment_of(y);
-    const int aligns = int(align_w) | int(align_x) << 9 | int(align_y) << 18;
-    const auto key = std::make_tuple(device, int(yt), rows, in, out, int(epilogue), aligns);
-    cublasLtMatmulAlgo_t algo;
-    {
-        std::lock_guard<std::mutex> lock(lt.mutex);
-        auto it = lt.algos.find(key);
-        if (it == lt.algos.end()) {
-            // No workspace: these products are large enough without split-K.
-            std::optional<cublasLtMatmulAlgo_t> chosen;
-            cublasLtMatmulPreference_t pref = nullptr;
-            const uint64_t no_workspace = 0;
-            cublasLtMatmulHeuristicResult_t result{};
-            int found = 0;
-            auto prefer = [&](cublasLtMatmulPreferenceAttributes_t what, const void* value, size_t size) {
-                return lt.api->cublasLtMatmulPreferenceSetAttribute(pref, what, value, size) == CUBLAS_STATUS_SUCCESS;
-            };
-            // A is the weight, B the input, C and D the output (LtProduct::make).
-            if (lt.api->cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS &&
-                prefer(CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &no_workspace, sizeof no_workspace) &&
-                prefer(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_w, sizeof align_w) &&
-                prefer(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_x, sizeof align_x) &&
-                prefer(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_y, sizeof align_y) &&
-                prefer(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_y, sizeof align_y) &&
-                lt.api->cublasLtMatmulAlgoGetHeuristic(handle, product.desc, product.a, product.b, product.d,
-                                                       product.d, pref, 1, &result, &found) == CUBLAS_STATUS_SUCCESS &&
-                found > 0)
-                chosen = result.algo;
-            if (pref) lt.api->cublasLtMatmulPreferenceDestroy(pref);
-            it = lt.algos.emplace(key, chosen).first;
-        }
-        if (!it->second) return false;
-        algo = *it->second;
-    }
+    const std::optional<cublasLtMatmulAlgo_t> algo =
+        lt_algo(lt, handle, product, {device, int64_t(yt), rows, in, out, int64_t(epilogue), 0}, w, x, y);
+    if (!algo) return false;
     if (ctx.dry) return true;
     ProfileSpan span(ctx, ProfKind::Gemm);
     const float alpha = 1.0f, beta = 0.0f;
     FD_CUBLAS(lt.api->cublasLtMatmul(handle, product.desc, &alpha, w, product.a, x, product.b, &beta, y, product.d, y,
-                                     product.d, &algo, nullptr, 0, ctx.stream));
+                                     product.d, &*algo, nullptr, 0, ctx.stream));
+    return true;
+}
+
+bool gemm_act_lt(const Ctx& ctx, int64_t m, int64_t n, int64_t k, const GemmOperand& a, const GemmOperand& b,
+                 float* y, int64_t ldy, int64_t stride_y, int64_t batch, Act act) {
+    if (ctx.gemm == DType::F32 || act != Act::Gelu || !ctx.gelu_epilogue || m <= 0 || n <= 0 || k <= 0 ||
+        batch <= 0 || a.ld < k || b.ld < n || ldy < n)
+        return false;
+    LtState& lt = lt_state();
+    if (!lt.api) return false;
+    int device = 0;
+    FD_CUDA(cudaGetDevice(&device));
+    const cublasLtHandle_t handle = lt.handle(device);
+    if (!handle) return false;
+    LtProduct product(*lt.api);
+    const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_GELU;
+    if (!product.make_batched(ctx.gemm, m, n, k, a.ld, b.ld, b.stride, ldy, stride_y, batch, epilogue)) return false;
+    // The input (B) is cuBLASLt's A here (make_batched).
+    const std::optional<cublasLtMatmulAlgo_t> algo =
+        lt_algo(lt, handle, product,
+                {device, int64_t(ctx.gemm), m, n, k, int64_t(epilogue), 1, a.ld, b.ld, b.stride, ldy, stride_y, batch},
+                b.ptr, a.ptr, y);
+    if (!algo) return false;
+    if (ctx.dry) return true;
+    ProfileSpan span(ctx, ProfKind::Gemm);
+    const float alpha = 1.0f, beta = 0.0f;
+    FD_CUBLAS(lt.api->cublasLtMatmul(handle, product.desc, &alpha, b.ptr, product.a, a.ptr, product.b, &beta, y,
+                                     product.d, y, product.d, &*algo, nullptr, 0, ctx.stream));
     return true;
 }
 

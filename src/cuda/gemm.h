@@ -52,6 +52,18 @@ void linear_as(const Ctx& ctx, const void* x, int64_t rows, int64_t in, const vo
 bool linear_bias_as(const Ctx& ctx, const void* x, int64_t rows, int64_t in, const void* w, int64_t out,
                     const void* bias, void* y, DType yt, Act act = Act::None);
 
+// y[i] [m, n] (float32, row stride ldy, items stride_y apart) =
+// GELU(A [m, k] B[i] [k, n]) for the `batch` items of b (A shared: a.stride
+// is ignored) in one cuBLASLt product with the GELU in its epilogue (its tanh
+// form, as linear_bias_as says): the convolutions whose bias the GEMM
+// carries (conv.h). float16 / bfloat16 with ctx.gelu_epilogue, act = Gelu
+// only. Returns false, doing nothing, where that does not apply or cuBLASLt
+// has no algorithm (the same answer in dry and real runs). (cuBLASLt's bias
+// epilogue runs along n here, the wrong way, and with row-major layouts,
+// which would turn it, cuBLAS 13 declines every epilogue: NOT_SUPPORTED.)
+bool gemm_act_lt(const Ctx& ctx, int64_t m, int64_t n, int64_t k, const GemmOperand& a, const GemmOperand& b,
+                 float* y, int64_t ldy, int64_t stride_y, int64_t batch, Act act);
+
 // cuBLAS's first matrix product in a process costs ~0.2 s of host time (its
 // heuristics and kernel tables load then), and the first of each shape
 // ~1 ms more. This runs small products of both kinds the backend uses

@@ -561,7 +561,8 @@ __global__ void softmax_rows_kernel(const float* s, T* p, int64_t cols) {
 // --------------------------------------------------------- convolution helpers
 
 // Row q = (b * Cin + ci) * kh * kw + ki * kw + kj of the column matrix: its
-// input plane, its output row and its tap's offsets (padding included).
+// input plane, its output row (item b's rows start item_rows rows apart) and
+// its tap's offsets (padding included).
 template <typename T>
 struct Im2colRow {
     const float* plane;
@@ -571,12 +572,12 @@ struct Im2colRow {
 template <typename T, typename I>
 __device__ __forceinline__ Im2colRow<T> im2col_row(I q, const float* x, T* cols, const Divisor<I>& K,
                                                    const Divisor<I>& taps, const Divisor<I>& kw, I Cin, int H, int W,
-                                                   const ConvGeom& g, int64_t ld) {
+                                                   const ConvGeom& g, int64_t ld, int64_t item_rows) {
     const I b = K.div(q), r = q - b * K.value();
     const I ci = taps.div(r), t = r - ci * taps.value();
     const I ki = kw.div(t), kj = t - ki * kw.value();
-    return {x + (int64_t(b) * Cin + ci) * int64_t(H) * W, cols + int64_t(q) * ld, int(ki) * g.dh - g.ph,
-            int(kj) * g.dw - g.pw};
+    return {x + (int64_t(b) * Cin + ci) * int64_t(H) * W, cols + (int64_t(b) * item_rows + r) * ld,
+            int(ki) * g.dh - g.ph, int(kj) * g.dw - g.pw};
 }
 
 // Grid y walks the rows q = b * K + r of the column matrix, kUnroll rows at
@@ -586,13 +587,14 @@ __device__ __forceinline__ Im2colRow<T> im2col_row(I q, const float* x, T* cols,
 template <typename T, typename I>
 __global__ void im2col_kernel(const float* __restrict__ x, T* __restrict__ cols, I rows, Divisor<I> K,
                               Divisor<I> taps, Divisor<I> kw, I Cin, int H, int W, ConvGeom g, Divisor<I> Wo, I N,
-                              int64_t ld) {
+                              int64_t ld, int64_t item_rows) {
     constexpr int U = kUnroll;
     for (I q0 = I(blockIdx.y); q0 < rows; q0 += I(U) * I(gridDim.y)) {
         Im2colRow<T> row[U];
 #pragma unroll
         for (int u = 0; u < U; u++)  // rows past the end repeat the last one
-            row[u] = im2col_row(min(q0 + I(u) * I(gridDim.y), rows - 1), x, cols, K, taps, kw, Cin, H, W, g, ld);
+            row[u] = im2col_row(min(q0 + I(u) * I(gridDim.y), rows - 1), x, cols, K, taps, kw, Cin, H, W, g, ld,
+                                item_rows);
         for (I n = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); n < N; n += I(gridDim.x) * I(blockDim.x)) {
             const I ho = Wo.div(n), wo = n - ho * Wo.value();
             float v[U];
@@ -643,7 +645,7 @@ __device__ __forceinline__ void load_row8(const float* row, int w, int W, float 
 template <typename T, typename I, bool UnitStride>
 __global__ void im2col_runs_kernel(const float* __restrict__ x, T* __restrict__ cols, I rows, Divisor<I> K,
                                    Divisor<I> taps, Divisor<I> kw, I Cin, int H, int W, ConvGeom g, Divisor<I> Wo,
-                                   I N, int64_t ld) {
+                                   I N, int64_t ld, int64_t item_rows) {
     constexpr int U = kIm2colRows, V = kIm2colRun;
     const I runs = (N + I(V) - 1) / I(V);
     for (I q0 = I(blockIdx.y); q0 < rows; q0 += I(U) * I(gridDim.y)) {
@@ -652,7 +654,8 @@ __global__ void im2col_runs_kernel(const float* __restrict__ x, T* __restrict__ 
 #pragma unroll
         for (int u = 0; u < U; u++) {
             row_valid[u] = q0 + I(u) * I(gridDim.y) < rows;
-            row[u] = im2col_row(min(q0 + I(u) * I(gridDim.y), rows - 1), x, cols, K, taps, kw, Cin, H, W, g, ld);
+            row[u] = im2col_row(min(q0 + I(u) * I(gridDim.y), rows - 1), x, cols, K, taps, kw, Cin, H, W, g, ld,
+                                item_rows);
         }
         for (I run = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); run < runs;
              run += I(gridDim.x) * I(blockDim.x)) {
@@ -708,9 +711,10 @@ __host__ __device__ constexpr int strided_span(int sw, int kw, int dw) {
 }
 template <typename T, typename I>
 __global__ void im2col_strided_kernel(const float* __restrict__ x, T* __restrict__ cols, int W, int kw, int sw, int dw,
-                                      int pw, I N, int64_t ld) {
+                                      int pw, I N, int64_t ld, int Cin, int64_t item_rows) {
     __shared__ float staged[kStridedSpan + kStridedSpan / 32];
-    const int64_t plane = blockIdx.y;  // b * Cin + ci: column rows plane * kw + tap
+    const int64_t plane = blockIdx.y;  // b * Cin + ci: column rows b * item_rows + ci * kw + tap
+    const int64_t first_row = (plane / Cin) * item_rows + (plane % Cin) * kw;
     const I n0 = I(blockIdx.x) * I(kStridedOutputs);
     const float* row = x + plane * W;
     const int64_t p0 = int64_t(n0) * sw - pw;  // the input position of staged[0]
@@ -730,7 +734,17 @@ __global__ void im2col_strided_kernel(const float* __restrict__ x, T* __restrict
             const int i = (lane * kIm2colRun + e) * sw + t * dw;
             pack.v[e] = from_float<T>(n + I(e) < N ? staged[i + i / 32] : 0.0f);
         }
-        *reinterpret_cast<Im2colRun<T>*>(cols + (plane * kw + t) * ld + int64_t(n)) = pack;
+        *reinterpret_cast<Im2colRun<T>*>(cols + (first_row + t) * ld + int64_t(n)) = pack;
+    }
+}
+
+// base[item * pitch + j] = value for j < width: a block of rows per item.
+template <typename T, typename I>
+__global__ void fill_rows_kernel(T* __restrict__ base, Divisor<I> width, int64_t pitch, I total, float value) {
+    const T v = from_float<T>(value);
+    FD_GRID_STRIDE_I(I, i, total) {
+        const I item = width.div(i);
+        base[int64_t(item) * pitch + (i - item * width.value())] = v;
     }
 }
 
@@ -1281,11 +1295,13 @@ void softmax_rows(const Ctx& ctx, const float* s, void* p, DType dt, int64_t row
 }
 
 void im2col(const Ctx& ctx, const float* x, void* cols, DType dt, int64_t B, int64_t Cin, int64_t H, int64_t W,
-            const ConvGeom& g, int64_t Ho, int64_t Wo, int64_t ld) {
+            const ConvGeom& g, int64_t Ho, int64_t Wo, int64_t ld, int64_t item_rows) {
     const int64_t K = Cin * g.kh * g.kw, N = Ho * Wo, rows = B * K;
     if (ld == 0) ld = N;
-    if (ld < N) throw Error("internal error: im2col stride");
+    if (item_rows == 0) item_rows = K;
+    if (ld < N || item_rows < K) throw Error("internal error: im2col stride");
     if (ctx.dry || rows * N == 0) return;
+    if (item_rows > K) fill_rows(ctx, offset(cols, K * ld, dt), dt, B, item_rows - K, ld, item_rows * ld, 1.0f);
     if (H * W >= (int64_t(1) << 31)) throw Error("im2col: input plane too large");
     if (ld % kIm2colRun == 0 && H == 1 && Ho == 1 && g.kh == 1 && g.ph == 0 && g.sw > 1 &&
         strided_span(g.sw, g.kw, g.dw) <= kStridedSpan && B * Cin <= 65535 && aligned16(cols)) {
@@ -1293,7 +1309,8 @@ void im2col(const Ctx& ctx, const float* x, void* cols, DType dt, int64_t B, int
         FD_DISPATCH(dt, T,
                     FD_INDEX_DISPATCH(N, I,
                                       im2col_strided_kernel<T, I><<<grid, kThreads, 0, ctx.stream>>>(
-                                          x, static_cast<T*>(cols), int(W), g.kw, g.sw, g.dw, g.pw, I(N), ld)));
+                                          x, static_cast<T*>(cols), int(W), g.kw, g.sw, g.dw, g.pw, I(N), ld,
+                                          int(Cin), item_rows)));
         FD_LAUNCH_CHECK();
         return;
     }
@@ -1301,12 +1318,12 @@ void im2col(const Ctx& ctx, const float* x, void* cols, DType dt, int64_t B, int
         const dim3 grid = grid_2d(rows, (N + kIm2colRun - 1) / kIm2colRun);
         const auto launch = [&](auto unit_stride) {
             FD_DISPATCH(dt, T,
-                        FD_INDEX_DISPATCH(rows * ld, I,
+                        FD_INDEX_DISPATCH(B * item_rows * ld, I,
                                           im2col_runs_kernel<T, I, decltype(unit_stride)::value>
                                           <<<grid, kThreads, 0, ctx.stream>>>(
                                               x, static_cast<T*>(cols), I(rows), Divisor<I>(K),
                                               Divisor<I>(g.kh * g.kw), Divisor<I>(g.kw), I(Cin), int(H), int(W), g,
-                                              Divisor<I>(Wo), I(N), ld)));
+                                              Divisor<I>(Wo), I(N), ld, item_rows)));
         };
         if (g.sw == 1 && (Wo % kIm2colRun == 0 || Ho == 1))
             launch(std::true_type());
@@ -1317,10 +1334,22 @@ void im2col(const Ctx& ctx, const float* x, void* cols, DType dt, int64_t B, int
     }
     const dim3 grid = grid_2d(rows, N);
     FD_DISPATCH(dt, T,
-                FD_INDEX_DISPATCH(rows * ld, I,
+                FD_INDEX_DISPATCH(B * item_rows * ld, I,
                                   im2col_kernel<T, I><<<grid, kThreads, 0, ctx.stream>>>(
                                       x, static_cast<T*>(cols), I(rows), Divisor<I>(K), Divisor<I>(g.kh * g.kw),
-                                      Divisor<I>(g.kw), I(Cin), int(H), int(W), g, Divisor<I>(Wo), I(N), ld)));
+                                      Divisor<I>(g.kw), I(Cin), int(H), int(W), g, Divisor<I>(Wo), I(N), ld,
+                                      item_rows)));
+    FD_LAUNCH_CHECK();
+}
+
+void fill_rows(const Ctx& ctx, void* base, DType dt, int64_t items, int64_t rows, int64_t ld, int64_t pitch,
+               float value) {
+    const int64_t width = rows * ld, total = items * width;
+    if (ctx.dry || total == 0) return;
+    FD_DISPATCH(dt, T,
+                FD_INDEX_DISPATCH(total, I,
+                                  fill_rows_kernel<T, I><<<grid_for(total), kThreads, 0, ctx.stream>>>(
+                                      static_cast<T*>(base), Divisor<I>(I(width)), pitch, I(total), value)));
     FD_LAUNCH_CHECK();
 }
 

@@ -111,12 +111,17 @@ struct ConvGeom {
     int ph = 0, pw = 0;  // zero padding both sides
     int dh = 1, dw = 1;  // dilation
 };
-// cols [B, Cin * kh * kw, ld] (type dt, ld >= Ho * Wo, 0 = Ho * Wo; the
-// columns past Ho * Wo are left unset or zeroed) from x [B, Cin, H, W]; input
-// positions outside [0, H) x [0, W) read zero (so a logical width beyond W
-// is a zero extension on the right).
+// cols [B, item_rows, ld] (type dt, ld >= Ho * Wo, 0 = Ho * Wo; the columns
+// past Ho * Wo are left unset or zeroed): its first K = Cin * kh * kw rows
+// per item from x [B, Cin, H, W], the rest (item_rows > K: the rows that
+// carry a convolution's bias through its GEMM, DeviceWeights::biased) ones;
+// item_rows 0 = K. Input positions outside [0, H) x [0, W) read zero (so a
+// logical width beyond W is a zero extension on the right).
 void im2col(const Ctx& ctx, const float* x, void* cols, DType dt, int64_t B, int64_t Cin, int64_t H, int64_t W,
-            const ConvGeom& g, int64_t Ho, int64_t Wo, int64_t ld = 0);
+            const ConvGeom& g, int64_t Ho, int64_t Wo, int64_t ld = 0, int64_t item_rows = 0);
+// base[item * pitch + r * ld + j] = value for r < rows, j < ld, item < items (type dt).
+void fill_rows(const Ctx& ctx, void* base, DType dt, int64_t items, int64_t rows, int64_t ld, int64_t pitch,
+               float value);
 // out [BC, plane] (type dt): each plane is x's [H, W] zero-padded to
 // [H + 2ph, Wp = W + 2pw] and followed by zeros up to `plane` values.
 void pad_planes(const Ctx& ctx, const float* x, void* out, DType dt, int64_t BC, int64_t H, int64_t W, int ph, int pw,

@@ -81,6 +81,7 @@ const Loaded<CublasLtApi>& cublas_lt_library() {
                               FD_RESOLVE(cublasLtMatmulDescSetAttribute)
                               FD_RESOLVE(cublasLtMatrixLayoutCreate)
                               FD_RESOLVE(cublasLtMatrixLayoutDestroy)
+                              FD_RESOLVE(cublasLtMatrixLayoutSetAttribute)
                               FD_RESOLVE(cublasLtMatmulPreferenceCreate)
                               FD_RESOLVE(cublasLtMatmulPreferenceDestroy)
                               FD_RESOLVE(cublasLtMatmulPreferenceSetAttribute)

@@ -34,7 +34,7 @@ struct CublasApi {
         nullptr;
 };
 
-// cuBLASLt: the matrix products with a bias epilogue (gemm.h's linear_bias_as).
+// cuBLASLt: the matrix products with a bias epilogue (gemm.h's linear_bias_as, gemm_act_lt).
 struct CublasLtApi {
     decltype(&::cublasLtCreate) cublasLtCreate = nullptr;
     decltype(&::cublasLtMatmulDescCreate) cublasLtMatmulDescCreate = nullptr;
@@ -42,6 +42,7 @@ struct CublasLtApi {
     decltype(&::cublasLtMatmulDescSetAttribute) cublasLtMatmulDescSetAttribute = nullptr;
     decltype(&::cublasLtMatrixLayoutCreate) cublasLtMatrixLayoutCreate = nullptr;
     decltype(&::cublasLtMatrixLayoutDestroy) cublasLtMatrixLayoutDestroy = nullptr;
+    decltype(&::cublasLtMatrixLayoutSetAttribute) cublasLtMatrixLayoutSetAttribute = nullptr;
     decltype(&::cublasLtMatmulPreferenceCreate) cublasLtMatmulPreferenceCreate = nullptr;
     decltype(&::cublasLtMatmulPreferenceDestroy) cublasLtMatmulPreferenceDestroy = nullptr;
     decltype(&::cublasLtMatmulPreferenceSetAttribute) cublasLtMatmulPreferenceSetAttribute = nullptr;

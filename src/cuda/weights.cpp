@@ -1,5 +1,7 @@
 #include "cuda/weights.h"
 
+#include <algorithm>
+
 #include "cuda/conv_glu.h"
 #include "cuda/kernels.h"
 #include "error.h"
@@ -26,6 +28,15 @@ bool tap_major_copy(const std::string& name, const std::vector<int64_t>& shape, 
     if (taps <= 1) return false;
     if (ends_with(name, ".rewrite.weight")) return shifted || (gemm != DType::F32 && conv_glu_channels_fit(shape[1]));
     return shifted && name.find(".dconv.layers.") != std::string::npos && ends_with(name, ".0.weight");
+}
+
+// The encoders' conv weights (encoder.N.conv / tencoder.N.conv, with a bias)
+// that get a copy with their bias as a column, in float16 / bfloat16.
+bool biased_copy(const std::string& name, const std::vector<int64_t>& shape, const HTDemucsModel& model, DType gemm) {
+    if (gemm == DType::F32 || shape.size() < 3 || !ends_with(name, ".conv.weight")) return false;
+    if (name.rfind("encoder.", 0) != 0 && name.rfind("tencoder.", 0) != 0) return false;
+    const auto bias = model.weights.find(name.substr(0, name.size() - 6) + "bias");
+    return bias != model.weights.end() && bias->second.numel() == shape[0];
 }
 
 // A float32 staging image on the device converted into `out` (operand type).
@@ -60,6 +71,27 @@ DeviceWeights::DeviceWeights(const HTDemucsModel& model, DType gemm, bool with_t
                            cudaMemcpyHostToDevice));
     }
     if (gemm != DType::F32) convert_image(f32_, gemm_, gemm, total, "the model weights");
+    // The biased copies: [cout, K] | bias | zeros, made on the host (a few
+    // hundred KB), converted on the device.
+    std::vector<float> biased;
+    for (const auto& kv : model.weights) {
+        Entry& e = entries_.at(kv.first);
+        if (!biased_copy(kv.first, e.shape, model, gemm)) continue;
+        const int64_t cout = e.shape[0], K = kv.second.numel() / cout, Kb = biased_columns(K);
+        const std::vector<float>& b = model.weights.at(kv.first.substr(0, kv.first.size() - 6) + "bias").data;
+        e.biased = int64_t(biased.size());
+        biased.resize(size_t(aligned(e.biased + cout * Kb)), 0.0f);
+        for (int64_t o = 0; o < cout; o++) {
+            std::copy_n(kv.second.data.begin() + o * K, K, biased.begin() + e.biased + o * Kb);
+            biased[size_t(e.biased + o * Kb + K)] = b[size_t(o)];
+        }
+    }
+    if (!biased.empty()) {
+        DeviceBuffer staging(biased.size() * sizeof(float), "the biased conv weights");
+        FD_CUDA(cudaMemcpy(staging.get(), biased.data(), staging.bytes(), cudaMemcpyHostToDevice));
+        convert_image(staging, biased_, gemm, int64_t(biased.size()), "the biased conv weights");
+        FD_CUDA(cudaDeviceSynchronize());  // before the staging goes
+    }
     if (total_taps > 0) {
         taps_ = DeviceBuffer(size_t(total_taps) * dtype_bytes(gemm), "the per-tap weights");
         FD_CUDA(cudaMemset(taps_.get(), 0, taps_.bytes()));
@@ -92,6 +124,11 @@ const void* DeviceWeights::taps(const std::string& name) const {
     const Entry& e = entry(name);
     if (e.taps < 0) throw Error("internal error: no per-tap copy of weight " + name);
     return offset(taps_.get(), e.taps, dtype_);
+}
+
+const void* DeviceWeights::biased(const std::string& name) const {
+    const Entry& e = entry(name);
+    return e.biased < 0 ? nullptr : offset(biased_.get(), e.biased, dtype_);
 }
 
 const std::vector<int64_t>& DeviceWeights::shape(const std::string& name) const { return entry(name).shape; }
