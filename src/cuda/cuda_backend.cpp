@@ -400,6 +400,25 @@ public:
     const HTDemucsModel& model() const override { return *model_; }
     void set_threads(int) override {}
 
+    static bool download_ring_wanted() {
+        return !env_flag("FASTDEMUCS_NO_PIN") && env_string("FASTDEMUCS_DOWNLOAD_RING") != "0";
+    }
+
+    // Makes the download ring (cuda/download_ring.h: 6 page-locked slots of
+    // 8 MB, copied out by up to 8 threads) on a thread; ring_pending_ gives
+    // it, or the error that prevented it.
+    void start_download_ring() {
+        const int device = device_;
+        ring_pending_ = std::async(std::launch::async, [device] {
+            struct ClearError {  // a failure leaves no CUDA error behind for the next call
+                ~ClearError() { cudaGetLastError(); }
+            } clear;
+            FD_CUDA(cudaSetDevice(device));
+            const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+            return std::make_unique<DownloadRing>(device, size_t(8) << 20, 6, int(std::min(cores / 2, 8u)));
+        });
+    }
+
     // The forward at the batch size a long track gets, captured as a CUDA
     // graph without running it: the capture loads the kernels and has
     // cuBLAS pick its algorithms (~0.1 s of host time on the H200; cuBLAS's
@@ -408,6 +427,10 @@ public:
     // capture fails) one eager forward of zeros does the loading instead.
     void warm_up() override {
         FD_CUDA(cudaSetDevice(device_));
+        // The download ring's 48 MB are page-locked on a thread of their own
+        // meanwhile (~10-25 ms of host time a process: made by the first
+        // track, they held back its first batch).
+        if (!download_ring_ && !ring_pending_.valid() && download_ring_wanted()) start_download_ring();
         const int batch = max_batch();
         ensure_workspace(batch);
         Ctx ctx = ctx_;
@@ -654,14 +677,12 @@ private:
         // The copies go through the backend's download ring (cuda/download_ring.h)
         // unless FASTDEMUCS_DOWNLOAD_RING=0 (the output page-locked, as before it).
         DownloadRing* ring = nullptr;
-        if (pin && env_string("FASTDEMUCS_DOWNLOAD_RING") != "0") {
+        if (pin && download_ring_wanted()) {
             if (!download_ring_) {
-                const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+                if (!ring_pending_.valid()) start_download_ring();
                 try {
-                    download_ring_ = std::make_unique<DownloadRing>(device_, size_t(8) << 20, 6,
-                                                                    int(std::min(cores / 2, 8u)));
+                    download_ring_ = ring_pending_.get();
                 } catch (const std::exception& e) {  // no page-locked memory or thread: the locked path
-                    cudaGetLastError();
                     trace_point((std::string("cuda: no download ring (") + e.what() + ")").c_str());
                 }
             }
@@ -1588,7 +1609,9 @@ private:
     double transition_power_ = 0.0;
     bool staged_upload_ = true;                   // the track through UploadStaging (else a pageable copy)
     std::unique_ptr<UploadStaging> staging_;      // allocated by the first track
-    std::unique_ptr<DownloadRing> download_ring_;  // made by the first track (FASTDEMUCS_DOWNLOAD_RING)
+    std::unique_ptr<DownloadRing> download_ring_;  // made for the first track (FASTDEMUCS_DOWNLOAD_RING)
+    // The ring on its way (warm_up starts it early); destroyed before download_ring_.
+    std::future<std::unique_ptr<DownloadRing>> ring_pending_;
     std::unique_ptr<Spectral> spectral_;
     std::unique_ptr<CrossTransformer> transformer_;
     std::unique_ptr<Profiler> profiler_;
