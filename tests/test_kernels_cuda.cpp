@@ -724,62 +724,75 @@ TEST(KernelsCuda, LinearWithTheBiasInTheEpilogue) {
 // the weight's biased copy against rows of ones in the im2col operand) and
 // the GELU in cuBLASLt's epilogue (its tanh form: within a few float16 steps
 // of the erf form at these magnitudes), and without (biased_conv off), against
-// a double reference: output rows of 16 bytes, and not (the time encoders' odd
-// lengths, which keep the bias pass).
+// a double reference; with no activation too. Output rows of 16 bytes (taken),
+// and not (the time encoders' odd lengths, which keep the bias pass); the time
+// cases zero-extend the input to a multiple of the stride, as the encoders do.
 TEST(KernelsCuda, ConvolutionWithTheBiasInItsGemm) {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
     for (DType t : {DType::F16, DType::BF16})
         for (const auto& [cin, cout, H, W, time] :
              {std::tuple<int64_t, int64_t, int64_t, int64_t, bool>{4, 48, 64, 12, false},
-              {2, 24, 1, 4001, true},
+              {2, 24, 1, 4013, true},
               {2, 24, 1, 4005, true}}) {
             Gpu gpu;
             ConvGeom g;
             const int k = 8;
             if (time) g.sw = 4, g.pw = 2; else g.sh = 4, g.ph = 2;
-            const int64_t B = 3, K = cin * k;
+            const int64_t B = 3, K = cin * k, Kb = biased_columns(K);
+            const int64_t Wl = time && W % 4 ? W + 4 - W % 4 : W;
             const std::vector<float> x = exact_random(size_t(B * cin * H * W), 41),
                                      w = exact_random(size_t(cout * K), 42), bias = exact_random(size_t(cout), 43);
-            std::vector<float> wb(size_t(cout * biased_columns(K)), 0.0f);
+            std::vector<float> wb(size_t(cout * Kb), 0.0f);
             for (int64_t o = 0; o < cout; o++) {
-                std::copy_n(w.begin() + o * K, K, wb.begin() + o * biased_columns(K));
-                wb[size_t(o * biased_columns(K) + K)] = bias[size_t(o)];
+                std::copy_n(w.begin() + o * K, K, wb.begin() + o * Kb);
+                wb[size_t(o * Kb + K)] = bias[size_t(o)];
             }
             ConvWeight cw;
             cw.cout = int(cout), cw.cin = int(cin), cw.kh = time ? 1 : k, cw.kw = time ? k : 1;
-            cw.w = put_as(gpu, w, t), cw.bias = gpu.put(bias);
+            cw.w = put_as(gpu, w, t), cw.bias = gpu.put(bias), cw.biased = put_as(gpu, wb, t);
             const DTensor xd{gpu.put(x), B, cin, H, W};
             int64_t Ho = 0, Wo = 0;
-            conv_output_size(H, W, cw, g, &Ho, &Wo);
-            for (const bool biased : {false, true}) {
-                cw.biased = put_as(gpu, wb, t);
-                Ctx ctx = gpu.ctx(t);
-                ctx.biased_conv = biased;
-                const DTensor out{gpu.arena.alloc<float>(B * cout * Ho * Wo), B, cout, Ho, Wo};
-                conv2d(ctx, xd, W, cw, g, out, Act::Gelu);
-                const auto got = gpu.get(out.p, size_t(out.numel()));
-                // The reference: the same convolution in float32 (exact inputs), then the erf GELU.
-                std::vector<double> ref(got.size());
-                for (int64_t b = 0; b < B; b++)
-                    for (int64_t o = 0; o < cout; o++)
-                        for (int64_t ho = 0; ho < Ho; ho++)
-                            for (int64_t wo = 0; wo < Wo; wo++) {
-                                double v = bias[size_t(o)];
-                                for (int64_t ci = 0; ci < cin; ci++)
-                                    for (int tap = 0; tap < k; tap++) {
-                                        const int64_t h = time ? ho : ho * g.sh - g.ph + tap;
-                                        const int64_t ww = time ? wo * g.sw - g.pw + tap : wo;
-                                        if (h < 0 || h >= H || ww < 0 || ww >= W) continue;
-                                        v += double(w[size_t(o * K + ci * k + tap)]) *
-                                             x[size_t(((b * cin + ci) * H + h) * W + ww)];
-                                    }
-                                ref[size_t(((b * cout + o) * Ho + ho) * Wo + wo)] =
-                                    0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0)));
-                            }
-                const double unit = t == DType::F16 ? 0x1p-11 : 0x1p-8;
-                EXPECT_LE(rel(got, ref), 2 * unit) << dtype_name(t) << (time ? " time " : " freq ") << W
-                                                   << (biased ? " biased" : "");
-            }
+            conv_output_size(H, Wl, cw, g, &Ho, &Wo);
+            const bool aligned = Ho * Wo % 4 == 0;
+            for (const bool biased : {false, true})
+                for (const Act act : {Act::Gelu, Act::None}) {
+                    Ctx ctx = gpu.ctx(t);
+                    ctx.biased_conv = biased;
+                    EXPECT_EQ(conv2d_bias_in_gemm(ctx, xd, Wl, cw, g), biased && aligned);
+                    if (biased && aligned && act == Act::Gelu) {  // the epilogue is there for this shape
+                        Ctx dry = ctx;
+                        dry.dry = true;
+                        void* cols = gpu.arena.alloc_bytes(size_t(B * Kb * Wo * Ho) * 2 + 256);
+                        float* y = gpu.arena.alloc<float>(B * cout * Ho * Wo);
+                        EXPECT_TRUE(gemm_act_lt(dry, cout, Ho * Wo, Kb, {cw.biased, Kb, 0},
+                                                {cols, Ho * Wo, Kb * Ho * Wo}, y, Ho * Wo, cout * Ho * Wo, B, act))
+                            << dtype_name(t) << " no cuBLASLt GELU epilogue for the shape";
+                    }
+                    const DTensor out{gpu.arena.alloc<float>(B * cout * Ho * Wo), B, cout, Ho, Wo};
+                    conv2d(ctx, xd, Wl, cw, g, out, act);
+                    const auto got = gpu.get(out.p, size_t(out.numel()));
+                    std::vector<double> ref(got.size());
+                    for (int64_t b = 0; b < B; b++)
+                        for (int64_t o = 0; o < cout; o++)
+                            for (int64_t ho = 0; ho < Ho; ho++)
+                                for (int64_t wo = 0; wo < Wo; wo++) {
+                                    double v = bias[size_t(o)];
+                                    for (int64_t ci = 0; ci < cin; ci++)
+                                        for (int tap = 0; tap < k; tap++) {
+                                            const int64_t h = time ? ho : ho * g.sh - g.ph + tap;
+                                            const int64_t ww = time ? wo * g.sw - g.pw + tap : wo;
+                                            if (h < 0 || h >= H || ww < 0 || ww >= W) continue;  // zeros past W too
+                                            v += double(w[size_t(o * K + ci * k + tap)]) *
+                                                 x[size_t(((b * cin + ci) * H + h) * W + ww)];
+                                        }
+                                    ref[size_t(((b * cout + o) * Ho + ho) * Wo + wo)] =
+                                        act == Act::Gelu ? 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0))) : v;
+                                }
+                    const double unit = t == DType::F16 ? 0x1p-11 : 0x1p-8;
+                    EXPECT_LE(rel(got, ref), 2 * unit) << dtype_name(t) << (time ? " time " : " freq ") << W
+                                                       << (biased ? " biased" : "")
+                                                       << (act == Act::Gelu ? " gelu" : " none");
+                }
         }
 }
 

@@ -21,9 +21,12 @@ inline const char* clip_name(fastdemucs::ClipMode clip) {
 inline void expect_pcm16_equals_converted(const fastdemucs::Separator& sep, const fastdemucs::Audio& mix,
                                           const fastdemucs::SeparateParams& p, const std::string& what) {
     using fastdemucs::ClipMode;
-    // The first call of a fresh GPU separator may run its last batch eagerly
-    // at its own size (the graph of the full batch then exists): stems equal
-    // to float rounding only. Every later call replays the same forwards.
+    // A fresh GPU separator's first calls run a short last batch eagerly at
+    // its own size (no graph of the full batch yet), then as the full batch's
+    // graph, then with a graph of its own (a process's next track): stems
+    // equal to float rounding only. From the third call every call replays
+    // the same graphs.
+    sep.separate(mix, p);
     sep.separate(mix, p);
     const fastdemucs::Stems floats = sep.separate(mix, p);
     const int S = static_cast<int>(floats.names.size());

@@ -140,6 +140,15 @@ void conv2d_biased(const Ctx& ctx, const DTensor& x, const ConvWeight& w, const 
 
 }  // namespace
 
+bool conv2d_bias_in_gemm(const Ctx& ctx, const DTensor& x, int64_t Wl, const ConvWeight& w, ConvGeom g) {
+    g.kh = w.kh, g.kw = w.kw;
+    int64_t Ho = 0, Wo = 0;
+    conv_output_size(x.h, Wl, w, g, &Ho, &Wo);
+    const bool stride1_taps = g.sh == 1 && g.sw == 1 && Wl == x.w && int64_t(w.kh) * w.kw > 1;
+    return !(ctx.gemm != DType::F32 && ctx.implicit_conv && !(ctx.shifted_conv && stride1_taps)) &&
+           !(ctx.shifted_conv && stride1_taps) && conv2d_biased_takes(ctx, x, Wl, w, g, Ho * Wo);
+}
+
 void conv2d(const Ctx& ctx, const DTensor& x, int64_t Wl, const ConvWeight& w, ConvGeom g, const DTensor& out,
             Act act) {
     g.kh = w.kh, g.kw = w.kw;

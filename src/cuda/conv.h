@@ -57,6 +57,9 @@ void conv_output_size(int64_t H, int64_t Wl, const ConvWeight& w, const ConvGeom
 // must have the shape conv_output_size gives.
 void conv2d(const Ctx& ctx, const DTensor& x, int64_t Wl, const ConvWeight& w, ConvGeom g, const DTensor& out,
             Act act);
+// Whether conv2d carries the bias through the GEMM (w.biased, float16 /
+// bfloat16, output rows of 16 bytes; conv.cpp: conv2d_biased), for tests.
+bool conv2d_bias_in_gemm(const Ctx& ctx, const DTensor& x, int64_t Wl, const ConvWeight& w, ConvGeom g);
 
 // out [B, C, Ho, Wo] = GLU over channels of conv(x) + bias (w has 2C outputs;
 // stride-1 geometry over x's own width) with the convolution's result

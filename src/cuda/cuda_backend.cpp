@@ -406,17 +406,23 @@ public:
 
     // Makes the download ring (cuda/download_ring.h: 6 page-locked slots of
     // 8 MB, copied out by up to 8 threads) on a thread; ring_pending_ gives
-    // it, or the error that prevented it.
-    void start_download_ring() {
+    // it, or the error that prevented it. Never throws: where no thread can
+    // start, ring_pending_ stays empty (the track takes the locked path).
+    void start_download_ring() noexcept {
         const int device = device_;
-        ring_pending_ = std::async(std::launch::async, [device] {
-            struct ClearError {  // a failure leaves no CUDA error behind for the next call
-                ~ClearError() { cudaGetLastError(); }
-            } clear;
-            FD_CUDA(cudaSetDevice(device));
-            const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-            return std::make_unique<DownloadRing>(device, size_t(8) << 20, 6, int(std::min(cores / 2, 8u)));
-        });
+        try {
+            ring_pending_ = std::async(std::launch::async, [device] {
+                struct ClearError {  // a failure leaves no CUDA error behind for the next call
+                    ~ClearError() { cudaGetLastError(); }
+                } clear;
+                FD_CUDA(cudaSetDevice(device));
+                const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+                return std::make_unique<DownloadRing>(device, size_t(8) << 20, 6, int(std::min(cores / 2, 8u)));
+            });
+        } catch (const std::exception& e) {
+            ring_pending_ = {};
+            trace_point((std::string("cuda: no download ring (") + e.what() + ")").c_str());
+        }
     }
 
     // The forward at the batch size a long track gets, captured as a CUDA
@@ -430,7 +436,7 @@ public:
         // The download ring's 48 MB are page-locked on a thread of their own
         // meanwhile (~10-25 ms of host time a process: made by the first
         // track, they held back its first batch).
-        if (!download_ring_ && !ring_pending_.valid() && download_ring_wanted()) start_download_ring();
+        if (!download_ring_ && !ring_pending_.valid() && download_ring_wanted()) start_download_ring();  // never throws
         const int batch = max_batch();
         ensure_workspace(batch);
         Ctx ctx = ctx_;
@@ -680,10 +686,12 @@ private:
         if (pin && download_ring_wanted()) {
             if (!download_ring_) {
                 if (!ring_pending_.valid()) start_download_ring();
-                try {
-                    download_ring_ = ring_pending_.get();
-                } catch (const std::exception& e) {  // no page-locked memory or thread: the locked path
-                    trace_point((std::string("cuda: no download ring (") + e.what() + ")").c_str());
+                if (ring_pending_.valid()) {
+                    try {
+                        download_ring_ = ring_pending_.get();
+                    } catch (const std::exception& e) {  // no page-locked memory or thread: the locked path
+                        trace_point((std::string("cuda: no download ring (") + e.what() + ")").c_str());
+                    }
                 }
             }
             ring = download_ring_.get();
@@ -750,6 +758,7 @@ private:
 
         Ctx ctx = ctx_;
         ctx.arena = &arena_;
+        std::set<int> short_met;  // short batch sizes this track meets (short_batch_size)
         for (size_t s = 0; s < cuts.size(); s++) {
             const Cut& cut = cuts[s];
             g.view_start = cut.start;
@@ -765,7 +774,7 @@ private:
             int slot = 0;
             for (int64_t first = 0; first < jobs; first += batch) {
                 const int n = static_cast<int>(std::min<int64_t>(batch, jobs - first));
-                const int run = n < batch && first > 0 ? short_batch_size(ctx, n, batch) : n;
+                const int run = n < batch && first > 0 ? short_batch_size(ctx, n, batch, short_met) : n;
                 const Io io = alloc_io(ctx, run);
                 gather_chunks(stream, track, C, g, first, n, io.in);
                 timeline.mark("chunks " + std::to_string(first) + "+" + std::to_string(n) + " gathered", stream);
@@ -788,6 +797,7 @@ private:
                 finish_shift(stream, view, pitch, cut.skip, sum_weight, SC, 0, L, step, st, acc, L);
             }
         }
+        short_batches_met_.insert(short_met.begin(), short_met.end());
         trace_point("cuda: every batch queued");
         timeline.mark("every batch done", stream);
         if (done != L) throw Error("internal error: the track was not finished whole");
@@ -969,26 +979,42 @@ private:
     }
 
     // The chunks a short last batch of n runs as (after full batches of
-    // `batch`). The first time this process meets n: as the full batch,
-    // replaying its graph (the spare slots hold the previous batch's chunks;
-    // items are independent and their outputs unused), since an eager
-    // forward or a graph of n costs host time with the GPU waiting (new
-    // GEMM shapes, cuDNN plans, the capture: ~0.1-0.4 s, against ~2 ms of
-    // GPU time for 7 of 8 chunks). From the second time (a catalogue's next
-    // track) n gets a graph of its own.
-    int short_batch_size(const Ctx& ctx, int n, int batch) {
+    // `batch`). In the first track of this process that meets n: as the
+    // full batch, replaying its graph (the spare slots hold the previous
+    // batch's chunks; items are independent and their outputs unused), since
+    // an eager forward or a graph of n costs host time with the GPU waiting
+    // (new GEMM shapes, cuDNN plans, the capture: ~0.1-0.4 s, against ~2 ms
+    // of GPU time for 7 of 8 chunks). From the next track (a catalogue's) n
+    // gets a graph of its own. `met`: the sizes this track has met (added
+    // to short_batches_met_ when it ends, so a track's later shifts do not
+    // count as a next track).
+    int short_batch_size(const Ctx& ctx, int n, int batch, std::set<int>& met) {
         if (!graphs_enabled_ || tap_ || graphs_.count(n)) return n;
         if (!graphs_.count(batch)) return n;
-        if (short_batches_met_.insert(n).second) return batch;
+        if (!short_batches_met_.count(n) || no_graph_.count(n)) {
+            met.insert(n);
+            return batch;
+        }
         if (measure(n) > workspace_.bytes()) return batch;  // never expected: fewer chunks, less memory
-        if (cudnn_attention_) cudnn_attention_->prepare(n);
-        capture(ctx, n);  // on failure graphs are off and n runs eagerly
+        if (cudnn_attention_) {
+            // A dry run of n notes its attention shapes for prepare() (an
+            // earlier one's may have been planned away by another size's).
+            measured_.erase(n);
+            measure(n);
+            cudnn_attention_->prepare(n);
+        }
+        // A capture that fails here leaves the other graphs on: n replays the full batch's.
+        if (!capture(ctx, n, false)) {
+            no_graph_.insert(n);
+            return batch;
+        }
         return n;
     }
 
     // Records the forward of `batch` chunks as a CUDA graph (nothing runs).
-    // On failure graphs are off from now on and the forward runs eagerly.
-    void capture(const Ctx& ctx, int batch) {
+    // On failure false, and with `graphs_off_on_failure` graphs are off from
+    // now on (the forward runs eagerly).
+    bool capture(const Ctx& ctx, int batch, bool graphs_off_on_failure = true) {
         const cudaStream_t stream = ctx.stream;
         cudaGraph_t graph = nullptr;
         cudaGraphExec_t exec = nullptr;
@@ -1012,12 +1038,17 @@ private:
             FD_CUDA(err);
         } catch (const Error& e) {
             // The eager path reports real errors itself.
+            if (!graphs_off_on_failure) {
+                trace_point(("cuda: no graph of " + std::to_string(batch) + " (" + e.what() + ")").c_str());
+                return false;
+            }
             std::fprintf(stderr, "fastdemucs: CUDA graph capture failed (%s); running without graphs\n", e.what());
             graphs_enabled_ = false;
-            return;
+            return false;
         }
         graphs_[batch] = exec;
         if (trace_enabled()) trace_point(("cuda: graph of " + std::to_string(batch) + " captured").c_str());
+        return true;
     }
 
     // --------------------------------------------------------------- the forward
@@ -1625,7 +1656,8 @@ private:
     std::map<int, size_t> measured_;
     std::map<int, cudaGraphExec_t> graphs_;
     std::set<int> eager_done_;
-    std::set<int> short_batches_met_;  // short last batches met so far (short_batch_size)
+    std::set<int> short_batches_met_;  // short last batches met by earlier tracks (short_batch_size)
+    std::set<int> no_graph_;           // short batch sizes whose capture failed (they replay the full graph)
 };
 
 }  // namespace
