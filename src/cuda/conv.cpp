@@ -140,13 +140,23 @@ void conv2d_biased(const Ctx& ctx, const DTensor& x, const ConvWeight& w, const 
 
 }  // namespace
 
+// The ways conv2d computes a convolution, in the order it tries them.
+enum class ConvPath { Implicit, Shifted, Biased, Gemm };
+
+// g with the weight's kernel size; Ho, Wo set.
+ConvPath conv2d_path(const Ctx& ctx, const DTensor& x, int64_t Wl, const ConvWeight& w, const ConvGeom& g,
+                     int64_t Ho, int64_t Wo) {
+    const bool stride1_taps = g.sh == 1 && g.sw == 1 && Wl == x.w && int64_t(w.kh) * w.kw > 1;
+    if (ctx.shifted_conv && stride1_taps) return ConvPath::Shifted;
+    if (ctx.gemm != DType::F32 && ctx.implicit_conv) return ConvPath::Implicit;
+    return conv2d_biased_takes(ctx, x, Wl, w, g, Ho * Wo) ? ConvPath::Biased : ConvPath::Gemm;
+}
+
 bool conv2d_bias_in_gemm(const Ctx& ctx, const DTensor& x, int64_t Wl, const ConvWeight& w, ConvGeom g) {
     g.kh = w.kh, g.kw = w.kw;
     int64_t Ho = 0, Wo = 0;
     conv_output_size(x.h, Wl, w, g, &Ho, &Wo);
-    const bool stride1_taps = g.sh == 1 && g.sw == 1 && Wl == x.w && int64_t(w.kh) * w.kw > 1;
-    return !(ctx.gemm != DType::F32 && ctx.implicit_conv && !(ctx.shifted_conv && stride1_taps)) &&
-           !(ctx.shifted_conv && stride1_taps) && conv2d_biased_takes(ctx, x, Wl, w, g, Ho * Wo);
+    return conv2d_path(ctx, x, Wl, w, g, Ho, Wo) == ConvPath::Biased;
 }
 
 void conv2d(const Ctx& ctx, const DTensor& x, int64_t Wl, const ConvWeight& w, ConvGeom g, const DTensor& out,
@@ -158,13 +168,12 @@ void conv2d(const Ctx& ctx, const DTensor& x, int64_t Wl, const ConvWeight& w, C
     ArenaScope scope(*ctx.arena);
     const DType dt = ctx.gemm;
     const int64_t B = x.b, cin = x.c, cout = w.cout, taps = int64_t(w.kh) * w.kw;
-
-    const bool stride1_taps = g.sh == 1 && g.sw == 1 && Wl == x.w && taps > 1;
-    if (dt != DType::F32 && ctx.implicit_conv && !(ctx.shifted_conv && stride1_taps)) {
+    const ConvPath path = conv2d_path(ctx, x, Wl, w, g, Ho, Wo);
+    if (path == ConvPath::Implicit) {
         implicit_conv2d(ctx, dt, x.p, B, cin, x.h, x.w, w.w, w.bias, cout, g, Ho, Wo, out.p, act);
         return;
     }
-    if (ctx.shifted_conv && stride1_taps) {
+    if (path == ConvPath::Shifted) {
         if (!w.taps) throw Error("internal error: conv2d needs the per-tap weights");
         // Shifted GEMMs over planes padded to [Hp, Wp] (+ a tail read by the last shifts).
         const int64_t Hp = x.h + 2 * g.ph, Wp = x.w + 2 * g.pw;
@@ -184,12 +193,14 @@ void conv2d(const Ctx& ctx, const DTensor& x, int64_t Wl, const ConvWeight& w, C
         crop_bias_act(ctx, full, out.p, w.bias, B, cout, Ho, Wp, Wo, act);
         return;
     }
+    if (path == ConvPath::Biased) {
+        conv2d_biased(ctx, x, w, g, Ho, Wo, out.p, act);
+        return;
+    }
     // The GEMM straight into the output when its rows need no padding, else
     // into a padded float32 buffer that the bias pass crops.
     const int64_t N = Ho * Wo, ld = gemm_ld(ctx, N);
-    if (conv2d_biased_takes(ctx, x, Wl, w, g, N)) {
-        conv2d_biased(ctx, x, w, g, Ho, Wo, out.p, act);
-    } else if (ld == N) {
+    if (ld == N) {
         conv2d_gemm(ctx, x, Wl, w, g, Ho, Wo, out.p, DType::F32, N);
         bias_act(ctx, out.p, out.p, DType::F32, w.bias, B, cout, N, act);
     } else {

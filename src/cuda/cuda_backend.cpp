@@ -683,7 +683,7 @@ private:
         // The copies go through the backend's download ring (cuda/download_ring.h)
         // unless FASTDEMUCS_DOWNLOAD_RING=0 (the output page-locked, as before it).
         DownloadRing* ring = nullptr;
-        if (pin && download_ring_wanted()) {
+        if (download_ring_wanted()) {  // (never without pinning)
             if (!download_ring_) {
                 if (!ring_pending_.valid()) start_download_ring();
                 if (ring_pending_.valid()) {
@@ -996,13 +996,7 @@ private:
             return batch;
         }
         if (measure(n) > workspace_.bytes()) return batch;  // never expected: fewer chunks, less memory
-        if (cudnn_attention_) {
-            // A dry run of n notes its attention shapes for prepare() (an
-            // earlier one's may have been planned away by another size's).
-            measured_.erase(n);
-            measure(n);
-            cudnn_attention_->prepare(n);
-        }
+        if (cudnn_attention_) cudnn_attention_->prepare(n);  // the shapes measure(n)'s dry run met
         // A capture that fails here leaves the other graphs on: n replays the full batch's.
         if (!capture(ctx, n, false)) {
             no_graph_.insert(n);

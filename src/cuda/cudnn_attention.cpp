@@ -379,10 +379,17 @@ bool CudnnAttention::run(const Ctx& ctx, const AttentionArgs& a, float scale) {
 
 void CudnnAttention::prepare(int64_t batch) {
     if (!impl_->handle || impl_->wanted.empty()) return;
+    // This size's shapes leave `wanted`; other sizes' stay for their own
+    // prepare() (a graph captured later, at a short batch's size).
     std::vector<std::pair<PlanKey, AttentionArgs>> jobs;
-    for (const auto& [key, args] : impl_->wanted)
-        if (args.B == batch) jobs.emplace_back(key, args);
-    impl_->wanted.clear();  // other batch sizes are planned by run() if they ever run
+    for (auto it = impl_->wanted.begin(); it != impl_->wanted.end();) {
+        if (it->second.B != batch) {
+            ++it;
+            continue;
+        }
+        if (!impl_->plans.count(it->first)) jobs.emplace_back(*it);  // (run() may have planned it since)
+        it = impl_->wanted.erase(it);
+    }
     if (jobs.empty()) return;
     // Plans stored by an earlier process first, one after the other on the
     // main handle (Impl::load_plan says why not in parallel).

@@ -177,6 +177,30 @@ std::optional<cublasLtMatmulAlgo_t> lt_algo(LtState& lt, cublasLtHandle_t handle
     return chosen;
 }
 
+// The current device and its cuBLASLt handle; null where cuBLASLt is missing.
+cublasLtHandle_t lt_handle(LtState& lt, int* device) {
+    if (!lt.api) return nullptr;
+    FD_CUDA(cudaGetDevice(device));
+    return lt.handle(*device);
+}
+
+// D = A B (alpha 1, beta 0) for a product made on `handle`, with the
+// heuristic's algorithm for `key` (a, b, d: cuBLASLt's A, B and D, whose
+// alignments join the key). False, doing nothing, where there is none; in
+// dry mode only the answer.
+bool lt_matmul(const Ctx& ctx, LtState& lt, cublasLtHandle_t handle, const LtProduct& product,
+               std::vector<int64_t> key, const void* a, const void* b, void* d) {
+    // Dry runs see the real runs' offsets into the arena: the same alignments, the same answer.
+    const std::optional<cublasLtMatmulAlgo_t> algo = lt_algo(lt, handle, product, std::move(key), a, b, d);
+    if (!algo) return false;
+    if (ctx.dry) return true;
+    ProfileSpan span(ctx, ProfKind::Gemm);
+    const float alpha = 1.0f, beta = 0.0f;
+    FD_CUBLAS(lt.api->cublasLtMatmul(handle, product.desc, &alpha, a, product.a, b, product.b, &beta, d, product.d, d,
+                                     product.d, &*algo, nullptr, 0, ctx.stream));
+    return true;
+}
+
 }  // namespace
 
 double gemm_host_seconds() { return 1e-9 * double(g_gemm_host_ns.load()); }
@@ -218,24 +242,13 @@ bool linear_bias_as(const Ctx& ctx, const void* x, int64_t rows, int64_t in, con
         in <= 0 || out <= 0 || act == Act::Relu || (act == Act::Gelu && !ctx.gelu_epilogue))
         return false;
     LtState& lt = lt_state();
-    if (!lt.api) return false;
     int device = 0;
-    FD_CUDA(cudaGetDevice(&device));
-    const cublasLtHandle_t handle = lt.handle(device);
+    const cublasLtHandle_t handle = lt_handle(lt, &device);
     if (!handle) return false;
     LtProduct product(*lt.api);
     const cublasLtEpilogue_t epilogue = act == Act::Gelu ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS;
-    if (!product.make(yt, rows, in, out, bias, epilogue)) return false;
-    // Dry runs see the real runs' offsets into the arena: the same alignments, the same answer.
-    const std::optional<cublasLtMatmulAlgo_t> algo =
-        lt_algo(lt, handle, product, {device, int64_t(yt), rows, in, out, int64_t(epilogue), 0}, w, x, y);
-    if (!algo) return false;
-    if (ctx.dry) return true;
-    ProfileSpan span(ctx, ProfKind::Gemm);
-    const float alpha = 1.0f, beta = 0.0f;
-    FD_CUBLAS(lt.api->cublasLtMatmul(handle, product.desc, &alpha, w, product.a, x, product.b, &beta, y, product.d, y,
-                                     product.d, &*algo, nullptr, 0, ctx.stream));
-    return true;
+    return product.make(yt, rows, in, out, bias, epilogue) &&
+           lt_matmul(ctx, lt, handle, product, {device, int64_t(yt), rows, in, out, int64_t(epilogue), 0}, w, x, y);
 }
 
 bool gemm_act_lt(const Ctx& ctx, int64_t m, int64_t n, int64_t k, const GemmOperand& a, const GemmOperand& b,
@@ -244,26 +257,17 @@ bool gemm_act_lt(const Ctx& ctx, int64_t m, int64_t n, int64_t k, const GemmOper
         batch <= 0 || a.ld < k || b.ld < n || ldy < n)
         return false;
     LtState& lt = lt_state();
-    if (!lt.api) return false;
     int device = 0;
-    FD_CUDA(cudaGetDevice(&device));
-    const cublasLtHandle_t handle = lt.handle(device);
+    const cublasLtHandle_t handle = lt_handle(lt, &device);
     if (!handle) return false;
     LtProduct product(*lt.api);
     const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_GELU;
-    if (!product.make_batched(ctx.gemm, m, n, k, a.ld, b.ld, b.stride, ldy, stride_y, batch, epilogue)) return false;
-    // The input (B) is cuBLASLt's A here (make_batched).
-    const std::optional<cublasLtMatmulAlgo_t> algo =
-        lt_algo(lt, handle, product,
-                {device, int64_t(ctx.gemm), m, n, k, int64_t(epilogue), 1, a.ld, b.ld, b.stride, ldy, stride_y, batch},
-                b.ptr, a.ptr, y);
-    if (!algo) return false;
-    if (ctx.dry) return true;
-    ProfileSpan span(ctx, ProfKind::Gemm);
-    const float alpha = 1.0f, beta = 0.0f;
-    FD_CUBLAS(lt.api->cublasLtMatmul(handle, product.desc, &alpha, b.ptr, product.a, a.ptr, product.b, &beta, y,
-                                     product.d, y, product.d, &*algo, nullptr, 0, ctx.stream));
-    return true;
+    // The input (b) is cuBLASLt's A here, the weight (a) its B (make_batched).
+    return product.make_batched(ctx.gemm, m, n, k, a.ld, b.ld, b.stride, ldy, stride_y, batch, epilogue) &&
+           lt_matmul(ctx, lt, handle, product,
+                     {device, int64_t(ctx.gemm), m, n, k, int64_t(epilogue), 1, a.ld, b.ld, b.stride, ldy, stride_y,
+                      batch},
+                     b.ptr, a.ptr, y);
 }
 
 void warm_up_gemm_library(DType operand) {

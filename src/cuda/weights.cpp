@@ -30,13 +30,15 @@ bool tap_major_copy(const std::string& name, const std::vector<int64_t>& shape, 
     return shifted && name.find(".dconv.layers.") != std::string::npos && ends_with(name, ".0.weight");
 }
 
-// The encoders' conv weights (encoder.N.conv / tencoder.N.conv, with a bias)
-// that get a copy with their bias as a column, in float16 / bfloat16.
-bool biased_copy(const std::string& name, const std::vector<int64_t>& shape, const HTDemucsModel& model, DType gemm) {
-    if (gemm == DType::F32 || shape.size() < 3 || !ends_with(name, ".conv.weight")) return false;
-    if (name.rfind("encoder.", 0) != 0 && name.rfind("tencoder.", 0) != 0) return false;
+// The bias of an encoder conv weight (encoder.N.conv / tencoder.N.conv)
+// that gets a copy with its bias as a column, in float16 / bfloat16; null
+// for every other weight.
+const std::vector<float>* biased_copy_bias(const std::string& name, const std::vector<int64_t>& shape,
+                                           const HTDemucsModel& model, DType gemm) {
+    if (gemm == DType::F32 || shape.size() < 3 || !ends_with(name, ".conv.weight")) return nullptr;
+    if (name.rfind("encoder.", 0) != 0 && name.rfind("tencoder.", 0) != 0) return nullptr;
     const auto bias = model.weights.find(name.substr(0, name.size() - 6) + "bias");
-    return bias != model.weights.end() && bias->second.numel() == shape[0];
+    return bias != model.weights.end() && bias->second.numel() == shape[0] ? &bias->second.data : nullptr;
 }
 
 // A float32 staging image on the device converted into `out` (operand type).
@@ -76,9 +78,10 @@ DeviceWeights::DeviceWeights(const HTDemucsModel& model, DType gemm, bool with_t
     std::vector<float> biased;
     for (const auto& kv : model.weights) {
         Entry& e = entries_.at(kv.first);
-        if (!biased_copy(kv.first, e.shape, model, gemm)) continue;
+        const std::vector<float>* bias = biased_copy_bias(kv.first, e.shape, model, gemm);
+        if (!bias) continue;
+        const std::vector<float>& b = *bias;
         const int64_t cout = e.shape[0], K = kv.second.numel() / cout, Kb = biased_columns(K);
-        const std::vector<float>& b = model.weights.at(kv.first.substr(0, kv.first.size() - 6) + "bias").data;
         e.biased = int64_t(biased.size());
         biased.resize(size_t(aligned(e.biased + cout * Kb)), 0.0f);
         for (int64_t o = 0; o < cout; o++) {
