@@ -476,6 +476,34 @@ void conv_glu_case(DType t, int kh, int kw, int64_t H, int64_t W) {
     EXPECT_FALSE(conv2d_glu(f32, in, cw, g, out));  // float32 keeps conv2d + glu
 }
 
+// The GLU pass adding the frequency embedding (the first encoder's rewrite)
+// gives the very floats of the GLU followed by add_freq_embedding's pass:
+// float32 and float16 inputs, rows padded or not, T a multiple of 8 (the
+// vector path) or not (the GLU's scalar path, then the embedding's pass).
+TEST(KernelsCuda, GluAddsTheFrequencyEmbeddingAsItsOwnPassDoes) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    Gpu gpu;
+    const int64_t B = 2, C = 3, F = 5;
+    for (DType t : {DType::F32, DType::F16})
+        for (int64_t T : {16, 13})
+            for (int64_t pad : {0, 8}) {
+                const int64_t inner = F * T, ld = inner + pad;
+                const std::vector<float> x = random(size_t(B * 2 * C * ld), 61);
+                const std::vector<float> bias = random(size_t(2 * C), 62);
+                const std::vector<float> table = random(size_t(F * C), 63);
+                const void* xd = put_as(gpu, x, t);
+                FreqEmbedding emb;
+                emb.table = gpu.put(table), emb.F = F, emb.T = T, emb.k = 0.2f, emb.s = 10.0f;
+                float* fused = gpu.arena.alloc<float>(B * C * inner);
+                float* apart = gpu.arena.alloc<float>(B * C * inner);
+                glu(gpu.ctx(t), xd, t, ld, fused, B, C, inner, gpu.put(bias), &emb);
+                glu(gpu.ctx(t), xd, t, ld, apart, B, C, inner, gpu.put(bias));
+                add_freq_embedding(gpu.ctx(t), apart, B, C, emb);
+                EXPECT_EQ(gpu.get(fused, size_t(B * C * inner)), gpu.get(apart, size_t(B * C * inner)))
+                    << dtype_name(t) << " T " << T << " pad " << pad;
+            }
+}
+
 // conv_glu (the rewrites' implicit GEMM with the GLU on its accumulators):
 // GLU(conv(x + skip) + bias) against the double reference. The operands are
 // exact in the operand type and so are x + skip (|k| / 64 <= 3) and every
@@ -1216,16 +1244,16 @@ TEST(KernelsCuda, TensorCoreRowResidentDConvFit) {
 }
 
 // The staged upload, in pieces smaller than a row (several per row, a short
-// last one; each piece split among 3 copying threads) through both halves,
-// into a pitched destination: every value
-// lands once, the padding between rows is untouched. Called twice: the
-// halves' events are reused.
+// last one; each piece split among 3 copying threads) through 4 slots (9
+// pieces: the slots are refilled after their copies' events), into a
+// pitched destination: every value lands once, the padding between rows is
+// untouched. Called twice: the slots and their events are reused.
 TEST(KernelsCuda, StagedUploadCopiesEveryPiece) {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
     Gpu gpu;
     const size_t rows = 3, width = 25000, spitch = 25003, dpitch = 25100;
     const std::vector<float> src = random(rows * spitch, 41);
-    UploadStaging staging(10000, 3);
+    UploadStaging staging(10000, 4, 3);
     for (int round = 0; round < 2; round++) {
         std::vector<float> canary(rows * dpitch, -7.0f);
         float* dst = gpu.put(canary);

@@ -216,7 +216,7 @@ bool conv2d_glu_takes(const Ctx& ctx, const ConvWeight& w, const ConvGeom& g) {
 }
 
 bool conv2d_glu(const Ctx& ctx, const DTensor& x, const ConvWeight& w, ConvGeom g, const DTensor& out,
-                const void* x_operand) {
+                const void* x_operand, const FreqEmbedding* emb) {
     g.kh = w.kh, g.kw = w.kw;
     if (!conv2d_glu_takes(ctx, w, g)) return false;
     int64_t Ho = 0, Wo = 0;
@@ -227,7 +227,7 @@ bool conv2d_glu(const Ctx& ctx, const DTensor& x, const ConvWeight& w, ConvGeom 
     const int64_t N = Ho * Wo, ld = gemm_ld(ctx, N);
     void* y = ctx.arena->alloc_bytes(size_t(x.b * w.cout * ld) * dtype_bytes(ctx.gemm));
     conv2d_gemm(ctx, x, x.w, w, g, Ho, Wo, y, ctx.gemm, ld, x_operand);
-    glu(ctx, y, ctx.gemm, ld, out.p, x.b, out.c, N, w.bias);
+    glu(ctx, y, ctx.gemm, ld, out.p, x.b, out.c, N, w.bias, emb);
     return true;
 }
 

@@ -70,10 +70,11 @@ bool conv2d_bias_in_gemm(const Ctx& ctx, const DTensor& x, int64_t Wl, const Con
 // x_operand (or null): a pointwise conv's input already as its GEMM operand
 // (ctx.gemm, planes of operand_ld(ctx, x.h * x.w)); ignored by the im2col
 // path and wherever conv2d_glu returns false.
+// emb (or null): a frequency embedding the GLU's pass adds (glu()).
 // conv2d_glu_takes: whether it applies in this context (it returns true).
 bool conv2d_glu_takes(const Ctx& ctx, const ConvWeight& w, const ConvGeom& g);
 bool conv2d_glu(const Ctx& ctx, const DTensor& x, const ConvWeight& w, ConvGeom g, const DTensor& out,
-                const void* x_operand = nullptr);
+                const void* x_operand = nullptr, const FreqEmbedding* emb = nullptr);
 
 // The row stride of a GEMM operand of n columns (x [B, C, H, W] as [B * C, ld]
 // with n = H * W): n in float32, n rounded up to 8 values (16 bytes) in

@@ -1,10 +1,46 @@
 #include "cuda/copy_pool.h"
 
+#include <emmintrin.h>
+
 #include <algorithm>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <system_error>
 
 namespace fastdemucs::cuda {
+namespace {
+
+// memcpy with non-temporal stores: the destination's lines are written to
+// memory without being read first (a plain copy of data larger than the
+// caches moves 3 bytes for every 2: the read-for-ownership of each
+// destination line), and what is copied does not evict the caches. Both
+// ends here are large and read next by someone else (a DMA, the caller).
+void copy_streaming(char* dst, const char* src, size_t n) {
+    const size_t head = std::min(n, size_t((16 - reinterpret_cast<uintptr_t>(dst) % 16) % 16));
+    std::memcpy(dst, src, head);
+    dst += head, src += head, n -= head;
+    size_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+        const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 16));
+        const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 32));
+        const __m128i d = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 48));
+        _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), a);
+        _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 16), b);
+        _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 32), c);
+        _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 48), d);
+    }
+    std::memcpy(dst + i, src + i, n - i);
+    _mm_sfence();  // the streamed stores are visible before the copy is reported done
+}
+
+bool streaming_wanted() {
+    const char* v = std::getenv("FASTDEMUCS_STREAMING_COPY");
+    return !(v && std::strcmp(v, "0") == 0);
+}
+
+}  // namespace
 
 CopyPool::CopyPool(int threads) {
     try {
@@ -51,7 +87,12 @@ void CopyPool::copy(void* dst, const void* src, size_t bytes) {
 
 void CopyPool::copy_share(size_t i) const {
     const size_t at = i * share_;
-    if (at < bytes_) std::memcpy(dst_ + at, src_ + at, std::min(share_, bytes_ - at));
+    static const bool streaming = streaming_wanted();
+    if (at >= bytes_) return;
+    if (streaming)
+        copy_streaming(dst_ + at, src_ + at, std::min(share_, bytes_ - at));
+    else
+        std::memcpy(dst_ + at, src_ + at, std::min(share_, bytes_ - at));
 }
 
 void CopyPool::serve(size_t i) {

@@ -2,7 +2,9 @@
 // machine (16 cores) one thread copies ~6 GB/s, 12 threads 45-65 GB/s
 // (bench/host_copy_rate), and starting threads for each 8 MB piece cost as
 // much as the copies themselves. Used by the track's upload staging and
-// download ring; one copy at a time per pool.
+// download ring; one copy at a time per pool. The copies use non-temporal
+// stores (no read of the destination's lines first, nothing evicted from the
+// caches; FASTDEMUCS_STREAMING_COPY=0: memcpy).
 #pragma once
 
 #include <condition_variable>

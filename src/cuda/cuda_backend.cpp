@@ -109,6 +109,7 @@
 // FASTDEMUCS_BIAS_EPILOGUE=0: the linear layers' biases in passes of their own (Ctx::bias_epilogue).
 // FASTDEMUCS_GELU_EPILOGUE=0: the feed-forward's and the encoders' exact GELU in passes of their own (Ctx::gelu_epilogue).
 // FASTDEMUCS_BIASED_CONV=0: the encoders' biases in passes of their own, not carried by their GEMMs (Ctx::biased_conv).
+// FASTDEMUCS_FUSED_FREQ_EMB=0: the frequency embedding in a pass of its own (Ctx::fuse_freq_embedding).
 // FASTDEMUCS_DOWNLOAD_RING=0: the stems copied into the caller's vector page-locked for the call
 // instead of through the ring of page-locked slots (cuda/download_ring.h).
 // FASTDEMUCS_CUDNN_AUTOTUNE=1: cuDNN's attention plans timed, the fastest kept (cuda/cudnn_attention.cpp).
@@ -129,9 +130,9 @@
 // The whole track (separate_track, engine/apply's host path on the device;
 // FASTDEMUCS_HOST_APPLY=1 forces the host path). The track is uploaded once
 // into the middle of a zero-padded buffer [C, L + 2 * max_shift] (the shift
-// padding, max_shift = int(0.5 * samplerate)), through a page-locked double
-// buffer filled by 4 threads (cuda/staging.h; FASTDEMUCS_STAGED_UPLOAD=0: a
-// pageable copy); the mono-mix statistics are a
+// padding, max_shift = int(0.5 * samplerate)), through 8 page-locked slots
+// of 8 MB filled by up to 12 threads (cuda/staging.h; made by warm_up() on a
+// thread; FASTDEMUCS_STAGED_UPLOAD=0: a pageable copy); the mono-mix statistics are a
 // device reduction in double (fixed grid: deterministic), the normalisation
 // is applied in place. For each shift (or the one unshifted view) the chunks
 // are gathered straight into the forward's input buffer in the arena
@@ -186,8 +187,9 @@
 // chunk do not fit, or exceed FASTDEMUCS_TRACK_PATH_MAX_MIB, separate_track
 // declines and engine/apply's host path streams the track through host
 // memory (the GPU holding only the workspace), so any length runs.
-// The buffers are freed when the call returns (a bag's models run one after
-// the other: each takes them in turn).
+// The buffers of a track up to 1 GiB are kept for the next call on the
+// device (kept_track_buffer; a bag's models, run one after the other, take
+// them in turn); larger ones are freed when the call returns.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -234,6 +236,32 @@ namespace {
 constexpr size_t kCublasWorkspace = size_t(32) << 20;
 
 constexpr int kDefaultBatchCap = 8;
+
+// One kept track-path buffer per device, taken by a call and given back on
+// its return, up to 1 GiB (a track of ~8 minutes of htdemucs_6s stereo
+// stems at 44.1 kHz): a bag's models, run one after the other, share it;
+// calls running at once on other threads allocate their own. release_gpus()
+// frees it before the device goes.
+std::mutex kept_mutex;
+// Never destroyed: freeing device memory during the process's exit races the runtime's own teardown.
+std::map<int, DeviceBuffer>& kept_buffers = *new std::map<int, DeviceBuffer>;
+constexpr size_t kKeptTrackBytes = size_t(1) << 30;
+
+DeviceBuffer take_kept_track_buffer(int device) {
+    std::lock_guard<std::mutex> lock(kept_mutex);
+    auto it = kept_buffers.find(device);
+    if (it == kept_buffers.end()) return {};
+    DeviceBuffer b = std::move(it->second);
+    kept_buffers.erase(it);
+    return b;
+}
+
+void keep_track_buffer(int device, DeviceBuffer&& b) {
+    if (b.bytes() > kKeptTrackBytes) return;  // (freed by the caller's buffer)
+    std::lock_guard<std::mutex> lock(kept_mutex);
+    DeviceBuffer& kept = kept_buffers[device];
+    if (kept.bytes() < b.bytes()) kept = std::move(b);
+}
 
 // FASTDEMUCS_GPU_TIMELINE=1: events at each step of the track path, printed
 // (ms since the first) once the stems are down: the GPU's own time line,
@@ -371,6 +399,7 @@ public:
         ctx_.bias_epilogue = env_string("FASTDEMUCS_BIAS_EPILOGUE") != "0";
         ctx_.gelu_epilogue = env_string("FASTDEMUCS_GELU_EPILOGUE") != "0";
         ctx_.biased_conv = env_string("FASTDEMUCS_BIASED_CONV") != "0";
+        ctx_.fuse_freq_embedding = env_string("FASTDEMUCS_FUSED_FREQ_EMB") != "0";
         ctx_.pack_from_columns = env_string("FASTDEMUCS_PACK_FROM_COLUMNS") != "0";
         staged_upload_ = env_string("FASTDEMUCS_STAGED_UPLOAD") != "0";
         ctx_.narrow_gemm_out = env_string("FASTDEMUCS_NARROW_GEMM_OUT") != "0";
@@ -405,7 +434,8 @@ public:
     }
 
     // Makes the download ring (cuda/download_ring.h: 6 page-locked slots of
-    // 8 MB, copied out by up to 8 threads) on a thread; ring_pending_ gives
+    // 8 MB, copied out by three quarters of the cores, at most 12, or
+    // FASTDEMUCS_RING_THREADS) on a thread; ring_pending_ gives
     // it, or the error that prevented it. Never throws: where no thread can
     // start, ring_pending_ stays empty (the track takes the locked path).
     void start_download_ring() noexcept {
@@ -417,11 +447,42 @@ public:
                 } clear;
                 FD_CUDA(cudaSetDevice(device));
                 const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-                return std::make_unique<DownloadRing>(device, size_t(8) << 20, 6, int(std::min(cores / 2, 8u)));
+                const int asked = std::atoi(env_string("FASTDEMUCS_RING_THREADS").c_str());
+                const int threads = asked > 0 ? asked : int(std::min(cores - cores / 4, 12u));
+                return std::make_unique<DownloadRing>(device, size_t(8) << 20, 6, threads);
             });
         } catch (const std::exception& e) {
             ring_pending_ = {};
             trace_point((std::string("cuda: no download ring (") + e.what() + ")").c_str());
+        }
+    }
+
+    // The track's upload staging (cuda/staging.h): 8 page-locked slots of
+    // 8 MB (a 3-minute stereo track whole), filled by three quarters of the
+    // cores, at most 12 (16 cores: 12 threads copy ~45-65 GB/s);
+    // FASTDEMUCS_UPLOAD_THREADS sets the count.
+    static std::unique_ptr<UploadStaging> make_upload_staging() {
+        const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+        const int asked = std::atoi(env_string("FASTDEMUCS_UPLOAD_THREADS").c_str());
+        const int threads = asked > 0 ? asked : int(std::min(cores - cores / 4, 12u));
+        return std::make_unique<UploadStaging>(size_t(2) << 20, 8, threads);
+    }
+
+    // Makes the staging on a thread (its 64 MB are page-locked meanwhile);
+    // staging_pending_ gives it or the error that prevented it. Never
+    // throws: where no thread can start, the first track makes it itself.
+    void start_upload_staging() noexcept {
+        const int device = device_;
+        try {
+            staging_pending_ = std::async(std::launch::async, [device] {
+                struct ClearError {
+                    ~ClearError() { cudaGetLastError(); }
+                } clear;
+                FD_CUDA(cudaSetDevice(device));
+                return make_upload_staging();
+            });
+        } catch (const std::exception&) {
+            staging_pending_ = {};
         }
     }
 
@@ -437,6 +498,7 @@ public:
         // meanwhile (~10-25 ms of host time a process: made by the first
         // track, they held back its first batch).
         if (!download_ring_ && !ring_pending_.valid() && download_ring_wanted()) start_download_ring();  // never throws
+        if (staged_upload_ && !staging_ && !staging_pending_.valid()) start_upload_staging();                // never throws
         const int batch = max_batch();
         ensure_workspace(batch);
         Ctx ctx = ctx_;
@@ -596,18 +658,29 @@ private:
             trace_point("cuda: the track's buffers exceed FASTDEMUCS_TRACK_PATH_MAX_MIB: host path");
             return false;
         }
-        const int batch = track_batch(bytes, max_jobs, params.batch_size);
+        // The buffers a previous track of this device left (kept_track_buffer:
+        // their cudaMalloc + cudaFree cost ~0.8 ms a call): reused when large
+        // enough, freed before the memory is counted otherwise.
+        DeviceBuffer buffer = take_kept_track_buffer(device_);
+        if (buffer.bytes() < bytes) buffer.reset();
+        const int batch = track_batch(bytes, buffer.bytes(), max_jobs, params.batch_size);
         if (batch == 0) {
             trace_point("cuda: the track's buffers do not fit the GPU: host path");
             return false;
         }
-        DeviceBuffer buffer;
-        try {
-            buffer = DeviceBuffer(bytes, "the track's buffers");
-        } catch (const Error&) {  // out of memory after all (another process, fragmentation)
-            trace_point("cuda: the track's buffers could not be allocated: host path");
-            return false;
+        if (!buffer.get()) {
+            try {
+                buffer = DeviceBuffer(bytes, "the track's buffers");
+            } catch (const Error&) {  // out of memory after all (another process, fragmentation)
+                trace_point("cuda: the track's buffers could not be allocated: host path");
+                return false;
+            }
         }
+        struct Keep {  // runs after Drain below: the streams are done with the buffers
+            DeviceBuffer& buffer;
+            int device;
+            ~Keep() { keep_track_buffer(device, std::move(buffer)); }
+        } keep{buffer, device_};
         trace_point("cuda: track buffers allocated");
         char* base = buffer.as<char>();
         float* track = reinterpret_cast<float*>(base + at_track);
@@ -639,21 +712,22 @@ private:
             FD_CUDA(cudaMemset2DAsync(track + max_shift + L, size_t(g.total) * sizeof(float), 0,
                                       size_t(max_shift) * sizeof(float), size_t(C), stream));
         }
-        if (staged_upload_) {
-            if (!staging_) {
-                // Three quarters of the cores, at most 12 (16 cores: 12 threads copy ~45 GB/s);
-                // FASTDEMUCS_UPLOAD_THREADS sets the count.
-                const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-                const int asked = std::atoi(env_string("FASTDEMUCS_UPLOAD_THREADS").c_str());
-                const int threads = asked > 0 ? asked : int(std::min(cores - cores / 4, 12u));
-                staging_ = std::make_unique<UploadStaging>(size_t(2) << 20, threads);
+        if (staged_upload_ && !staging_) {
+            try {
+                if (!staging_pending_.valid()) start_upload_staging();
+                staging_ = staging_pending_.valid() ? staging_pending_.get() : make_upload_staging();
+            } catch (const std::exception& e) {  // no page-locked memory or thread: a pageable copy
+                trace_point((std::string("cuda: no upload staging (") + e.what() + ")").c_str());
             }
+        }
+        if (staging_) {
             staging_->upload(track + max_shift, size_t(g.total), mix, size_t(L), size_t(L), size_t(C), stream);
         } else {
             FD_CUDA(cudaMemcpy2DAsync(track + max_shift, size_t(g.total) * sizeof(float), mix,
                                       size_t(L) * sizeof(float), size_t(L) * sizeof(float), size_t(C),
                                       cudaMemcpyHostToDevice, stream));
         }
+        trace_point("cuda: upload staged");
         if (params.normalize) {
             track_stats(stream, track + max_shift, C, L, g.total, partial, stats);
             track_normalize(stream, track + max_shift, C, L, g.total, stats);
@@ -825,6 +899,7 @@ private:
         timeline.mark("every copy queued", copy_stream);
         FD_CUDA(cudaStreamSynchronize(copy_stream));
         FD_CUDA(cudaStreamSynchronize(stream));
+        trace_point("cuda: streams synchronised");
         if (float_out) float_out->finish();  // the ring's copies landed (rethrows its failure)
         if (pcm16_out) pcm16_out->finish();
         timeline.print();
@@ -884,13 +959,15 @@ private:
     }
 
     // Chunks per forward for a whole track whose own buffers take
-    // `track_bytes`: as max_batch() with that memory set aside, at most the
+    // `track_bytes` (of which `track_held` already allocated, counted as
+    // free): as max_batch() with that memory set aside, at most the
     // jobs of one view and params.batch_size. Sizes the workspace for it
     // (shrinking a larger one if the track's buffers need the room); 0 when
     // the buffers and one chunk do not fit (the caller takes the host path).
-    int track_batch(size_t track_bytes, int64_t max_jobs, int batch_size) {
+    int track_batch(size_t track_bytes, size_t track_held, int64_t max_jobs, int batch_size) {
         size_t free_b = 0, total_b = 0;
         device_memory(&free_b, &total_b);
+        free_b += track_held;
         const size_t reserve = (size_t(256) << 20) + total_b / 50;
         const size_t avail = free_b + workspace_.bytes();
         const size_t one = measure(1);
@@ -1153,13 +1230,24 @@ private:
                 }
             }
             profile_block(ctx, "encoder." + std::to_string(idx));
-            x = encoder_layer(ctx, plan.encoder[idx], x, inject);
-            emit(ctx, "encoder." + std::to_string(idx), x);
-            if (idx == 0 && plan.freq_emb_rows) {
-                if (x.h != plan.freq_emb_rows || x.c != plan.freq_emb_dim)
+            // The frequency embedding after the first encoder: added by its
+            // rewrite's GLU pass where that takes it (no pass of its own),
+            // never where a tap reads the encoder's output without it.
+            FreqEmbedding emb;
+            const bool embeds = idx == 0 && plan.freq_emb_rows;
+            if (embeds) {
+                emb.table = weights_->f32("freq_emb.embedding.weight");
+                emb.F = plan.freq_emb_rows, emb.T = x.w;  // (T checked below, once the encoder has run)
+                emb.k = float(cfg.freq_emb), emb.s = float(cfg.emb_scale);
+            }
+            bool emb_added = false;
+            x = encoder_layer(ctx, plan.encoder[idx], x, inject, embeds && !tap_ && ctx.fuse_freq_embedding ? &emb : nullptr,
+                              &emb_added);
+            emit(ctx, "encoder." + std::to_string(idx), x);  // (with a tap the embedding comes after)
+            if (embeds) {
+                if (x.h != plan.freq_emb_rows || x.c != plan.freq_emb_dim || x.w != emb.T)
                     throw Error("internal error: frequency embedding shape");
-                add_freq_embedding(ctx, x.p, weights_->f32("freq_emb.embedding.weight"), x.b, x.c, x.h, x.w,
-                                   float(cfg.freq_emb), float(cfg.emb_scale));
+                if (!emb_added) add_freq_embedding(ctx, x.p, x.b, x.c, emb);
             }
             saved.push_back(x);
         }
@@ -1441,9 +1529,12 @@ private:
     // `skip` (the decoders' skip connection, or null) is added to x first; x may change.
     // x_operand (or null): x as a GEMM operand already, for a pointwise rewrite (see conv2d_glu).
     // x_packed (or null): x + skip already packed for conv_glu (PackedInput).
-    void rewrite(const Ctx& ctx, bool freq, int kernel, bool norm, int groups, const std::string& prefix,
+    // emb (or null): a frequency embedding added to out; returns whether it
+    // was (the GLU's pass adds it; conv_glu's paths do not).
+    bool rewrite(const Ctx& ctx, bool freq, int kernel, bool norm, int groups, const std::string& prefix,
                  const std::string& norm_name, const DTensor& x, const float* skip, const DTensor& out,
-                 const void* x_operand = nullptr, const void* x_packed = nullptr) const {
+                 const void* x_operand = nullptr, const void* x_packed = nullptr,
+                 const FreqEmbedding* emb = nullptr) const {
         ArenaScope scope(*ctx.arena);
         ConvGeom g;
         g.pw = kernel / 2;
@@ -1451,14 +1542,18 @@ private:
         const ConvWeight w = conv_weight(prefix + "rewrite.", freq ? kernel : 1, kernel);
         if (x_packed) {
             if (norm || !conv_glu_takes(ctx, w, g)) throw Error("internal error: rewrite: a packed input conv_glu declines");
-            return conv_glu_packed(ctx, x_packed, x, w, out);
+            conv_glu_packed(ctx, x_packed, x, w, out);
+            return false;
         }
         if (skip && x_operand) throw Error("internal error: rewrite: the skip would leave x's operand stale");
-        if (!norm && conv_glu_takes(ctx, w, g)) return conv_glu(ctx, x, skip, w, out);
+        if (!norm && conv_glu_takes(ctx, w, g)) {
+            conv_glu(ctx, x, skip, w, out);
+            return false;
+        }
         if (skip) add(ctx, x.p, skip, x.numel());
         int64_t Ho = 0, Wo = 0;
         conv_output_size(x.h, x.w, w, g, &Ho, &Wo);
-        if (!norm && conv2d_glu(ctx, x, w, g, out, x_operand)) return;
+        if (!norm && conv2d_glu(ctx, x, w, g, out, x_operand, emb)) return true;
         DTensor y = alloc(ctx, x.b, w.cout, Ho, Wo);
         // The convolution's bias goes to the norm or the GLU (no pass of its own).
         conv2d(ctx, x, x.w, without_bias(w), g, y, Act::None);
@@ -1467,10 +1562,15 @@ private:
                        weights_->f32(prefix + norm_name + "bias"), 1e-5f, Act::None, w.bias);
         if (out.c * 2 != y.c || out.h != Ho || out.w != Wo || out.b != y.b)
             throw Error("internal error: rewrite output shape");
-        glu(ctx, y.p, DType::F32, 0, out.p, y.b, out.c, Ho * Wo, norm ? nullptr : w.bias);
+        glu(ctx, y.p, DType::F32, 0, out.p, y.b, out.c, Ho * Wo, norm ? nullptr : w.bias, emb);
+        return true;
     }
 
-    DTensor encoder_layer(const Ctx& ctx, const EncoderLayerPlan& e, const DTensor& x, const DTensor* inject) const {
+    // `emb` (or null): a frequency embedding to add to the output; *emb_added
+    // says whether the layer's last pass added it (else the caller must).
+    DTensor encoder_layer(const Ctx& ctx, const EncoderLayerPlan& e, const DTensor& x, const DTensor* inject,
+                          const FreqEmbedding* emb = nullptr, bool* emb_added = nullptr) const {
+        if (emb_added) *emb_added = false;
         ConvGeom g;
         int64_t Wl = x.w;
         if (e.freq) {
@@ -1509,9 +1609,11 @@ private:
             if (copy) y_operand = operand_planes(ctx, y);
             dconv(ctx, e.dconv, e.prefix, y, copy ? &y_operand : nullptr);
         }
-        if (rewrites)
-            rewrite(ctx, e.freq, e.rewrite_kernel, e.norm, e.norm_groups, e.prefix, "norm2.", y, nullptr, out,
-                    y_operand.p);
+        if (rewrites) {
+            const bool added = rewrite(ctx, e.freq, e.rewrite_kernel, e.norm, e.norm_groups, e.prefix, "norm2.", y,
+                                       nullptr, out, y_operand.p, nullptr, emb);
+            if (emb_added) *emb_added = added && emb;
+        }
         return out;
     }
 
@@ -1633,7 +1735,8 @@ private:
     int64_t transition_segment_ = -1;
     double transition_power_ = 0.0;
     bool staged_upload_ = true;                   // the track through UploadStaging (else a pageable copy)
-    std::unique_ptr<UploadStaging> staging_;      // allocated by the first track
+    std::unique_ptr<UploadStaging> staging_;      // taken from staging_pending_ (or made) by the first track
+    std::future<std::unique_ptr<UploadStaging>> staging_pending_;  // made by warm_up() on a thread
     std::unique_ptr<DownloadRing> download_ring_;  // made for the first track (FASTDEMUCS_DOWNLOAD_RING)
     // The ring on its way (warm_up starts it early); destroyed before download_ring_.
     std::future<std::unique_ptr<DownloadRing>> ring_pending_;
@@ -1707,6 +1810,10 @@ std::set<int> used_devices;
 }  // namespace
 
 void release_gpus() {
+    {
+        std::lock_guard<std::mutex> lock(cuda::kept_mutex);
+        cuda::kept_buffers.clear();
+    }
     std::lock_guard<std::mutex> lock(used_devices_mutex);
     for (int device : used_devices)
         if (cudaSetDevice(device) == cudaSuccess) cudaDeviceReset();

@@ -378,12 +378,16 @@ __global__ void glu_kernel(const T* __restrict__ x, float* __restrict__ y, I tot
 }
 
 // The same with kVec consecutive outputs per thread (inner % kVec == 0, ld % kVec == 0).
-template <typename T, typename I>
+// kEmbed: then the frequency embedding (table [F, C], row_vecs = T / kVec,
+// T % kVec == 0) is added as freq_embedding_vec_kernel adds it (its own
+// pass took 0.17 ms of a float16 forward of 8, as long as the GLU's).
+template <typename T, typename I, bool kEmbed>
 __global__ void glu_vec_kernel(const T* __restrict__ x, float* __restrict__ y, I slots, Divisor<I> C,
-                               Divisor<I> inner_vec, I ld, const float* __restrict__ bias) {
+                               Divisor<I> inner_vec, I ld, const float* __restrict__ bias,
+                               const float* __restrict__ table, Divisor<I> row_vecs, float k_emb, float s_emb) {
     const I half = C.value() * ld;
     for (I s = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); s < slots; s += I(gridDim.x) * I(blockDim.x)) {
-        const I bc = inner_vec.div(s), k = (s - bc * inner_vec.value()) * I(kVec), b = C.div(bc);
+        const I bc = inner_vec.div(s), kv = s - bc * inner_vec.value(), k = kv * I(kVec), b = C.div(bc);
         const I c = bc - b * C.value(), at = (bc + b * C.value()) * ld + k;
         float a[kVec], g[kVec], out[kVec];
         load8(x + at, a);
@@ -391,6 +395,11 @@ __global__ void glu_vec_kernel(const T* __restrict__ x, float* __restrict__ y, I
         const float ba = bias ? bias[c] : 0.0f, bg = bias ? bias[c + C.value()] : 0.0f;
 #pragma unroll
         for (int e = 0; e < kVec; e++) out[e] = glu_value(a[e] + ba, g[e] + bg);
+        if constexpr (kEmbed) {
+            const float add = __fmul_rn(k_emb, __fmul_rn(table[row_vecs.div(kv) * C.value() + c], s_emb));
+#pragma unroll
+            for (int e = 0; e < kVec; e++) out[e] = __fadd_rn(out[e], add);
+        }
         store8(y + int64_t(s) * kVec, out);
     }
 }
@@ -439,12 +448,15 @@ __global__ void add_rows_kernel(float* __restrict__ y, const float* __restrict__
         [&](I i, float v) { y[i] = v; });
 }
 
+// x + k * (table * s) as the official code rounds it: a product, then a sum
+// (explicitly rounded: a contracted FMA would round once, and the GLU pass
+// that adds the embedding itself (glu_vec_kernel) must give the same floats).
 template <typename I>
 __global__ void freq_embedding_kernel(float* x, const float* __restrict__ table, I B, I C, I F, I T, float k,
                                       float s) {
     FD_GRID_STRIDE_I(I, i, B * C * F * T) {
         const I ft = i / T, f = ft % F, c = (ft / F) % C;
-        x[i] += k * (table[f * C + c] * s);
+        x[i] = __fadd_rn(x[i], __fmul_rn(k, __fmul_rn(table[f * C + c], s)));
     }
 }
 
@@ -456,11 +468,11 @@ __global__ void freq_embedding_vec_kernel(float* x, const float* __restrict__ ta
                                           Divisor<I> row_vecs, I slots, float k, float s) {
     for (I v = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); v < slots; v += I(gridDim.x) * I(blockDim.x)) {
         const I ft = row_vecs.div(v), bc = F.div(ft), f = ft - bc * F.value(), c = bc % C;
-        const float e = k * (table[f * C + c] * s);
+        const float e = __fmul_rn(k, __fmul_rn(table[f * C + c], s));
         float row[kVec];
         load8(x + int64_t(v) * kVec, row);
 #pragma unroll
-        for (int i = 0; i < kVec; i++) row[i] += e;
+        for (int i = 0; i < kVec; i++) row[i] = __fadd_rn(row[i], e);
         store8(x + int64_t(v) * kVec, row);
     }
 }
@@ -1162,19 +1174,29 @@ void convert_rows(const Ctx& ctx, const float* in, void* out, DType dt, int64_t 
 }
 
 void glu(const Ctx& ctx, const void* x, DType xt, int64_t ld, float* y, int64_t B, int64_t C, int64_t inner,
-         const float* bias) {
+         const float* bias, const FreqEmbedding* emb) {
     const int64_t n = B * C * inner;
     if (ld == 0) ld = inner;
     if (ld < inner) throw Error("internal error: glu stride");
+    if (emb && emb->F * emb->T != inner) throw Error("internal error: glu: frequency embedding shape");
     if (ctx.dry || n == 0) return;
     // The gate half sits at (b * 2C + C + c) * ld + k < 2 B C ld.
-    if (inner % kVec == 0 && ld % kVec == 0 && aligned16(x) && aligned16(y)) {
+    if (inner % kVec == 0 && ld % kVec == 0 && aligned16(x) && aligned16(y) && (!emb || emb->T % kVec == 0)) {
         const int64_t slots = n / kVec;
+        const int64_t row_vecs = emb ? emb->T / kVec : 1;
+        const float* table = emb ? emb->table : nullptr;
+        const float k = emb ? emb->k : 0.0f, s = emb ? emb->s : 0.0f;
         FD_DISPATCH(xt, T,
-                    FD_INDEX_DISPATCH(2 * B * C * ld, I,
-                                      glu_vec_kernel<T, I><<<grid_for(slots), kThreads, 0, ctx.stream>>>(
-                                          static_cast<const T*>(x), y, I(slots), Divisor<I>(C),
-                                          Divisor<I>(inner / kVec), I(ld), bias)));
+                    FD_INDEX_DISPATCH(2 * B * C * ld, I, {
+                        if (emb)
+                            glu_vec_kernel<T, I, true><<<grid_for(slots), kThreads, 0, ctx.stream>>>(
+                                static_cast<const T*>(x), y, I(slots), Divisor<I>(C), Divisor<I>(inner / kVec), I(ld),
+                                bias, table, Divisor<I>(row_vecs), k, s);
+                        else
+                            glu_vec_kernel<T, I, false><<<grid_for(slots), kThreads, 0, ctx.stream>>>(
+                                static_cast<const T*>(x), y, I(slots), Divisor<I>(C), Divisor<I>(inner / kVec), I(ld),
+                                bias, table, Divisor<I>(row_vecs), k, s);
+                    }));
         FD_LAUNCH_CHECK();
         return;
     }
@@ -1184,6 +1206,7 @@ void glu(const Ctx& ctx, const void* x, DType xt, int64_t ld, float* y, int64_t 
                                       static_cast<const T*>(x), y, I(n), Divisor<I>(C), Divisor<I>(inner), I(ld),
                                       bias)));
     FD_LAUNCH_CHECK();
+    if (emb) add_freq_embedding(ctx, y, B, C, *emb);
 }
 
 void group_norm_glu_residual(const Ctx& ctx, const float* y, float* x, int64_t B, int64_t C, int64_t R, int64_t W,
@@ -1216,8 +1239,10 @@ void add_rows(const Ctx& ctx, float* y, const float* inject, int64_t BC, int64_t
     FD_LAUNCH_CHECK();
 }
 
-void add_freq_embedding(const Ctx& ctx, float* x, const float* table, int64_t B, int64_t C, int64_t F, int64_t T,
-                        float k, float s) {
+void add_freq_embedding(const Ctx& ctx, float* x, int64_t B, int64_t C, const FreqEmbedding& emb) {
+    const float* table = emb.table;
+    const int64_t F = emb.F, T = emb.T;
+    const float k = emb.k, s = emb.s;
     const int64_t n = B * C * F * T;
     if (ctx.dry || n == 0) return;
     if (T % kVec == 0 && aligned16(x)) {

@@ -69,11 +69,20 @@ void convert(const Ctx& ctx, const float* in, void* out, DType dt, int64_t n);
 void conv_weight_taps(const Ctx& ctx, const float* in, void* out, DType dt, int64_t cout, int64_t cin, int64_t taps);
 // out [rows, ld] (type dt) = in [rows, n] (ld >= n; columns past n left unset).
 void convert_rows(const Ctx& ctx, const float* in, void* out, DType dt, int64_t rows, int64_t n, int64_t ld);
+// The frequency embedding HTDemucs adds to its first encoder's output
+// [B, C, F, T]: x[b, c, f, t] += k * (table[f, c] * s) (add_freq_embedding;
+// glu() can add it in its own pass).
+struct FreqEmbedding {
+    const float* table = nullptr;  // [F, C]
+    int64_t F = 0, T = 0;
+    float k = 0.0f, s = 0.0f;
+};
 // y[b, c, i] = a * sigmoid(g), a = x[b, c, i] + bias[c], g = x[b, C + c, i] + bias[C + c]
 // for y [B, C, inner] and x [B, 2C, ld] of type xt (rows of inner values,
-// ld >= inner, 0 = inner; bias [2C], optional: the producing convolution's).
+// ld >= inner, 0 = inner; bias [2C], optional: the producing convolution's);
+// then `emb` (optional; inner == F * T) added as add_freq_embedding adds it.
 void glu(const Ctx& ctx, const void* x, DType xt, int64_t ld, float* y, int64_t B, int64_t C, int64_t inner,
-         const float* bias = nullptr);
+         const float* bias = nullptr, const FreqEmbedding* emb = nullptr);
 // The end of a DConv residual layer in one pass over y [B, 2C, R, W]:
 // x [B, C, R, W] += scale[c] * GLU(GroupNorm(1, 2C)(y + input_bias)) with the
 // norm's statistics per (item, row) (y itself is left as it is).
@@ -84,8 +93,7 @@ void add(const Ctx& ctx, float* x, const float* y, int64_t n);
 // y[bc, h, w] += inject[bc, w] for every row h.
 void add_rows(const Ctx& ctx, float* y, const float* inject, int64_t BC, int64_t H, int64_t W);
 // x [B, C, F, T] += k * (s * table[f, c]).
-void add_freq_embedding(const Ctx& ctx, float* x, const float* table, int64_t B, int64_t C, int64_t F, int64_t T,
-                        float k, float s);
+void add_freq_embedding(const Ctx& ctx, float* x, int64_t B, int64_t C, const FreqEmbedding& emb);
 // x [rows, C] += gamma[c] * (y + bias[c]) (gamma and bias may be null).
 void residual(const Ctx& ctx, float* x, const float* y, const float* bias, const float* gamma, int64_t rows,
               int64_t C);

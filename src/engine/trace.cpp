@@ -74,7 +74,7 @@ void trace_point(const char* what) {
     if (!s.on) return;
     static std::mutex mutex;
     std::lock_guard<std::mutex> lock(mutex);
-    std::fprintf(stderr, "fastdemucs trace: +%.3f s  %s\n", boot_seconds() - s.start, what);
+    std::fprintf(stderr, "fastdemucs trace: +%.4f s  %s\n", boot_seconds() - s.start, what);
 }
 
 }  // namespace fastdemucs
