@@ -841,7 +841,7 @@ private:
             step.shifts = params.shifts;
             step.first = s == 0;
             step.last = s + 1 == cuts.size();
-            FD_CUDA(cudaMemsetAsync(view, 0, size_t(SC) * pitch * sizeof(float), stream));
+            // (The view is not cleared: accumulate_chunks starts each position from its first chunk.)
             if (weighted) sum_weights(stream, g, weight_d, sum_weight);
             const int64_t jobs = g.jobs();
             int64_t pending = -1;  // track samples final after the previous batch (last shift)

@@ -46,12 +46,14 @@ __global__ void mono_finish_kernel(const double* __restrict__ partial, int n, in
         stats[1] = (L > 1 ? sqrt(acc / double(L - 1)) : 0.0) + 1e-8;
 }
 
+// Channels on grid y, samples on grid x.
 __global__ void normalize_track_kernel(float* x, int C, int64_t L, int64_t pitch, const double* __restrict__ stats) {
     const double mean = stats[0], scale = stats[1];
-    FD_GRID_STRIDE(i, int64_t(C) * L) {
-        const int64_t c = i / L, t = i - c * L;
-        float& v = x[c * pitch + t];
-        v = float(__ddiv_rn(__dsub_rn(double(v), mean), scale));
+    for (int64_t c = blockIdx.y; c < C; c += gridDim.y) {
+        for (int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; t < L; t += int64_t(gridDim.x) * blockDim.x) {
+            float& v = x[c * pitch + t];
+            v = float(__ddiv_rn(__dsub_rn(double(v), mean), scale));
+        }
     }
 }
 
@@ -59,53 +61,64 @@ __device__ __forceinline__ int64_t job_length(const ChunkGrid& g, int64_t k) {
     return min(g.view_length - k * g.stride, g.segment);
 }
 
+// Rows (chunk, channel) on grid y, samples on grid x: the row's chunk and
+// source window found once per row, no division per sample (one thread a
+// sample with three 64-bit divisions each took 0.17 ms for a batch of 8).
 __global__ void gather_chunks_kernel(const float* __restrict__ track, int C, ChunkGrid g, int64_t first, int count,
                                      float* __restrict__ in) {
     const int64_t ML = g.model_length;
-    FD_GRID_STRIDE(i, int64_t(count) * C * ML) {
-        const int64_t t = i % ML, c = (i / ML) % C, k = first + i / (ML * C);
-        float v = 0.0f;
-        if (t < g.valid) {
-            const int64_t len = job_length(g, k);
-            const int64_t start = g.view_start + k * g.stride - (g.valid - len) / 2;
+    for (int64_t row = blockIdx.y; row < int64_t(count) * C; row += gridDim.y) {
+        const int64_t k = first + row / C, c = row % C;
+        const int64_t len = job_length(g, k);
+        const int64_t start = g.view_start + k * g.stride - (g.valid - len) / 2;
+        const float* src = track + c * g.total;
+        float* dst = in + row * ML;
+        for (int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; t < ML; t += int64_t(gridDim.x) * blockDim.x) {
             const int64_t p = start + t;
-            if (p >= 0 && p < g.total) v = track[c * g.total + p];
+            dst[t] = t < g.valid && p >= 0 && p < g.total ? src[p] : 0.0f;
         }
-        in[i] = v;
     }
 }
 
-// First chunk that may cover view position j (chunks are at most segment long).
-__device__ __forceinline__ int64_t first_cover(const ChunkGrid& g, int64_t j) {
-    return j >= g.segment ? (j - g.segment) / g.stride + 1 : 0;
-}
-
+// Rows (stem, channel) on grid y, view positions lo + i on grid x. The
+// chunks covering position j are cover..j / stride, cover the first whose
+// segment reaches j, (j - segment) / stride + 1 (chunks are at most segment
+// long, and every position of the view is covered); multiply-high divisions
+// (positions < 2^32). A position's first chunk writes it (0 + its term, as
+// the host loop adds into zeros), later ones add to it: the view needs no
+// clearing.
 __global__ void accumulate_chunks_kernel(const float* __restrict__ out, int64_t SC, ChunkGrid g, int64_t first,
-                                         int count, int64_t lo, int64_t span, const float* __restrict__ weight,
-                                         float* __restrict__ view, int64_t pitch) {
+                                         int count, int64_t lo, int64_t span, Divisor<uint32_t> stride,
+                                         const float* __restrict__ weight, float* __restrict__ view, int64_t pitch) {
     const int64_t ML = g.model_length;
     const int64_t last = first + count - 1;
-    FD_GRID_STRIDE(i, SC * span) {
-        const int64_t j = lo + i % span, sc = i / span;
-        const int64_t k_lo = max(first, first_cover(g, j)), k_hi = min(last, j / g.stride);
-        float* dst = view + sc * pitch + j;
-        float acc = *dst;
-        for (int64_t k = k_lo; k <= k_hi; k++) {
-            const int64_t off = k * g.stride, len = job_length(g, k);
-            if (j >= off + len) continue;
-            const int64_t left = (g.valid - len) / 2;  // official center_trim
-            const float r = out[((k - first) * SC + sc) * ML + left + (j - off)];
-            acc = weight ? __fadd_rn(acc, __fmul_rn(weight[j - off], r)) : r;
+    for (int64_t sc = blockIdx.y; sc < SC; sc += gridDim.y) {
+        for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < span; i += int64_t(gridDim.x) * blockDim.x) {
+            const int64_t j = lo + i;
+            const int64_t cover = j >= g.segment ? int64_t(stride.div(uint32_t(j - g.segment))) + 1 : 0;
+            const int64_t k_lo = max(first, cover), k_hi = min(last, int64_t(stride.div(uint32_t(j))));
+            float* dst = view + sc * pitch + j;
+            // j's first chunk in this batch: nothing to add to (the view is never cleared).
+            float acc = cover >= first ? 0.0f : *dst;
+            for (int64_t k = k_lo; k <= k_hi; k++) {
+                const int64_t off = k * g.stride, len = job_length(g, k);
+                if (j >= off + len) continue;
+                const int64_t left = (g.valid - len) / 2;  // official center_trim
+                const float r = out[((k - first) * SC + sc) * ML + left + (j - off)];
+                acc = weight ? __fadd_rn(acc, __fmul_rn(weight[j - off], r)) : r;
+            }
+            *dst = acc;
         }
-        *dst = acc;
     }
 }
 
-__global__ void sum_weights_kernel(ChunkGrid g, const float* __restrict__ weight, float* __restrict__ sum_weight) {
+__global__ void sum_weights_kernel(ChunkGrid g, Divisor<uint32_t> stride, const float* __restrict__ weight,
+                                   float* __restrict__ sum_weight) {
     const int64_t last = (g.view_length + g.stride - 1) / g.stride - 1;
     FD_GRID_STRIDE(j, g.view_length) {
         float s = 0.0f;
-        for (int64_t k = first_cover(g, j); k <= min(last, j / g.stride); k++) {
+        const int64_t cover = j >= g.segment ? int64_t(stride.div(uint32_t(j - g.segment))) + 1 : 0;
+        for (int64_t k = cover; k <= min(last, int64_t(stride.div(uint32_t(j)))); k++) {
             const int64_t off = k * g.stride;
             if (j < off + job_length(g, k)) s = __fadd_rn(s, weight[j - off]);
         }
@@ -113,21 +126,24 @@ __global__ void sum_weights_kernel(ChunkGrid g, const float* __restrict__ weight
     }
 }
 
+// Rows (stem, channel) on grid y, samples on grid x.
 __global__ void finish_shift_kernel(const float* view, int64_t view_pitch, int64_t skip,
                                     const float* __restrict__ sum_weight, int64_t SC, int64_t t0, int64_t width,
                                     ShiftStep step, const double* __restrict__ stats, float* dst,
                                     int64_t dst_pitch) {
-    FD_GRID_STRIDE(i, SC * width) {
-        const int64_t sc = i / width, t = t0 + (i - sc * width), j = skip + t;
-        float v = view[sc * view_pitch + j];
-        if (sum_weight) v = __fdiv_rn(v, sum_weight[j]);
-        float* d = dst + sc * dst_pitch + t;
-        if (step.shifts > 0) {
-            v = __fadd_rn(step.first ? 0.0f : *d, v);
-            if (step.last) v = __fdiv_rn(v, float(step.shifts));
+    for (int64_t sc = blockIdx.y; sc < SC; sc += gridDim.y) {
+        for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < width; i += int64_t(gridDim.x) * blockDim.x) {
+            const int64_t t = t0 + i, j = skip + t;
+            float v = view[sc * view_pitch + j];
+            if (sum_weight) v = __fdiv_rn(v, sum_weight[j]);
+            float* d = dst + sc * dst_pitch + t;
+            if (step.shifts > 0) {
+                v = __fadd_rn(step.first ? 0.0f : *d, v);
+                if (step.last) v = __fdiv_rn(v, float(step.shifts));
+            }
+            if (step.last && stats) v = float(__dadd_rn(__dmul_rn(double(v), stats[1]), stats[0]));
+            *d = v;
         }
-        if (step.last && stats) v = float(__dadd_rn(__dmul_rn(double(v), stats[1]), stats[0]));
-        *d = v;
     }
 }
 
@@ -178,7 +194,7 @@ void track_stats(cudaStream_t stream, const float* x, int C, int64_t L, int64_t 
 }
 
 void track_normalize(cudaStream_t stream, float* x, int C, int64_t L, int64_t pitch, const double* stats) {
-    normalize_track_kernel<<<grid_for(int64_t(C) * L), kThreads, 0, stream>>>(x, C, L, pitch, stats);
+    normalize_track_kernel<<<grid_2d(C, L), kThreads, 0, stream>>>(x, C, L, pitch, stats);
     FD_LAUNCH_CHECK();
 }
 
@@ -186,8 +202,8 @@ void gather_chunks(cudaStream_t stream, const float* track, int C, const ChunkGr
                    float* in) {
     if (count <= 0 || first < 0 || first + count > g.jobs() || g.valid > g.model_length || g.segment > g.valid)
         throw Error("internal error: gather_chunks arguments");
-    const int64_t n = int64_t(count) * C * g.model_length;
-    gather_chunks_kernel<<<grid_for(n), kThreads, 0, stream>>>(track, C, g, first, count, in);
+    gather_chunks_kernel<<<grid_2d(int64_t(count) * C, g.model_length), kThreads, 0, stream>>>(track, C, g, first,
+                                                                                                count, in);
     FD_LAUNCH_CHECK();
 }
 
@@ -201,13 +217,16 @@ void accumulate_chunks(cudaStream_t stream, const float* out, int64_t SC, const 
     const int64_t hi = std::min(g.view_length, last * g.stride + g.segment);
     if (hi <= lo) return;
     const int64_t span = hi - lo;
-    accumulate_chunks_kernel<<<grid_for(SC * span), kThreads, 0, stream>>>(out, SC, g, first, count, lo, span, weight,
-                                                                          view, pitch);
+    if (hi > int64_t(UINT32_MAX)) throw Error("accumulate_chunks: a view of 2^32 samples or more");
+    accumulate_chunks_kernel<<<grid_2d(SC, span), kThreads, 0, stream>>>(
+        out, SC, g, first, count, lo, span, Divisor<uint32_t>(g.stride), weight, view, pitch);
     FD_LAUNCH_CHECK();
 }
 
 void sum_weights(cudaStream_t stream, const ChunkGrid& g, const float* weight, float* sum_weight) {
-    sum_weights_kernel<<<grid_for(g.view_length), kThreads, 0, stream>>>(g, weight, sum_weight);
+    if (g.view_length > int64_t(UINT32_MAX)) throw Error("sum_weights: a view of 2^32 samples or more");
+    sum_weights_kernel<<<grid_for(g.view_length), kThreads, 0, stream>>>(g, Divisor<uint32_t>(g.stride), weight,
+                                                                        sum_weight);
     FD_LAUNCH_CHECK();
 }
 
@@ -215,8 +234,8 @@ void finish_shift(cudaStream_t stream, const float* view, int64_t view_pitch, in
                   int64_t SC, int64_t t0, int64_t t1, const ShiftStep& step, const double* stats, float* dst,
                   int64_t dst_pitch) {
     if (t1 <= t0) return;
-    finish_shift_kernel<<<grid_for(SC * (t1 - t0)), kThreads, 0, stream>>>(view, view_pitch, skip, sum_weight, SC, t0,
-                                                                            t1 - t0, step, stats, dst, dst_pitch);
+    finish_shift_kernel<<<grid_2d(SC, t1 - t0), kThreads, 0, stream>>>(view, view_pitch, skip, sum_weight, SC, t0,
+                                                                        t1 - t0, step, stats, dst, dst_pitch);
     FD_LAUNCH_CHECK();
 }
 

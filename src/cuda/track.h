@@ -49,7 +49,8 @@ void gather_chunks(cudaStream_t stream, const float* track, int C, const ChunkGr
 // Adds the centre-trimmed outputs out [count, SC, model_length] of chunks
 // first .. first + count - 1 into view [SC, pitch]: view += weight * out in
 // chunk order (float, as the host loop), or view = out when weight is null
-// (no split: one chunk).
+// (no split: one chunk). The view need not be cleared: the chunks come in
+// order, and a position's first chunk starts it from zero.
 void accumulate_chunks(cudaStream_t stream, const float* out, int64_t SC, const ChunkGrid& g, int64_t first,
                        int count, const float* weight, float* view, int64_t pitch);
 // sum_weight[j] for j < g.view_length: the sum of the weights over the chunks
