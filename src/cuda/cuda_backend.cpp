@@ -130,9 +130,10 @@
 // The whole track (separate_track, engine/apply's host path on the device;
 // FASTDEMUCS_HOST_APPLY=1 forces the host path). The track is uploaded once
 // into the middle of a zero-padded buffer [C, L + 2 * max_shift] (the shift
-// padding, max_shift = int(0.5 * samplerate)), through 8 page-locked slots
-// of 8 MB filled by up to 12 threads (cuda/staging.h; made by warm_up() on a
-// thread; FASTDEMUCS_STAGED_UPLOAD=0: a pageable copy); the mono-mix statistics are a
+// padding, max_shift = int(0.5 * samplerate)), through page-locked slots
+// of 8 MB filled by up to 12 threads (cuda/staging.h: 2 slots for a
+// process's first track, 8 from its third; FASTDEMUCS_STAGED_UPLOAD=0: a
+// pageable copy); the mono-mix statistics are a
 // device reduction in double (fixed grid: deterministic), the normalisation
 // is applied in place. For each shift (or the one unshifted view) the chunks
 // are gathered straight into the forward's input buffer in the arena
@@ -457,20 +458,26 @@ public:
         }
     }
 
-    // The track's upload staging (cuda/staging.h): 8 page-locked slots of
-    // 8 MB (a 3-minute stereo track whole), filled by three quarters of the
-    // cores, at most 12 (16 cores: 12 threads copy ~45-65 GB/s);
-    // FASTDEMUCS_UPLOAD_THREADS sets the count.
-    static std::unique_ptr<UploadStaging> make_upload_staging() {
+    // The track's upload staging (cuda/staging.h): `slots` page-locked slots
+    // of 8 MB, filled by three quarters of the cores, at most 12 (16 cores:
+    // 12 threads copy ~45-65 GB/s); FASTDEMUCS_UPLOAD_THREADS sets the count.
+    static std::unique_ptr<UploadStaging> make_upload_staging(int slots) {
         const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
         const int asked = std::atoi(env_string("FASTDEMUCS_UPLOAD_THREADS").c_str());
         const int threads = asked > 0 ? asked : int(std::min(cores - cores / 4, 12u));
-        return std::make_unique<UploadStaging>(size_t(2) << 20, 8, threads);
+        return std::make_unique<UploadStaging>(size_t(2) << 20, slots, threads);
     }
+    // A process's first track gets two slots (16 MB page-locked on the spot,
+    // as the command's one track needs); its second starts the making of
+    // eight (a 3-minute track whole: no copy waits for an earlier DMA) on a
+    // thread, which later tracks take once made. Made at start-up instead,
+    // the 64 MB held the command's graph capture back by ~0.05 s (their
+    // page-locking and its 12 threads beside the capture's host work).
+    static constexpr int kFirstStagingSlots = 2, kStagingSlots = 8;
 
-    // Makes the staging on a thread (its 64 MB are page-locked meanwhile);
-    // staging_pending_ gives it or the error that prevented it. Never
-    // throws: where no thread can start, the first track makes it itself.
+    // Makes the large staging on a thread; staging_pending_ gives it or the
+    // error that prevented it. Never throws: where no thread can start, the
+    // tracks keep the small one.
     void start_upload_staging() noexcept {
         const int device = device_;
         try {
@@ -479,7 +486,7 @@ public:
                     ~ClearError() { cudaGetLastError(); }
                 } clear;
                 FD_CUDA(cudaSetDevice(device));
-                return make_upload_staging();
+                return make_upload_staging(kStagingSlots);
             });
         } catch (const std::exception&) {
             staging_pending_ = {};
@@ -498,7 +505,6 @@ public:
         // meanwhile (~10-25 ms of host time a process: made by the first
         // track, they held back its first batch).
         if (!download_ring_ && !ring_pending_.valid() && download_ring_wanted()) start_download_ring();  // never throws
-        if (staged_upload_ && !staging_ && !staging_pending_.valid()) start_upload_staging();                // never throws
         const int batch = max_batch();
         ensure_workspace(batch);
         Ctx ctx = ctx_;
@@ -712,14 +718,23 @@ private:
             FD_CUDA(cudaMemset2DAsync(track + max_shift + L, size_t(g.total) * sizeof(float), 0,
                                       size_t(max_shift) * sizeof(float), size_t(C), stream));
         }
-        if (staged_upload_ && !staging_) {
+        if (staged_upload_) {
             try {
-                if (!staging_pending_.valid()) start_upload_staging();
-                staging_ = staging_pending_.valid() ? staging_pending_.get() : make_upload_staging();
+                if (staging_pending_.valid() &&
+                    (!staging_ || staging_pending_.wait_for(std::chrono::seconds(0)) == std::future_status::ready))
+                    staging_ = staging_pending_.get();
+            } catch (const std::exception& e) {  // the large staging could not be made: the small one stays
+                trace_point((std::string("cuda: no large upload staging (") + e.what() + ")").c_str());
+            }
+            try {
+                if (!staging_) staging_ = make_upload_staging(kFirstStagingSlots);
             } catch (const std::exception& e) {  // no page-locked memory or thread: a pageable copy
                 trace_point((std::string("cuda: no upload staging (") + e.what() + ")").c_str());
             }
+            if (staging_ && staging_->slots() < kStagingSlots && !staging_pending_.valid() && tracks_ > 0)
+                start_upload_staging();  // (a second track: more may follow)
         }
+        tracks_++;
         if (staging_) {
             staging_->upload(track + max_shift, size_t(g.total), mix, size_t(L), size_t(L), size_t(C), stream);
         } else {
@@ -1735,8 +1750,9 @@ private:
     int64_t transition_segment_ = -1;
     double transition_power_ = 0.0;
     bool staged_upload_ = true;                   // the track through UploadStaging (else a pageable copy)
-    std::unique_ptr<UploadStaging> staging_;      // taken from staging_pending_ (or made) by the first track
-    std::future<std::unique_ptr<UploadStaging>> staging_pending_;  // made by warm_up() on a thread
+    std::unique_ptr<UploadStaging> staging_;      // the first track's small one, then staging_pending_'s
+    std::future<std::unique_ptr<UploadStaging>> staging_pending_;  // the large one, started by the second track
+    int64_t tracks_ = 0;                          // tracks the track path has started
     std::unique_ptr<DownloadRing> download_ring_;  // made for the first track (FASTDEMUCS_DOWNLOAD_RING)
     // The ring on its way (warm_up starts it early); destroyed before download_ring_.
     std::future<std::unique_ptr<DownloadRing>> ring_pending_;

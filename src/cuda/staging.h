@@ -37,6 +37,7 @@ public:
     // event). Throws Error on failure.
     void upload(float* dst, size_t dpitch, const float* src, size_t spitch, size_t width, size_t rows,
                 cudaStream_t stream);
+    int slots() const { return int(slots_.size()); }
 
 private:
     void release() noexcept;
