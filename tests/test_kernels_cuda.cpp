@@ -27,6 +27,7 @@
 #include "cuda/host_output.h"
 #include "cuda/spectral.h"
 #include "cuda/staging.h"
+#include "cuda/track.h"
 #include "cuda/weights.h"
 #include "engine/backend.h"
 #include "test_support.h"
@@ -479,13 +480,14 @@ void conv_glu_case(DType t, int kh, int kw, int64_t H, int64_t W) {
 // The GLU pass adding the frequency embedding (the first encoder's rewrite)
 // gives the very floats of the GLU followed by add_freq_embedding's pass:
 // float32 and float16 inputs, rows padded or not, T a multiple of 8 (the
-// vector path) or not (the GLU's scalar path, then the embedding's pass).
+// vector path), or not with rows of whole vectors (the vector GLU, then the
+// embedding's pass) or not (the scalar GLU, then the embedding's pass).
 TEST(KernelsCuda, GluAddsTheFrequencyEmbeddingAsItsOwnPassDoes) {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
     Gpu gpu;
-    const int64_t B = 2, C = 3, F = 5;
+    const int64_t B = 2, C = 3;
     for (DType t : {DType::F32, DType::F16})
-        for (int64_t T : {16, 13})
+        for (auto [F, T] : {std::pair<int64_t, int64_t>{5, 16}, {5, 13}, {8, 13}})
             for (int64_t pad : {0, 8}) {
                 const int64_t inner = F * T, ld = inner + pad;
                 const std::vector<float> x = random(size_t(B * 2 * C * ld), 61);
@@ -500,8 +502,52 @@ TEST(KernelsCuda, GluAddsTheFrequencyEmbeddingAsItsOwnPassDoes) {
                 glu(gpu.ctx(t), xd, t, ld, apart, B, C, inner, gpu.put(bias));
                 add_freq_embedding(gpu.ctx(t), apart, B, C, emb);
                 EXPECT_EQ(gpu.get(fused, size_t(B * C * inner)), gpu.get(apart, size_t(B * C * inner)))
-                    << dtype_name(t) << " T " << T << " pad " << pad;
+                    << dtype_name(t) << " F " << F << " T " << T << " pad " << pad;
             }
+}
+
+// The weighted overlap-add never reads a view position before a chunk has
+// written it: a view full of NaNs (a buffer reused from an earlier track)
+// gives the very floats of a cleared one, over batches of 3 chunks, a short
+// last chunk and chunks that overlap by a third, two views one after the
+// other; and both equal the sums in double to float rounding.
+TEST(KernelsCuda, OverlapAddNeedsNoClearedView) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    Gpu gpu;
+    const int64_t SC = 3, pitch = 1100;
+    for (int64_t length : {1000, 1037}) {
+        ChunkGrid g;
+        g.total = 1200, g.view_start = 0, g.view_length = length, g.stride = 150, g.segment = 200;
+        g.valid = 220, g.model_length = 224;
+        const int64_t jobs = g.jobs();
+        const std::vector<float> out = random(size_t(jobs * SC * g.model_length), 71);
+        const std::vector<float> weight = random(size_t(g.segment), 72);
+        const float* out_d = gpu.put(out);
+        const float* weight_d = gpu.put(weight);
+        std::vector<std::vector<float>> got;
+        for (float fill : {std::nanf(""), 0.0f}) {
+            float* view = gpu.put(std::vector<float>(size_t(SC * pitch), fill));
+            for (int64_t first = 0; first < jobs; first += 3) {
+                const int n = int(std::min<int64_t>(3, jobs - first));
+                accumulate_chunks(gpu.stream, out_d + first * SC * g.model_length, SC, g, first, n, weight_d, view,
+                                  pitch);
+            }
+            got.push_back(gpu.get(view, size_t(SC * pitch)));
+        }
+        for (int64_t sc = 0; sc < SC; sc++)
+            for (int64_t j = 0; j < length; j++) {
+                const float a = got[0][size_t(sc * pitch + j)], b = got[1][size_t(sc * pitch + j)];
+                ASSERT_EQ(std::memcmp(&a, &b, sizeof(float)), 0) << "length " << length << " row " << sc << " at " << j;
+                double ref = 0.0;
+                for (int64_t k = 0; k < jobs; k++) {
+                    const int64_t off = k * g.stride, len = std::min(length - off, g.segment);
+                    if (j < off || j >= off + len) continue;
+                    const int64_t left = (g.valid - len) / 2;
+                    ref += double(weight[size_t(j - off)]) * out[size_t((k * SC + sc) * g.model_length + left + j - off)];
+                }
+                ASSERT_NEAR(a, ref, 1e-5) << "length " << length << " row " << sc << " at " << j;
+            }
+    }
 }
 
 // conv_glu (the rewrites' implicit GEMM with the GLU on its accumulators):

@@ -241,10 +241,12 @@ constexpr int kDefaultBatchCap = 8;
 // One kept track-path buffer per device, taken by a call and given back on
 // its return, up to 1 GiB (a track of ~8 minutes of htdemucs_6s stereo
 // stems at 44.1 kHz): a bag's models, run one after the other, share it;
-// calls running at once on other threads allocate their own. release_gpus()
-// frees it before the device goes.
-std::mutex kept_mutex;
-// Never destroyed: freeing device memory during the process's exit races the runtime's own teardown.
+// calls running at once on other threads allocate their own. The device's
+// last backend to go frees it (KeptBufferUse), and release_gpus() before
+// the device is reset.
+// Never destroyed: freeing device memory during the process's exit races the
+// runtime's own teardown, and a backend may go after the statics do.
+std::mutex& kept_mutex = *new std::mutex;
 std::map<int, DeviceBuffer>& kept_buffers = *new std::map<int, DeviceBuffer>;
 constexpr size_t kKeptTrackBytes = size_t(1) << 30;
 
@@ -257,12 +259,42 @@ DeviceBuffer take_kept_track_buffer(int device) {
     return b;
 }
 
-void keep_track_buffer(int device, DeviceBuffer&& b) {
-    if (b.bytes() > kKeptTrackBytes) return;  // (freed by the caller's buffer)
-    std::lock_guard<std::mutex> lock(kept_mutex);
-    DeviceBuffer& kept = kept_buffers[device];
-    if (kept.bytes() < b.bytes()) kept = std::move(b);
+// Never throws (a destructor's): a buffer that cannot be kept is freed by the caller's.
+void keep_track_buffer(int device, DeviceBuffer&& b) noexcept {
+    if (b.bytes() > kKeptTrackBytes) return;
+    try {
+        std::lock_guard<std::mutex> lock(kept_mutex);
+        DeviceBuffer& kept = kept_buffers[device];
+        if (kept.bytes() < b.bytes()) kept = std::move(b);
+    } catch (...) {
+    }
 }
+
+// Backends alive per device: the last one to go frees the device's kept
+// buffer (a host program that drops its models gets the memory back).
+std::map<int, int>& kept_users = *new std::map<int, int>;
+
+class KeptBufferUse {
+public:
+    explicit KeptBufferUse(int device) : device_(device) {
+        std::lock_guard<std::mutex> lock(kept_mutex);
+        kept_users[device_]++;
+    }
+    ~KeptBufferUse() {
+        DeviceBuffer gone;  // freed after the lock is released
+        std::lock_guard<std::mutex> lock(kept_mutex);
+        if (--kept_users[device_] > 0) return;
+        auto it = kept_buffers.find(device_);
+        if (it == kept_buffers.end()) return;
+        gone = std::move(it->second);
+        kept_buffers.erase(it);
+    }
+    KeptBufferUse(const KeptBufferUse&) = delete;
+    KeptBufferUse& operator=(const KeptBufferUse&) = delete;
+
+private:
+    int device_;
+};
 
 // FASTDEMUCS_GPU_TIMELINE=1: events at each step of the track path, printed
 // (ms since the first) once the stems are down: the GPU's own time line,
@@ -348,7 +380,7 @@ struct Io {
 class CudaBackend final : public ModelBackend {
 public:
     CudaBackend(std::shared_ptr<const HTDemucsModel> model, int device, Precision precision)
-        : model_(std::move(model)), device_(device), dtype_(operand_type(precision)) {
+        : model_(std::move(model)), device_(device), kept_use_(device), dtype_(operand_type(precision)) {
         FD_CUDA(cudaSetDevice(device_));
         stream_ = std::make_unique<StreamOwner>();
         copy_stream_ = std::make_unique<StreamOwner>();
@@ -669,7 +701,8 @@ private:
         // enough, freed before the memory is counted otherwise.
         DeviceBuffer buffer = take_kept_track_buffer(device_);
         if (buffer.bytes() < bytes) buffer.reset();
-        const int batch = track_batch(bytes, buffer.bytes(), max_jobs, params.batch_size);
+        // (A larger kept buffer stays whole: its size is what the track takes.)
+        const int batch = track_batch(std::max(bytes, buffer.bytes()), buffer.bytes(), max_jobs, params.batch_size);
         if (batch == 0) {
             trace_point("cuda: the track's buffers do not fit the GPU: host path");
             return false;
@@ -724,6 +757,7 @@ private:
                     (!staging_ || staging_pending_.wait_for(std::chrono::seconds(0)) == std::future_status::ready))
                     staging_ = staging_pending_.get();
             } catch (const std::exception& e) {  // the large staging could not be made: the small one stays
+                large_staging_failed_ = true;
                 trace_point((std::string("cuda: no large upload staging (") + e.what() + ")").c_str());
             }
             try {
@@ -731,7 +765,8 @@ private:
             } catch (const std::exception& e) {  // no page-locked memory or thread: a pageable copy
                 trace_point((std::string("cuda: no upload staging (") + e.what() + ")").c_str());
             }
-            if (staging_ && staging_->slots() < kStagingSlots && !staging_pending_.valid() && tracks_ > 0)
+            if (staging_ && staging_->slots() < kStagingSlots && !staging_pending_.valid() && tracks_ > 0 &&
+                !large_staging_failed_)
                 start_upload_staging();  // (a second track: more may follow)
         }
         tracks_++;
@@ -1730,6 +1765,7 @@ private:
 
     std::shared_ptr<const HTDemucsModel> model_;
     int device_;
+    KeptBufferUse kept_use_;  // (the device's kept track buffer goes with its last backend)
     DType dtype_;
     int64_t length_ = 0;
     // Destroyed in reverse: the cuBLAS handle before its workspace, both before the stream.
@@ -1753,6 +1789,7 @@ private:
     std::unique_ptr<UploadStaging> staging_;      // the first track's small one, then staging_pending_'s
     std::future<std::unique_ptr<UploadStaging>> staging_pending_;  // the large one, started by the second track
     int64_t tracks_ = 0;                          // tracks the track path has started
+    bool large_staging_failed_ = false;           // (not tried again)
     std::unique_ptr<DownloadRing> download_ring_;  // made for the first track (FASTDEMUCS_DOWNLOAD_RING)
     // The ring on its way (warm_up starts it early); destroyed before download_ring_.
     std::future<std::unique_ptr<DownloadRing>> ring_pending_;

@@ -1180,8 +1180,14 @@ void glu(const Ctx& ctx, const void* x, DType xt, int64_t ld, float* y, int64_t 
     if (ld < inner) throw Error("internal error: glu stride");
     if (emb && emb->F * emb->T != inner) throw Error("internal error: glu: frequency embedding shape");
     if (ctx.dry || n == 0) return;
+    const bool vec = inner % kVec == 0 && ld % kVec == 0 && aligned16(x) && aligned16(y);
+    if (vec && emb && emb->T % kVec != 0) {  // the embedding's rows not whole vectors: a pass of its own
+        glu(ctx, x, xt, ld, y, B, C, inner, bias);
+        add_freq_embedding(ctx, y, B, C, *emb);
+        return;
+    }
     // The gate half sits at (b * 2C + C + c) * ld + k < 2 B C ld.
-    if (inner % kVec == 0 && ld % kVec == 0 && aligned16(x) && aligned16(y) && (!emb || emb->T % kVec == 0)) {
+    if (vec) {
         const int64_t slots = n / kVec;
         const int64_t row_vecs = emb ? emb->T / kVec : 1;
         const float* table = emb ? emb->table : nullptr;

@@ -212,6 +212,8 @@ void accumulate_chunks(cudaStream_t stream, const float* out, int64_t SC, const 
     if (count <= 0 || first < 0 || first + count > g.jobs() || pitch < g.view_length)
         throw Error("internal error: accumulate_chunks arguments");
     if (!weight && g.jobs() != 1) throw Error("internal error: unweighted overlap-add of several chunks");
+    // Every view position must be covered by a chunk (the view is never cleared): no gaps between chunks.
+    if (g.stride > g.segment) throw Error("internal error: accumulate_chunks: chunks further apart than they are long");
     const int64_t last = first + count - 1;
     const int64_t lo = first * g.stride;
     const int64_t hi = std::min(g.view_length, last * g.stride + g.segment);
