@@ -479,10 +479,7 @@ public:
                     ~ClearError() { cudaGetLastError(); }
                 } clear;
                 FD_CUDA(cudaSetDevice(device));
-                const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-                const int asked = std::atoi(env_string("FASTDEMUCS_RING_THREADS").c_str());
-                const int threads = asked > 0 ? asked : int(std::min(cores - cores / 4, 12u));
-                return std::make_unique<DownloadRing>(device, size_t(8) << 20, 6, threads);
+                return std::make_unique<DownloadRing>(device, size_t(8) << 20, 6, copy_threads("FASTDEMUCS_RING_THREADS"));
             });
         } catch (const std::exception& e) {
             ring_pending_ = {};
@@ -490,14 +487,19 @@ public:
         }
     }
 
-    // The track's upload staging (cuda/staging.h): `slots` page-locked slots
-    // of 8 MB, filled by three quarters of the cores, at most 12 (16 cores:
-    // 12 threads copy ~45-65 GB/s); FASTDEMUCS_UPLOAD_THREADS sets the count.
-    static std::unique_ptr<UploadStaging> make_upload_staging(int slots) {
+    // Host threads for the upload's and the ring's copies (cuda/copy_pool.h):
+    // three quarters of the cores, at most 12 (16 cores: 12 threads copy
+    // ~45-65 GB/s), or the count the environment variable `env` asks for.
+    static int copy_threads(const char* env) {
         const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-        const int asked = std::atoi(env_string("FASTDEMUCS_UPLOAD_THREADS").c_str());
-        const int threads = asked > 0 ? asked : int(std::min(cores - cores / 4, 12u));
-        return std::make_unique<UploadStaging>(size_t(2) << 20, slots, threads);
+        const int asked = std::atoi(env_string(env).c_str());
+        return asked > 0 ? asked : int(std::min(cores - cores / 4, 12u));
+    }
+
+    // The track's upload staging (cuda/staging.h): `slots` page-locked slots
+    // of 8 MB (FASTDEMUCS_UPLOAD_THREADS: its threads).
+    static std::unique_ptr<UploadStaging> make_upload_staging(int slots) {
+        return std::make_unique<UploadStaging>(size_t(2) << 20, slots, copy_threads("FASTDEMUCS_UPLOAD_THREADS"));
     }
     // A process's first track gets two slots (16 MB page-locked on the spot,
     // as the command's one track needs); its second starts the making of
@@ -506,6 +508,31 @@ public:
     // the 64 MB held the command's graph capture back by ~0.05 s (their
     // page-locking and its 12 threads beside the capture's host work).
     static constexpr int kFirstStagingSlots = 2, kStagingSlots = 8;
+
+    // This track's upload staging (null: a pageable copy), per the policy
+    // above: the large one once made, else the small one (made here), and
+    // the large one started on a second track.
+    UploadStaging* upload_staging() {
+        const bool again = tracks_++ > 0;
+        if (!staged_upload_) return nullptr;
+        try {
+            if (staging_pending_.valid() &&
+                (!staging_ || staging_pending_.wait_for(std::chrono::seconds(0)) == std::future_status::ready))
+                staging_ = staging_pending_.get();
+        } catch (const std::exception& e) {  // the large staging could not be made: the small one stays
+            large_staging_failed_ = true;
+            trace_point((std::string("cuda: no large upload staging (") + e.what() + ")").c_str());
+        }
+        try {
+            if (!staging_) staging_ = make_upload_staging(kFirstStagingSlots);
+        } catch (const std::exception& e) {  // no page-locked memory or thread: a pageable copy
+            trace_point((std::string("cuda: no upload staging (") + e.what() + ")").c_str());
+        }
+        if (staging_ && staging_->slots() < kStagingSlots && !staging_pending_.valid() && again &&
+            !large_staging_failed_)
+            start_upload_staging();
+        return staging_.get();
+    }
 
     // Makes the large staging on a thread; staging_pending_ gives it or the
     // error that prevented it. Never throws: where no thread can start, the
@@ -751,27 +778,8 @@ private:
             FD_CUDA(cudaMemset2DAsync(track + max_shift + L, size_t(g.total) * sizeof(float), 0,
                                       size_t(max_shift) * sizeof(float), size_t(C), stream));
         }
-        if (staged_upload_) {
-            try {
-                if (staging_pending_.valid() &&
-                    (!staging_ || staging_pending_.wait_for(std::chrono::seconds(0)) == std::future_status::ready))
-                    staging_ = staging_pending_.get();
-            } catch (const std::exception& e) {  // the large staging could not be made: the small one stays
-                large_staging_failed_ = true;
-                trace_point((std::string("cuda: no large upload staging (") + e.what() + ")").c_str());
-            }
-            try {
-                if (!staging_) staging_ = make_upload_staging(kFirstStagingSlots);
-            } catch (const std::exception& e) {  // no page-locked memory or thread: a pageable copy
-                trace_point((std::string("cuda: no upload staging (") + e.what() + ")").c_str());
-            }
-            if (staging_ && staging_->slots() < kStagingSlots && !staging_pending_.valid() && tracks_ > 0 &&
-                !large_staging_failed_)
-                start_upload_staging();  // (a second track: more may follow)
-        }
-        tracks_++;
-        if (staging_) {
-            staging_->upload(track + max_shift, size_t(g.total), mix, size_t(L), size_t(L), size_t(C), stream);
+        if (UploadStaging* staging = upload_staging()) {
+            staging->upload(track + max_shift, size_t(g.total), mix, size_t(L), size_t(L), size_t(C), stream);
         } else {
             FD_CUDA(cudaMemcpy2DAsync(track + max_shift, size_t(g.total) * sizeof(float), mix,
                                       size_t(L) * sizeof(float), size_t(L) * sizeof(float), size_t(C),

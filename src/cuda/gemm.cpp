@@ -49,18 +49,22 @@ struct LtProduct {
         if (a) api.cublasLtMatrixLayoutDestroy(a);
         if (desc) api.cublasLtMatmulDescDestroy(desc);
     }
-    // Column-major, as cuBLASLt sees row-major y [rows, out] = x [rows, in] W^T:
-    // D [out, rows] = op(A) op(B) with A = W ([in, out], transposed) and B = x ([in, rows]).
-    bool make(DType t, int64_t rows, int64_t in, int64_t out, const void* bias, cublasLtEpilogue_t epilogue) {
-        const cudaDataType_t dt = cuda_type(t);
-        const cublasOperation_t trans = CUBLAS_OP_T, none = CUBLAS_OP_N;
+    // The product's descriptor: float32 compute, op(A) = A^T or A, B as it is, `epilogue`.
+    bool make_desc(cublasOperation_t trans_a, cublasLtEpilogue_t epilogue) {
+        const cublasOperation_t none = CUBLAS_OP_N;
         return api.cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS &&
-               api.cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &trans, sizeof trans) ==
+               api.cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof trans_a) ==
                    CUBLAS_STATUS_SUCCESS &&
                api.cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &none, sizeof none) ==
                    CUBLAS_STATUS_SUCCESS &&
                api.cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue) ==
-                   CUBLAS_STATUS_SUCCESS &&
+                   CUBLAS_STATUS_SUCCESS;
+    }
+    // Column-major, as cuBLASLt sees row-major y [rows, out] = x [rows, in] W^T:
+    // D [out, rows] = op(A) op(B) with A = W ([in, out], transposed) and B = x ([in, rows]).
+    bool make(DType t, int64_t rows, int64_t in, int64_t out, const void* bias, cublasLtEpilogue_t epilogue) {
+        const cudaDataType_t dt = cuda_type(t);
+        return make_desc(CUBLAS_OP_T, epilogue) &&
                api.cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias) ==
                    CUBLAS_STATUS_SUCCESS &&
                api.cublasLtMatrixLayoutCreate(&a, dt, uint64_t(in), uint64_t(out), in) == CUBLAS_STATUS_SUCCESS &&
@@ -73,7 +77,6 @@ struct LtProduct {
     bool make_batched(DType t, int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t stride_b,
                       int64_t ldd, int64_t stride_d, int64_t batch, cublasLtEpilogue_t epilogue) {
         const cudaDataType_t dt = cuda_type(t);
-        const cublasOperation_t none = CUBLAS_OP_N;
         auto layout = [&](cublasLtMatrixLayout_t* l, cudaDataType_t type, int64_t rows, int64_t cols, int64_t ld,
                           int64_t stride) {
             const int32_t count = int32_t(batch);
@@ -84,14 +87,7 @@ struct LtProduct {
                    api.cublasLtMatrixLayoutSetAttribute(*l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride,
                                                         sizeof stride) == CUBLAS_STATUS_SUCCESS;
         };
-        return batch <= std::numeric_limits<int32_t>::max() &&
-               api.cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS &&
-               api.cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &none, sizeof none) ==
-                   CUBLAS_STATUS_SUCCESS &&
-               api.cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &none, sizeof none) ==
-                   CUBLAS_STATUS_SUCCESS &&
-               api.cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue) ==
-                   CUBLAS_STATUS_SUCCESS &&
+        return batch <= std::numeric_limits<int32_t>::max() && make_desc(CUBLAS_OP_N, epilogue) &&
                layout(&a, dt, n, k, ldb, stride_b) && layout(&b, dt, k, m, lda, 0) &&
                layout(&d, CUDA_R_32F, n, m, ldd, stride_d);
     }
