@@ -15,7 +15,7 @@ void Arena::bind(void* base, size_t capacity) {
 
 void Arena::start_dry() {
     // A recognisable, aligned, never-dereferenced address space.
-    base_ = reinterpret_cast<char*>(uintptr_t(1) << 44);
+    base_ = dry_base();
     capacity_ = 0;
     top_ = peak_ = 0;
     dry_ = true;

@@ -19,6 +19,9 @@ public:
     void bind(void* base, size_t capacity);
     // Measure only: allocations return distinct fake addresses, never dereferenced.
     void start_dry();
+    // Where a dry arena's fake addresses start: a real arena bound after it hands out
+    // base + (fake - dry_base()) for the same sequence of allocations.
+    static char* dry_base() { return reinterpret_cast<char*>(uintptr_t(1) << 44); }
     bool dry() const { return dry_; }
 
     void reset() { top_ = 0; }

@@ -63,6 +63,7 @@ struct Planes {
 class Arena;
 class CudnnAttention;
 class Profiler;
+struct GemmRecord;
 
 // What every op needs. With `dry` set nothing is launched: ops only take
 // their buffers from the arena, which then measures the forward's peak
@@ -96,6 +97,7 @@ struct Ctx {
     // GLU) stored in the operand type (else float32).
     bool narrow_gemm_out = true;
     Profiler* prof = nullptr;  // FASTDEMUCS_PROFILE (eager forwards only)
+    GemmRecord* gemm_record = nullptr;  // dry runs: the products met, for prime_gemms (cuda/gemm.h)
 };
 
 // Environment switches ("1", "true", "yes", "on" are true).

@@ -235,6 +235,8 @@ namespace cuda {
 namespace {
 
 constexpr size_t kCublasWorkspace = size_t(32) << 20;
+// Threads that load the forward's cuBLAS kernels before its first capture (prime_products).
+constexpr int kPrimeThreads = 4;
 
 constexpr int kDefaultBatchCap = 8;
 
@@ -565,10 +567,26 @@ public:
         // track, they held back its first batch).
         if (!download_ring_ && !ring_pending_.valid() && download_ring_wanted()) start_download_ring();  // never throws
         const int batch = max_batch();
+        const bool capturing = graphs_enabled_ && !profiler_ && !graphs_.count(batch);
+        const size_t need = measure(batch);
+        if (trace_detailed()) trace_point("cuda: dry run of the warm-up's batch");
+        // cuBLAS's kernels load on a thread (prime_products) while cuDNN's
+        // plans are read here: both before the capture, neither waits for the other.
+        std::thread primer;
+        if (capturing) {
+            if (workspace_.bytes() < need) resize_workspace(need, "batch " + std::to_string(batch));
+            try {
+                primer = std::thread([this, batch] { prime_products(batch); });
+            } catch (const std::system_error&) {
+                prime_products(batch);
+            }
+        }
         ensure_workspace(batch);
+        if (trace_detailed()) trace_point("cuda: workspace for the warm-up's batch");
+        if (primer.joinable()) primer.join();
         Ctx ctx = ctx_;
         ctx.arena = &arena_;
-        if (graphs_enabled_ && !profiler_ && !graphs_.count(batch)) capture(ctx, batch);
+        if (capturing) capture(ctx, batch);
         if (graphs_.count(batch)) return;
         const Io io = alloc_io(ctx, batch);
         FD_CUDA(cudaMemsetAsync(io.in, 0, size_t(batch) * model_->config.audio_channels * length_ * sizeof(float),
@@ -979,7 +997,10 @@ private:
         Ctx ctx = ctx_;
         ctx.arena = &dry;
         ctx.dry = true;
+        GemmRecord record;
+        ctx.gemm_record = &record;
         device_forward(ctx, batch);
+        gemm_records_[batch] = std::move(record);
         return measured_[batch] = dry.peak();
     }
 
@@ -1140,6 +1161,27 @@ private:
         return n;
     }
 
+    // The forward's matrix products at `batch` run once on the idle arena on
+    // a few threads (cuda/gemm.h: prime_gemms), so that the capture finds
+    // cuBLAS's kernels loaded. FASTDEMUCS_GEMM_PRIME: the threads (default 4,
+    // 0 leaves the loads to the capture).
+    void prime_products(int batch) noexcept {
+        try {
+            const std::string wanted = env_string("FASTDEMUCS_GEMM_PRIME");
+            const int threads = wanted.empty() ? kPrimeThreads : std::atoi(wanted.c_str());
+            const auto record = gemm_records_.find(batch);
+            const auto need = measured_.find(batch);
+            if (threads <= 0 || record == gemm_records_.end() || need == measured_.end() ||
+                workspace_.bytes() < need->second)
+                return;
+            prime_gemms(record->second, ctx_, workspace_.get(), need->second, kCublasWorkspace, threads);
+            if (trace_detailed())
+                trace_point(("cuda: " + std::to_string(record->second.products.size()) + " products primed").c_str());
+        } catch (const std::exception&) {
+            // (the capture loads what is left)
+        }
+    }
+
     // Records the forward of `batch` chunks as a CUDA graph (nothing runs).
     // On failure false, and with `graphs_off_on_failure` graphs are off from
     // now on (the forward runs eagerly).
@@ -1163,6 +1205,7 @@ private:
                 trace_point(("cuda: graph recorded (" + std::to_string(gemm_host_seconds()) +
                              " s in cuBLAS so far)").c_str());
             const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+            if (trace_detailed()) trace_point("cuda: graph instantiated");
             cudaGraphDestroy(graph);
             FD_CUDA(err);
         } catch (const Error& e) {
@@ -1812,6 +1855,7 @@ private:
     int batch_cap_ = kDefaultBatchCap;
     size_t per_chunk_ = 0, fixed_ = 0;
     std::map<int, size_t> measured_;
+    std::map<int, GemmRecord> gemm_records_;  // the products each measured batch size met
     std::map<int, cudaGraphExec_t> graphs_;
     std::set<int> eager_done_;
     std::set<int> short_batches_met_;  // short last batches met by earlier tracks (short_batch_size)

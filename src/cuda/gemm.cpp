@@ -8,8 +8,11 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <system_error>
+#include <thread>
 #include <vector>
 
+#include "cuda/arena.h"
 #include "cuda/libraries.h"
 #include "cuda/profile.h"
 #include "engine/trace.h"
@@ -214,7 +217,16 @@ void gemm_as(const Ctx& ctx, DType ab, bool trans_a, bool trans_b, int64_t m, in
     // Row-major sanity: the leading dimensions must cover a row.
     if (a.ld < (trans_a ? m : k) || b.ld < (trans_b ? k : n) || ldc < n)
         throw Error("internal error: GEMM leading dimension too small");
-    if (ctx.dry || m == 0 || n == 0 || batch == 0) return;
+    if (m == 0 || n == 0 || batch == 0) return;
+    if (ctx.dry) {
+        if (ctx.gemm_record)
+            ctx.gemm_record->products.push_back(
+                {c, [=](const Ctx& run, const GemmRecord::PointerMap& map) {
+                     gemm_as(run, ab, trans_a, trans_b, m, n, k, alpha, {map(a.ptr), a.ld, a.stride},
+                             {map(b.ptr), b.ld, b.stride}, beta, const_cast<void*>(map(c)), c_type, ldc, stride_c, batch);
+                 }});
+        return;
+    }
     // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
     const cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
     const cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -243,8 +255,15 @@ bool linear_bias_as(const Ctx& ctx, const void* x, int64_t rows, int64_t in, con
     if (!handle) return false;
     LtProduct product(*lt.api);
     const cublasLtEpilogue_t epilogue = act == Act::Gelu ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS;
-    return product.make(yt, rows, in, out, bias, epilogue) &&
-           lt_matmul(ctx, lt, handle, product, {device, int64_t(yt), rows, in, out, int64_t(epilogue), 0}, w, x, y);
+    const bool done =
+        product.make(yt, rows, in, out, bias, epilogue) &&
+        lt_matmul(ctx, lt, handle, product, {device, int64_t(yt), rows, in, out, int64_t(epilogue), 0}, w, x, y);
+    if (done && ctx.dry && ctx.gemm_record)
+        ctx.gemm_record->products.push_back({y, [=](const Ctx& run, const GemmRecord::PointerMap& map) {
+                                                 linear_bias_as(run, map(x), rows, in, map(w), out, map(bias),
+                                                                const_cast<void*>(map(y)), yt, act);
+                                             }});
+    return done;
 }
 
 bool gemm_act_lt(const Ctx& ctx, int64_t m, int64_t n, int64_t k, const GemmOperand& a, const GemmOperand& b,
@@ -259,12 +278,56 @@ bool gemm_act_lt(const Ctx& ctx, int64_t m, int64_t n, int64_t k, const GemmOper
     LtProduct product(*lt.api);
     const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_GELU;
     // The input (b) is cuBLASLt's A here, the weight (a) its B (make_batched).
-    return product.make_batched(ctx.gemm, m, n, k, a.ld, b.ld, b.stride, ldy, stride_y, batch, epilogue) &&
-           lt_matmul(ctx, lt, handle, product,
-                     {device, int64_t(ctx.gemm), m, n, k, int64_t(epilogue), 1, a.ld, b.ld, b.stride, ldy, stride_y,
-                      batch},
-                     b.ptr, a.ptr, y);
+    const bool done =
+        product.make_batched(ctx.gemm, m, n, k, a.ld, b.ld, b.stride, ldy, stride_y, batch, epilogue) &&
+        lt_matmul(ctx, lt, handle, product,
+                  {device, int64_t(ctx.gemm), m, n, k, int64_t(epilogue), 1, a.ld, b.ld, b.stride, ldy, stride_y, batch},
+                  b.ptr, a.ptr, y);
+    if (done && ctx.dry && ctx.gemm_record)
+        ctx.gemm_record->products.push_back({y, [=](const Ctx& run, const GemmRecord::PointerMap& map) {
+                                                 gemm_act_lt(run, m, n, k, {map(a.ptr), a.ld, a.stride},
+                                                             {map(b.ptr), b.ld, b.stride},
+                                                             static_cast<float*>(const_cast<void*>(map(y))), ldy,
+                                                             stride_y, batch, act);
+                                             }});
+    return done;
 }
+
+namespace {
+
+// One small product with C of type c_type on a handle, stream and buffers of
+// its own (the library's first use of that kind of product); never throws.
+void first_product(const CublasApi& api, DType operand, DType c_type) {
+    constexpr int n = 64;
+    cublasHandle_t handle = nullptr;
+    cudaStream_t stream = nullptr;
+    void* buffers[3] = {nullptr, nullptr, nullptr};
+    const bool traced = trace_detailed();
+    if (api.cublasCreate(&handle) == CUBLAS_STATUS_SUCCESS &&
+        cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess &&
+        api.cublasSetStream(handle, stream) == CUBLAS_STATUS_SUCCESS) {
+        bool allocated = true;
+        for (void*& b : buffers) allocated = allocated && cudaMalloc(&b, n * n * sizeof(float)) == cudaSuccess;
+        if (allocated) {
+            const float alpha = 1.0f, beta = 0.0f;
+            const cudaDataType_t t = cuda_type(operand);
+            api.cublasGemmStridedBatchedEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &alpha, buffers[0], t, n, 0,
+                                           buffers[1], t, n, 0, &beta, buffers[2], cuda_type(c_type), n, 0, 1,
+                                           CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+            cudaStreamSynchronize(stream);
+            if (traced)
+                trace_point(c_type == DType::F32 ? "cuBLAS's first float32-output product (start-up thread)"
+                                                 : "cuBLAS's first narrow-output product (start-up thread)");
+        }
+    }
+    for (void* b : buffers)
+        if (b) cudaFree(b);
+    if (handle) api.cublasDestroy(handle);
+    if (stream) cudaStreamDestroy(stream);
+    cudaGetLastError();
+}
+
+}  // namespace
 
 void warm_up_gemm_library(DType operand) {
     const CublasApi* api = nullptr;
@@ -273,30 +336,94 @@ void warm_up_gemm_library(DType operand) {
     } catch (const Error&) {
         return;  // reported by the backend's own first use
     }
-    constexpr int n = 64;
-    cublasHandle_t handle = nullptr;
-    cudaStream_t stream = nullptr;
-    void* buffers[3] = {nullptr, nullptr, nullptr};
-    if (api->cublasCreate(&handle) == CUBLAS_STATUS_SUCCESS &&
-        cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess &&
-        api->cublasSetStream(handle, stream) == CUBLAS_STATUS_SUCCESS) {
-        bool allocated = true;
-        for (void*& b : buffers) allocated = allocated && cudaMalloc(&b, n * n * sizeof(float)) == cudaSuccess;
-        if (allocated) {
-            const float alpha = 1.0f, beta = 0.0f;
-            const cudaDataType_t t = cuda_type(operand);
-            for (const DType c_type : {DType::F32, operand})
-                api->cublasGemmStridedBatchedEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &alpha, buffers[0], t, n,
-                                                0, buffers[1], t, n, 0, &beta, buffers[2], cuda_type(c_type), n, 0, 1,
-                                                CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-            cudaStreamSynchronize(stream);
+    // Each kind's first product costs ~45-95 ms; on two threads they overlap in part.
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess) {
+        cudaGetLastError();
+        return;
+    }
+    std::thread narrow;
+    if (operand != DType::F32) {
+        try {
+            narrow = std::thread([api, operand, device] {
+                if (cudaSetDevice(device) == cudaSuccess) first_product(*api, operand, operand);
+                cudaGetLastError();
+            });
+        } catch (const std::system_error&) {
         }
     }
-    for (void* b : buffers)
-        if (b) cudaFree(b);
-    if (handle) api->cublasDestroy(handle);
-    if (stream) cudaStreamDestroy(stream);
-    cudaGetLastError();
+    first_product(*api, operand, DType::F32);
+    if (narrow.joinable()) narrow.join();
+    else if (operand != DType::F32) first_product(*api, operand, operand);
+}
+
+void prime_gemms(const GemmRecord& record, const Ctx& base, void* arena, size_t arena_bytes, size_t workspace_bytes,
+                 int threads) {
+    const char* dry = Arena::dry_base();
+    auto in_arena = [dry, arena_bytes](const void* p) {
+        const char* c = static_cast<const char*>(p);
+        return c >= dry && c < dry + arena_bytes;
+    };
+    std::vector<const GemmRecord::Product*> todo;
+    for (const auto& product : record.products)
+        if (in_arena(product.out)) todo.push_back(&product);
+    if (todo.empty() || threads < 1 || !base.blas) return;
+    const GemmRecord::PointerMap map = [&](const void* p) -> const void* {
+        return in_arena(p) ? static_cast<char*>(arena) + (static_cast<const char*>(p) - dry) : p;
+    };
+    const CublasApi* api = nullptr;
+    int device = 0;
+    cublasMath_t math = CUBLAS_DEFAULT_MATH;
+    try {
+        api = &blas_api();
+    } catch (const Error&) {
+        return;
+    }
+    if (cudaGetDevice(&device) != cudaSuccess || api->cublasGetMathMode(base.blas, &math) != CUBLAS_STATUS_SUCCESS) {
+        cudaGetLastError();
+        return;
+    }
+    auto worker = [&](int index, int count) {
+        cublasHandle_t handle = nullptr;
+        cudaStream_t stream = nullptr;
+        void* workspace = nullptr;
+        if (cudaSetDevice(device) == cudaSuccess && api->cublasCreate(&handle) == CUBLAS_STATUS_SUCCESS &&
+            cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess &&
+            api->cublasSetStream(handle, stream) == CUBLAS_STATUS_SUCCESS &&
+            api->cublasSetMathMode(handle, math) == CUBLAS_STATUS_SUCCESS &&
+            cudaMalloc(&workspace, workspace_bytes) == cudaSuccess &&
+            api->cublasSetWorkspace(handle, workspace, workspace_bytes) == CUBLAS_STATUS_SUCCESS) {
+            Ctx ctx = base;
+            ctx.stream = stream;
+            ctx.blas = handle;
+            ctx.dry = false;
+            ctx.arena = nullptr;
+            ctx.prof = nullptr;
+            ctx.gemm_record = nullptr;
+            try {
+                for (size_t i = size_t(index); i < todo.size(); i += size_t(count)) todo[i]->run(ctx, map);
+            } catch (const std::exception&) {
+                // The capture runs this product again and reports what fails.
+            }
+            cudaStreamSynchronize(stream);
+        }
+        if (handle) api->cublasDestroy(handle);
+        if (stream) cudaStreamDestroy(stream);
+        if (workspace) cudaFree(workspace);
+        cudaGetLastError();
+    };
+    std::vector<std::thread> pool;
+    std::vector<int> not_started;  // their shares run here after this thread's own
+    for (int i = 1; i < threads; i++) {
+        try {
+            pool.emplace_back(worker, i, threads);
+        } catch (const std::system_error&) {
+            not_started.push_back(i);
+        }
+    }
+    worker(0, threads);
+    for (int i : not_started) worker(i, threads);
+    for (auto& t : pool) t.join();
 }
 
 void linear(const Ctx& ctx, const void* x, int64_t rows, int64_t in, const void* w, int64_t out, float* y) {

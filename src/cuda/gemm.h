@@ -6,7 +6,10 @@
 // no TF32).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <vector>
 
 #include "cuda/common.h"
 
@@ -64,13 +67,40 @@ bool linear_bias_as(const Ctx& ctx, const void* x, int64_t rows, int64_t in, con
 bool gemm_act_lt(const Ctx& ctx, int64_t m, int64_t n, int64_t k, const GemmOperand& a, const GemmOperand& b,
                  float* y, int64_t ldy, int64_t stride_y, int64_t batch, Act act);
 
-// cuBLAS's first matrix product in a process costs ~0.2 s of host time (its
-// heuristics and kernel tables load then), and the first of each shape
-// ~1 ms more. This runs small products of both kinds the backend uses
-// (C float32 and C in the operand type) on a handle and stream of its own, so
-// that a start-up thread pays the first cost while the model is read.
-// Needs the device's context current; never throws.
+// cuBLAS's first product of each kind in a process costs host time (H200,
+// cuBLAS 13: ~85-120 ms for C in float16, ~45-60 ms for C in float32, in the
+// heuristic or the product, whichever comes first: a stored algorithm does
+// not skip it), and each new kernel ~2.5 ms more. This runs a small product
+// of both kinds the backend uses (C float32 and C in the operand type), each
+// on a thread, handle and stream of its own (together ~25 % shorter than one
+// after the other), so that a start-up thread pays the first costs while the
+// model is read. Needs the device's context current; never throws.
 void warm_up_gemm_library(DType operand);
+
+// The matrix products a dry forward met (Ctx::gemm_record), to run once
+// before the forward is captured. cuBLAS loads each kernel the first time it
+// runs (~2.5 ms of host time apiece on the H200, ~40 % faster on 4 threads
+// than on one), and a capture pays those loads one after another on its
+// thread with the GPU idle.
+struct GemmRecord {
+    // Addresses as the dry run saw them (its arena's fake ones, and real weights).
+    using PointerMap = std::function<const void*(const void*)>;
+    struct Product {
+        const void* out = nullptr;  // where it writes (prime_gemms runs only those writing into the arena)
+        std::function<void(const Ctx&, const PointerMap&)> run;
+    };
+    std::vector<Product> products;
+};
+
+// Runs each recorded product that writes into the dry arena once, with the
+// dry arena's addresses [Arena::dry_base(), + arena_bytes) moved to `arena`
+// (which holds at least that much and nothing live: the products read and
+// write garbage there), on `threads` threads with a cuBLAS handle, stream
+// and workspace of `workspace_bytes` each (the sizes and math mode the
+// capture's handle has, so that cuBLAS picks the same kernels), and waits
+// for them. Never throws: what fails is left to the capture.
+void prime_gemms(const GemmRecord& record, const Ctx& base, void* arena, size_t arena_bytes, size_t workspace_bytes,
+                 int threads);
 
 // With FASTDEMUCS_TRACE=2: host seconds spent inside cuBLAS calls so far
 // (its heuristics run on the first call of each shape), for the start-up trace.

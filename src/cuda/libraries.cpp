@@ -65,6 +65,7 @@ const Loaded<CublasApi>& cublas_library() {
                             FD_RESOLVE(cublasDestroy_v2)
                             FD_RESOLVE(cublasSetStream_v2)
                             FD_RESOLVE(cublasSetMathMode)
+                            FD_RESOLVE(cublasGetMathMode)
                             FD_RESOLVE(cublasSetWorkspace_v2)
                             FD_RESOLVE(cublasGemmStridedBatchedEx)
                         });

@@ -29,6 +29,7 @@ struct CublasApi {
     decltype(&::cublasDestroy_v2) cublasDestroy_v2 = nullptr;
     decltype(&::cublasSetStream_v2) cublasSetStream_v2 = nullptr;
     decltype(&::cublasSetMathMode) cublasSetMathMode = nullptr;
+    decltype(&::cublasGetMathMode) cublasGetMathMode = nullptr;
     decltype(&::cublasSetWorkspace_v2) cublasSetWorkspace_v2 = nullptr;
     decltype(static_cast<CublasGemmStridedBatchedEx>(&::cublasGemmStridedBatchedEx)) cublasGemmStridedBatchedEx =
         nullptr;
