@@ -20,7 +20,7 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFASTDEMUCS_CPU_BACK
   -DFASTDEMUCS_EXPORT=${PACK_EXPORT:-OFF} -DFASTDEMUCS_CUDA=${PACK_CUDA:-ON} >/dev/null
 cmake --build "$build" >/dev/null
 rm -rf .device && mkdir -p .device/bin .device/lib .device/fixtures
-for f in tests/fastdemucs_tests fastdemucs bench/gpu_bench bench/gpu_dump bench/io_bench bench/host_copy_rate; do
+for f in tests/fastdemucs_tests fastdemucs bench/gpu_bench bench/gpu_dump bench/io_bench bench/host_copy_rate bench/cublas_first_use; do
   [ -f "$build/$f" ] && cp "$build/$f" .device/bin/
 done
 cp "$build"/libfastdemucs*.so .device/lib/
