@@ -13,6 +13,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -75,6 +76,10 @@ std::pair<double, double> lt_product(cublasLtHandle_t lt, cudaStream_t stream, c
         int found = 0;
         cublasLtMatmulAlgoGetHeuristic(lt, desc, a, b, c, c, pref, 1, &result, &found);
         cublasLtMatmulPreferenceDestroy(pref);
+        if (found < 1) {
+            std::fprintf(stderr, "cublas_first_use: no cuBLASLt algorithm for %s\n", s.name().c_str());
+            std::exit(1);
+        }
         *algo = result.algo;
         heuristic = ms_since(start);
     }

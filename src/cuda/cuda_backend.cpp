@@ -571,19 +571,35 @@ public:
         const size_t need = measure(batch);
         if (trace_detailed()) trace_point("cuda: dry run of the warm-up's batch");
         // cuBLAS's kernels load on a thread (prime_products) while cuDNN's
-        // plans are read here: both before the capture, neither waits for the other.
-        std::thread primer;
-        if (capturing) {
-            if (workspace_.bytes() < need) resize_workspace(need, "batch " + std::to_string(batch));
-            try {
-                primer = std::thread([this, batch] { prime_products(batch); });
-            } catch (const std::system_error&) {
-                prime_products(batch);
+        // plans are read here: both before the capture, neither waits for the
+        // other. Not beside cuDNN's timing runs (FASTDEMUCS_CUDNN_AUTOTUNE):
+        // the prime's products would skew them. The prime's handles go once
+        // cuDNN's plans are read (their cublasDestroy would break the capture
+        // a plan's warm load makes).
+        GemmLeftovers primed;
+        {
+            struct Joined {
+                std::thread t;
+                ~Joined() {
+                    if (t.joinable()) t.join();
+                }
+            } primer;
+            if (capturing) {
+                if (workspace_.bytes() < need) resize_workspace(need, "batch " + std::to_string(batch));
+                try {
+                    primer.t = std::thread([this, batch, &primed] {
+                        if (cudaSetDevice(device_) == cudaSuccess) primed = prime_products(batch);
+                        cudaGetLastError();
+                    });
+                } catch (const std::system_error&) {
+                    primed = prime_products(batch);
+                }
+                if (primer.t.joinable() && env_flag("FASTDEMUCS_CUDNN_AUTOTUNE")) primer.t.join();
             }
+            ensure_workspace(batch);
+            if (trace_detailed()) trace_point("cuda: workspace for the warm-up's batch");
         }
-        ensure_workspace(batch);
-        if (trace_detailed()) trace_point("cuda: workspace for the warm-up's batch");
-        if (primer.joinable()) primer.join();
+        primed = GemmLeftovers();
         Ctx ctx = ctx_;
         ctx.arena = &arena_;
         if (capturing) capture(ctx, batch);
@@ -1165,7 +1181,7 @@ private:
     // a few threads (cuda/gemm.h: prime_gemms), so that the capture finds
     // cuBLAS's kernels loaded. FASTDEMUCS_GEMM_PRIME: the threads (default 4,
     // 0 leaves the loads to the capture).
-    void prime_products(int batch) noexcept {
+    GemmLeftovers prime_products(int batch) noexcept {
         try {
             const std::string wanted = env_string("FASTDEMUCS_GEMM_PRIME");
             const int threads = wanted.empty() ? kPrimeThreads : std::atoi(wanted.c_str());
@@ -1173,12 +1189,14 @@ private:
             const auto need = measured_.find(batch);
             if (threads <= 0 || record == gemm_records_.end() || need == measured_.end() ||
                 workspace_.bytes() < need->second)
-                return;
-            prime_gemms(record->second, ctx_, workspace_.get(), need->second, kCublasWorkspace, threads);
+                return {};
+            GemmLeftovers kept =
+                prime_gemms(record->second, ctx_, device_, workspace_.get(), need->second, kCublasWorkspace, threads);
             if (trace_detailed())
                 trace_point(("cuda: " + std::to_string(record->second.products.size()) + " products primed").c_str());
+            return kept;
         } catch (const std::exception&) {
-            // (the capture loads what is left)
+            return {};  // (the capture loads what is left)
         }
     }
 
@@ -1903,7 +1921,8 @@ void cuda_warm_up_libraries(int device_index, Precision precision) {
         } catch (const std::system_error&) {
         }
     }
-    cuda::warm_up_gemm_library(cuda::operand_type(precision));
+    // Its handles go only after cuDNN's warm-up (cublasDestroy would break that thread's capture).
+    cuda::GemmLeftovers kept = cuda::warm_up_gemm_library(cuda::operand_type(precision));
     trace_point("cuBLAS warmed up (start-up thread)");
     if (cudnn.joinable()) cudnn.join();
 }

@@ -1,5 +1,6 @@
 #include "cuda/gemm.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -293,97 +294,181 @@ bool gemm_act_lt(const Ctx& ctx, int64_t m, int64_t n, int64_t k, const GemmOper
     return done;
 }
 
+GemmLeftovers::~GemmLeftovers() { release(); }
+
+GemmLeftovers::GemmLeftovers(GemmLeftovers&& o) noexcept
+    : handles_(std::move(o.handles_)), streams_(std::move(o.streams_)), memory_(std::move(o.memory_)) {}
+
+GemmLeftovers& GemmLeftovers::operator=(GemmLeftovers&& o) noexcept {
+    if (this != &o) {
+        release();
+        handles_ = std::move(o.handles_);
+        streams_ = std::move(o.streams_);
+        memory_ = std::move(o.memory_);
+    }
+    return *this;
+}
+
+void GemmLeftovers::add(cublasHandle_t handle, cudaStream_t stream, void* memory) {
+    try {
+        // Room first, so that a failed push leaks nothing the vectors already hold.
+        handles_.reserve(handles_.size() + 1);
+        streams_.reserve(streams_.size() + 1);
+        memory_.reserve(memory_.size() + 1);
+    } catch (const std::bad_alloc&) {
+        // Destroyed now instead (the caller's capture risk is smaller than a leak's).
+        if (handle) {
+            try {
+                blas_api().cublasDestroy(handle);
+            } catch (const Error&) {
+            }
+        }
+        if (stream) cudaStreamDestroy(stream);
+        if (memory) cudaFree(memory);
+        cudaGetLastError();
+        return;
+    }
+    if (handle) handles_.push_back(handle);
+    if (stream) streams_.push_back(stream);
+    if (memory) memory_.push_back(memory);
+}
+
+void GemmLeftovers::take(GemmLeftovers&& o) {
+    for (cublasHandle_t h : o.handles_) add(h, nullptr, nullptr);
+    for (cudaStream_t st : o.streams_) add(nullptr, st, nullptr);
+    for (void* m : o.memory_) add(nullptr, nullptr, m);
+    o.handles_.clear();
+    o.streams_.clear();
+    o.memory_.clear();
+}
+
+void GemmLeftovers::release() noexcept {
+    if (!handles_.empty()) {
+        try {
+            const CublasApi& api = blas_api();
+            for (cublasHandle_t h : handles_) api.cublasDestroy(h);
+        } catch (const Error&) {
+        }
+    }
+    for (cudaStream_t st : streams_) cudaStreamDestroy(st);
+    for (void* m : memory_) cudaFree(m);
+    handles_.clear();
+    streams_.clear();
+    memory_.clear();
+    cudaGetLastError();
+}
+
 namespace {
 
 // One small product with C of type c_type on a handle, stream and buffers of
-// its own (the library's first use of that kind of product); never throws.
-void first_product(const CublasApi& api, DType operand, DType c_type) {
+// its own (the library's first use of that kind of product), which go to
+// `kept`; never throws.
+void first_product(const CublasApi& api, DType operand, DType c_type, GemmLeftovers& kept) {
     constexpr int n = 64;
     cublasHandle_t handle = nullptr;
     cudaStream_t stream = nullptr;
-    void* buffers[3] = {nullptr, nullptr, nullptr};
-    const bool traced = trace_detailed();
-    if (api.cublasCreate(&handle) == CUBLAS_STATUS_SUCCESS &&
-        cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess &&
-        api.cublasSetStream(handle, stream) == CUBLAS_STATUS_SUCCESS) {
-        bool allocated = true;
-        for (void*& b : buffers) allocated = allocated && cudaMalloc(&b, n * n * sizeof(float)) == cudaSuccess;
-        if (allocated) {
-            const float alpha = 1.0f, beta = 0.0f;
-            const cudaDataType_t t = cuda_type(operand);
-            api.cublasGemmStridedBatchedEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &alpha, buffers[0], t, n, 0,
-                                           buffers[1], t, n, 0, &beta, buffers[2], cuda_type(c_type), n, 0, 1,
-                                           CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-            cudaStreamSynchronize(stream);
-            if (traced)
-                trace_point(c_type == DType::F32 ? "cuBLAS's first float32-output product (start-up thread)"
-                                                 : "cuBLAS's first narrow-output product (start-up thread)");
-        }
+    void* buffer = nullptr;  // A, B and C one after the other
+    const size_t bytes = n * n * sizeof(float);
+    const bool made = api.cublasCreate(&handle) == CUBLAS_STATUS_SUCCESS &&
+                      cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess &&
+                      api.cublasSetStream(handle, stream) == CUBLAS_STATUS_SUCCESS &&
+                      cudaMalloc(&buffer, 3 * bytes) == cudaSuccess;
+    if (made) {
+        char* b = static_cast<char*>(buffer);
+        const float alpha = 1.0f, beta = 0.0f;
+        const cudaDataType_t t = cuda_type(operand);
+        api.cublasGemmStridedBatchedEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &alpha, b, t, n, 0, b + bytes, t, n,
+                                       0, &beta, b + 2 * bytes, cuda_type(c_type), n, 0, 1, CUBLAS_COMPUTE_32F,
+                                       CUBLAS_GEMM_DEFAULT);
+        cudaStreamSynchronize(stream);
+        if (trace_detailed())
+            trace_point(c_type == DType::F32 ? "cuBLAS's first float32-output product (start-up thread)"
+                                             : "cuBLAS's first narrow-output product (start-up thread)");
     }
-    for (void* b : buffers)
-        if (b) cudaFree(b);
-    if (handle) api.cublasDestroy(handle);
-    if (stream) cudaStreamDestroy(stream);
+    kept.add(handle, stream, buffer);
     cudaGetLastError();
 }
 
 }  // namespace
 
-void warm_up_gemm_library(DType operand) {
+GemmLeftovers warm_up_gemm_library(DType operand) {
+    GemmLeftovers kept;
     const CublasApi* api = nullptr;
     try {
         api = &blas_api();
     } catch (const Error&) {
-        return;  // reported by the backend's own first use
+        return kept;  // reported by the backend's own first use
     }
-    // Each kind's first product costs ~45-95 ms; on two threads they overlap in part.
+    // Each kind's first product costs ~45-120 ms; on two threads they overlap in part.
     int device = 0;
     if (cudaGetDevice(&device) != cudaSuccess) {
         cudaGetLastError();
-        return;
+        return kept;
     }
+    GemmLeftovers narrow_kept;
     std::thread narrow;
     if (operand != DType::F32) {
         try {
-            narrow = std::thread([api, operand, device] {
-                if (cudaSetDevice(device) == cudaSuccess) first_product(*api, operand, operand);
+            narrow = std::thread([api, operand, device, &narrow_kept] {
+                if (cudaSetDevice(device) == cudaSuccess) first_product(*api, operand, operand, narrow_kept);
                 cudaGetLastError();
             });
         } catch (const std::system_error&) {
         }
     }
-    first_product(*api, operand, DType::F32);
-    if (narrow.joinable()) narrow.join();
-    else if (operand != DType::F32) first_product(*api, operand, operand);
+    first_product(*api, operand, DType::F32, kept);
+    if (narrow.joinable())
+        narrow.join();
+    else if (operand != DType::F32)
+        first_product(*api, operand, operand, kept);
+    kept.take(std::move(narrow_kept));
+    return kept;
 }
 
-void prime_gemms(const GemmRecord& record, const Ctx& base, void* arena, size_t arena_bytes, size_t workspace_bytes,
-                 int threads) {
+GemmLeftovers prime_gemms(const GemmRecord& record, const Ctx& base, int device, void* arena, size_t arena_bytes,
+                          size_t workspace_bytes, int threads) {
+    GemmLeftovers kept;
     const char* dry = Arena::dry_base();
-    auto in_arena = [dry, arena_bytes](const void* p) {
+    // A dry arena's address: in its range and not a real allocation (a weight that happened to be there).
+    auto fake = [dry, arena_bytes](const void* p) {
         const char* c = static_cast<const char*>(p);
-        return c >= dry && c < dry + arena_bytes;
+        if (c < dry || c >= dry + arena_bytes) return false;
+        cudaPointerAttributes attributes{};
+        const cudaError_t err = cudaPointerGetAttributes(&attributes, p);
+        cudaGetLastError();
+        return err != cudaSuccess || attributes.type == cudaMemoryTypeUnregistered;
     };
     std::vector<const GemmRecord::Product*> todo;
-    for (const auto& product : record.products)
-        if (in_arena(product.out)) todo.push_back(&product);
-    if (todo.empty() || threads < 1 || !base.blas) return;
+    try {
+        for (const auto& product : record.products)
+            if (fake(product.out)) todo.push_back(&product);
+    } catch (const std::bad_alloc&) {
+        return kept;
+    }
+    threads = std::min({threads, 16, int(todo.size())});
+    if (todo.empty() || threads < 1 || !base.blas) return kept;
     const GemmRecord::PointerMap map = [&](const void* p) -> const void* {
-        return in_arena(p) ? static_cast<char*>(arena) + (static_cast<const char*>(p) - dry) : p;
+        return fake(p) ? static_cast<char*>(arena) + (static_cast<const char*>(p) - dry) : p;
     };
     const CublasApi* api = nullptr;
-    int device = 0;
     cublasMath_t math = CUBLAS_DEFAULT_MATH;
     try {
         api = &blas_api();
     } catch (const Error&) {
-        return;
+        return kept;
     }
-    if (cudaGetDevice(&device) != cudaSuccess || api->cublasGetMathMode(base.blas, &math) != CUBLAS_STATUS_SUCCESS) {
-        cudaGetLastError();
-        return;
+    if (api->cublasGetMathMode(base.blas, &math) != CUBLAS_STATUS_SUCCESS) return kept;
+    std::vector<GemmLeftovers> made;  // each thread's, destroyed by the caller's holder
+    std::vector<std::thread> pool;
+    std::vector<int> not_started;  // their shares run here after this thread's own
+    try {
+        made.resize(static_cast<size_t>(threads));
+        pool.reserve(static_cast<size_t>(threads));
+        not_started.reserve(static_cast<size_t>(threads));
+    } catch (const std::bad_alloc&) {
+        return kept;
     }
-    auto worker = [&](int index, int count) {
+    auto worker = [&](int index) {
         cublasHandle_t handle = nullptr;
         cudaStream_t stream = nullptr;
         void* workspace = nullptr;
@@ -401,29 +486,27 @@ void prime_gemms(const GemmRecord& record, const Ctx& base, void* arena, size_t 
             ctx.prof = nullptr;
             ctx.gemm_record = nullptr;
             try {
-                for (size_t i = size_t(index); i < todo.size(); i += size_t(count)) todo[i]->run(ctx, map);
+                for (size_t i = size_t(index); i < todo.size(); i += size_t(threads)) todo[i]->run(ctx, map);
             } catch (const std::exception&) {
                 // The capture runs this product again and reports what fails.
             }
             cudaStreamSynchronize(stream);
         }
-        if (handle) api->cublasDestroy(handle);
-        if (stream) cudaStreamDestroy(stream);
-        if (workspace) cudaFree(workspace);
+        made[size_t(index)].add(handle, stream, workspace);
         cudaGetLastError();
     };
-    std::vector<std::thread> pool;
-    std::vector<int> not_started;  // their shares run here after this thread's own
     for (int i = 1; i < threads; i++) {
         try {
-            pool.emplace_back(worker, i, threads);
-        } catch (const std::system_error&) {
-            not_started.push_back(i);
+            pool.emplace_back(worker, i);
+        } catch (...) {
+            not_started.push_back(i);  // (reserved: cannot throw)
         }
     }
-    worker(0, threads);
-    for (int i : not_started) worker(i, threads);
+    worker(0);
+    for (int i : not_started) worker(i);
     for (auto& t : pool) t.join();
+    for (auto& m : made) kept.take(std::move(m));
+    return kept;
 }
 
 void linear(const Ctx& ctx, const void* x, int64_t rows, int64_t in, const void* w, int64_t out, float* y) {

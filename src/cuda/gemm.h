@@ -67,6 +67,30 @@ bool linear_bias_as(const Ctx& ctx, const void* x, int64_t rows, int64_t in, con
 bool gemm_act_lt(const Ctx& ctx, int64_t m, int64_t n, int64_t k, const GemmOperand& a, const GemmOperand& b,
                  float* y, int64_t ldy, int64_t stride_y, int64_t batch, Act act);
 
+// The cuBLAS handles, streams and device memory a warm-up or a prime made,
+// destroyed with this object. Why not at once: cublasDestroy synchronises
+// the device, which breaks a graph capture running on another thread (cuDNN's
+// warm plan loads capture one), so the caller lets them go once no such
+// capture can be running. Never throws.
+class GemmLeftovers {
+public:
+    GemmLeftovers() = default;
+    ~GemmLeftovers();
+    GemmLeftovers(GemmLeftovers&& o) noexcept;
+    GemmLeftovers& operator=(GemmLeftovers&& o) noexcept;
+    GemmLeftovers(const GemmLeftovers&) = delete;
+    GemmLeftovers& operator=(const GemmLeftovers&) = delete;
+
+    void add(cublasHandle_t handle, cudaStream_t stream, void* memory);  // null members are skipped
+    void take(GemmLeftovers&& o);  // o's, destroyed with this one
+
+private:
+    void release() noexcept;
+    std::vector<cublasHandle_t> handles_;
+    std::vector<cudaStream_t> streams_;
+    std::vector<void*> memory_;
+};
+
 // cuBLAS's first product of each kind in a process costs host time (H200,
 // cuBLAS 13: ~85-120 ms for C in float16, ~45-60 ms for C in float32, in the
 // heuristic or the product, whichever comes first: a stored algorithm does
@@ -74,8 +98,9 @@ bool gemm_act_lt(const Ctx& ctx, int64_t m, int64_t n, int64_t k, const GemmOper
 // of both kinds the backend uses (C float32 and C in the operand type), each
 // on a thread, handle and stream of its own (together ~25 % shorter than one
 // after the other), so that a start-up thread pays the first costs while the
-// model is read. Needs the device's context current; never throws.
-void warm_up_gemm_library(DType operand);
+// model is read. Needs the device's context current; never throws. Its
+// handles, streams and buffers come back (GemmLeftovers says why).
+GemmLeftovers warm_up_gemm_library(DType operand);
 
 // The matrix products a dry forward met (Ctx::gemm_record), to run once
 // before the forward is captured. cuBLAS loads each kernel the first time it
@@ -92,15 +117,17 @@ struct GemmRecord {
     std::vector<Product> products;
 };
 
-// Runs each recorded product that writes into the dry arena once, with the
-// dry arena's addresses [Arena::dry_base(), + arena_bytes) moved to `arena`
-// (which holds at least that much and nothing live: the products read and
-// write garbage there), on `threads` threads with a cuBLAS handle, stream
-// and workspace of `workspace_bytes` each (the sizes and math mode the
-// capture's handle has, so that cuBLAS picks the same kernels), and waits
-// for them. Never throws: what fails is left to the capture.
-void prime_gemms(const GemmRecord& record, const Ctx& base, void* arena, size_t arena_bytes, size_t workspace_bytes,
-                 int threads);
+// Runs each recorded product that writes into the dry arena once on device
+// `device`, with the dry arena's addresses [Arena::dry_base(), +
+// arena_bytes) moved to `arena` (which holds at least that much and nothing
+// live: the products read and write garbage there; an address there that is
+// a real allocation is left as it is), on `threads` threads (at most 16) with a
+// cuBLAS handle, stream and workspace of `workspace_bytes` each (the sizes
+// and math mode the capture's handle has, so that cuBLAS picks the same
+// kernels), and waits for them. Never throws: what fails is left to the
+// capture. The threads' handles, streams and workspaces come back.
+GemmLeftovers prime_gemms(const GemmRecord& record, const Ctx& base, int device, void* arena, size_t arena_bytes,
+                          size_t workspace_bytes, int threads);
 
 // With FASTDEMUCS_TRACE=2: host seconds spent inside cuBLAS calls so far
 // (its heuristics run on the first call of each shape), for the start-up trace.
