@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
 #include <vector>
@@ -331,6 +332,39 @@ TEST(SeparateCuda, WarmUpAndReleaseGpusKeepTheStems) {
     const Stems again = Separator::load(warm_params)->separate(mix, p);
     ASSERT_EQ(again.data.size(), cold.data.size());
     EXPECT_LE(testing_support::relative_l2(again.data.data(), cold.data.data(), int64_t(cold.data.size())), 1e-6);
+}
+
+// The warm-up runs the forward's matrix products once on the idle arena
+// before its capture (FASTDEMUCS_GEMM_PRIME: cuBLAS's kernels then load off
+// the capture): garbage in the arena and the primed kernels change nothing,
+// to the bit, in float16 (where cuBLASLt's epilogue products run too). Each
+// model on a fresh context (release_gpus() between them: cuBLASLt's handle
+// is made again).
+TEST(SeparateCuda, WarmUpPrimeLeavesTheStemsBitIdentical) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    REQUIRE_FIXTURES("tiny/0d0b2025.th", "tiny/tiny.yaml", "tiny/mix_4s.wav");
+    const Audio mix = tiled(read_audio(testing_support::fixture("tiny/mix_4s.wav")), 37.0);  // full batches
+    const SeparateParams p = no_shift(0.25);
+    LoadParams params = load_default_params();
+    params.name = "tiny";
+    params.repo = testing_support::fixture("tiny");
+    params.device = DeviceKind::Cuda;
+    params.precision = Precision::Fp16;
+    params.warm_up = true;
+    Stems unprimed;
+    {
+        ScopedEnv off("FASTDEMUCS_GEMM_PRIME", "0");
+        unprimed = Separator::load(params)->separate(mix, p);
+    }
+    release_gpus();  // a fresh context: nothing of the first model's kernels loaded
+    for (const char* threads : {"", "1"}) {
+        ScopedEnv prime("FASTDEMUCS_GEMM_PRIME", threads);
+        const Stems primed = Separator::load(params)->separate(mix, p);
+        ASSERT_EQ(primed.data.size(), unprimed.data.size());
+        EXPECT_EQ(std::memcmp(primed.data.data(), unprimed.data.data(), primed.data.size() * sizeof(float)), 0)
+            << "FASTDEMUCS_GEMM_PRIME=" << threads;
+        release_gpus();
+    }
 }
 
 TEST(SeparateCuda, TrackPathEqualsHostPathBag) {

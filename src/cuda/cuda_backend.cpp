@@ -1938,6 +1938,7 @@ void release_gpus() {
         std::lock_guard<std::mutex> lock(cuda::kept_mutex);
         cuda::kept_buffers.clear();
     }
+    cuda::release_gemm_handles();
     std::lock_guard<std::mutex> lock(used_devices_mutex);
     for (int device : used_devices)
         if (cudaSetDevice(device) == cudaSuccess) cudaDeviceReset();

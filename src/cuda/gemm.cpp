@@ -203,6 +203,16 @@ bool lt_matmul(const Ctx& ctx, LtState& lt, cublasLtHandle_t handle, const LtPro
 
 }  // namespace
 
+void release_gemm_handles() {
+    LtState& lt = lt_state();
+    if (!lt.api) return;
+    std::lock_guard<std::mutex> lock(lt.mutex);
+    for (const auto& [device, handle] : lt.handles)
+        if (handle && cudaSetDevice(device) == cudaSuccess) lt.api->cublasLtDestroy(handle);
+    lt.handles.clear();
+    cudaGetLastError();
+}
+
 double gemm_host_seconds() { return 1e-9 * double(g_gemm_host_ns.load()); }
 
 void gemm(const Ctx& ctx, DType ab, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,

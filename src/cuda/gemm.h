@@ -129,6 +129,12 @@ struct GemmRecord {
 GemmLeftovers prime_gemms(const GemmRecord& record, const Ctx& base, int device, void* arena, size_t arena_bytes,
                           size_t workspace_bytes, int threads);
 
+// Destroys the process's cuBLASLt handles (one per device, made on first
+// use): release_gpus() calls it before it resets the devices, whose contexts
+// the handles were made in; the next product makes a new one. The algorithms
+// chosen stay (they depend on shapes, not on a context).
+void release_gemm_handles();
+
 // With FASTDEMUCS_TRACE=2: host seconds spent inside cuBLAS calls so far
 // (its heuristics run on the first call of each shape), for the start-up trace.
 double gemm_host_seconds();

@@ -77,6 +77,7 @@ const Loaded<CublasLtApi>& cublas_lt_library() {
         load<CublasLtApi>("cuBLASLt", "libcublasLt.so." + std::to_string(CUBLAS_VER_MAJOR),
                           [](void* lib, CublasLtApi& t, std::string& missing) {
                               FD_RESOLVE(cublasLtCreate)
+                              FD_RESOLVE(cublasLtDestroy)
                               FD_RESOLVE(cublasLtMatmulDescCreate)
                               FD_RESOLVE(cublasLtMatmulDescDestroy)
                               FD_RESOLVE(cublasLtMatmulDescSetAttribute)

@@ -38,6 +38,7 @@ struct CublasApi {
 // cuBLASLt: the matrix products with a bias epilogue (gemm.h's linear_bias_as, gemm_act_lt).
 struct CublasLtApi {
     decltype(&::cublasLtCreate) cublasLtCreate = nullptr;
+    decltype(&::cublasLtDestroy) cublasLtDestroy = nullptr;
     decltype(&::cublasLtMatmulDescCreate) cublasLtMatmulDescCreate = nullptr;
     decltype(&::cublasLtMatmulDescDestroy) cublasLtMatmulDescDestroy = nullptr;
     decltype(&::cublasLtMatmulDescSetAttribute) cublasLtMatmulDescSetAttribute = nullptr;
