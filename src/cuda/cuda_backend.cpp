@@ -98,8 +98,9 @@
 // the kernels); the second is captured into a CUDA graph (addresses repeat:
 // same arena, same order) and every later call replays it. warm_up()
 // (LoadParams::warm_up, as the command loads) captures the graph of the
-// full batch right away without running anything: the capture itself
-// loads the kernels and picks cuBLAS's algorithms. Taps bypass the
+// full batch right away without running the forward: the forward's matrix
+// products run once first on the idle arena (garbage in, garbage out) on a
+// few threads, which loads cuBLAS's kernels, and the capture loads ours. Taps bypass the
 // graph. FASTDEMUCS_NO_GRAPH=1 disables graphs; FASTDEMUCS_ATTENTION=cublas
 // selects the cuBLAS attention path, =simt the float32-arithmetic fused
 // kernel in every precision, =tc-v1 the first float16 tensor-core kernel,
@@ -126,6 +127,8 @@
 // (engine/trace.h), =2 also each block of the graph capture and the host
 // time spent in cuBLAS. FASTDEMUCS_NO_LIBRARY_WARM_UP=1 leaves cuBLAS's
 // first product to the capture (cuda_warm_up_libraries; A/B runs).
+// FASTDEMUCS_GEMM_PRIME: the threads that run the forward's products once
+// before the warm-up's capture (prime_products; default 4, 0: none).
 //
 // The whole track (separate_track, engine/apply's host path on the device;
 // FASTDEMUCS_HOST_APPLY=1 forces the host path). The track is uploaded once
@@ -555,11 +558,12 @@ public:
     }
 
     // The forward at the batch size a long track gets, captured as a CUDA
-    // graph without running it: the capture loads the kernels and has
-    // cuBLAS pick its algorithms (~0.1 s of host time on the H200; cuBLAS's
-    // own first use, ~0.2 s more, is paid by the start-up thread:
-    // cuda_warm_up_libraries), and nothing is left for the device to do. Without graphs (or when the
-    // capture fails) one eager forward of zeros does the loading instead.
+    // graph without running it, after its matrix products ran once
+    // (prime_products: cuBLAS loads each kernel at its first run, ~2.5 ms
+    // apiece on the H200, ~0.1 s for the forward; cuBLAS's first use of each
+    // kind of product, ~0.1 s more, is paid by the start-up thread:
+    // cuda_warm_up_libraries); the capture then takes ~15 ms. Without graphs
+    // (or when the capture fails) one eager forward of zeros does the loading instead.
     void warm_up() override {
         FD_CUDA(cudaSetDevice(device_));
         // The download ring's 48 MB are page-locked on a thread of their own
