@@ -36,14 +36,18 @@ const char* precision_name(Precision p) {
     return p == Precision::Fp32 ? "fp32" : p == Precision::Fp16 ? "fp16" : "bf16";
 }
 
-std::unique_ptr<Separator> load(const std::string& folder, const std::string& name, Precision precision) {
+LoadParams cuda_params(const std::string& folder, const std::string& name, Precision precision) {
     LoadParams p = load_default_params();
     p.name = name;
     p.repo = testing_support::fixture(folder);
     p.device = DeviceKind::Cuda;
     p.device_index = 0;
     p.precision = precision;
-    return Separator::load(p);
+    return p;
+}
+
+std::unique_ptr<Separator> load(const std::string& folder, const std::string& name, Precision precision) {
+    return Separator::load(cuda_params(folder, name, precision));
 }
 
 void expect_stems_match(const Stems& stems, const Array& ref, Precision precision, const std::string& what) {
@@ -319,11 +323,7 @@ TEST(SeparateCuda, WarmUpAndReleaseGpusKeepTheStems) {
     const Audio mix = tiled(read_audio(testing_support::fixture("tiny/mix_4s.wav")), 37.0);  // full batches
     const SeparateParams p = no_shift(0.25);
     const Stems cold = load("tiny", "tiny", Precision::Fp32)->separate(mix, p);
-    LoadParams warm_params = load_default_params();
-    warm_params.name = "tiny";
-    warm_params.repo = testing_support::fixture("tiny");
-    warm_params.device = DeviceKind::Cuda;
-    warm_params.precision = Precision::Fp32;
+    LoadParams warm_params = cuda_params("tiny", "tiny", Precision::Fp32);
     warm_params.warm_up = true;
     const Stems warm = Separator::load(warm_params)->separate(mix, p);
     ASSERT_EQ(warm.data.size(), cold.data.size());
@@ -345,11 +345,7 @@ TEST(SeparateCuda, WarmUpPrimeLeavesTheStemsBitIdentical) {
     REQUIRE_FIXTURES("tiny/0d0b2025.th", "tiny/tiny.yaml", "tiny/mix_4s.wav");
     const Audio mix = tiled(read_audio(testing_support::fixture("tiny/mix_4s.wav")), 37.0);  // full batches
     const SeparateParams p = no_shift(0.25);
-    LoadParams params = load_default_params();
-    params.name = "tiny";
-    params.repo = testing_support::fixture("tiny");
-    params.device = DeviceKind::Cuda;
-    params.precision = Precision::Fp16;
+    LoadParams params = cuda_params("tiny", "tiny", Precision::Fp16);
     params.warm_up = true;
     Stems unprimed;
     {

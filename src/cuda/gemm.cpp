@@ -201,6 +201,12 @@ bool lt_matmul(const Ctx& ctx, LtState& lt, cublasLtHandle_t handle, const LtPro
     return true;
 }
 
+// In a dry run with a record (Ctx::gemm_record): keeps `run`, the product
+// writing to `out`, for prime_gemms.
+void record(const Ctx& ctx, const void* out, std::function<void(const Ctx&, const GemmRecord::PointerMap&)> run) {
+    if (ctx.dry && ctx.gemm_record) ctx.gemm_record->products.push_back({out, std::move(run)});
+}
+
 }  // namespace
 
 void release_gemm_handles() {
@@ -230,12 +236,10 @@ void gemm_as(const Ctx& ctx, DType ab, bool trans_a, bool trans_b, int64_t m, in
         throw Error("internal error: GEMM leading dimension too small");
     if (m == 0 || n == 0 || batch == 0) return;
     if (ctx.dry) {
-        if (ctx.gemm_record)
-            ctx.gemm_record->products.push_back(
-                {c, [=](const Ctx& run, const GemmRecord::PointerMap& map) {
-                     gemm_as(run, ab, trans_a, trans_b, m, n, k, alpha, {map(a.ptr), a.ld, a.stride},
-                             {map(b.ptr), b.ld, b.stride}, beta, const_cast<void*>(map(c)), c_type, ldc, stride_c, batch);
-                 }});
+        record(ctx, c, [=](const Ctx& run, const GemmRecord::PointerMap& map) {
+            gemm_as(run, ab, trans_a, trans_b, m, n, k, alpha, {map(a.ptr), a.ld, a.stride}, {map(b.ptr), b.ld, b.stride},
+                    beta, const_cast<void*>(map(c)), c_type, ldc, stride_c, batch);
+        });
         return;
     }
     // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
@@ -269,11 +273,10 @@ bool linear_bias_as(const Ctx& ctx, const void* x, int64_t rows, int64_t in, con
     const bool done =
         product.make(yt, rows, in, out, bias, epilogue) &&
         lt_matmul(ctx, lt, handle, product, {device, int64_t(yt), rows, in, out, int64_t(epilogue), 0}, w, x, y);
-    if (done && ctx.dry && ctx.gemm_record)
-        ctx.gemm_record->products.push_back({y, [=](const Ctx& run, const GemmRecord::PointerMap& map) {
-                                                 linear_bias_as(run, map(x), rows, in, map(w), out, map(bias),
-                                                                const_cast<void*>(map(y)), yt, act);
-                                             }});
+    if (done)
+        record(ctx, y, [=](const Ctx& run, const GemmRecord::PointerMap& map) {
+            linear_bias_as(run, map(x), rows, in, map(w), out, map(bias), const_cast<void*>(map(y)), yt, act);
+        });
     return done;
 }
 
@@ -294,13 +297,11 @@ bool gemm_act_lt(const Ctx& ctx, int64_t m, int64_t n, int64_t k, const GemmOper
         lt_matmul(ctx, lt, handle, product,
                   {device, int64_t(ctx.gemm), m, n, k, int64_t(epilogue), 1, a.ld, b.ld, b.stride, ldy, stride_y, batch},
                   b.ptr, a.ptr, y);
-    if (done && ctx.dry && ctx.gemm_record)
-        ctx.gemm_record->products.push_back({y, [=](const Ctx& run, const GemmRecord::PointerMap& map) {
-                                                 gemm_act_lt(run, m, n, k, {map(a.ptr), a.ld, a.stride},
-                                                             {map(b.ptr), b.ld, b.stride},
-                                                             static_cast<float*>(const_cast<void*>(map(y))), ldy,
-                                                             stride_y, batch, act);
-                                             }});
+    if (done)
+        record(ctx, y, [=](const Ctx& run, const GemmRecord::PointerMap& map) {
+            gemm_act_lt(run, m, n, k, {map(a.ptr), a.ld, a.stride}, {map(b.ptr), b.ld, b.stride},
+                        static_cast<float*>(const_cast<void*>(map(y))), ldy, stride_y, batch, act);
+        });
     return done;
 }
 
