@@ -363,6 +363,31 @@ TEST(SeparateCuda, WarmUpPrimeLeavesTheStemsBitIdentical) {
     }
 }
 
+// The time branch's inner layers on a stream and a stack of their own
+// (FASTDEMUCS_BRANCH_STREAMS, float16 / bfloat16) run the same kernels as
+// with one stream: the stems are bit-identical, replayed as a graph and eager.
+TEST(SeparateCuda, BranchStreamsLeaveTheStemsBitIdentical) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    REQUIRE_FIXTURES("tiny/0d0b2025.th", "tiny/tiny.yaml", "tiny/mix_4s.wav");
+    const Audio mix = tiled(read_audio(testing_support::fixture("tiny/mix_4s.wav")), 37.0);
+    const SeparateParams p = no_shift(0.25);
+    for (const Precision precision : {Precision::Fp16, Precision::Bf16}) {
+        for (const char* graphs_off : {"", "1"}) {
+            ScopedEnv no_graph("FASTDEMUCS_NO_GRAPH", graphs_off);
+            const LoadParams params = cuda_params("tiny", "tiny", precision);
+            Stems one_stream;
+            {
+                ScopedEnv off("FASTDEMUCS_BRANCH_STREAMS", "0");
+                one_stream = Separator::load(params)->separate(mix, p);
+            }
+            const Stems two = Separator::load(params)->separate(mix, p);
+            ASSERT_EQ(two.data.size(), one_stream.data.size());
+            EXPECT_EQ(std::memcmp(two.data.data(), one_stream.data.data(), two.data.size() * sizeof(float)), 0)
+                << "precision " << int(precision) << (*graphs_off ? ", no graphs" : ", graphs");
+        }
+    }
+}
+
 TEST(SeparateCuda, TrackPathEqualsHostPathBag) {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
     REQUIRE_FIXTURES("tiny/tiny_bag.yaml", "tiny/mix_4s.wav");

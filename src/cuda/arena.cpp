@@ -9,16 +9,22 @@ namespace fastdemucs::cuda {
 void Arena::bind(void* base, size_t capacity) {
     base_ = static_cast<char*>(base);
     capacity_ = capacity;
-    top_ = peak_ = 0;
-    dry_ = false;
+    top_ = peak_ = phase_peak_ = 0;
+    dry_ = down_ = false;
 }
 
-void Arena::start_dry() {
+void Arena::bind_down(void* end, size_t capacity) {
+    bind(end, capacity);
+    down_ = true;
+}
+
+void Arena::start_dry(char* base, bool down) {
     // A recognisable, aligned, never-dereferenced address space.
-    base_ = dry_base();
+    base_ = base;
     capacity_ = 0;
-    top_ = peak_ = 0;
+    top_ = peak_ = phase_peak_ = 0;
     dry_ = true;
+    down_ = down;
 }
 
 void* Arena::alloc_bytes(size_t bytes) {
@@ -29,7 +35,8 @@ void* Arena::alloc_bytes(size_t bytes) {
                     std::to_string(capacity_) + " bytes)");
     top_ = at + size;
     if (top_ > peak_) peak_ = top_;
-    return base_ + at;
+    if (top_ > phase_peak_) phase_peak_ = top_;
+    return down_ ? base_ - top_ : base_ + at;
 }
 
 }  // namespace fastdemucs::cuda

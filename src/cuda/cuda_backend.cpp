@@ -195,6 +195,7 @@
 // device (kept_track_buffer; a bag's models, run one after the other, take
 // them in turn); larger ones are freed when the call returns.
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -377,6 +378,17 @@ struct BlasOwner {
     BlasOwner& operator=(const BlasOwner&) = delete;
 };
 
+// The time branch's own stream: its layers run beside the frequency
+// branch's (the two meet only in the cross-transformer and the final sum),
+// with a cuBLAS handle and workspace of their own (one handle's workspace
+// cannot serve two products at once) and the events that fork and join it.
+struct BranchStream {
+    StreamOwner stream;
+    DeviceBuffer workspace{kCublasWorkspace, "the time branch's cuBLAS workspace"};
+    BlasOwner blas;  // (destroyed before its workspace and stream)
+    EventOwner fork[2], join[2];  // encoders, decoders
+};
+
 struct Io {
     float* in = nullptr;   // [B, C, L]: the mix, zero-padded to the training length
     float* out = nullptr;  // [B, S * C, L]: the stems
@@ -393,11 +405,20 @@ public:
         blas_ = std::make_unique<BlasOwner>();
         FD_CUBLAS(blas_api().cublasSetStream(blas_->handle, stream_->stream));
         // No TF32: default math with CUBLAS_COMPUTE_32F (set per call) never uses it.
-        FD_CUBLAS(blas_api().cublasSetMathMode(blas_->handle, env_flag("FASTDEMUCS_CUBLAS_PEDANTIC") ? CUBLAS_PEDANTIC_MATH
-                                                                                           : CUBLAS_DEFAULT_MATH));
+        FD_CUBLAS(blas_api().cublasSetMathMode(blas_->handle, math_mode()));
         // A workspace of our own: cuBLAS then allocates nothing while a graph is captured.
         blas_workspace_ = DeviceBuffer(kCublasWorkspace, "the cuBLAS workspace");
         FD_CUBLAS(blas_api().cublasSetWorkspace(blas_->handle, blas_workspace_.get(), blas_workspace_.bytes()));
+        // Not in float32: its workspace is larger, and the branch's cuBLAS
+        // handle and workspace (~0.1 GiB) would take its peak over 4 GiB for
+        // ~1 % of its time.
+        if (dtype_ != DType::F32 && env_string("FASTDEMUCS_BRANCH_STREAMS") != "0") {
+            branch_ = std::make_unique<BranchStream>();
+            FD_CUBLAS(blas_api().cublasSetStream(branch_->blas.handle, branch_->stream.stream));
+            FD_CUBLAS(blas_api().cublasSetMathMode(branch_->blas.handle, math_mode()));
+            FD_CUBLAS(blas_api().cublasSetWorkspace(branch_->blas.handle, branch_->workspace.get(),
+                                                    branch_->workspace.bytes()));
+        }
         trace_point("cuda: streams and cuBLAS");
 
         ctx_.shifted_conv = env_flag("FASTDEMUCS_SHIFTED_CONV");
@@ -454,6 +475,10 @@ public:
         per_chunk_ = two > one ? two - one : one;
         fixed_ = one > per_chunk_ ? one - per_chunk_ : 0;
         trace_point("cuda: memory model (dry runs)");
+    }
+
+    static cublasMath_t math_mode() {
+        return env_flag("FASTDEMUCS_CUBLAS_PEDANTIC") ? CUBLAS_PEDANTIC_MATH : CUBLAS_DEFAULT_MATH;
     }
 
     ~CudaBackend() override {
@@ -1009,19 +1034,36 @@ private:
 
     // ------------------------------------------------------------ memory, graphs
 
+    // The workspace a forward of `batch` needs (its dry runs; kept by batch
+    // size). With the time branch on its own stream (splits()), three dry
+    // runs: one stream (the layout of forwards with taps or the profiler),
+    // then the two stacks with the time branch's anywhere (their sum per
+    // phase), then with it from the top of that (its fake addresses then in
+    // the arena's range, for the prime of the recorded products).
     size_t measure(int batch) {
         auto it = measured_.find(batch);
         if (it != measured_.end()) return it->second;
         Arena dry;
-        dry.start_dry();
         Ctx ctx = ctx_;
         ctx.arena = &dry;
         ctx.dry = true;
+        size_t need = 0;
+        if (splits(ctx)) {
+            dry.start_dry();
+            const size_t one_stream = device_forward(ctx, batch, 0, false);
+            dry.start_dry();
+            need = std::max(one_stream, device_forward(ctx, batch, 0));
+        }
+        dry.start_dry();
         GemmRecord record;
         ctx.gemm_record = &record;
-        device_forward(ctx, batch);
+        need = std::max(need, device_forward(ctx, batch, need));
         gemm_records_[batch] = std::move(record);
-        return measured_[batch] = dry.peak();
+        if (trace_detailed())
+            trace_point(("cuda: a forward of " + std::to_string(batch) + " needs " + std::to_string(need >> 20) +
+                         " MiB of workspace")
+                            .c_str());
+        return measured_[batch] = need;
     }
 
     void ensure_workspace(int batch) {
@@ -1257,11 +1299,33 @@ private:
         return io;
     }
 
-    // Everything between upload and download; the same allocations in the same order on every call.
-    void device_forward(const Ctx& ctx, int64_t B) {
+    // Whether the time branch's inner layers run on a stream of their own
+    // (BranchStream), with buffers from a stack of their own growing down
+    // from the top of the workspace (Arena), beside the frequency branch's.
+    // Not with taps or the profiler (they want one order), nor where the two
+    // branches meet before the transformer (an empty time layer feeding the
+    // merge of the older hybrid models).
+    bool splits(const Ctx& ctx) const {
+        const auto& plan = model_->plan;
+        if (!branch_ || tap_ || ctx.prof || plan.tencoder.size() < 2) return false;
+        for (const auto& t : plan.tencoder)
+            if (t.empty) return false;
+        for (const auto& t : plan.tdecoder)
+            if (t.empty) return false;
+        return true;
+    }
+
+    // Everything between upload and download; the same allocations in the
+    // same order on every call. Returns the workspace it used (both stacks'
+    // peaks summed per phase where the time branch splits off). `need`: the
+    // workspace measure() found for B, where the time branch's stack starts
+    // (dry runs: 0, far above the arena); `split` false keeps one stream.
+    size_t device_forward(const Ctx& ctx, int64_t B) { return device_forward(ctx, B, measure(int(B))); }
+    size_t device_forward(const Ctx& ctx, int64_t B, size_t need, bool split = true) {
         const auto& cfg = model_->config;
         Arena& arena = *ctx.arena;
         const Io io = alloc_io(ctx, B);
+        arena.begin_phase();
         const int64_t C = cfg.audio_channels, S = cfg.num_sources(), L = length_;
         const int64_t T = spectral_->frames(), bins = spectral_->bins();
 
@@ -1281,10 +1345,27 @@ private:
         segment_stats(ctx, xt.p, whole, Spread::UnbiasedStd, time_stats, time_stats + B);
         normalize(ctx, xt.p, B, whole.W, time_stats, time_stats + B);
 
+        // The time branch's inner layers: their own stack and stream.
+        TimeBranch time;
+        time.ctx = ctx;
+        if (split && splits(ctx)) {
+            if (ctx.dry)
+                time.arena.start_dry(need ? arena.base() + need : Arena::dry_base() + (uint64_t(1) << 42), true);
+            else if (need <= arena.capacity())
+                time.arena.bind_down(arena.base() + need, need);
+            else
+                throw Error("internal error: a forward of " + std::to_string(B) + " outgrew the GPU workspace");
+            time.ctx.arena = &time.arena;
+            time.ctx.stream = branch_->stream.stream;
+            time.ctx.blas = branch_->blas.handle;
+            time.fork = {branch_->fork[0].event, branch_->fork[1].event};
+            time.join = {branch_->join[0].event, branch_->join[1].event};
+        }
+
         SpectrumTarget spectrum;
         spectrum.stats = spec_stats;
         const bool direct = decoder_writes_spectrum(ctx);
-        run_network(ctx, x, xt, direct ? &spectrum : nullptr);
+        run_network(ctx, time, x, xt, direct ? &spectrum : nullptr);
 
         if (x.c != S * 2 * C || x.h != bins || x.w != T || xt.c != S * C || xt.h != 1 || xt.w != L)
             throw Error("internal error: unexpected output shapes of the network");
@@ -1293,6 +1374,36 @@ private:
             spectral_->istft_add_spectrum(ctx, B, S * C, spectrum.spec, xt.p, time_stats, io.out);
         else
             spectral_->istft_add(ctx, B, S * C, x.p, spec_stats, xt.p, time_stats, io.out);
+        time.phase_ends(arena);
+        if (!ctx.dry && time.used > need)
+            throw Error("internal error: the forward's two stacks overlap (" + std::to_string(time.used) + " > " +
+                        std::to_string(need) + " bytes)");
+        return time.used;
+    }
+
+    // The time branch's context (its stack and stream, or ctx's), its fork
+    // and join events (encoders, decoders), and the workspace used so far.
+    struct TimeBranch {
+        Ctx ctx;
+        Arena arena;
+        std::array<cudaEvent_t, 2> fork{}, join{};
+        bool forked = false;
+        size_t used = 0;
+        // Fork and join end a phase: within one, the two stacks may be at their peaks at once.
+        void phase_ends(Arena& main) {
+            used = std::max(used, main.phase_peak() + arena.phase_peak());
+            main.begin_phase();
+            arena.begin_phase();
+        }
+    };
+
+    // `to` runs what follows after what `from` has queued so far (nothing
+    // where they share a stream, or in a dry run). In a capture the waiting
+    // stream joins it.
+    static void stream_waits(const Ctx& from, const Ctx& to, cudaEvent_t event) {
+        if (from.dry || from.stream == to.stream) return;
+        FD_CUDA(cudaEventRecord(event, from.stream));
+        FD_CUDA(cudaStreamWaitEvent(to.stream, event, 0));
     }
 
     // The last frequency decoder writing the iSTFT's input itself
@@ -1330,11 +1441,34 @@ private:
                pack_columns_fits(ctx, d.chout, spectral_->frames());
     }
 
-    void run_network(const Ctx& ctx, DTensor& x, DTensor& xt, SpectrumTarget* spectrum) {
+    // ctx: the frequency branch's and the shared layers'; time.ctx: the
+    // time branch's inner layers' (device_forward). Its stream is forked
+    // from ctx's after the first time encoder and after the transformer, and
+    // joined back before the transformer and the outermost frequency
+    // decoder. The outermost layers run on ctx, one after the other: the
+    // outermost decoders are where the workspace peaks (with the time
+    // branch's outer layers on its stream the workspace grew by ~0.2-0.3
+    // GiB), and their kernels fill the GPU anyway (measured: no slower).
+    void run_network(const Ctx& ctx, TimeBranch& time, DTensor& x, DTensor& xt, SpectrumTarget* spectrum) {
         const auto& plan = model_->plan;
         const auto& cfg = model_->config;
         std::vector<DTensor> saved, saved_t;
         std::vector<int64_t> lengths, lengths_t;
+        const Ctx& tctx = time.ctx;
+        auto fork = [&](int i) {
+            if (time.forked || tctx.stream == ctx.stream) return;
+            time.phase_ends(*ctx.arena);
+            stream_waits(ctx, tctx, time.fork[size_t(i)]);
+            time.forked = true;
+        };
+        auto join = [&](int i) {
+            if (!time.forked) return;
+            time.phase_ends(*ctx.arena);
+            stream_waits(tctx, ctx, time.join[size_t(i)]);
+            time.forked = false;
+        };
+        // The context of time layer `layer` (0 outermost) of an encoder or decoder.
+        auto time_ctx = [&](size_t layer) -> const Ctx& { return layer > 0 ? tctx : ctx; };
         for (size_t idx = 0; idx < plan.encoder.size(); idx++) {
             lengths.push_back(x.w);
             const DTensor* inject = nullptr;
@@ -1343,7 +1477,8 @@ private:
                 const auto& tenc = plan.tencoder[idx];
                 lengths_t.push_back(xt.w);
                 profile_block(ctx, "tencoder." + std::to_string(idx));
-                xt = encoder_layer(ctx, tenc, xt, nullptr);
+                xt = encoder_layer(time_ctx(idx), tenc, xt, nullptr);
+                if (idx == 0) fork(0);
                 emit(ctx, "tencoder." + std::to_string(idx), xt);
                 if (!tenc.empty) {
                     saved_t.push_back(xt);
@@ -1374,6 +1509,7 @@ private:
             }
             saved.push_back(x);
         }
+        join(0);
 
         if (cfg.t_layers > 0) {
             const int64_t B = x.b, F = x.h, T = x.w;
@@ -1408,6 +1544,7 @@ private:
             }
         }
 
+        fork(1);
         const size_t offset = plan.decoder.size() - plan.tdecoder.size();
         PackedInput packed_input;  // this decoder's input, packed by the previous one (or none)
         for (size_t idx = 0; idx < plan.decoder.size(); idx++) {
@@ -1418,6 +1555,7 @@ private:
             DTensor pre;
             profile_block(ctx, "decoder." + std::to_string(idx));
             const bool last = idx + 1 == plan.decoder.size();
+            if (last) join(1);
             // The next frequency decoder's packed rewrite input made by this one (PackedInput).
             PackedInput next_input;
             if (!need_pre && !last && decoder_packs_next(ctx, plan.decoder[idx], plan.decoder[idx + 1]))
@@ -1439,11 +1577,13 @@ private:
                 } else {
                     DTensor skip_t = saved_t.back();
                     saved_t.pop_back();
-                    xt = decoder_layer(ctx, tdec, xt, &skip_t, length_t, nullptr);
+                    xt = decoder_layer(time_ctx(plan.tdecoder.size() - 1 - (idx - offset)), tdec, xt, &skip_t,
+                                       length_t, nullptr);
                 }
                 emit(ctx, "tdecoder." + std::to_string(idx - offset) + ".0", xt);
             }
         }
+        join(1);
     }
 
     // ------------------------------------------------------------------- layers
@@ -1877,6 +2017,7 @@ private:
     int batch_cap_ = kDefaultBatchCap;
     size_t per_chunk_ = 0, fixed_ = 0;
     std::map<int, size_t> measured_;
+    std::unique_ptr<BranchStream> branch_;  // (null: FASTDEMUCS_BRANCH_STREAMS=0)
     std::map<int, GemmRecord> gemm_records_;  // the products each measured batch size met
     std::map<int, cudaGraphExec_t> graphs_;
     std::set<int> eager_done_;
