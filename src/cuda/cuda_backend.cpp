@@ -195,7 +195,6 @@
 // device (kept_track_buffer; a bag's models, run one after the other, take
 // them in turn); larger ones are freed when the call returns.
 #include <algorithm>
-#include <array>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -213,6 +212,7 @@
 #include <vector>
 
 #include "cuda/arena.h"
+#include "cuda/branch.h"
 #include "cuda/common.h"
 #include "cuda/conv.h"
 #include "cuda/conv_glu.h"
@@ -386,7 +386,7 @@ struct BranchStream {
     StreamOwner stream;
     DeviceBuffer workspace{kCublasWorkspace, "the time branch's cuBLAS workspace"};
     BlasOwner blas;  // (destroyed before its workspace and stream)
-    EventOwner fork[2], join[2];  // encoders, decoders
+    EventOwner fork, join;
 };
 
 struct Io {
@@ -412,6 +412,7 @@ public:
         // Not in float32: its workspace is larger, and the branch's cuBLAS
         // handle and workspace (~0.1 GiB) would take its peak over 4 GiB for
         // ~1 % of its time.
+        branch_transformer_ = env_string("FASTDEMUCS_BRANCH_TRANSFORMER") != "0";
         if (dtype_ != DType::F32 && env_string("FASTDEMUCS_BRANCH_STREAMS") != "0") {
             branch_ = std::make_unique<BranchStream>();
             FD_CUBLAS(blas_api().cublasSetStream(branch_->blas.handle, branch_->stream.stream));
@@ -1346,26 +1347,26 @@ private:
         normalize(ctx, xt.p, B, whole.W, time_stats, time_stats + B);
 
         // The time branch's inner layers: their own stack and stream.
-        TimeBranch time;
-        time.ctx = ctx;
+        std::optional<Branch> time;
         if (split && splits(ctx)) {
+            Ctx tctx = ctx;
+            tctx.stream = branch_->stream.stream;
+            tctx.blas = branch_->blas.handle;
+            time.emplace(ctx, tctx, branch_->fork.event, branch_->join.event);
             if (ctx.dry)
-                time.arena.start_dry(need ? arena.base() + need : Arena::dry_base() + (uint64_t(1) << 42), true);
+                time->arena().start_dry(need ? arena.base() + need : Arena::dry_base() + (uint64_t(1) << 42), true);
             else if (need <= arena.capacity())
-                time.arena.bind_down(arena.base() + need, need);
+                time->arena().bind_down(arena.base() + need, need);
             else
                 throw Error("internal error: a forward of " + std::to_string(B) + " outgrew the GPU workspace");
-            time.ctx.arena = &time.arena;
-            time.ctx.stream = branch_->stream.stream;
-            time.ctx.blas = branch_->blas.handle;
-            time.fork = {branch_->fork[0].event, branch_->fork[1].event};
-            time.join = {branch_->join[0].event, branch_->join[1].event};
+        } else {
+            time.emplace(ctx);
         }
 
         SpectrumTarget spectrum;
         spectrum.stats = spec_stats;
         const bool direct = decoder_writes_spectrum(ctx);
-        run_network(ctx, time, x, xt, direct ? &spectrum : nullptr);
+        run_network(ctx, *time, x, xt, direct ? &spectrum : nullptr);
 
         if (x.c != S * 2 * C || x.h != bins || x.w != T || xt.c != S * C || xt.h != 1 || xt.w != L)
             throw Error("internal error: unexpected output shapes of the network");
@@ -1374,36 +1375,11 @@ private:
             spectral_->istft_add_spectrum(ctx, B, S * C, spectrum.spec, xt.p, time_stats, io.out);
         else
             spectral_->istft_add(ctx, B, S * C, x.p, spec_stats, xt.p, time_stats, io.out);
-        time.phase_ends(arena);
-        if (!ctx.dry && time.used > need)
-            throw Error("internal error: the forward's two stacks overlap (" + std::to_string(time.used) + " > " +
+        time->finish();
+        if (!ctx.dry && time->split() && time->used() > need)
+            throw Error("internal error: the forward's two stacks overlap (" + std::to_string(time->used()) + " > " +
                         std::to_string(need) + " bytes)");
-        return time.used;
-    }
-
-    // The time branch's context (its stack and stream, or ctx's), its fork
-    // and join events (encoders, decoders), and the workspace used so far.
-    struct TimeBranch {
-        Ctx ctx;
-        Arena arena;
-        std::array<cudaEvent_t, 2> fork{}, join{};
-        bool forked = false;
-        size_t used = 0;
-        // Fork and join end a phase: within one, the two stacks may be at their peaks at once.
-        void phase_ends(Arena& main) {
-            used = std::max(used, main.phase_peak() + arena.phase_peak());
-            main.begin_phase();
-            arena.begin_phase();
-        }
-    };
-
-    // `to` runs what follows after what `from` has queued so far (nothing
-    // where they share a stream, or in a dry run). In a capture the waiting
-    // stream joins it.
-    static void stream_waits(const Ctx& from, const Ctx& to, cudaEvent_t event) {
-        if (from.dry || from.stream == to.stream) return;
-        FD_CUDA(cudaEventRecord(event, from.stream));
-        FD_CUDA(cudaStreamWaitEvent(to.stream, event, 0));
+        return time->used();
     }
 
     // The last frequency decoder writing the iSTFT's input itself
@@ -1449,24 +1425,12 @@ private:
     // outermost decoders are where the workspace peaks (with the time
     // branch's outer layers on its stream the workspace grew by ~0.2-0.3
     // GiB), and their kernels fill the GPU anyway (measured: no slower).
-    void run_network(const Ctx& ctx, TimeBranch& time, DTensor& x, DTensor& xt, SpectrumTarget* spectrum) {
+    void run_network(const Ctx& ctx, Branch& time, DTensor& x, DTensor& xt, SpectrumTarget* spectrum) {
         const auto& plan = model_->plan;
         const auto& cfg = model_->config;
         std::vector<DTensor> saved, saved_t;
         std::vector<int64_t> lengths, lengths_t;
-        const Ctx& tctx = time.ctx;
-        auto fork = [&](int i) {
-            if (time.forked || tctx.stream == ctx.stream) return;
-            time.phase_ends(*ctx.arena);
-            stream_waits(ctx, tctx, time.fork[size_t(i)]);
-            time.forked = true;
-        };
-        auto join = [&](int i) {
-            if (!time.forked) return;
-            time.phase_ends(*ctx.arena);
-            stream_waits(tctx, ctx, time.join[size_t(i)]);
-            time.forked = false;
-        };
+        const Ctx& tctx = time.ctx();
         // The context of time layer `layer` (0 outermost) of an encoder or decoder.
         auto time_ctx = [&](size_t layer) -> const Ctx& { return layer > 0 ? tctx : ctx; };
         for (size_t idx = 0; idx < plan.encoder.size(); idx++) {
@@ -1478,7 +1442,7 @@ private:
                 lengths_t.push_back(xt.w);
                 profile_block(ctx, "tencoder." + std::to_string(idx));
                 xt = encoder_layer(time_ctx(idx), tenc, xt, nullptr);
-                if (idx == 0) fork(0);
+                if (idx == 0) time.fork();
                 emit(ctx, "tencoder." + std::to_string(idx), xt);
                 if (!tenc.empty) {
                     saved_t.push_back(xt);
@@ -1509,7 +1473,7 @@ private:
             }
             saved.push_back(x);
         }
-        join(0);
+        time.join();
 
         if (cfg.t_layers > 0) {
             const int64_t B = x.b, F = x.h, T = x.w;
@@ -1532,7 +1496,12 @@ private:
             if (!transformer_->matches(F, T, xt.w)) throw Error("internal error: transformer shapes changed");
             if (x.c != plan.transformer_dim || xt.c != plan.transformer_dim || xt.h != 1)
                 throw Error("internal error: transformer input shapes");
-            transformer_->run(ctx, B, x.p, xt.p);
+            if (branch_transformer_) {
+                transformer_->run(ctx, time, B, x.p, xt.p);
+            } else {
+                Branch one_stream(ctx);
+                transformer_->run(ctx, one_stream, B, x.p, xt.p);
+            }
             emit(ctx, "crosstransformer.0", x);
             if (plan.bottom) {
                 profile_block(ctx, "channel_downsamplers");
@@ -1544,7 +1513,7 @@ private:
             }
         }
 
-        fork(1);
+        time.fork();
         const size_t offset = plan.decoder.size() - plan.tdecoder.size();
         PackedInput packed_input;  // this decoder's input, packed by the previous one (or none)
         for (size_t idx = 0; idx < plan.decoder.size(); idx++) {
@@ -1555,7 +1524,7 @@ private:
             DTensor pre;
             profile_block(ctx, "decoder." + std::to_string(idx));
             const bool last = idx + 1 == plan.decoder.size();
-            if (last) join(1);
+            if (last) time.join();
             // The next frequency decoder's packed rewrite input made by this one (PackedInput).
             PackedInput next_input;
             if (!need_pre && !last && decoder_packs_next(ctx, plan.decoder[idx], plan.decoder[idx + 1]))
@@ -1583,7 +1552,7 @@ private:
                 emit(ctx, "tdecoder." + std::to_string(idx - offset) + ".0", xt);
             }
         }
-        join(1);
+        time.join();
     }
 
     // ------------------------------------------------------------------- layers
@@ -2018,6 +1987,7 @@ private:
     size_t per_chunk_ = 0, fixed_ = 0;
     std::map<int, size_t> measured_;
     std::unique_ptr<BranchStream> branch_;  // (null: FASTDEMUCS_BRANCH_STREAMS=0)
+    bool branch_transformer_ = true;  // the time tokens' transformer layers on the branch too
     std::map<int, GemmRecord> gemm_records_;  // the products each measured batch size met
     std::map<int, cudaGraphExec_t> graphs_;
     std::set<int> eager_done_;

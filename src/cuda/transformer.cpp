@@ -43,49 +43,66 @@ CrossTransformer::CrossTransformer(const HTDemucsModel& model, const DeviceWeigh
     pos1d_ = upload(pos1d.data(), pos1d.size() * sizeof(float), "the positional embeddings");
 }
 
-void CrossTransformer::run(const Ctx& ctx, int64_t B, float* x, float* xt) const {
-    const auto& plan = model_.plan;
-    const auto& cfg = model_.config;
+// Layer buffers for `rows` tokens attending to `rows_kv` of the other branch, from ctx's arena.
+CrossTransformer::Work CrossTransformer::alloc_work(const Ctx& ctx, int64_t rows, int64_t rows_kv) const {
     Arena& arena = *ctx.arena;
-    ArenaScope scope(arena);
     const DType dt = ctx.gemm;
-    const int64_t C = C_, n1 = Fr_ * T1_, rows1 = B * n1, rows2 = B * T2_;
-    const int64_t rows = std::max(rows1, rows2);
+    const int64_t C = C_, wide_cols = std::max(3 * C, hidden_);
     const size_t op = dtype_bytes(dt);
-
-    float* tok = arena.alloc<float>(rows1 * C);
-    float* tok_t = arena.alloc<float>(rows2 * C);
-    bool any_cross = false;
-    for (const auto& l : plan.layers) any_cross = any_cross || l.cross;
-    float* old = any_cross ? arena.alloc<float>(rows1 * C) : nullptr;
-
     Work w;
-    const int64_t wide_cols = std::max(3 * C, hidden_);
     w.a = arena.alloc_bytes(size_t(rows * C) * op);
-    w.kvn = arena.alloc_bytes(size_t(rows * C) * op);
+    w.kvn = arena.alloc_bytes(size_t(rows_kv * C) * op);
     // The float32 GEMM results exist only where the projections do not
     // write the operand type themselves (float32, or narrow outputs off).
     const bool f32_scratch = dt == DType::F32 || !ctx.narrow_gemm_out;
     w.wide = f32_scratch ? arena.alloc<float>(rows * wide_cols) : nullptr;
     w.wide_op = dt == DType::F32 ? static_cast<void*>(w.wide) : arena.alloc_bytes(size_t(rows * wide_cols) * op);
-    w.kv = f32_scratch ? arena.alloc<float>(rows * 2 * C) : nullptr;
-    w.kv_op = dt == DType::F32 ? static_cast<void*>(w.kv) : arena.alloc_bytes(size_t(rows * 2 * C) * op);
+    w.kv = f32_scratch ? arena.alloc<float>(rows_kv * 2 * C) : nullptr;
+    w.kv_op = dt == DType::F32 ? static_cast<void*>(w.kv) : arena.alloc_bytes(size_t(rows_kv * 2 * C) * op);
     w.attn = arena.alloc_bytes(size_t(rows * C) * op);
     w.proj = arena.alloc<float>(rows * C);
+    return w;
+}
 
+void CrossTransformer::run(const Ctx& ctx, Branch& time, int64_t B, float* x, float* xt) const {
+    const auto& plan = model_.plan;
+    const auto& cfg = model_.config;
+    // The time tokens' layers on the time branch's stream and stack where it
+    // splits off (cuda/branch.h): the layers of a pair are independent but
+    // for the cross layers' inputs, the other branch's tokens from before it.
+    const bool split = time.split();
+    const Ctx& tctx = time.ctx();
+    ArenaScope scope(*ctx.arena);
+    ArenaScope time_scope(*tctx.arena);  // (the same arena where it does not split: nested scopes)
+    const int64_t C = C_, n1 = Fr_ * T1_, rows1 = B * n1, rows2 = B * T2_;
+
+    float* tok = ctx.arena->alloc<float>(rows1 * C);
+    float* tok_t = tctx.arena->alloc<float>(rows2 * C);
+    bool any_cross = false;
+    for (const auto& l : plan.layers) any_cross = any_cross || l.cross;
+    // The cross layers' other-branch inputs: copies of the tokens from before the layer.
+    float* old = any_cross ? ctx.arena->alloc<float>(rows1 * C) : nullptr;
+    float* old_t = any_cross && split ? tctx.arena->alloc<float>(rows2 * C) : nullptr;
+
+    // One stream: one set of buffers for both layers of a pair; two: one each.
+    const int64_t rows = std::max(rows1, rows2);
+    const Work w = split ? alloc_work(ctx, rows1, rows2) : alloc_work(ctx, rows, rows);
+    const Work w_t = split ? alloc_work(tctx, rows2, rows1) : w;
+
+    time.fork();
     profile_block(ctx, "transformer.in");
     // Tokens: "b c fr t1 -> b (t1 fr) c" and "b c t2 -> b t2 c".
     to_tokens(ctx, x, tok, B, C, Fr_, T1_);
-    to_tokens(ctx, xt, tok_t, B, C, 1, T2_);
+    to_tokens(tctx, xt, tok_t, B, C, 1, T2_);
     if (cfg.t_norm_in) {
         layer_norm(ctx, tok, tok, DType::F32, rows1, C, weights_.f32("crosstransformer.norm_in.weight"),
                    weights_.f32("crosstransformer.norm_in.bias"), 1e-5f);
-        layer_norm(ctx, tok_t, tok_t, DType::F32, rows2, C, weights_.f32("crosstransformer.norm_in_t.weight"),
+        layer_norm(tctx, tok_t, tok_t, DType::F32, rows2, C, weights_.f32("crosstransformer.norm_in_t.weight"),
                    weights_.f32("crosstransformer.norm_in_t.bias"), 1e-5f);
     }
     const float wpos = float(cfg.t_weight_pos_embed);
     add_broadcast(ctx, tok, pos2d_.as<float>(), wpos, B, n1 * C);
-    add_broadcast(ctx, tok_t, pos1d_.as<float>(), wpos, B, T2_ * C);
+    add_broadcast(tctx, tok_t, pos1d_.as<float>(), wpos, B, T2_ * C);
 
     for (size_t i = 0; i < plan.layers.size(); i++) {
         const std::string name = "transformer." + std::to_string(i) + (plan.layers[i].cross ? ".cross" : ".self");
@@ -93,19 +110,23 @@ void CrossTransformer::run(const Ctx& ctx, int64_t B, float* x, float* xt) const
             profile_block(ctx, name + ".freq");
             layer(ctx, w, plan.layers[i], tok, B, n1, nullptr, 0);
             profile_block(ctx, name + ".time");
-            layer(ctx, w, plan.layers_t[i], tok_t, B, T2_, nullptr, 0);
+            layer(tctx, w_t, plan.layers_t[i], tok_t, B, T2_, nullptr, 0);
         } else {
-            // The time layer attends to the frequency tokens from before this layer.
+            // Each layer attends to the other branch's tokens from before this layer.
+            time.join();
             profile_block(ctx, name + ".freq");
             copy(ctx, old, tok, rows1 * C);
-            layer(ctx, w, plan.layers[i], tok, B, n1, tok_t, T2_);
+            if (split) copy(ctx, old_t, tok_t, rows2 * C);
+            time.fork();
+            layer(ctx, w, plan.layers[i], tok, B, n1, split ? old_t : tok_t, T2_);
             profile_block(ctx, name + ".time");
-            layer(ctx, w, plan.layers_t[i], tok_t, B, T2_, old, n1);
+            layer(tctx, w_t, plan.layers_t[i], tok_t, B, T2_, old, n1);
         }
     }
     profile_block(ctx, "transformer.out");
     from_tokens(ctx, tok, x, B, C, Fr_, T1_);
-    from_tokens(ctx, tok_t, xt, B, C, 1, T2_);
+    from_tokens(tctx, tok_t, xt, B, C, 1, T2_);
+    time.join();
 }
 
 // One encoder layer on x [B * n, C]; kv [B * m, C] is the other branch for a

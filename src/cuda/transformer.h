@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "cuda/branch.h"
 #include "cuda/common.h"
 #include "cuda/weights.h"
 #include "model/model.h"
@@ -18,11 +19,13 @@ public:
     CrossTransformer(const HTDemucsModel& model, const DeviceWeights& weights, int64_t Fr, int64_t T1, int64_t T2);
 
     bool matches(int64_t Fr, int64_t T1, int64_t T2) const { return Fr == Fr_ && T1 == T1_ && T2 == T2_; }
-    // x [B, C, Fr, T1] and xt [B, C, T2], replaced in place by the outputs.
-    void run(const Ctx& ctx, int64_t B, float* x, float* xt) const;
+    // x [B, C, Fr, T1] and xt [B, C, T2], replaced in place by the outputs;
+    // the time tokens' layers on `time`'s stream where it splits off.
+    void run(const Ctx& ctx, Branch& time, int64_t B, float* x, float* xt) const;
 
 private:
     struct Work;
+    Work alloc_work(const Ctx& ctx, int64_t rows, int64_t rows_kv) const;
     void layer(const Ctx& ctx, const Work& w, const TransformerLayerPlan& plan, float* x, int64_t B, int64_t n,
                const float* kv, int64_t m) const;
 
