@@ -92,6 +92,20 @@
 // The workspace is allocated on the first forward of a batch size that needs
 // more than the current one, and reused by every later call.
 //
+// Two streams (float16 / bfloat16). The time branch's inner encoders and
+// decoders and the time tokens' transformer layers run on a stream of their
+// own (cuda/branch.h), beside the frequency branch's, which they meet only
+// at the cross layers and the final sum: ~1.3 ms of a forward of 8 on the
+// H200, where the small kernels of one branch fill what the other leaves
+// idle. Their buffers come from a second stack growing down from the top of
+// the workspace; the dry runs sum both stacks' peaks per phase (fork to
+// join), and the branch is joined back before the outermost decoders, where
+// the workspace peaks, so it needs no more memory than one stream. Not in
+// float32 (its cuBLAS handle and workspace would take fp32's peak over
+// 4 GiB for ~1 %), nor with taps or the profiler (one order).
+// FASTDEMUCS_BRANCH_STREAMS=0: one stream; FASTDEMUCS_BRANCH_TRANSFORMER=0:
+// the transformer's layers on the main stream.
+//
 // CUDA graphs. Every forward runs on the backend's own stream; after the
 // upload of the chunk batch nothing touches the host until the stems are
 // downloaded. The first forward of a batch size runs eagerly (it also loads
