@@ -14,6 +14,7 @@
 #include <iostream>
 #include <vector>
 
+#include "cuda/branch.h"
 #include "engine/apply.h"
 #include "engine/backend.h"
 #include "model/model.h"
@@ -365,27 +366,45 @@ TEST(SeparateCuda, WarmUpPrimeLeavesTheStemsBitIdentical) {
 
 // The time branch's inner layers on a stream and a stack of their own
 // (FASTDEMUCS_BRANCH_STREAMS, float16 / bfloat16) run the same kernels as
-// with one stream: the stems are bit-identical, replayed as a graph and eager.
-TEST(SeparateCuda, BranchStreamsLeaveTheStemsBitIdentical) {
-    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
-    REQUIRE_FIXTURES("tiny/0d0b2025.th", "tiny/tiny.yaml", "tiny/mix_4s.wav");
-    const Audio mix = tiled(read_audio(testing_support::fixture("tiny/mix_4s.wav")), 37.0);
+// with one stream: the stems are bit-identical, replayed as a graph and
+// eager, and the branch did run (its forks counted).
+static void expect_branch_streams_bit_identical(const std::string& folder, const std::string& name, const Audio& mix,
+                                                const std::vector<Precision>& precisions) {
     const SeparateParams p = no_shift(0.25);
-    for (const Precision precision : {Precision::Fp16, Precision::Bf16}) {
+    for (const Precision precision : precisions) {
         for (const char* graphs_off : {"", "1"}) {
             ScopedEnv no_graph("FASTDEMUCS_NO_GRAPH", graphs_off);
-            const LoadParams params = cuda_params("tiny", "tiny", precision);
+            const LoadParams params = cuda_params(folder, name, precision);
             Stems one_stream;
+            const int64_t forks_before = fastdemucs::cuda::Branch::forks_queued();
             {
                 ScopedEnv off("FASTDEMUCS_BRANCH_STREAMS", "0");
                 one_stream = Separator::load(params)->separate(mix, p);
             }
+            EXPECT_EQ(fastdemucs::cuda::Branch::forks_queued(), forks_before);
             const Stems two = Separator::load(params)->separate(mix, p);
+            EXPECT_GT(fastdemucs::cuda::Branch::forks_queued(), forks_before);
             ASSERT_EQ(two.data.size(), one_stream.data.size());
             EXPECT_EQ(std::memcmp(two.data.data(), one_stream.data.data(), two.data.size() * sizeof(float)), 0)
-                << "precision " << int(precision) << (*graphs_off ? ", no graphs" : ", graphs");
+                << name << " precision " << int(precision) << (*graphs_off ? ", no graphs" : ", graphs");
         }
     }
+}
+
+TEST(SeparateCuda, BranchStreamsLeaveTheStemsBitIdentical) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    REQUIRE_FIXTURES("tiny/0d0b2025.th", "tiny/tiny.yaml", "tiny/mix_4s.wav");
+    const Audio mix = tiled(read_audio(testing_support::fixture("tiny/mix_4s.wav")), 37.0);
+    expect_branch_streams_bit_identical("tiny", "tiny", mix, {Precision::Fp16, Precision::Bf16});
+}
+
+// The same through the htdemucs_6s architecture (no channel up / down
+// samplers: the transformer works on copies of the last encoders' outputs).
+TEST(SeparateCuda, Full6sBranchStreamsLeaveTheStemsBitIdentical) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    REQUIRE_FIXTURES("full6s/full6s-86db6bad.th", "full6s/full6s.yaml", "full6s/mix_12s.wav");
+    const Audio mix = read_audio(testing_support::fixture("full6s/mix_12s.wav"));
+    expect_branch_streams_bit_identical("full6s", "full6s", mix, {Precision::Fp16});
 }
 
 TEST(SeparateCuda, TrackPathEqualsHostPathBag) {

@@ -19,7 +19,7 @@ void Arena::bind_down(void* end, size_t capacity) {
 }
 
 void Arena::start_dry(char* base, bool down) {
-    // A recognisable, aligned, never-dereferenced address space.
+    // A recognisable, aligned, never-dereferenced address space from `base` (up or down).
     base_ = base;
     capacity_ = 0;
     top_ = peak_ = phase_peak_ = 0;

@@ -32,6 +32,7 @@ public:
     // base + (fake - dry_base()) for the same sequence of allocations.
     static char* dry_base() { return reinterpret_cast<char*>(uintptr_t(1) << 44); }
     bool dry() const { return dry_; }
+    // Where allocations start (a downward stack: its end).
     char* base() const { return base_; }
 
     void reset() { top_ = 0; }

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 #include "cuda/arena.h"
 #include "cuda/common.h"
@@ -18,11 +19,17 @@ namespace fastdemucs::cuda {
 class Branch {
 public:
     // The branch on `main`'s own stream and stack: fork and join do nothing.
+    // (`main` is kept by reference: it outlives the Branch.)
     explicit Branch(const Ctx& main) : main_(main), ctx_(main) {}
     // The branch on `ctx.stream` / `ctx.blas` with this object's stack, which
-    // the caller binds (arena()); the events order the two streams (reused:
-    // each wait is queued right after its record).
+    // the caller binds (arena(): down from the top of the workspace, its
+    // capacity the offset of that top from the main stack's base); the
+    // events order the two streams (reused: each wait is queued right after
+    // its record).
     Branch(const Ctx& main, const Ctx& ctx, cudaEvent_t fork_event, cudaEvent_t join_event);
+    // Joins a branch left forked (a forward that threw): the main stream's
+    // later work must not overtake what is still queued on the branch.
+    ~Branch();
     Branch(const Branch&) = delete;
     Branch& operator=(const Branch&) = delete;
 
@@ -34,10 +41,15 @@ public:
     void fork();
     // The main stream runs what follows after what the branch has queued (if forked).
     void join();
-    // Ends the last phase (call once the forward is queued).
+    // Ends the last phase (call once the forward is queued). fork, join and
+    // finish throw where, outside a dry run, the phase just ended had the two
+    // stacks overlap (an internal error: the dry runs measure what they need).
     void finish() { phase_ends(); }
     // The workspace both stacks needed (the main stack's alone where the branch does not split).
     size_t used() const { return used_; }
+
+    // Forks queued on a real stream by this process (tests: the branch is used).
+    static int64_t forks_queued();
 
 private:
     void phase_ends();

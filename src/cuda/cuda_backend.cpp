@@ -106,7 +106,8 @@
 // FASTDEMUCS_BRANCH_STREAMS=0: one stream; FASTDEMUCS_BRANCH_TRANSFORMER=0:
 // the transformer's layers on the main stream.
 //
-// CUDA graphs. Every forward runs on the backend's own stream; after the
+// CUDA graphs. Every forward runs on the backend's own stream (and the time
+// branch's, forked from it and joined back inside the forward); after the
 // upload of the chunk batch nothing touches the host until the stems are
 // downloaded. The first forward of a batch size runs eagerly (it also loads
 // the kernels); the second is captured into a CUDA graph (addresses repeat:
@@ -423,17 +424,6 @@ public:
         // A workspace of our own: cuBLAS then allocates nothing while a graph is captured.
         blas_workspace_ = DeviceBuffer(kCublasWorkspace, "the cuBLAS workspace");
         FD_CUBLAS(blas_api().cublasSetWorkspace(blas_->handle, blas_workspace_.get(), blas_workspace_.bytes()));
-        // Not in float32: its workspace is larger, and the branch's cuBLAS
-        // handle and workspace (~0.1 GiB) would take its peak over 4 GiB for
-        // ~1 % of its time.
-        branch_transformer_ = env_string("FASTDEMUCS_BRANCH_TRANSFORMER") != "0";
-        if (dtype_ != DType::F32 && env_string("FASTDEMUCS_BRANCH_STREAMS") != "0") {
-            branch_ = std::make_unique<BranchStream>();
-            FD_CUBLAS(blas_api().cublasSetStream(branch_->blas.handle, branch_->stream.stream));
-            FD_CUBLAS(blas_api().cublasSetMathMode(branch_->blas.handle, math_mode()));
-            FD_CUBLAS(blas_api().cublasSetWorkspace(branch_->blas.handle, branch_->workspace.get(),
-                                                    branch_->workspace.bytes()));
-        }
         trace_point("cuda: streams and cuBLAS");
 
         ctx_.shifted_conv = env_flag("FASTDEMUCS_SHIFTED_CONV");
@@ -484,12 +474,35 @@ public:
         }
         const std::string cap = env_string("FASTDEMUCS_MAX_BATCH");
         batch_cap_ = cap.empty() ? kDefaultBatchCap : std::max(1, std::atoi(cap.c_str()));
+        make_branch_stream();
 
-        // Memory model from two dry runs.
+        // Memory model from the dry runs of one and two chunks.
         const size_t one = measure(1), two = measure(2);
         per_chunk_ = two > one ? two - one : one;
         fixed_ = one > per_chunk_ ? one - per_chunk_ : 0;
         trace_point("cuda: memory model (dry runs)");
+    }
+
+    // The time branch's stream (BranchStream), where it can serve: float16 /
+    // bfloat16 (in float32 its cuBLAS handle and workspace, ~0.1 GiB, would
+    // take the peak over 4 GiB for ~1 % of its time), a model whose branches
+    // meet only in the transformer (branch_fits), no profiler. Where it
+    // cannot be made (no memory), one stream.
+    void make_branch_stream() {
+        branch_transformer_ = env_string("FASTDEMUCS_BRANCH_TRANSFORMER") != "0";
+        if (dtype_ == DType::F32 || !branch_fits() || profiler_ || env_string("FASTDEMUCS_BRANCH_STREAMS") == "0")
+            return;
+        try {
+            auto branch = std::make_unique<BranchStream>();
+            FD_CUBLAS(blas_api().cublasSetStream(branch->blas.handle, branch->stream.stream));
+            FD_CUBLAS(blas_api().cublasSetMathMode(branch->blas.handle, math_mode()));
+            FD_CUBLAS(blas_api().cublasSetWorkspace(branch->blas.handle, branch->workspace.get(),
+                                                    branch->workspace.bytes()));
+            branch_ = std::move(branch);
+        } catch (const Error& e) {
+            cudaGetLastError();
+            trace_point((std::string("cuda: one stream (") + e.what() + ")").c_str());
+        }
     }
 
     static cublasMath_t math_mode() {
@@ -1317,12 +1330,16 @@ private:
     // Whether the time branch's inner layers run on a stream of their own
     // (BranchStream), with buffers from a stack of their own growing down
     // from the top of the workspace (Arena), beside the frequency branch's.
-    // Not with taps or the profiler (they want one order), nor where the two
-    // branches meet before the transformer (an empty time layer feeding the
-    // merge of the older hybrid models).
-    bool splits(const Ctx& ctx) const {
+    // Not with taps or the profiler (they want one order). A dry run splits
+    // whatever the taps: the workspace it measures (kept by batch size) must
+    // hold the split forwards too.
+    bool splits(const Ctx& ctx) const { return branch_ && (ctx.dry || (!tap_ && !ctx.prof)); }
+    // A model whose time branch has inner layers and meets the frequency
+    // branch only in the transformer (not the older hybrid models' empty
+    // time layer feeding the merge).
+    bool branch_fits() const {
         const auto& plan = model_->plan;
-        if (!branch_ || tap_ || ctx.prof || plan.tencoder.size() < 2) return false;
+        if (plan.tencoder.size() < 2) return false;
         for (const auto& t : plan.tencoder)
             if (t.empty) return false;
         for (const auto& t : plan.tdecoder)
@@ -1390,9 +1407,6 @@ private:
         else
             spectral_->istft_add(ctx, B, S * C, x.p, spec_stats, xt.p, time_stats, io.out);
         time->finish();
-        if (!ctx.dry && time->split() && time->used() > need)
-            throw Error("internal error: the forward's two stacks overlap (" + std::to_string(time->used()) + " > " +
-                        std::to_string(need) + " bytes)");
         return time->used();
     }
 
@@ -1970,6 +1984,10 @@ private:
     std::unique_ptr<EventOwner> ready_[2];  // a batch's overlap-add is done (whole-track path)
     DeviceBuffer blas_workspace_;
     std::unique_ptr<BlasOwner> blas_;
+    // The time branch's stream (null: one stream, make_branch_stream); destroyed
+    // after cuDNN's handle, which may last have run on it.
+    std::unique_ptr<BranchStream> branch_;
+    bool branch_transformer_ = true;  // the time tokens' transformer layers on the branch too
     std::unique_ptr<CudnnAttention> cudnn_attention_;  // (null: our attention kernels)
     std::unique_ptr<DeviceWeights> weights_;
     DeviceBuffer grams_;      // thin DConv statistics forms (upload_dconv_tables)
@@ -2000,8 +2018,6 @@ private:
     int batch_cap_ = kDefaultBatchCap;
     size_t per_chunk_ = 0, fixed_ = 0;
     std::map<int, size_t> measured_;
-    std::unique_ptr<BranchStream> branch_;  // (null: FASTDEMUCS_BRANCH_STREAMS=0)
-    bool branch_transformer_ = true;  // the time tokens' transformer layers on the branch too
     std::map<int, GemmRecord> gemm_records_;  // the products each measured batch size met
     std::map<int, cudaGraphExec_t> graphs_;
     std::set<int> eager_done_;

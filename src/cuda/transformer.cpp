@@ -5,6 +5,7 @@
 
 #include "cuda/arena.h"
 #include "cuda/attention.h"
+#include "cuda/branch.h"
 #include "cuda/gemm.h"
 #include "cuda/kernels.h"
 #include "cuda/profile.h"

@@ -6,12 +6,13 @@
 
 #include <cstdint>
 
-#include "cuda/branch.h"
 #include "cuda/common.h"
 #include "cuda/weights.h"
 #include "model/model.h"
 
 namespace fastdemucs::cuda {
+
+class Branch;
 
 class CrossTransformer {
 public:
