@@ -18,8 +18,18 @@ namespace {
 
 constexpr size_t kA = Arena::kAlign;
 
-// Two distinct streams that are never used (dry contexts launch nothing).
-cudaStream_t fake_stream(uintptr_t n) { return reinterpret_cast<cudaStream_t>(n); }
+// A dry main context on a dry main stack, on a stream that is never used
+// (dry contexts launch nothing).
+struct DryMain {
+    Arena arena;
+    Ctx ctx;
+    DryMain() {
+        arena.start_dry();
+        ctx.dry = true;
+        ctx.arena = &arena;
+        ctx.stream = reinterpret_cast<cudaStream_t>(uintptr_t(1));
+    }
+};
 
 }  // namespace
 
@@ -55,12 +65,9 @@ TEST(Arena, PhasePeakStartsFromWhatIsInUse) {
 }
 
 TEST(Branch, OnOneStreamItUsesTheMainStackAndCountsItsPeak) {
-    Arena main;
-    main.start_dry();
-    Ctx ctx;
-    ctx.dry = true;
-    ctx.arena = &main;
-    Branch one(ctx);
+    DryMain dry;
+    Arena& main = dry.arena;
+    Branch one(dry.ctx);
     EXPECT_FALSE(one.split());
     EXPECT_EQ(one.ctx().arena, &main);
     main.alloc_bytes(3 * kA);
@@ -72,15 +79,11 @@ TEST(Branch, OnOneStreamItUsesTheMainStackAndCountsItsPeak) {
 }
 
 TEST(Branch, TwoStacksNeedTheLargestSumOfTheirPeaksInOnePhase) {
-    Arena main;
-    main.start_dry();
-    Ctx ctx;
-    ctx.dry = true;
-    ctx.arena = &main;
-    ctx.stream = fake_stream(1);
-    Ctx tctx = ctx;
-    tctx.stream = fake_stream(2);
-    Branch time(ctx, tctx, nullptr, nullptr);
+    DryMain dry;
+    Arena& main = dry.arena;
+    Ctx tctx = dry.ctx;
+    tctx.stream = reinterpret_cast<cudaStream_t>(uintptr_t(2));  // another stream, never used either
+    Branch time(dry.ctx, tctx, nullptr, nullptr);
     ASSERT_TRUE(time.split());
     ASSERT_NE(time.ctx().arena, &main);
     time.arena().start_dry(Arena::dry_base() + (size_t(1) << 30), true);
