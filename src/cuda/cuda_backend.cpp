@@ -1351,7 +1351,8 @@ private:
     // same order on every call. Returns the workspace it used (both stacks'
     // peaks summed per phase where the time branch splits off). `need`: the
     // workspace measure() found for B, where the time branch's stack starts
-    // (dry runs: 0, far above the arena); `split` false keeps one stream.
+    // (0 in the dry run that first finds it: that stack then starts far
+    // above the arena's fake addresses); `split` false keeps one stream.
     size_t device_forward(const Ctx& ctx, int64_t B) { return device_forward(ctx, B, measure(int(B))); }
     size_t device_forward(const Ctx& ctx, int64_t B, size_t need, bool split = true) {
         const auto& cfg = model_->config;
