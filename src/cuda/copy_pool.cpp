@@ -4,9 +4,10 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <system_error>
+
+#include "cuda/common.h"
 
 namespace fastdemucs::cuda {
 namespace {
@@ -33,11 +34,6 @@ void copy_streaming(char* dst, const char* src, size_t n) {
     }
     std::memcpy(dst + i, src + i, n - i);
     _mm_sfence();  // the streamed stores are visible before the copy is reported done
-}
-
-bool streaming_wanted() {
-    const char* v = std::getenv("FASTDEMUCS_STREAMING_COPY");
-    return !(v && std::strcmp(v, "0") == 0);
 }
 
 }  // namespace
@@ -87,7 +83,7 @@ void CopyPool::copy(void* dst, const void* src, size_t bytes) {
 
 void CopyPool::copy_share(size_t i) const {
     const size_t at = i * share_;
-    static const bool streaming = streaming_wanted();
+    static const bool streaming = env_string("FASTDEMUCS_STREAMING_COPY") != "0";
     if (at >= bytes_) return;
     if (streaming)
         copy_streaming(dst_ + at, src_ + at, std::min(share_, bytes_ - at));

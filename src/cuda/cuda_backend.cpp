@@ -532,17 +532,27 @@ public:
     void start_download_ring() noexcept {
         const int device = device_;
         try {
-            ring_pending_ = std::async(std::launch::async, [device] {
-                struct ClearError {  // a failure leaves no CUDA error behind for the next call
-                    ~ClearError() { cudaGetLastError(); }
-                } clear;
-                FD_CUDA(cudaSetDevice(device));
+            ring_pending_ = on_device_thread(device, [device] {
                 return std::make_unique<DownloadRing>(device, size_t(8) << 20, 6, copy_threads("FASTDEMUCS_RING_THREADS"));
             });
         } catch (const std::exception& e) {
             ring_pending_ = {};
             trace_point((std::string("cuda: no download ring (") + e.what() + ")").c_str());
         }
+    }
+
+    // make() on a thread of its own with `device` current; the future gives
+    // its result or what it threw (a failure leaves no CUDA error behind for
+    // the next call). Throws std::system_error where no thread can start.
+    template <typename Make>
+    static std::future<std::invoke_result_t<Make>> on_device_thread(int device, Make make) {
+        return std::async(std::launch::async, [device, make] {
+            struct ClearError {
+                ~ClearError() { cudaGetLastError(); }
+            } clear;
+            FD_CUDA(cudaSetDevice(device));
+            return make();
+        });
     }
 
     // Host threads for the upload's and the ring's copies (cuda/copy_pool.h):
@@ -596,15 +606,8 @@ public:
     // error that prevented it. Never throws: where no thread can start, the
     // tracks keep the small one.
     void start_upload_staging() noexcept {
-        const int device = device_;
         try {
-            staging_pending_ = std::async(std::launch::async, [device] {
-                struct ClearError {
-                    ~ClearError() { cudaGetLastError(); }
-                } clear;
-                FD_CUDA(cudaSetDevice(device));
-                return make_upload_staging(kStagingSlots);
-            });
+            staging_pending_ = on_device_thread(device_, [] { return make_upload_staging(kStagingSlots); });
         } catch (const std::exception&) {
             staging_pending_ = {};
         }

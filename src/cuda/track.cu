@@ -80,13 +80,18 @@ __global__ void gather_chunks_kernel(const float* __restrict__ track, int C, Chu
     }
 }
 
+// The first chunk whose segment reaches view position j (chunks are at most
+// segment long); j / stride is the last that starts at or before it.
+// Multiply-high divisions: positions < 2^32.
+__device__ __forceinline__ int64_t first_cover(const ChunkGrid& g, Divisor<uint32_t> stride, int64_t j) {
+    return j >= g.segment ? int64_t(stride.div(uint32_t(j - g.segment))) + 1 : 0;
+}
+
 // Rows (stem, channel) on grid y, view positions lo + i on grid x. The
-// chunks covering position j are cover..j / stride, cover the first whose
-// segment reaches j, (j - segment) / stride + 1 (chunks are at most segment
-// long, and every position of the view is covered); multiply-high divisions
-// (positions < 2^32). A position's first chunk writes it (0 + its term, as
-// the host loop adds into zeros), later ones add to it: the view needs no
-// clearing.
+// chunks covering position j are first_cover .. j / stride (every position
+// of the view is covered). A position's first chunk writes it (0 + its
+// term, as the host loop adds into zeros), later ones add to it: the view
+// needs no clearing.
 __global__ void accumulate_chunks_kernel(const float* __restrict__ out, int64_t SC, ChunkGrid g, int64_t first,
                                          int count, int64_t lo, int64_t span, Divisor<uint32_t> stride,
                                          const float* __restrict__ weight, float* __restrict__ view, int64_t pitch) {
@@ -95,7 +100,7 @@ __global__ void accumulate_chunks_kernel(const float* __restrict__ out, int64_t 
     for (int64_t sc = blockIdx.y; sc < SC; sc += gridDim.y) {
         for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < span; i += int64_t(gridDim.x) * blockDim.x) {
             const int64_t j = lo + i;
-            const int64_t cover = j >= g.segment ? int64_t(stride.div(uint32_t(j - g.segment))) + 1 : 0;
+            const int64_t cover = first_cover(g, stride, j);
             const int64_t k_lo = max(first, cover), k_hi = min(last, int64_t(stride.div(uint32_t(j))));
             float* dst = view + sc * pitch + j;
             // j's first chunk in this batch: nothing to add to (the view is never cleared).
@@ -117,8 +122,7 @@ __global__ void sum_weights_kernel(ChunkGrid g, Divisor<uint32_t> stride, const 
     const int64_t last = (g.view_length + g.stride - 1) / g.stride - 1;
     FD_GRID_STRIDE(j, g.view_length) {
         float s = 0.0f;
-        const int64_t cover = j >= g.segment ? int64_t(stride.div(uint32_t(j - g.segment))) + 1 : 0;
-        for (int64_t k = cover; k <= min(last, int64_t(stride.div(uint32_t(j)))); k++) {
+        for (int64_t k = first_cover(g, stride, j); k <= min(last, int64_t(stride.div(uint32_t(j)))); k++) {
             const int64_t off = k * g.stride;
             if (j < off + job_length(g, k)) s = __fadd_rn(s, weight[j - off]);
         }
