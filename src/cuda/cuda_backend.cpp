@@ -231,6 +231,7 @@
 #include "cuda/common.h"
 #include "cuda/conv.h"
 #include "cuda/conv_glu.h"
+#include "cuda/conv_glu_wgmma.h"
 #include "cuda/cudnn_attention.h"
 #include "cuda/dconv.h"
 #include "cuda/gemm.h"
@@ -456,6 +457,8 @@ public:
         }
         ctx_.implicit_conv = env_flag("FASTDEMUCS_IMPLICIT_CONV") && major >= 8;  // cp.async: sm_80 on
         ctx_.conv_glu = env_string("FASTDEMUCS_CONV_GLU") != "0" && major >= 8;  // cp.async, mma.sync
+        ctx_.conv_glu_wgmma =
+            ctx_.conv_glu && env_string("FASTDEMUCS_CONV_GLU_WGMMA") != "0" && conv_glu_wgmma_available(device_);
         ctx_.thin_dconv = env_string("FASTDEMUCS_THIN_DCONV") != "0";
         ctx_.dconv_rows = env_string("FASTDEMUCS_DCONV_ROWS") != "0";
         ctx_.tensor_core_dconv = env_string("FASTDEMUCS_TC_DCONV") != "0" && major >= 8;  // mma.sync m16n8k16

@@ -1,0 +1,368 @@
+// conv_glu on wgmma (see cuda/conv_glu_wgmma.h). Compiled for sm_90a only
+// (CMakeLists.txt: its own object library); elsewhere the kernel traps and
+// conv_glu_wgmma_available() is false.
+//
+// A block takes one GLU tile of 48 output channels (96 conv rows: the 48
+// values c0.. and their gates C + c0..) and keeps all of its weights in
+// shared memory, every 16-channel chunk and tap, loaded once. Its WG
+// warpgroups then work independently, each on tiles of its own: 128
+// output positions of one row (two m-tiles of 64) x the 96 conv rows, in
+// 2 x 48 float32 accumulators a thread. K runs over the input's 16-channel
+// chunks; a warpgroup's input tile (its positions with the halo) goes
+// through two stages of its own, filled with cp.async one step ahead, and
+// each tap's A operand is that tile read from a shifted start. With no
+// block-wide barrier, one warpgroup's epilogue (GLU, bias, stores) runs
+// while the others' MMAs keep the tensor cores busy: the epilogue is why a
+// first version with the stages shared by the block (weights streamed per
+// chunk, every warpgroup in step) ran at ~250 TFLOP/s like the mma.sync
+// kernel.
+//
+// Both operands are K-major without swizzle: "core matrices" of 8 rows x
+// 16 bytes (8 channels), the chunk's two 8-channel halves in two planes
+// (measured: the 32-byte swizzle and padded planes ran no faster).
+#include "cuda/conv_glu_wgmma.h"
+
+#include <algorithm>
+#include <limits>
+
+#include "cuda/device_utils.cuh"
+#include "error.h"
+
+namespace fastdemucs::cuda {
+namespace {
+
+constexpr int kN = 96, kGluTile = 48;  // conv rows of a block: 48 values, then their 48 gates
+constexpr int kChunk = 16;             // input channels a step
+constexpr int kMTiles = 2;             // m64 tiles a warpgroup
+constexpr int kStages = 3;             // a warpgroup's input stages: computing, two loading
+constexpr int kMaxShared = 227 * 1024;
+
+// A shared-memory matrix descriptor without swizzle: start, the byte offset
+// between core matrices along K (leading) and along M / N (stride).
+__device__ __forceinline__ uint64_t smem_desc(const void* p, uint32_t k_bytes, uint32_t mn_bytes) {
+    const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+    return uint64_t((a & 0x3FFFF) >> 4) | (uint64_t((k_bytes >> 4) & 0x3FFF) << 16) |
+           (uint64_t((mn_bytes >> 4) & 0x3FFF) << 32);
+}
+
+// Shared memory: the weights [chunk][tap][half][n][8 channels], then per
+// warpgroup kStages stages of its input tile [half][row][column][8 channels].
+// A warpgroup's tile: 2 rows x 64 positions for the 3x3 rewrites (an input
+// tile of 4 x 66 positions, where one row of 128 takes 3 x 130), one row of
+// 128 for the 1x3 ones; its m-tile i is row i / kMPerRow, columns 64 (i % kMPerRow)...
+template <int KH, int KW>
+struct WTile {
+    static constexpr int kTaps = KH * KW;
+    static constexpr int kRows = KH == 3 ? 2 : 1, kCols = 64 * kMTiles / kRows, kMPerRow = kCols / 64;
+    static constexpr int kInRows = kRows + KH - 1, kInCols = kCols + KW - 1;
+    static constexpr int kPlaneBytes = kInRows * kInCols * 16;
+    static constexpr int kStageBytes = (2 * kPlaneBytes + 127) / 128 * 128;
+    static constexpr int kHalfBytes = kN * 16, kTapBytes = 2 * kHalfBytes;
+    static constexpr int kChunkBytes = kTaps * kTapBytes;
+    static constexpr int kICopies = (kInRows * kInCols * 2 + 127) / 128;  // a thread's per stage
+    static constexpr size_t shared_bytes(int chunks, int wgs) {
+        return size_t(chunks) * kChunkBytes + size_t(wgs) * kStages * kStageBytes;
+    }
+};
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int Pending>
+__device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(Pending) : "memory");
+}
+// cp.async's writes (generic proxy) made visible to wgmma's reads (async proxy).
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// A barrier of one warpgroup's 128 threads (ids 1.., 0 is __syncthreads).
+__device__ __forceinline__ void warpgroup_barrier(int id) {
+    asm volatile("bar.sync %0, 128;\n" ::"r"(id) : "memory");
+}
+
+// d[64 x 96] += A[64 x 16] B[16 x 96], both K-major in shared memory.
+// scale_d false: d = A B (the accumulators' old values ignored).
+template <typename T>
+__device__ __forceinline__ void wgmma_m64n96k16(float (&d)[48], uint64_t a, uint64_t b, bool scale_d);
+
+#define FD_WGMMA_M64N96K16(TYPE)                                                                                  \
+    asm volatile(                                                                                                 \
+        "{\n"                                                                                                     \
+        ".reg .pred p;\n"                                                                                         \
+        "setp.ne.b32 p, %50, 0;\n"                                                                                \
+        "wgmma.mma_async.sync.aligned.m64n96k16.f32." TYPE "." TYPE                                               \
+        " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,"  \
+        "%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47}, %48, %49, p, 1, 1, 0, "    \
+        "0;\n"                                                                                                    \
+        "}\n"                                                                                                     \
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),         \
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),   \
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47])  \
+        : "l"(a), "l"(b), "r"(int(scale_d)))
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+constexpr bool kHasWgmma = true;
+template <>
+__device__ __forceinline__ void wgmma_m64n96k16<__half>(float (&d)[48], uint64_t a, uint64_t b, bool scale_d) {
+    FD_WGMMA_M64N96K16("f16");
+}
+template <>
+__device__ __forceinline__ void wgmma_m64n96k16<__nv_bfloat16>(float (&d)[48], uint64_t a, uint64_t b,
+                                                                bool scale_d) {
+    FD_WGMMA_M64N96K16("bf16");
+}
+#else
+constexpr bool kHasWgmma = false;
+template <>
+__device__ __forceinline__ void wgmma_m64n96k16<__half>(float (&)[48], uint64_t, uint64_t, bool) {}
+template <>
+__device__ __forceinline__ void wgmma_m64n96k16<__nv_bfloat16>(float (&)[48], uint64_t, uint64_t, bool) {}
+#endif
+#undef FD_WGMMA_M64N96K16
+struct KernelArgs {
+    ConvGluWgmmaArgs a;
+    int tiles_w, tiles_h, tiles;  // a GLU tile's: along W, along H, in all (W fastest, then H, then items)
+};
+
+// Block (x, y): GLU tile y; its warpgroup g is worker x * WG + g of the
+// tile's gridDim.x * WG and takes tiles worker, worker + workers, ...
+template <typename T, int KH, int KW, int WG>
+__global__ void __launch_bounds__(128 * WG, 1) conv_glu_wgmma_kernel(KernelArgs ka) {
+    if constexpr (!kHasWgmma) {
+        __trap();
+    } else {
+        using Tile = WTile<KH, KW>;
+        extern __shared__ __align__(128) unsigned char shared_raw[];
+        const ConvGluWgmmaArgs& a = ka.a;
+        const T* __restrict__ xp = static_cast<const T*>(a.xp);
+        const T* __restrict__ wt = static_cast<const T*>(a.weight);
+        const float* __restrict__ bias = a.bias;
+        float* __restrict__ out = a.out;
+        const int C = a.C, H = a.H, W = a.W;
+        const int tid = threadIdx.x, wg = tid >> 7, wtid = tid & 127;
+        const int chunks = C / kChunk;
+        const int c0 = int(blockIdx.y) * kGluTile;
+
+        // The GLU tile's weights, every chunk and tap: copy u is (chunk, tap,
+        // half, n) at u * 16; its source row is value c0 + n or gate C + c0 + n - 48.
+        const int copies = chunks * Tile::kTaps * 2 * kN;
+        for (int u = tid; u < copies; u += 128 * WG) {
+            const int n = u % kN, half = (u / kN) & 1, ct = u / (2 * kN), tap = ct % Tile::kTaps, ci = ct / Tile::kTaps;
+            const int gate = n >= kGluTile, m = n - gate * kGluTile;
+            const bool valid = c0 + m < C;
+            cp_async16(shared_raw + size_t(u) * 16,
+                       valid ? wt + (int64_t(tap) * 2 * C + gate * C + c0 + m) * C + ci * kChunk + half * 8 : wt, valid);
+        }
+        cp_async_commit();
+        const unsigned char* weights = shared_raw;
+        unsigned char* stages =
+            shared_raw + size_t(chunks) * Tile::kChunkBytes + size_t(wg) * kStages * Tile::kStageBytes;
+
+        const int worker = int(blockIdx.x) * WG + wg, workers = int(gridDim.x) * WG;
+        const int my_tiles = (ka.tiles - worker + workers - 1) / workers;
+        struct Origin {
+            int b, h0, w0;
+        };
+        auto origin = [&](int k) {
+            int t = worker + k * workers;
+            Origin o;
+            const int x = t % ka.tiles_w;
+            t /= ka.tiles_w;
+            const int y = t % ka.tiles_h;
+            o.b = t / ka.tiles_h, o.h0 = y * Tile::kRows, o.w0 = x * Tile::kCols;
+            return o;
+        };
+        // Input copies: u = wtid + k * 128 is (record, half) of the tile with its halo.
+        int i_rc[Tile::kICopies];
+#pragma unroll
+        for (int k = 0; k < Tile::kICopies; k++) {
+            const int u = wtid + k * 128, record = u >> 1;
+            const int r = record / Tile::kInCols, col = record - r * Tile::kInCols;
+            i_rc[k] = record < Tile::kInRows * Tile::kInCols ? (r << 16) | col : -1;
+        }
+        auto load_stage = [&](const Origin& o, int ci, unsigned char* in) {
+            const int h_first = o.h0 - KH / 2, w_first = o.w0 - KW / 2;
+            const T* xi = xp + int64_t(o.b) * H * W * C + ci;
+#pragma unroll
+            for (int k = 0; k < Tile::kICopies; k++) {
+                if (i_rc[k] < 0) continue;
+                const int r = i_rc[k] >> 16, col = i_rc[k] & 0xffff, half = wtid & 1;
+                const int h = h_first + r, w = w_first + col;
+                const bool valid = unsigned(h) < unsigned(H) && unsigned(w) < unsigned(W);
+                cp_async16(in + half * Tile::kPlaneBytes + (r * Tile::kInCols + col) * 16,
+                           valid ? xi + (int64_t(h) * W + w) * C + half * 8 : xp, valid);
+            }
+        };
+        int load_k = 0, load_chunk = 0;
+        Origin load_o = origin(0);
+        auto load_next = [&](int step) {
+            if (load_k < my_tiles) {
+                load_stage(load_o, load_chunk * kChunk, stages + (step % kStages) * Tile::kStageBytes);
+                if (++load_chunk == chunks) {
+                    load_chunk = 0;
+                    if (++load_k < my_tiles) load_o = origin(load_k);
+                }
+            }
+            cp_async_commit();
+        };
+
+        // The bias of this thread's conv rows (lane (g, t): rows 8 j + 2 t + e, values at j < 6).
+        const int warp = wtid >> 5, g = (tid & 31) >> 2, t = tid & 3;
+        float bv[12], bg[12];
+#pragma unroll
+        for (int j = 0; j < 6; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int c = c0 + 8 * j + 2 * t + e;
+                const bool has = bias && c < C;
+                bv[2 * j + e] = has ? bias[c] : 0.0f;
+                bg[2 * j + e] = has ? bias[C + c] : 0.0f;
+            }
+
+        load_next(0);
+        load_next(1);
+        cp_async_wait<1>();  // the weights and the first stage
+        fence_proxy_async();
+        __syncthreads();
+        // Descriptors move by a constant per tap and m-tile: the start address
+        // is the low field, in 16-byte units (shared memory < 256 KB: no carry).
+        const uint64_t a_first = smem_desc(stages, Tile::kPlaneBytes, 128);
+        const uint64_t b_first = smem_desc(weights, Tile::kHalfBytes, 128);
+        float acc[kMTiles][48];
+        int step = 0;
+        for (int tile_k = 0; tile_k < my_tiles; tile_k++) {
+            for (int chunk = 0; chunk < chunks; chunk++, step++) {
+                if (step > 0) {
+                    cp_async_wait<1>();
+                    fence_proxy_async();
+                    warpgroup_barrier(1 + wg);  // this step's stage has landed for the whole warpgroup
+                }
+                const uint64_t a_stage = a_first + uint64_t((step % kStages) * Tile::kStageBytes / 16);
+                const uint64_t b_chunk = b_first + uint64_t(chunk * (Tile::kChunkBytes / 16));
+                wgmma_fence();
+#pragma unroll
+                for (int tap = 0; tap < Tile::kTaps; tap++) {
+                    const int dy = tap / KW, dx = tap % KW;
+#pragma unroll
+                    for (int i = 0; i < kMTiles; i++) {
+                        const int pos = (i / Tile::kMPerRow + dy) * Tile::kInCols + (i % Tile::kMPerRow) * 64 + dx;
+                        // The tile's first product overwrites the accumulators (scale-d 0).
+                        wgmma_m64n96k16<T>(acc[i], a_stage + uint64_t(pos), b_chunk + uint64_t(tap * Tile::kTapBytes / 16),
+                                           chunk > 0 || tap > 0);
+                    }
+                }
+                wgmma_commit();
+                // The previous step's products are done: its stage takes the input two steps on.
+                wgmma_wait<1>();
+                load_next(step + 2);
+            }
+            wgmma_wait<0>();
+
+            // The tile is complete: GLU on the accumulators. Lane (g, t) of
+            // warp w holds positions 16 w + g (+ 8) of each m-tile and conv rows
+            // 8 j + 2 t (+ 1): values at j < 6, their gates at j + 6.
+            const Origin o = origin(tile_k);
+            const int64_t plane = int64_t(H) * W;
+#pragma unroll
+            for (int i = 0; i < kMTiles; i++) {
+                const int h = o.h0 + i / Tile::kMPerRow;
+                if (h >= H) continue;
+                float* row = out + (int64_t(o.b) * C * H + h) * W;
+#pragma unroll
+                for (int e2 = 0; e2 < 2; e2++) {
+                    const int w = o.w0 + (i % Tile::kMPerRow) * 64 + 16 * warp + g + e2 * 8;
+                    if (w >= W) continue;
+#pragma unroll
+                    for (int j = 0; j < 6; j++)
+#pragma unroll
+                        for (int e = 0; e < 2; e++) {
+                            const int c = c0 + 8 * j + 2 * t + e;
+                            if (c < C)
+                                row[c * plane + w] = glu_value(acc[i][4 * j + 2 * e2 + e] + bv[2 * j + e],
+                                                               acc[i][4 * (j + 6) + 2 * e2 + e] + bg[2 * j + e]);
+                        }
+                }
+            }
+        }
+        cp_async_wait<0>();
+    }
+}
+
+template <typename T, int KH, int KW, int WG>
+void launch(cudaStream_t stream, const ConvGluWgmmaArgs& a, size_t shared) {
+    const auto kernel = conv_glu_wgmma_kernel<T, KH, KW, WG>;
+    // Set on every launch: the attribute belongs to the context (release_gpus() may have made a new one).
+    FD_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
+    int device = 0, sms = 0;
+    FD_CUDA(cudaGetDevice(&device));
+    FD_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    KernelArgs ka;
+    ka.a = a;
+    using Tile = WTile<KH, KW>;
+    ka.tiles_w = (a.W + Tile::kCols - 1) / Tile::kCols;
+    ka.tiles_h = (a.H + Tile::kRows - 1) / Tile::kRows;
+    const int glu_tiles = (a.C + kGluTile - 1) / kGluTile;
+    const int64_t tiles = int64_t(ka.tiles_w) * ka.tiles_h * a.B;
+    if (tiles > std::numeric_limits<int32_t>::max() || int64_t(4) * (a.W + 2) * a.C > std::numeric_limits<int32_t>::max())
+        throw Error("internal error: conv_glu_wgmma dimensions");
+    ka.tiles = int(tiles);
+    const int64_t per_tile = std::max<int64_t>(1, std::min<int64_t>(sms / glu_tiles, (tiles + WG - 1) / WG));
+    kernel<<<dim3(unsigned(per_tile), unsigned(glu_tiles)), 128 * WG, shared, stream>>>(ka);
+    FD_LAUNCH_CHECK();
+}
+
+// Three warpgroups where their stages fit beside the weights, else two
+// (H200, forward of 8: C = 48 3x3 376 against 412 us with two, 1x3 90 / 99;
+// C = 96 1x3 146 / 140; C = 96 3x3 fits two only).
+template <typename T, int KH, int KW>
+void launch_fitting(cudaStream_t stream, const ConvGluWgmmaArgs& a) {
+    using Tile = WTile<KH, KW>;
+    const int chunks = a.C / kChunk;
+    if (Tile::shared_bytes(chunks, 3) <= size_t(kMaxShared))
+        launch<T, KH, KW, 3>(stream, a, Tile::shared_bytes(chunks, 3));
+    else if (Tile::shared_bytes(chunks, 2) <= size_t(kMaxShared))
+        launch<T, KH, KW, 2>(stream, a, Tile::shared_bytes(chunks, 2));
+    else
+        throw Error("internal error: conv_glu_wgmma weights past shared memory");
+}
+
+}  // namespace
+
+bool conv_glu_wgmma_fits(int64_t C) {
+    return C % kChunk == 0 && WTile<3, 3>::shared_bytes(int(C / kChunk), 2) <= size_t(kMaxShared);
+}
+
+bool conv_glu_wgmma_available(int device) {
+    cudaDeviceProp p{};
+    if (cudaGetDeviceProperties(&p, device) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    if (p.major != 9 || p.minor != 0) return false;
+    // The sm_90a image must be the one the device loads.
+    cudaFuncAttributes attr{};
+    if (cudaFuncGetAttributes(&attr, conv_glu_wgmma_kernel<__half, 3, 3, 2>) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    return attr.binaryVersion == 90;
+}
+
+void conv_glu_wgmma(cudaStream_t stream, DType t, int kh, const ConvGluWgmmaArgs& a) {
+    if (!conv_glu_wgmma_fits(a.C)) throw Error("internal error: conv_glu_wgmma channels");
+    if (a.B == 0 || a.H == 0 || a.W == 0) return;
+    if (t == DType::F16) {
+        if (kh == 3)
+            launch_fitting<__half, 3, 3>(stream, a);
+        else
+            launch_fitting<__half, 1, 3>(stream, a);
+    } else {
+        if (kh == 3)
+            launch_fitting<__nv_bfloat16, 3, 3>(stream, a);
+        else
+            launch_fitting<__nv_bfloat16, 1, 3>(stream, a);
+    }
+}
+
+}  // namespace fastdemucs::cuda
