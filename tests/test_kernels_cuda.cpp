@@ -615,6 +615,53 @@ void conv_glu_cases(bool wgmma) {
 
 }  // namespace
 
+// The encoders' 1x1 rewrite + GLU (+ the frequency embedding) on wgmma,
+// from planes of positions [B, Cin, ld], against the double reference.
+void conv1x1_glu_case(DType t, int64_t B, int64_t Cin, int64_t C, int64_t P, bool embed) {
+    Gpu gpu;
+    const int64_t ld = (P + 7) / 8 * 8, T = 37, F = (P + T - 1) / T;
+    const std::vector<float> x = exact_random(size_t(B * Cin * ld), 31);
+    const std::vector<float> w = exact_random(size_t(2 * C * Cin), 32);
+    const std::vector<float> bias = random(size_t(2 * C), 33);
+    const std::vector<float> table = random(size_t(F * C), 34);
+    Conv1x1GluArgs a;
+    a.x = put_as(gpu, x, t), a.weight = put_as(gpu, w, t), a.bias = gpu.put(bias);
+    a.out = gpu.arena.alloc<float>(B * C * P);
+    a.Cin = int(Cin), a.C = int(C), a.B = int(B), a.P = P, a.ld = ld;
+    if (embed) a.emb_table = gpu.put(table), a.emb_T = T, a.emb_k = 0.7f, a.emb_s = 1.3f;
+    conv1x1_glu_wgmma(gpu.stream, t, a);
+    FD_CUDA(cudaStreamSynchronize(gpu.stream));
+    const auto got = gpu.get(a.out, size_t(B * C * P));
+    std::vector<double> ref(size_t(B * C * P));
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t p = 0; p < P; p++) {
+                double va = bias[size_t(c)], vg = bias[size_t(C + c)];
+                for (int64_t k = 0; k < Cin; k++) {
+                    const double xv = x[size_t((b * Cin + k) * ld + p)];
+                    va += double(w[size_t(c * Cin + k)]) * xv, vg += double(w[size_t((C + c) * Cin + k)]) * xv;
+                }
+                double v = va / (1.0 + std::exp(-vg));
+                if (embed) v += 0.7 * (double(table[size_t((p / T) * C + c)]) * 1.3);
+                ref[size_t((b * C + c) * P + p)] = v;
+            }
+    EXPECT_LE(rel(got, ref), 1e-5) << dtype_name(t) << " Cin " << Cin << ", C " << C << ", P " << P
+                                   << (embed ? ", embedding" : "");
+}
+
+TEST(KernelsCuda, Conv1x1GluWgmmaMatchesTheModule) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    if (!conv_glu_wgmma_available(0)) GTEST_SKIP() << "no sm_90a device";
+    for (DType t : {DType::F16, DType::BF16}) {
+        // The first encoder's (48 -> 2 x 48, with the embedding), the second's (96 -> 2 x 96:
+        // two GLU tiles), a partial GLU tile and position tile, several tiles a warpgroup.
+        conv1x1_glu_case(t, 2, 48, 48, 1000, true);
+        conv1x1_glu_case(t, 1, 96, 96, 777, false);
+        conv1x1_glu_case(t, 3, 32, 40, 130, true);
+        conv1x1_glu_case(t, 2, 16, 16, 70001, false);
+    }
+}
+
 TEST(KernelsCuda, ConvGluWgmmaMatchesTheModule) {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
     if (!conv_glu_wgmma_available(0)) GTEST_SKIP() << "no sm_90a device";

@@ -82,6 +82,7 @@ struct Ctx {
     bool implicit_conv = false;         // float16 / bfloat16 convs as implicit GEMMs (cuda/implicit_conv.h)
     bool conv_glu = true;               // float16 / bfloat16 rewrites + GLU as one implicit GEMM (cuda/conv_glu.h)
     bool conv_glu_wgmma = false;        // conv_glu's convolution on wgmma (compute capability 9.0: conv_glu_wgmma.h)
+    bool conv1x1_glu_wgmma = false;     // the encoders' 1x1 rewrites + GLU from the DConv's operand copy, the same
     bool thin_dconv = true;             // DConv layers with hidden <= 32 in three fused passes (cuda/dconv.h)
     bool dconv_rows = true;             // whole DConvs with the row in shared memory where it fits (dconv_rows)
     bool tensor_core_dconv = true;      // float16 / bfloat16: the thin DConv's convolutions on mma.sync (cuda/dconv.h)

@@ -6,9 +6,11 @@
 #include <vector>
 
 #include "cuda/arena.h"
+#include "cuda/conv_glu_wgmma.h"
 #include "cuda/gemm.h"
 #include "cuda/implicit_conv.h"
 #include "cuda/kernels.h"
+#include "cuda/profile.h"
 #include "cuda/weights.h"
 #include "error.h"
 
@@ -223,8 +225,22 @@ bool conv2d_glu(const Ctx& ctx, const DTensor& x, const ConvWeight& w, ConvGeom 
     conv_output_size(x.h, x.w, w, g, &Ho, &Wo);
     check_conv_shapes(x, x.w, w, g, out.b, 2 * out.c, Ho, Wo, nullptr);
     if (out.h != Ho || out.w != Wo) throw Error("internal error: conv2d_glu output shape");
-    ArenaScope scope(*ctx.arena);
     const int64_t N = Ho * Wo, ld = gemm_ld(ctx, N);
+    // The encoders' first two pointwise rewrites from the DConv's operand
+    // copy on wgmma, the GLU and the embedding on the accumulators (no conv
+    // output between a GEMM and the GLU's pass).
+    if (ctx.conv1x1_glu_wgmma && x_operand && w.kh == 1 && w.kw == 1 && Ho == x.h && Wo == x.w &&
+        conv1x1_glu_wgmma_fits(w.cin, out.c)) {
+        if (ctx.dry || x.b * N == 0) return true;
+        ProfileSpan span(ctx, ProfKind::Gemm);
+        Conv1x1GluArgs a;
+        a.x = x_operand, a.weight = w.w, a.bias = w.bias, a.out = out.p;
+        a.Cin = w.cin, a.C = int(out.c), a.B = int(x.b), a.P = N, a.ld = ld;
+        if (emb) a.emb_table = emb->table, a.emb_T = emb->T, a.emb_k = emb->k, a.emb_s = emb->s;
+        conv1x1_glu_wgmma(ctx.stream, ctx.gemm, a);
+        return true;
+    }
+    ArenaScope scope(*ctx.arena);
     void* y = ctx.arena->alloc_bytes(size_t(x.b * w.cout * ld) * dtype_bytes(ctx.gemm));
     conv2d_gemm(ctx, x, x.w, w, g, Ho, Wo, y, ctx.gemm, ld, x_operand);
     glu(ctx, y, ctx.gemm, ld, out.p, x.b, out.c, N, w.bias, emb);

@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 
 #include "cuda/device_utils.cuh"
 #include "error.h"
@@ -78,20 +79,18 @@ __device__ __forceinline__ void warpgroup_barrier(int id) {
     asm volatile("bar.sync %0, 128;\n" ::"r"(id) : "memory");
 }
 
-// d[64 x 96] += A[64 x 16] B[16 x 96], both K-major in shared memory.
-// scale_d false: d = A B (the accumulators' old values ignored).
-template <typename T>
-__device__ __forceinline__ void wgmma_m64n96k16(float (&d)[48], uint64_t a, uint64_t b, bool scale_d);
-
-#define FD_WGMMA_M64N96K16(TYPE)                                                                                  \
+// d[64 x 96] += A[64 x 16] B[16 x 96] from shared memory, B K-major, A
+// K-major or (TransA) M-major. scale_d false: d = A B (the accumulators'
+// old values ignored).
+#define FD_WGMMA_M64N96K16(TYPE, TRANS_A)                                                                         \
     asm volatile(                                                                                                 \
         "{\n"                                                                                                     \
         ".reg .pred p;\n"                                                                                         \
         "setp.ne.b32 p, %50, 0;\n"                                                                                \
         "wgmma.mma_async.sync.aligned.m64n96k16.f32." TYPE "." TYPE                                               \
         " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,"  \
-        "%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47}, %48, %49, p, 1, 1, 0, "    \
-        "0;\n"                                                                                                    \
+        "%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47}, %48, %49, p, 1, 1, "       \
+        TRANS_A ", 0;\n"                                                                                          \
         "}\n"                                                                                                     \
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),         \
           "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),   \
@@ -103,22 +102,22 @@ __device__ __forceinline__ void wgmma_m64n96k16(float (&d)[48], uint64_t a, uint
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 constexpr bool kHasWgmma = true;
-template <>
-__device__ __forceinline__ void wgmma_m64n96k16<__half>(float (&d)[48], uint64_t a, uint64_t b, bool scale_d) {
-    FD_WGMMA_M64N96K16("f16");
-}
-template <>
-__device__ __forceinline__ void wgmma_m64n96k16<__nv_bfloat16>(float (&d)[48], uint64_t a, uint64_t b,
-                                                                bool scale_d) {
-    FD_WGMMA_M64N96K16("bf16");
-}
 #else
 constexpr bool kHasWgmma = false;
-template <>
-__device__ __forceinline__ void wgmma_m64n96k16<__half>(float (&)[48], uint64_t, uint64_t, bool) {}
-template <>
-__device__ __forceinline__ void wgmma_m64n96k16<__nv_bfloat16>(float (&)[48], uint64_t, uint64_t, bool) {}
 #endif
+template <typename T, bool TransA = false>
+__device__ __forceinline__ void wgmma_m64n96k16(float (&d)[48], uint64_t a, uint64_t b, bool scale_d) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    if constexpr (std::is_same_v<T, __half> && !TransA)
+        FD_WGMMA_M64N96K16("f16", "0");
+    else if constexpr (std::is_same_v<T, __half>)
+        FD_WGMMA_M64N96K16("f16", "1");
+    else if constexpr (!TransA)
+        FD_WGMMA_M64N96K16("bf16", "0");
+    else
+        FD_WGMMA_M64N96K16("bf16", "1");
+#endif
+}
 #undef FD_WGMMA_M64N96K16
 struct KernelArgs {
     ConvGluWgmmaArgs a;
@@ -327,6 +326,212 @@ void launch_fitting(cudaStream_t stream, const ConvGluWgmmaArgs& a) {
         throw Error("internal error: conv_glu_wgmma weights past shared memory");
 }
 
+
+// ------------------------------------------------------------ 1x1 rewrites
+// The encoders' pointwise rewrites read the DConv's operand copy, planes of
+// positions per channel ([B, Cin, ld]): A is then M-major (wgmma's
+// transposed A), each 16-byte run 8 positions of one channel. A
+// warpgroup's tile is 128 positions of one item with every input channel
+// in one stage, [position group of 8][channel][8 positions]; the weights of
+// the block's GLU tile stay resident as in the 3x3 kernel.
+constexpr int k1x1Stages = 3;
+constexpr int k1x1Positions = 64 * kMTiles;
+
+// The GLU's outputs go out through shared memory, [48 channels][128
+// positions + 4] floats per warpgroup, so that each channel's run leaves as
+// whole 512-byte rows (written from the fragments directly, each warp store
+// touched 4 channels x 32 bytes: the kernel ran at ~1.5 TB/s).
+constexpr int k1x1OutPitch = k1x1Positions + 4;
+constexpr size_t k1x1OutBytes = size_t(kGluTile) * k1x1OutPitch * 4;
+__host__ __device__ constexpr size_t conv1x1_stage_bytes(int cin) { return size_t(k1x1Positions) * cin * 2; }
+__host__ __device__ constexpr size_t conv1x1_shared_bytes(int cin, int wgs) {
+    return size_t(cin) * kN * 2 + size_t(wgs) * (k1x1Stages * conv1x1_stage_bytes(cin) + k1x1OutBytes);
+}
+
+struct Conv1x1KernelArgs {
+    Conv1x1GluArgs a;
+    int tiles_p, tiles;  // a GLU tile's: along the positions, in all (positions fastest, then items)
+};
+
+// CH = Cin / 16 (unrolled: no accumulator access between the MMAs).
+constexpr int k1x1MaxChunks = 6;
+constexpr int conv1x1_warpgroups(int ch) { return conv1x1_shared_bytes(ch * kChunk, 3) <= size_t(kMaxShared) ? 3 : 2; }
+template <typename T, int CH, int WG = conv1x1_warpgroups(CH)>
+__global__ void __launch_bounds__(128 * WG, 1) conv1x1_glu_wgmma_kernel(Conv1x1KernelArgs ka) {
+    if constexpr (!kHasWgmma) {
+        __trap();
+    } else {
+        extern __shared__ __align__(128) unsigned char shared_raw[];
+        const Conv1x1GluArgs& a = ka.a;
+        const T* __restrict__ x = static_cast<const T*>(a.x);
+        const T* __restrict__ wt = static_cast<const T*>(a.weight);
+        const float* __restrict__ bias = a.bias;
+        float* __restrict__ out = a.out;
+        constexpr int Cin = CH * kChunk;
+        const int C = a.C;
+        const int64_t P = a.P, ld = a.ld;
+        const int tid = threadIdx.x, wg = tid >> 7, wtid = tid & 127;
+        constexpr int chunks = CH;
+        const int c0 = int(blockIdx.y) * kGluTile;
+        constexpr size_t stage_bytes = conv1x1_stage_bytes(Cin);
+
+        // Weights [chunk][half][n][8 channels]: copy u is (chunk, half, n).
+        const int copies = chunks * 2 * kN;
+        for (int u = tid; u < copies; u += 128 * WG) {
+            const int n = u % kN, half = (u / kN) & 1, ci = u / (2 * kN);
+            const int gate = n >= kGluTile, m = n - gate * kGluTile;
+            const bool valid = c0 + m < C;
+            cp_async16(shared_raw + size_t(u) * 16,
+                       valid ? wt + int64_t(gate * C + c0 + m) * Cin + ci * kChunk + half * 8 : wt, valid);
+        }
+        cp_async_commit();
+        unsigned char* stages =
+            shared_raw + size_t(Cin) * kN * 2 + size_t(wg) * (k1x1Stages * stage_bytes + k1x1OutBytes);
+        float* staged_out = reinterpret_cast<float*>(stages + k1x1Stages * stage_bytes);
+
+        const int worker = int(blockIdx.x) * WG + wg, workers = int(gridDim.x) * WG;
+        const int my_tiles = (ka.tiles - worker + workers - 1) / workers;
+        auto tile_origin = [&](int k, int& b, int64_t& p0) {
+            const int t = worker + k * workers;
+            b = t / ka.tiles_p;
+            p0 = int64_t(t - b * ka.tiles_p) * k1x1Positions;
+        };
+        // A stage: Cin x 16 runs of 8 positions; run u is channel u / 16, group u % 16.
+        int load_k = 0;
+        auto load_next = [&](int k) {
+            if (load_k < my_tiles) {
+                int b;
+                int64_t p0;
+                tile_origin(load_k, b, p0);
+                unsigned char* in = stages + (k % k1x1Stages) * stage_bytes;
+                const T* xb = x + int64_t(b) * Cin * ld + p0;
+                for (int u = wtid; u < Cin * 16; u += 128) {
+                    const int c = u >> 4, grp = u & 15;
+                    const bool valid = p0 + grp * 8 < ld;
+                    cp_async16(in + (grp * Cin + c) * 16, valid ? xb + int64_t(c) * ld + grp * 8 : x, valid);
+                }
+                load_k++;
+            }
+            cp_async_commit();
+        };
+
+        const int warp = wtid >> 5, g = (tid & 31) >> 2, t = tid & 3;
+        float bv[12], bg[12];
+#pragma unroll
+        for (int j = 0; j < 6; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int c = c0 + 8 * j + 2 * t + e;
+                const bool has = bias && c < C;
+                bv[2 * j + e] = has ? bias[c] : 0.0f;
+                bg[2 * j + e] = has ? bias[C + c] : 0.0f;
+            }
+
+        load_next(0);
+        load_next(1);
+        cp_async_wait<1>();
+        fence_proxy_async();
+        __syncthreads();
+        // M-major A: core matrices (8 channels x 8 positions, 128 bytes) are
+        // 128 bytes apart along K (the leading offset, as for K-major; the
+        // other way round fails the test) and Cin x 16 bytes along M.
+        const uint64_t a_first = smem_desc(stages, 128, uint32_t(Cin) * 16);
+        const uint64_t b_first = smem_desc(shared_raw, kN * 16, 128);
+        float acc[kMTiles][48];
+        for (int tile_k = 0; tile_k < my_tiles; tile_k++) {
+            if (tile_k > 0) {
+                cp_async_wait<1>();
+                fence_proxy_async();
+                warpgroup_barrier(1 + wg);
+            }
+            const uint64_t a_stage = a_first + uint64_t((tile_k % k1x1Stages) * stage_bytes / 16);
+            wgmma_fence();
+#pragma unroll
+            for (int ci = 0; ci < chunks; ci++) {
+#pragma unroll
+                for (int i = 0; i < kMTiles; i++)
+                    wgmma_m64n96k16<T, true>(acc[i], a_stage + uint64_t((i * 8 * Cin + ci * kChunk) * 16 / 16),
+                                             b_first + uint64_t(ci * 2 * kN * 16 / 16), ci > 0);
+            }
+            wgmma_commit();
+            wgmma_wait<0>();
+            load_next(tile_k + 2);  // this tile's stage is free: the input two tiles on
+
+            int b;
+            int64_t p0;
+            tile_origin(tile_k, b, p0);
+#pragma unroll
+            for (int i = 0; i < kMTiles; i++)
+#pragma unroll
+                for (int e2 = 0; e2 < 2; e2++) {
+                    const int pp = i * 64 + 16 * warp + g + e2 * 8;
+                    const int64_t p = p0 + pp;
+                    const float* emb_row = a.emb_table && p < P ? a.emb_table + (p / a.emb_T) * C : nullptr;
+#pragma unroll
+                    for (int j = 0; j < 6; j++)
+#pragma unroll
+                        for (int e = 0; e < 2; e++) {
+                            const int cl = 8 * j + 2 * t + e, c = c0 + cl;
+                            float v = glu_value(acc[i][4 * j + 2 * e2 + e] + bv[2 * j + e],
+                                                acc[i][4 * (j + 6) + 2 * e2 + e] + bg[2 * j + e]);
+                            // As the GLU pass adds the embedding (glu_vec_kernel), rounding each step.
+                            if (emb_row && c < C) v = __fadd_rn(v, __fmul_rn(a.emb_k, __fmul_rn(emb_row[c], a.emb_s)));
+                            staged_out[cl * k1x1OutPitch + pp] = v;  // lanes (g, t) in 32 banks
+                        }
+                }
+            warpgroup_barrier(1 + wg);
+            // A warp per channel row: 128 positions, whole 16-byte runs where the rows allow.
+            const int lane = tid & 31;
+            const int64_t valid = P - p0 < k1x1Positions ? P - p0 : k1x1Positions;
+            const bool vec = P % 4 == 0;
+            for (int cl = warp; cl < kGluTile && c0 + cl < C; cl += 4) {
+                const float* src = staged_out + cl * k1x1OutPitch;
+                float* dst = out + (int64_t(b) * C + c0 + cl) * P + p0;
+                if (vec && 4 * lane < valid) {
+                    *reinterpret_cast<float4*>(dst + 4 * lane) = *reinterpret_cast<const float4*>(src + 4 * lane);
+                } else if (!vec) {
+#pragma unroll
+                    for (int q = 0; q < 4; q++)
+                        if (q * 32 + lane < valid) dst[q * 32 + lane] = src[q * 32 + lane];
+                }
+            }
+        }
+        cp_async_wait<0>();
+    }
+}
+
+template <typename T, int CH>
+void launch_1x1(cudaStream_t stream, const Conv1x1GluArgs& a) {
+    constexpr int wgs = conv1x1_warpgroups(CH);
+    const auto kernel = conv1x1_glu_wgmma_kernel<T, CH>;
+    const size_t shared = conv1x1_shared_bytes(CH * kChunk, wgs);
+    FD_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
+    int device = 0, sms = 0;
+    FD_CUDA(cudaGetDevice(&device));
+    FD_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    Conv1x1KernelArgs ka;
+    ka.a = a;
+    const int64_t tiles_p = (a.P + k1x1Positions - 1) / k1x1Positions, tiles = tiles_p * a.B;
+    if (tiles > std::numeric_limits<int32_t>::max()) throw Error("internal error: conv1x1_glu_wgmma dimensions");
+    ka.tiles_p = int(tiles_p), ka.tiles = int(tiles);
+    const int glu_tiles = (a.C + kGluTile - 1) / kGluTile;
+    const int64_t per_tile = std::max<int64_t>(1, std::min<int64_t>(sms / glu_tiles, (tiles + wgs - 1) / wgs));
+    kernel<<<dim3(unsigned(per_tile), unsigned(glu_tiles)), 128 * wgs, shared, stream>>>(ka);
+    FD_LAUNCH_CHECK();
+}
+
+template <typename T>
+void launch_1x1_chunks(cudaStream_t stream, const Conv1x1GluArgs& a) {
+    switch (a.Cin / kChunk) {
+        case 1: return launch_1x1<T, 1>(stream, a);
+        case 2: return launch_1x1<T, 2>(stream, a);
+        case 3: return launch_1x1<T, 3>(stream, a);
+        case 4: return launch_1x1<T, 4>(stream, a);
+        case 5: return launch_1x1<T, 5>(stream, a);
+        default: return launch_1x1<T, 6>(stream, a);
+    }
+}
+
 }  // namespace
 
 bool conv_glu_wgmma_fits(int64_t C) {
@@ -363,6 +568,20 @@ void conv_glu_wgmma(cudaStream_t stream, DType t, int kh, const ConvGluWgmmaArgs
         else
             launch_fitting<__nv_bfloat16, 1, 3>(stream, a);
     }
+}
+
+bool conv1x1_glu_wgmma_fits(int64_t cin, int64_t C) {
+    return cin % kChunk == 0 && cin > 0 && cin <= k1x1MaxChunks * kChunk && C > 0;
+}
+
+void conv1x1_glu_wgmma(cudaStream_t stream, DType t, const Conv1x1GluArgs& a) {
+    if (!conv1x1_glu_wgmma_fits(a.Cin, a.C) || a.ld % 8 != 0 || a.ld < a.P)
+        throw Error("internal error: conv1x1_glu_wgmma shapes");
+    if (a.B == 0 || a.P == 0) return;
+    if (t == DType::F16)
+        launch_1x1_chunks<__half>(stream, a);
+    else
+        launch_1x1_chunks<__nv_bfloat16>(stream, a);
 }
 
 }  // namespace fastdemucs::cuda

@@ -34,4 +34,26 @@ bool conv_glu_wgmma_fits(int64_t C);
 // convolution; t is DType::F16 or DType::BF16.
 void conv_glu_wgmma(cudaStream_t stream, DType t, int kh, const ConvGluWgmmaArgs& a);
 
+// The encoders' pointwise rewrites with their GLU (and the first encoder's
+// frequency embedding), out [B, C, P] = GLU(W x + bias) (+ emb), from the
+// DConv's operand copy x [B, Cin, ld] (planes of positions, ld a multiple
+// of 8 and >= P).
+struct Conv1x1GluArgs {
+    const void* x;       // [B, Cin, ld] operand type
+    const void* weight;  // [2C, Cin] operand type
+    const float* bias;   // [2C] or null
+    float* out;          // [B, C, P]
+    int Cin = 0, C = 0, B = 0;
+    int64_t P = 0, ld = 0;
+    // Or null: out[b, c, p] += k * (table[p / T, c] * s), as the GLU pass adds it.
+    const float* emb_table = nullptr;
+    int64_t emb_T = 1;
+    float emb_k = 0.0f, emb_s = 0.0f;
+};
+// Whether it takes Cin input channels: a multiple of 16, at most 96 (the
+// first two encoders' rewrites; the deeper ones' GEMMs are bound by the
+// tensor cores and stay on cuBLAS).
+bool conv1x1_glu_wgmma_fits(int64_t cin, int64_t C);
+void conv1x1_glu_wgmma(cudaStream_t stream, DType t, const Conv1x1GluArgs& a);
+
 }  // namespace fastdemucs::cuda

@@ -459,6 +459,7 @@ public:
         ctx_.conv_glu = env_string("FASTDEMUCS_CONV_GLU") != "0" && major >= 8;  // cp.async, mma.sync
         ctx_.conv_glu_wgmma =
             ctx_.conv_glu && env_string("FASTDEMUCS_CONV_GLU_WGMMA") != "0" && conv_glu_wgmma_available(device_);
+        ctx_.conv1x1_glu_wgmma = ctx_.conv_glu_wgmma && env_string("FASTDEMUCS_CONV1X1_WGMMA") != "0";
         ctx_.thin_dconv = env_string("FASTDEMUCS_THIN_DCONV") != "0";
         ctx_.dconv_rows = env_string("FASTDEMUCS_DCONV_ROWS") != "0";
         ctx_.tensor_core_dconv = env_string("FASTDEMUCS_TC_DCONV") != "0" && major >= 8;  // mma.sync m16n8k16
