@@ -615,6 +615,8 @@ void conv_glu_cases(bool wgmma) {
 
 }  // namespace
 
+namespace {
+
 // The encoders' 1x1 rewrite + GLU (+ the frequency embedding) on wgmma,
 // from planes of positions [B, Cin, ld], against the double reference.
 void conv1x1_glu_case(DType t, int64_t B, int64_t Cin, int64_t C, int64_t P, bool embed) {
@@ -649,6 +651,8 @@ void conv1x1_glu_case(DType t, int64_t B, int64_t Cin, int64_t C, int64_t P, boo
                                    << (embed ? ", embedding" : "");
 }
 
+}  // namespace
+
 TEST(KernelsCuda, Conv1x1GluWgmmaMatchesTheModule) {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
     if (!conv_glu_wgmma_available(0)) GTEST_SKIP() << "no sm_90a device";
@@ -659,6 +663,9 @@ TEST(KernelsCuda, Conv1x1GluWgmmaMatchesTheModule) {
         conv1x1_glu_case(t, 1, 96, 96, 777, false);
         conv1x1_glu_case(t, 3, 32, 40, 130, true);
         conv1x1_glu_case(t, 2, 16, 16, 70001, false);
+        // The two-warpgroup variants short of 96 channels.
+        conv1x1_glu_case(t, 1, 64, 48, 300, false);
+        conv1x1_glu_case(t, 1, 80, 24, 257, true);
     }
 }
 

@@ -229,8 +229,8 @@ bool conv2d_glu(const Ctx& ctx, const DTensor& x, const ConvWeight& w, ConvGeom 
     // The encoders' first two pointwise rewrites from the DConv's operand
     // copy on wgmma, the GLU and the embedding on the accumulators (no conv
     // output between a GEMM and the GLU's pass).
-    if (ctx.conv1x1_glu_wgmma && x_operand && w.kh == 1 && w.kw == 1 && Ho == x.h && Wo == x.w &&
-        conv1x1_glu_wgmma_fits(w.cin, out.c)) {
+    if (ctx.conv1x1_glu_wgmma && x_operand && is_pointwise(x, x.w, g) && conv1x1_glu_wgmma_fits(w.cin, out.c)) {
+        if (emb && emb->F * emb->T != N) throw Error("internal error: conv2d_glu: frequency embedding shape");
         if (ctx.dry || x.b * N == 0) return true;
         ProfileSpan span(ctx, ProfKind::Gemm);
         Conv1x1GluArgs a;

@@ -385,7 +385,7 @@ void launch(const Ctx& ctx, ConvGluArgs a) {
 // (H200, forward of 8: the four rewrites 1.20 -> 0.94 ms), else mma.sync.
 template <typename T>
 void launch_packed(const Ctx& ctx, const ConvGluArgs& a, int kh) {
-    if (ctx.conv_glu_wgmma) {
+    if (ctx.conv_glu_wgmma && conv_glu_wgmma_fits(a.C)) {
         ConvGluWgmmaArgs w;
         w.xp = a.xp, w.weight = a.weight, w.bias = a.bias, w.out = a.out;
         w.C = a.C, w.H = a.H, w.W = a.W, w.B = a.B;

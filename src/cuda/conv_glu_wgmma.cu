@@ -29,6 +29,10 @@
 #include "cuda/device_utils.cuh"
 #include "error.h"
 
+// The host pass (and a build without sm_90a) discards the kernels' bodies,
+// which leaves their helpers unreferenced there: not worth a warning each.
+#pragma nv_diag_suppress 177
+
 namespace fastdemucs::cuda {
 namespace {
 
@@ -119,6 +123,32 @@ __device__ __forceinline__ void wgmma_m64n96k16(float (&d)[48], uint64_t a, uint
 #endif
 }
 #undef FD_WGMMA_M64N96K16
+// The bias of lane (g, t)'s conv rows of GLU tile c0: values 8 j + 2 t + e
+// (j < 6, e < 2) in bv, their gates in bg (zero past C or without a bias).
+__device__ __forceinline__ void load_glu_bias(const float* __restrict__ bias, int C, int c0, int t, float (&bv)[12],
+                                              float (&bg)[12]) {
+#pragma unroll
+    for (int j = 0; j < 6; j++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const int c = c0 + 8 * j + 2 * t + e;
+            const bool has = bias && c < C;
+            bv[2 * j + e] = has ? bias[c] : 0.0f;
+            bg[2 * j + e] = has ? bias[C + c] : 0.0f;
+        }
+}
+
+// A kernel's start: the first two stages' loads (after the weights'), and
+// the weights and the first stage landed for the whole block.
+template <typename Load>
+__device__ __forceinline__ void prime_stages(Load& load_next) {
+    load_next(0);
+    load_next(1);
+    cp_async_wait<1>();
+    fence_proxy_async();
+    __syncthreads();
+}
+
 struct KernelArgs {
     ConvGluWgmmaArgs a;
     int tiles_w, tiles_h, tiles;  // a GLU tile's: along W, along H, in all (W fastest, then H, then items)
@@ -206,24 +236,11 @@ __global__ void __launch_bounds__(128 * WG, 1) conv_glu_wgmma_kernel(KernelArgs 
             cp_async_commit();
         };
 
-        // The bias of this thread's conv rows (lane (g, t): rows 8 j + 2 t + e, values at j < 6).
         const int warp = wtid >> 5, g = (tid & 31) >> 2, t = tid & 3;
         float bv[12], bg[12];
-#pragma unroll
-        for (int j = 0; j < 6; j++)
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const int c = c0 + 8 * j + 2 * t + e;
-                const bool has = bias && c < C;
-                bv[2 * j + e] = has ? bias[c] : 0.0f;
-                bg[2 * j + e] = has ? bias[C + c] : 0.0f;
-            }
+        load_glu_bias(bias, C, c0, t, bv, bg);
 
-        load_next(0);
-        load_next(1);
-        cp_async_wait<1>();  // the weights and the first stage
-        fence_proxy_async();
-        __syncthreads();
+        prime_stages(load_next);
         // Descriptors move by a constant per tap and m-tile: the start address
         // is the low field, in 16-byte units (shared memory < 256 KB: no carry).
         const uint64_t a_first = smem_desc(stages, Tile::kPlaneBytes, 128);
@@ -350,6 +367,7 @@ __host__ __device__ constexpr size_t conv1x1_shared_bytes(int cin, int wgs) {
 
 struct Conv1x1KernelArgs {
     Conv1x1GluArgs a;
+    bool vec_out;  // float4 stores: rows of a multiple of 4 floats from a 16-byte-aligned out
     int tiles_p, tiles;  // a GLU tile's: along the positions, in all (positions fastest, then items)
 };
 
@@ -417,21 +435,9 @@ __global__ void __launch_bounds__(128 * WG, 1) conv1x1_glu_wgmma_kernel(Conv1x1K
 
         const int warp = wtid >> 5, g = (tid & 31) >> 2, t = tid & 3;
         float bv[12], bg[12];
-#pragma unroll
-        for (int j = 0; j < 6; j++)
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const int c = c0 + 8 * j + 2 * t + e;
-                const bool has = bias && c < C;
-                bv[2 * j + e] = has ? bias[c] : 0.0f;
-                bg[2 * j + e] = has ? bias[C + c] : 0.0f;
-            }
+        load_glu_bias(bias, C, c0, t, bv, bg);
 
-        load_next(0);
-        load_next(1);
-        cp_async_wait<1>();
-        fence_proxy_async();
-        __syncthreads();
+        prime_stages(load_next);
         // M-major A: core matrices (8 channels x 8 positions, 128 bytes) are
         // 128 bytes apart along K (the leading offset, as for K-major; the
         // other way round fails the test) and Cin x 16 bytes along M.
@@ -483,7 +489,7 @@ __global__ void __launch_bounds__(128 * WG, 1) conv1x1_glu_wgmma_kernel(Conv1x1K
             // A warp per channel row: 128 positions, whole 16-byte runs where the rows allow.
             const int lane = tid & 31;
             const int64_t valid = P - p0 < k1x1Positions ? P - p0 : k1x1Positions;
-            const bool vec = P % 4 == 0;
+            const bool vec = ka.vec_out;
             for (int cl = warp; cl < kGluTile && c0 + cl < C; cl += 4) {
                 const float* src = staged_out + cl * k1x1OutPitch;
                 float* dst = out + (int64_t(b) * C + c0 + cl) * P + p0;
@@ -514,6 +520,7 @@ void launch_1x1(cudaStream_t stream, const Conv1x1GluArgs& a) {
     const int64_t tiles_p = (a.P + k1x1Positions - 1) / k1x1Positions, tiles = tiles_p * a.B;
     if (tiles > std::numeric_limits<int32_t>::max()) throw Error("internal error: conv1x1_glu_wgmma dimensions");
     ka.tiles_p = int(tiles_p), ka.tiles = int(tiles);
+    ka.vec_out = a.P % 4 == 0 && aligned16(a.out);
     const int glu_tiles = (a.C + kGluTile - 1) / kGluTile;
     const int64_t per_tile = std::max<int64_t>(1, std::min<int64_t>(sms / glu_tiles, (tiles + wgs - 1) / wgs));
     kernel<<<dim3(unsigned(per_tile), unsigned(glu_tiles)), 128 * wgs, shared, stream>>>(ka);
@@ -535,23 +542,32 @@ void launch_1x1_chunks(cudaStream_t stream, const Conv1x1GluArgs& a) {
 }  // namespace
 
 bool conv_glu_wgmma_fits(int64_t C) {
-    return C % kChunk == 0 && WTile<3, 3>::shared_bytes(int(C / kChunk), 2) <= size_t(kMaxShared);
+    return C > 0 && C % kChunk == 0 && WTile<3, 3>::shared_bytes(int(C / kChunk), 2) <= size_t(kMaxShared);
 }
 
 bool conv_glu_wgmma_available(int device) {
+#ifdef FASTDEMUCS_NO_WGMMA
+    (void)device;
+    return false;  // built without the sm_90a image (CMakeLists.txt: FASTDEMUCS_WGMMA)
+#else
     cudaDeviceProp p{};
     if (cudaGetDeviceProperties(&p, device) != cudaSuccess) {
         cudaGetLastError();
         return false;
     }
     if (p.major != 9 || p.minor != 0) return false;
-    // The sm_90a image must be the one the device loads.
-    cudaFuncAttributes attr{};
-    if (cudaFuncGetAttributes(&attr, conv_glu_wgmma_kernel<__half, 3, 3, 2>) != cudaSuccess) {
+    // The sm_90a image must be the one `device` loads (asked on it, the caller's device restored).
+    int current = 0;
+    if (cudaGetDevice(&current) != cudaSuccess || cudaSetDevice(device) != cudaSuccess) {
         cudaGetLastError();
         return false;
     }
-    return attr.binaryVersion == 90;
+    cudaFuncAttributes attr{};
+    const bool loaded = cudaFuncGetAttributes(&attr, conv_glu_wgmma_kernel<__half, 3, 3, 2>) == cudaSuccess;
+    cudaGetLastError();
+    cudaSetDevice(current);
+    return loaded && attr.binaryVersion == 90;
+#endif
 }
 
 void conv_glu_wgmma(cudaStream_t stream, DType t, int kh, const ConvGluWgmmaArgs& a) {
