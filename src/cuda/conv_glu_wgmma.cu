@@ -1,25 +1,29 @@
-// conv_glu on wgmma (see cuda/conv_glu_wgmma.h). Compiled for sm_90a only
-// (CMakeLists.txt: its own object library); elsewhere the kernel traps and
-// conv_glu_wgmma_available() is false.
+// The rewrites on wgmma (see cuda/conv_glu_wgmma.h). Built for sm_90a in
+// an object library of its own (CMakeLists.txt, FASTDEMUCS_WGMMA); built
+// without it, the kernels trap and conv_glu_wgmma_available() is false.
 //
-// A block takes one GLU tile of 48 output channels (96 conv rows: the 48
-// values c0.. and their gates C + c0..) and keeps all of its weights in
-// shared memory, every 16-channel chunk and tap, loaded once. Its WG
-// warpgroups then work independently, each on tiles of its own: 128
-// output positions of one row (two m-tiles of 64) x the 96 conv rows, in
-// 2 x 48 float32 accumulators a thread. K runs over the input's 16-channel
-// chunks; a warpgroup's input tile (its positions with the halo) goes
-// through two stages of its own, filled with cp.async one step ahead, and
-// each tap's A operand is that tile read from a shifted start. With no
-// block-wide barrier, one warpgroup's epilogue (GLU, bias, stores) runs
-// while the others' MMAs keep the tensor cores busy: the epilogue is why a
-// first version with the stages shared by the block (weights streamed per
-// chunk, every warpgroup in step) ran at ~250 TFLOP/s like the mma.sync
-// kernel.
+// conv_glu_wgmma_kernel: a block takes one GLU tile of 48 output channels
+// (96 conv rows: the 48 values c0.. and their gates C + c0..) and keeps all
+// of its weights in shared memory, every 16-channel chunk and tap, loaded
+// once. Its warpgroups then work independently, each on tiles of its own:
+// 128 output positions (2 rows x 64 for the 3x3 rewrites, one row for the
+// 1x3) x the 96 conv rows, in 2 x 48 float32 accumulators a thread. K runs
+// over the input's 16-channel chunks; a warpgroup's input tile (its
+// positions with the halo) goes through three stages of its own, filled
+// with cp.async two steps ahead, and each tap's A operand is that tile read
+// from a shifted start. With no block-wide barrier, one warpgroup's
+// epilogue (GLU, bias, stores) runs while the others' MMAs keep the tensor
+// cores busy: a first version with the stages shared by the block (weights
+// streamed per chunk, every warpgroup in step) was slower than the mma.sync
+// kernel (NOTES.md, nineteenth session).
 //
 // Both operands are K-major without swizzle: "core matrices" of 8 rows x
 // 16 bytes (8 channels), the chunk's two 8-channel halves in two planes
 // (measured: the 32-byte swizzle and padded planes ran no faster).
+//
+// conv1x1_glu_wgmma_kernel: the encoders' pointwise rewrites, the same
+// scheme with the DConv's operand copy (planes of positions) as an M-major
+// A and the outputs leaving through shared memory as whole rows.
 #include "cuda/conv_glu_wgmma.h"
 
 #include <algorithm>
