@@ -58,7 +58,7 @@ __device__ __forceinline__ uint64_t smem_desc(const void* p, uint32_t k_bytes, u
 // warpgroup kStages stages of its input tile [half][row][column][8 channels].
 // A warpgroup's tile: 2 rows x 64 positions for the 3x3 rewrites (an input
 // tile of 4 x 66 positions, where one row of 128 takes 3 x 130), one row of
-// 128 for the 1x3 ones; its m-tile i is row i / kMPerRow, columns 64 (i % kMPerRow)...
+// 128 for the 1x3 ones; its m-tile i is row i / kMPerRow, from column 64 (i % kMPerRow).
 template <int KH, int KW>
 struct WTile {
     static constexpr int kTaps = KH * KW;
@@ -142,6 +142,23 @@ __device__ __forceinline__ void load_glu_bias(const float* __restrict__ bias, in
         }
 }
 
+// A GLU tile's resident weights, every chunk and tap: [chunk][tap][half][n]
+// [8 channels], copy u (chunk, tap, half, n) at u * 16, from w [taps][2C]
+// [row] (rows of `row` channels): value row c0 + n or gate row C + c0 + n - 48.
+template <typename T>
+__device__ __forceinline__ void load_resident_weights(unsigned char* dst, const T* __restrict__ w, int C, int c0,
+                                                      int row, int taps, int chunks) {
+    const int copies = chunks * taps * 2 * kN;
+    for (int u = int(threadIdx.x); u < copies; u += int(blockDim.x)) {
+        const int n = u % kN, half = (u / kN) & 1, ct = u / (2 * kN), tap = ct % taps, ci = ct / taps;
+        const int gate = n >= kGluTile, m = n - gate * kGluTile;
+        const bool valid = c0 + m < C;
+        cp_async16(dst + size_t(u) * 16,
+                   valid ? w + (int64_t(tap) * 2 * C + gate * C + c0 + m) * row + ci * kChunk + half * 8 : w, valid);
+    }
+    cp_async_commit();
+}
+
 // A kernel's start: the first two stages' loads (after the weights'), and
 // the weights and the first stage landed for the whole block.
 template <typename Load>
@@ -177,17 +194,7 @@ __global__ void __launch_bounds__(128 * WG, 1) conv_glu_wgmma_kernel(KernelArgs 
         const int chunks = C / kChunk;
         const int c0 = int(blockIdx.y) * kGluTile;
 
-        // The GLU tile's weights, every chunk and tap: copy u is (chunk, tap,
-        // half, n) at u * 16; its source row is value c0 + n or gate C + c0 + n - 48.
-        const int copies = chunks * Tile::kTaps * 2 * kN;
-        for (int u = tid; u < copies; u += 128 * WG) {
-            const int n = u % kN, half = (u / kN) & 1, ct = u / (2 * kN), tap = ct % Tile::kTaps, ci = ct / Tile::kTaps;
-            const int gate = n >= kGluTile, m = n - gate * kGluTile;
-            const bool valid = c0 + m < C;
-            cp_async16(shared_raw + size_t(u) * 16,
-                       valid ? wt + (int64_t(tap) * 2 * C + gate * C + c0 + m) * C + ci * kChunk + half * 8 : wt, valid);
-        }
-        cp_async_commit();
+        load_resident_weights(shared_raw, wt, C, c0, C, Tile::kTaps, chunks);
         const unsigned char* weights = shared_raw;
         unsigned char* stages =
             shared_raw + size_t(chunks) * Tile::kChunkBytes + size_t(wg) * kStages * Tile::kStageBytes;
@@ -309,14 +316,24 @@ __global__ void __launch_bounds__(128 * WG, 1) conv_glu_wgmma_kernel(KernelArgs 
     }
 }
 
-template <typename T, int KH, int KW, int WG>
-void launch(cudaStream_t stream, const ConvGluWgmmaArgs& a, size_t shared) {
-    const auto kernel = conv_glu_wgmma_kernel<T, KH, KW, WG>;
+// Launches a kernel of `wgs` warpgroups a block over `tiles` tiles of each
+// of `glu_tiles` GLU tiles (grid y): one block a multiprocessor in all, no
+// more blocks than a GLU tile's tiles keep busy.
+template <typename Kernel, typename Args>
+void launch_resident(Kernel kernel, const Args& args, int wgs, int glu_tiles, int64_t tiles, size_t shared,
+                     cudaStream_t stream) {
     // Set on every launch: the attribute belongs to the context (release_gpus() may have made a new one).
     FD_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
     int device = 0, sms = 0;
     FD_CUDA(cudaGetDevice(&device));
     FD_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    const int64_t per_tile = std::max<int64_t>(1, std::min<int64_t>(sms / glu_tiles, (tiles + wgs - 1) / wgs));
+    kernel<<<dim3(unsigned(per_tile), unsigned(glu_tiles)), 128 * wgs, shared, stream>>>(args);
+    FD_LAUNCH_CHECK();
+}
+
+template <typename T, int KH, int KW, int WG>
+void launch(cudaStream_t stream, const ConvGluWgmmaArgs& a, size_t shared) {
     KernelArgs ka;
     ka.a = a;
     using Tile = WTile<KH, KW>;
@@ -327,9 +344,7 @@ void launch(cudaStream_t stream, const ConvGluWgmmaArgs& a, size_t shared) {
     if (tiles > std::numeric_limits<int32_t>::max() || int64_t(4) * (a.W + 2) * a.C > std::numeric_limits<int32_t>::max())
         throw Error("internal error: conv_glu_wgmma dimensions");
     ka.tiles = int(tiles);
-    const int64_t per_tile = std::max<int64_t>(1, std::min<int64_t>(sms / glu_tiles, (tiles + WG - 1) / WG));
-    kernel<<<dim3(unsigned(per_tile), unsigned(glu_tiles)), 128 * WG, shared, stream>>>(ka);
-    FD_LAUNCH_CHECK();
+    launch_resident(conv_glu_wgmma_kernel<T, KH, KW, WG>, ka, WG, glu_tiles, tiles, shared, stream);
 }
 
 // Three warpgroups where their stages fit beside the weights, else two
@@ -397,16 +412,7 @@ __global__ void __launch_bounds__(128 * WG, 1) conv1x1_glu_wgmma_kernel(Conv1x1K
         const int c0 = int(blockIdx.y) * kGluTile;
         constexpr size_t stage_bytes = conv1x1_stage_bytes(Cin);
 
-        // Weights [chunk][half][n][8 channels]: copy u is (chunk, half, n).
-        const int copies = chunks * 2 * kN;
-        for (int u = tid; u < copies; u += 128 * WG) {
-            const int n = u % kN, half = (u / kN) & 1, ci = u / (2 * kN);
-            const int gate = n >= kGluTile, m = n - gate * kGluTile;
-            const bool valid = c0 + m < C;
-            cp_async16(shared_raw + size_t(u) * 16,
-                       valid ? wt + int64_t(gate * C + c0 + m) * Cin + ci * kChunk + half * 8 : wt, valid);
-        }
-        cp_async_commit();
+        load_resident_weights(shared_raw, wt, C, c0, Cin, 1, chunks);
         unsigned char* stages =
             shared_raw + size_t(Cin) * kN * 2 + size_t(wg) * (k1x1Stages * stage_bytes + k1x1OutBytes);
         float* staged_out = reinterpret_cast<float*>(stages + k1x1Stages * stage_bytes);
@@ -460,8 +466,8 @@ __global__ void __launch_bounds__(128 * WG, 1) conv1x1_glu_wgmma_kernel(Conv1x1K
             for (int ci = 0; ci < chunks; ci++) {
 #pragma unroll
                 for (int i = 0; i < kMTiles; i++)
-                    wgmma_m64n96k16<T, true>(acc[i], a_stage + uint64_t((i * 8 * Cin + ci * kChunk) * 16 / 16),
-                                             b_first + uint64_t(ci * 2 * kN * 16 / 16), ci > 0);
+                    wgmma_m64n96k16<T, true>(acc[i], a_stage + uint64_t(i * 8 * Cin + ci * kChunk),
+                                             b_first + uint64_t(ci * 2 * kN), ci > 0);
             }
             wgmma_commit();
             wgmma_wait<0>();
@@ -513,22 +519,14 @@ __global__ void __launch_bounds__(128 * WG, 1) conv1x1_glu_wgmma_kernel(Conv1x1K
 template <typename T, int CH>
 void launch_1x1(cudaStream_t stream, const Conv1x1GluArgs& a) {
     constexpr int wgs = conv1x1_warpgroups(CH);
-    const auto kernel = conv1x1_glu_wgmma_kernel<T, CH>;
-    const size_t shared = conv1x1_shared_bytes(CH * kChunk, wgs);
-    FD_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
-    int device = 0, sms = 0;
-    FD_CUDA(cudaGetDevice(&device));
-    FD_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
     Conv1x1KernelArgs ka;
     ka.a = a;
     const int64_t tiles_p = (a.P + k1x1Positions - 1) / k1x1Positions, tiles = tiles_p * a.B;
     if (tiles > std::numeric_limits<int32_t>::max()) throw Error("internal error: conv1x1_glu_wgmma dimensions");
     ka.tiles_p = int(tiles_p), ka.tiles = int(tiles);
     ka.vec_out = a.P % 4 == 0 && aligned16(a.out);
-    const int glu_tiles = (a.C + kGluTile - 1) / kGluTile;
-    const int64_t per_tile = std::max<int64_t>(1, std::min<int64_t>(sms / glu_tiles, (tiles + wgs - 1) / wgs));
-    kernel<<<dim3(unsigned(per_tile), unsigned(glu_tiles)), 128 * wgs, shared, stream>>>(ka);
-    FD_LAUNCH_CHECK();
+    launch_resident(conv1x1_glu_wgmma_kernel<T, CH>, ka, wgs, (a.C + kGluTile - 1) / kGluTile, tiles,
+                    conv1x1_shared_bytes(CH * kChunk, wgs), stream);
 }
 
 template <typename T>
@@ -554,12 +552,14 @@ bool conv_glu_wgmma_available(int device) {
     (void)device;
     return false;  // built without the sm_90a image (CMakeLists.txt: FASTDEMUCS_WGMMA)
 #else
-    cudaDeviceProp p{};
-    if (cudaGetDeviceProperties(&p, device) != cudaSuccess) {
+    // Two attributes, not cudaGetDeviceProperties (a slow call at start-up).
+    int major = 0, minor = 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
         cudaGetLastError();
         return false;
     }
-    if (p.major != 9 || p.minor != 0) return false;
+    if (major != 9 || minor != 0) return false;
     // The sm_90a image must be the one `device` loads (asked on it, the caller's device restored).
     int current = 0;
     if (cudaGetDevice(&current) != cudaSuccess || cudaSetDevice(device) != cudaSuccess) {
