@@ -22,6 +22,7 @@
 #include "cuda/conv_glu_wgmma.h"
 #include "cuda/cudnn_attention.h"
 #include "cuda/dconv.h"
+#include "cuda/freq_transposed.h"
 #include "cuda/gemm.h"
 #include "cuda/kernels.h"
 #include "cuda/libraries.h"
@@ -785,6 +786,124 @@ TEST(KernelsCuda, SpectrumFromColumnsEqualsTheStoredPath) {
     }
 }
 
+// A frequency transposed conv (kernel 8, stride 4, rows cropped by 2) in
+// double: out[b][c][k][t] = bias[c] + its two taps, k < rows.
+std::vector<double> freq_transposed_reference(const std::vector<float>& x, const std::vector<float>& w,
+                                              const std::vector<float>& bias, int64_t B, int cin, int cout,
+                                              int64_t H, int64_t T, int64_t ld, int64_t rows) {
+    const int kh = 8, sh = 4, h0 = 2;
+    std::vector<double> out(size_t(B * cout * rows * T));
+    for (int64_t b = 0; b < B; b++)
+        for (int c = 0; c < cout; c++)
+            for (int64_t k = 0; k < rows; k++)
+                for (int64_t t = 0; t < T; t++) {
+                    double s = bias[size_t(c)];
+                    const int64_t ho = k + h0;
+                    for (int kk = 0; kk < kh; kk++) {
+                        if (ho < kk || (ho - kk) % sh != 0 || (ho - kk) / sh >= H) continue;
+                        const int64_t hi = (ho - kk) / sh;
+                        for (int ci = 0; ci < cin; ci++)
+                            s += double(x[size_t((b * cin + ci) * ld + hi * T + t)]) * w[size_t((ci * cout + c) * kh + kk)];
+                    }
+                    out[size_t(((b * cout + c) * rows + k) * T + t)] = s;
+                }
+    return out;
+}
+
+// The last frequency decoder's transposed conv straight into the C2R input
+// on the tensor cores (decoder_spectrum) against the module in double:
+// exact_random operands make every product and sum exact in float32.
+void decoder_spectrum_case(DType t, int cout, int64_t B, int64_t H, int64_t T, int64_t ld_extra) {
+    Gpu gpu;
+    Ctx ctx = gpu.ctx(t);
+    const int cin = 48, n = cout / 2;
+    const int64_t bins = 4 * H, ld = H * T + ld_extra;
+    const std::vector<float> x = exact_random(size_t(B * cin * ld), 51), w = exact_random(size_t(cin * cout * 8), 52);
+    const std::vector<float> bias = random(size_t(cout), 53);
+    const std::vector<double> stats{0.1, -0.2, 0.25, 1.5, 0.7, 2.0};  // {mean[B], std[B]} for B <= 3
+    FreqTransposedArgs a;
+    a.x = put_as(gpu, x, t), a.ld = ld, a.weight = put_as(gpu, w, t), a.bias = gpu.put(bias);
+    a.B = B, a.H = H, a.T = T, a.rows = bins, a.cin = cin, a.cout = cout, a.kh = 8, a.sh = 4, a.h0 = 2;
+    const int64_t count = B * n * T * (bins + 1);
+    cufftComplex* spec = reinterpret_cast<cufftComplex*>(gpu.arena.alloc<float>(2 * count));
+    ASSERT_TRUE(decoder_spectrum_fits(ctx, a));
+    FD_CUDA(cudaMemset(spec, 0x7f, size_t(count) * sizeof(cufftComplex)));  // every value must be written
+    decoder_spectrum(ctx, a, gpu.put(stats), spec);
+    const std::vector<float> got = gpu.get(reinterpret_cast<const float*>(spec), size_t(2 * count));
+    const std::vector<double> z = freq_transposed_reference(x, w, bias, B, cin, cout, H, T, ld, bins);
+    // (b, complex channel, frame, bin) denormalised; Im(DC) and the Nyquist bin zero.
+    double worst = 0.0;
+    for (int64_t b = 0; b < B; b++)
+        for (int nn = 0; nn < n; nn++)
+            for (int64_t tt = 0; tt < T; tt++)
+                for (int64_t k = 0; k <= bins; k++) {
+                    double re = 0.0, im = 0.0;
+                    if (k < bins) {
+                        const double sd = stats[size_t(B + b)], mean = stats[size_t(b)];
+                        re = z[size_t(((b * cout + 2 * nn) * bins + k) * T + tt)] * sd + mean;
+                        if (k > 0) im = z[size_t(((b * cout + 2 * nn + 1) * bins + k) * T + tt)] * sd + mean;
+                    }
+                    const size_t at = 2 * size_t(((b * n + nn) * T + tt) * (bins + 1) + k);
+                    worst = std::max({worst, std::abs(got[at] - re) / (1.0 + std::abs(re)),
+                                      std::abs(got[at + 1] - im) / (1.0 + std::abs(im))});
+                }
+    EXPECT_LT(worst, 2e-6) << dtype_name(t) << " Cout " << cout << " H " << H << " T " << T;
+}
+
+// The second-to-last decoder's transposed conv straight into the next
+// rewrite's packed input (decoder_packed): GELU, + skip, rounded once.
+void decoder_packed_case(DType t, int64_t B, int64_t H, int64_t T, int64_t ld_extra) {
+    Gpu gpu;
+    Ctx ctx = gpu.ctx(t);
+    const int cin = 96, cout = 48;
+    const int64_t rows = 4 * H, ld = H * T + ld_extra;
+    const std::vector<float> x = exact_random(size_t(B * cin * ld), 61), w = exact_random(size_t(cin * cout * 8), 62);
+    const std::vector<float> bias = random(size_t(cout), 63), skip = random(size_t(B * cout * rows * T), 64);
+    FreqTransposedArgs a;
+    a.x = put_as(gpu, x, t), a.ld = ld, a.weight = put_as(gpu, w, t), a.bias = gpu.put(bias);
+    a.B = B, a.H = H, a.T = T, a.rows = rows, a.cin = cin, a.cout = cout, a.kh = 8, a.sh = 4, a.h0 = 2;
+    ASSERT_TRUE(decoder_packed_fits(ctx, a));
+    const int64_t count = B * rows * T * cout;
+    void* xp = gpu.arena.alloc_bytes(size_t(count) * dtype_bytes(t));
+    decoder_packed(ctx, a, gpu.put(skip), xp);
+    const std::vector<float> got = get_as(gpu, xp, t, size_t(count));
+    const std::vector<double> z = freq_transposed_reference(x, w, bias, B, cin, cout, H, T, ld, rows);
+    const double ulp = t == DType::BF16 ? 1.0 / 256 : 1.0 / 2048;  // half an ulp of the rounding, relative
+    double worst = 0.0;
+    for (int64_t b = 0; b < B; b++)
+        for (int c = 0; c < cout; c++)
+            for (int64_t k = 0; k < rows; k++)
+                for (int64_t tt = 0; tt < T; tt++) {
+                    const size_t in = size_t(((b * cout + c) * rows + k) * T + tt);
+                    const double v = z[in], ref = 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0))) + skip[in];
+                    const double g = got[size_t(((b * rows + k) * T + tt) * cout + c)];
+                    worst = std::max(worst, std::abs(g - ref) / (1e-3 + std::abs(ref)));
+                }
+    EXPECT_LT(worst, ulp * 1.01) << dtype_name(t) << " H " << H << " T " << T;
+}
+
+TEST(KernelsCuda, FreqTransposedMatchesTheModule) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    for (DType t : {DType::F16, DType::BF16}) {
+        decoder_spectrum_case(t, 24, 2, 9, 32, 0);   // htdemucs_6s: 6 sources x 2 channels x (re, im)
+        decoder_spectrum_case(t, 16, 3, 20, 48, 8);  // htdemucs: 4 sources; rows apart by more than H x T
+        decoder_spectrum_case(t, 24, 1, 17, 16, 0);  // one tile of frames, rows past the last full tile
+        decoder_packed_case(t, 2, 9, 32, 0);
+        decoder_packed_case(t, 1, 17, 48, 8);
+    }
+    Ctx f32;
+    f32.gemm = DType::F32;
+    FreqTransposedArgs a;
+    a.ld = 9 * 32, a.B = 1, a.H = 9, a.T = 32, a.rows = 36, a.cin = 48, a.cout = 24, a.kh = 8, a.sh = 4, a.h0 = 2;
+    EXPECT_FALSE(decoder_spectrum_fits(f32, a));  // float32 keeps the exact GEMM path
+    Ctx f16 = f32;
+    f16.gemm = DType::F16;
+    EXPECT_TRUE(decoder_spectrum_fits(f16, a));
+    EXPECT_FALSE(decoder_packed_fits(f16, a));  // 48 -> 24 channels: the spectrum's only
+    a.T = 40, a.ld = 9 * 40;
+    EXPECT_FALSE(decoder_spectrum_fits(f16, a));  // frames not a multiple of 16
+}
+
 TEST(KernelsCuda, TransposedConvolutionWithCrop) {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
     for (DType t : {DType::F32, DType::F16, DType::BF16}) {
@@ -937,6 +1056,81 @@ TEST(KernelsCuda, ConvolutionWithTheBiasInItsGemm) {
                                                        << (act == Act::Gelu ? " gelu" : " none");
                 }
         }
+}
+
+// The first encoders' input normalisation applied by im2col as it reads
+// (conv2d's in_norm) gives the floats of normalize_items, then the
+// convolution: through the biased GEMM, the plain im2col GEMM (the general,
+// unit-stride runs and strided-row kernels) and the implicit GEMM (x
+// normalised first), in every type.
+TEST(KernelsCuda, ConvolutionNormalisesItsInputAsItReads) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    for (DType t : {DType::F32, DType::F16, DType::BF16})
+        for (const auto& [cin, cout, H, W, time] :
+             {std::tuple<int64_t, int64_t, int64_t, int64_t, bool>{4, 48, 64, 12, false},
+              {4, 16, 16, 48, false},
+              {3, 8, 9, 23, false},
+              {2, 24, 1, 4013, true}}) {
+            Gpu gpu;
+            ConvGeom g;
+            const int k = 8;
+            if (time) g.sw = 4, g.pw = 2; else g.sh = 4, g.ph = 2;
+            const int64_t B = 3, K = cin * k, Kb = biased_columns(K);
+            const int64_t Wl = time && W % 4 ? W + 4 - W % 4 : W;
+            const std::vector<float> x = random(size_t(B * cin * H * W), 71, 0.8f, 0.3f),
+                                     w = exact_random(size_t(cout * K), 72), bias = exact_random(size_t(cout), 73);
+            std::vector<float> wb(size_t(cout * Kb), 0.0f);
+            for (int64_t o = 0; o < cout; o++) {
+                std::copy_n(w.begin() + o * K, K, wb.begin() + o * Kb);
+                wb[size_t(o * Kb + K)] = bias[size_t(o)];
+            }
+            ConvWeight cw;
+            cw.cout = int(cout), cw.cin = int(cin), cw.kh = time ? 1 : k, cw.kw = time ? k : 1;
+            cw.w = put_as(gpu, w, t), cw.bias = gpu.put(bias), cw.biased = t == DType::F32 ? nullptr : put_as(gpu, wb, t);
+            const double* mean = gpu.put(std::vector<double>{0.3, -0.1, 0.05});
+            const double* inv = gpu.put(std::vector<double>{1.25, 0.8, 3.0});
+            const InputNorm norm{mean, inv};
+            int64_t Ho = 0, Wo = 0;
+            conv_output_size(H, Wl, cw, g, &Ho, &Wo);
+            for (const bool implicit : {false, true}) {
+                if (implicit && t == DType::F32) continue;
+                Ctx ctx = gpu.ctx(t, true, true, false, implicit);
+                const DTensor before{gpu.put(x), B, cin, H, W}, raw{gpu.put(x), B, cin, H, W};
+                normalize_items(ctx, before.p, B, cin * H * W, norm);
+                const DTensor a{gpu.arena.alloc<float>(B * cout * Ho * Wo), B, cout, Ho, Wo};
+                const DTensor b{gpu.arena.alloc<float>(B * cout * Ho * Wo), B, cout, Ho, Wo};
+                conv2d(ctx, before, Wl, cw, g, a, Act::Gelu);
+                conv2d(ctx, raw, Wl, cw, g, b, Act::Gelu, &norm);
+                EXPECT_EQ(gpu.get(b.p, size_t(b.numel())), gpu.get(a.p, size_t(a.numel())))
+                    << dtype_name(t) << (time ? " time " : " freq ") << H << "x" << W << (implicit ? " implicit" : "");
+            }
+        }
+}
+
+// The transformer's residual with norm_out's statistics taken on the way
+// (residual_group_norm_tokens) against residual then group_norm_tokens;
+// channels not a multiple of 4 take those two.
+TEST(KernelsCuda, ResidualWithTheGroupNormStatistics) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    for (const auto& [B, N, C] : {std::tuple<int64_t, int64_t, int64_t>{3, 37, 384}, {2, 2688, 48}, {2, 11, 6}}) {
+        Gpu gpu;
+        Ctx ctx = gpu.ctx();
+        const std::vector<float> x = random(size_t(B * N * C), 81, 1.0f, 0.2f), y = random(size_t(B * N * C), 82);
+        const float* bias = gpu.put(random(size_t(C), 83));
+        const float* gamma = gpu.put(random(size_t(C), 84, 0.1f));
+        const float* weight = gpu.put(random(size_t(C), 85, 1.0f, 1.0f));
+        const float* norm_bias = gpu.put(random(size_t(C), 86));
+        const float* yd = gpu.put(y);
+        float* a = gpu.put(x);
+        float* b = gpu.put(x);
+        residual(ctx, a, yd, bias, gamma, B * N, C);
+        group_norm_tokens(ctx, a, B, N, C, weight, norm_bias, 1e-5f);
+        residual_group_norm_tokens(ctx, b, yd, bias, gamma, B, N, C, weight, norm_bias, 1e-5f);
+        const auto ga = gpu.get(a, x.size()), gb = gpu.get(b, x.size());
+        double worst = 0.0;
+        for (size_t i = 0; i < x.size(); i++) worst = std::max(worst, double(std::abs(ga[i] - gb[i])) / (1.0 + std::abs(ga[i])));
+        EXPECT_LT(worst, 1e-6) << B << " x " << N << " x " << C;
+    }
 }
 
 TEST(KernelsCuda, GroupNormPerRowAndLayerNormAndStats) {

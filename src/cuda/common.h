@@ -87,6 +87,9 @@ struct Ctx {
     bool dconv_rows = true;             // whole DConvs with the row in shared memory where it fits (dconv_rows)
     bool tensor_core_dconv = true;      // float16 / bfloat16: the thin DConv's convolutions on mma.sync (cuda/dconv.h)
     bool decoder_writes_spectrum = true;  // the last frequency decoder's columns straight into the iSTFT's input
+    // The frequency decoders' transposed convs written there (and into the next rewrite's packed input) by
+    // tensor-core kernels of their own, no columns (cuda/freq_transposed.h).
+    bool freq_transposed_mma = true;
     bool bias_epilogue = true;  // float16 / bfloat16 linear layers' biases in cuBLASLt's epilogue (gemm.h)
     // The encoders' im2col convolutions with the bias carried by the GEMM (conv.cpp: conv2d_biased).
     bool biased_conv = true;

@@ -73,15 +73,23 @@ bool is_pointwise(const DTensor& x, int64_t Wl, const ConvGeom& g) {
     return g.sh == 1 && g.sw == 1 && Wl == x.w && g.kh * g.kw == 1 && g.ph == 0 && g.pw == 0;
 }
 
+// Items [b0, ..) of an input norm (none for none).
+InputNorm norm_slice(const InputNorm* norm, int64_t b0) {
+    return norm ? InputNorm{norm->mean + b0, norm->inv + b0} : InputNorm{};
+}
+
 // The 1x1 and im2col paths' GEMMs: y [B, cout, ld] (type yt, F32 or the
 // operand type; ld >= Ho * Wo, a multiple of 8 in float16 / bfloat16 unless
 // it is Ho * Wo), no bias or activation.
-// x_operand (or null): x as the pointwise path's operand already.
+// x_operand (or null): x as the pointwise path's operand already. norm (or
+// null): conv2d's in_norm.
 void conv2d_gemm(const Ctx& ctx, const DTensor& x, int64_t Wl, const ConvWeight& w, const ConvGeom& g, int64_t Ho,
-                 int64_t Wo, void* y, DType yt, int64_t ld, const void* x_operand = nullptr) {
+                 int64_t Wo, void* y, DType yt, int64_t ld, const void* x_operand = nullptr,
+                 const InputNorm* norm = nullptr) {
     const DType dt = ctx.gemm;
     const int64_t B = x.b, cin = x.c, cout = w.cout;
     if (is_pointwise(x, Wl, g)) {
+        if (norm) normalize_items(ctx, x.p, B, cin * x.h * x.w, *norm);
         // y[b] [cout, ld] = W [cout, cin] x[b] [cin, ld]
         const void* xb = x_operand ? x_operand : operand(ctx, x, ld);
         gemm_as(ctx, dt, false, false, cout, ld, cin, 1.0f, {w.w, cin, 0}, {xb, ld, cin * ld}, 0.0f, y, yt, ld,
@@ -94,7 +102,8 @@ void conv2d_gemm(const Ctx& ctx, const DTensor& x, int64_t Wl, const ConvWeight&
     void* cols = ctx.arena->alloc_bytes(size_t(slice * K * ld) * dtype_bytes(dt));
     for (int64_t b0 = 0; b0 < B; b0 += slice) {
         const int64_t nb = std::min(slice, B - b0);
-        im2col(ctx, x.p + b0 * cin * x.h * x.w, cols, dt, nb, cin, x.h, x.w, g, Ho, Wo, ld);
+        const InputNorm nb_norm = norm_slice(norm, b0);
+        im2col(ctx, x.p + b0 * cin * x.h * x.w, cols, dt, nb, cin, x.h, x.w, g, Ho, Wo, ld, 0, norm ? &nb_norm : nullptr);
         gemm_as(ctx, dt, false, false, cout, ld, K, 1.0f, {w.w, K, 0}, {cols, ld, K * ld}, 0.0f,
                 offset(y, b0 * cout * ld, yt), yt, ld, cout * ld, nb);
     }
@@ -116,7 +125,7 @@ bool conv2d_biased_takes(const Ctx& ctx, const DTensor& x, int64_t Wl, const Con
 // else one pass over out). The GEMM writes out itself, rows of Ho * Wo: no
 // bias pass, and no crop pass where the operand's rows are padded.
 void conv2d_biased(const Ctx& ctx, const DTensor& x, const ConvWeight& w, const ConvGeom& g, int64_t Ho, int64_t Wo,
-                   float* out, Act act) {
+                   float* out, Act act, const InputNorm* norm) {
     const DType dt = ctx.gemm;
     const int64_t B = x.b, cin = x.c, cout = w.cout, N = Ho * Wo, ld = gemm_ld(ctx, N);
     const int64_t K = cin * g.kh * g.kw, Kb = biased_columns(K);
@@ -125,7 +134,8 @@ void conv2d_biased(const Ctx& ctx, const DTensor& x, const ConvWeight& w, const 
     std::vector<std::pair<int64_t, int64_t>> pending;  // (first item, items) still wanting the activation
     for (int64_t b0 = 0; b0 < B; b0 += slice) {
         const int64_t nb = std::min(slice, B - b0);
-        im2col(ctx, x.p + b0 * cin * x.h * x.w, cols, dt, nb, cin, x.h, x.w, g, Ho, Wo, ld, Kb);
+        const InputNorm nb_norm = norm_slice(norm, b0);
+        im2col(ctx, x.p + b0 * cin * x.h * x.w, cols, dt, nb, cin, x.h, x.w, g, Ho, Wo, ld, Kb, norm ? &nb_norm : nullptr);
         float* y = out + b0 * cout * N;
         // y[b] [cout, N] = Wb [cout, Kb] cols[b] [Kb, N]
         const GemmOperand wb{w.biased, Kb, 0}, cb{cols, ld, Kb * ld};
@@ -162,7 +172,7 @@ bool conv2d_bias_in_gemm(const Ctx& ctx, const DTensor& x, int64_t Wl, const Con
 }
 
 void conv2d(const Ctx& ctx, const DTensor& x, int64_t Wl, const ConvWeight& w, ConvGeom g, const DTensor& out,
-            Act act) {
+            Act act, const InputNorm* in_norm) {
     g.kh = w.kh, g.kw = w.kw;
     int64_t Ho = 0, Wo = 0;
     conv_output_size(x.h, Wl, w, g, &Ho, &Wo);
@@ -171,6 +181,9 @@ void conv2d(const Ctx& ctx, const DTensor& x, int64_t Wl, const ConvWeight& w, C
     const DType dt = ctx.gemm;
     const int64_t B = x.b, cin = x.c, cout = w.cout, taps = int64_t(w.kh) * w.kw;
     const ConvPath path = conv2d_path(ctx, x, Wl, w, g, Ho, Wo);
+    // The paths without im2col normalise x first.
+    if (in_norm && (path == ConvPath::Implicit || path == ConvPath::Shifted))
+        normalize_items(ctx, x.p, B, cin * x.h * x.w, *in_norm);
     if (path == ConvPath::Implicit) {
         implicit_conv2d(ctx, dt, x.p, B, cin, x.h, x.w, w.w, w.bias, cout, g, Ho, Wo, out.p, act);
         return;
@@ -196,18 +209,18 @@ void conv2d(const Ctx& ctx, const DTensor& x, int64_t Wl, const ConvWeight& w, C
         return;
     }
     if (path == ConvPath::Biased) {
-        conv2d_biased(ctx, x, w, g, Ho, Wo, out.p, act);
+        conv2d_biased(ctx, x, w, g, Ho, Wo, out.p, act, in_norm);
         return;
     }
     // The GEMM straight into the output when its rows need no padding, else
     // into a padded float32 buffer that the bias pass crops.
     const int64_t N = Ho * Wo, ld = gemm_ld(ctx, N);
     if (ld == N) {
-        conv2d_gemm(ctx, x, Wl, w, g, Ho, Wo, out.p, DType::F32, N);
+        conv2d_gemm(ctx, x, Wl, w, g, Ho, Wo, out.p, DType::F32, N, nullptr, in_norm);
         bias_act(ctx, out.p, out.p, DType::F32, w.bias, B, cout, N, act);
     } else {
         float* full = ctx.arena->alloc<float>(B * cout * ld);
-        conv2d_gemm(ctx, x, Wl, w, g, Ho, Wo, full, DType::F32, ld);
+        conv2d_gemm(ctx, x, Wl, w, g, Ho, Wo, full, DType::F32, ld, nullptr, in_norm);
         crop_bias_act(ctx, full, out.p, w.bias, B, cout, 1, ld, N, act);
     }
 }

@@ -54,9 +54,11 @@ struct ConvWeight {
 void conv_output_size(int64_t H, int64_t Wl, const ConvWeight& w, const ConvGeom& g, int64_t* Ho, int64_t* Wo);
 
 // out = act(conv(x) + bias); g's kernel size is taken from the weight. out
-// must have the shape conv_output_size gives.
+// must have the shape conv_output_size gives. in_norm (or null): x is the
+// model's input before its per-item normalisation, applied as im2col reads
+// it (x unchanged) or, on paths without im2col, to x in place first.
 void conv2d(const Ctx& ctx, const DTensor& x, int64_t Wl, const ConvWeight& w, ConvGeom g, const DTensor& out,
-            Act act);
+            Act act, const InputNorm* in_norm = nullptr);
 // Whether conv2d carries the bias through the GEMM (w.biased, float16 /
 // bfloat16, output rows of 16 bytes; conv.cpp: conv2d_biased), for tests.
 bool conv2d_bias_in_gemm(const Ctx& ctx, const DTensor& x, int64_t Wl, const ConvWeight& w, ConvGeom g);

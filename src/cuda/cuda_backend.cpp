@@ -130,6 +130,8 @@
 // instead of through the ring of page-locked slots (cuda/download_ring.h).
 // FASTDEMUCS_CUDNN_AUTOTUNE=1: cuDNN's attention plans timed, the fastest kept (cuda/cudnn_attention.cpp).
 // FASTDEMUCS_PACK_FROM_COLUMNS=0: the frequency decoders' outputs stored, then packed (Ctx::pack_from_columns).
+// FASTDEMUCS_FREQ_TRANSPOSED_MMA=0: the frequency decoders' columns, then their sums into the iSTFT's input
+// or the next packed input, instead of one tensor-core kernel each (Ctx::freq_transposed_mma).
 // FASTDEMUCS_GPU_TIMELINE=1 prints the track path's GPU time line (events).
 // FASTDEMUCS_PROFILE=1 runs every forward eagerly and prints a per-block
 // table (cuda/profile.h). FASTDEMUCS_IMPLICIT_CONV=1 runs the float16 /
@@ -234,6 +236,7 @@
 #include "cuda/conv_glu_wgmma.h"
 #include "cuda/cudnn_attention.h"
 #include "cuda/dconv.h"
+#include "cuda/freq_transposed.h"
 #include "cuda/gemm.h"
 #include "cuda/host_output.h"
 #include "cuda/kernels.h"
@@ -464,6 +467,7 @@ public:
         ctx_.dconv_rows = env_string("FASTDEMUCS_DCONV_ROWS") != "0";
         ctx_.tensor_core_dconv = env_string("FASTDEMUCS_TC_DCONV") != "0" && major >= 8;  // mma.sync m16n8k16
         ctx_.decoder_writes_spectrum = env_string("FASTDEMUCS_SPECTRUM_FROM_COLUMNS") != "0";
+        ctx_.freq_transposed_mma = env_string("FASTDEMUCS_FREQ_TRANSPOSED_MMA") != "0" && major >= 8;  // mma.sync
         ctx_.bias_epilogue = env_string("FASTDEMUCS_BIAS_EPILOGUE") != "0";
         ctx_.gelu_epilogue = env_string("FASTDEMUCS_GELU_EPILOGUE") != "0";
         ctx_.biased_conv = env_string("FASTDEMUCS_BIASED_CONV") != "0";
@@ -1377,13 +1381,19 @@ private:
         Segments whole;
         whole.B = B, whole.W = 2 * C * bins * T;
         segment_stats(ctx, x.p, whole, Spread::UnbiasedStd, spec_stats, spec_stats + B);
-        normalize(ctx, x.p, B, whole.W, spec_stats, spec_stats + B);
+        // Both inputs are normalised by their first encoders' im2col as it
+        // reads them (InputNorm: one pass over each fewer), not here.
+        double* spec_inv = arena.alloc<double>(B);
+        inverse_std(ctx, spec_stats + B, B, spec_inv);
+        const InputNorm spec_norm{spec_stats, spec_inv};
 
         DTensor xt{io.in, B, C, 1, L};
         double* time_stats = arena.alloc<double>(2 * B);
         whole.W = C * L;
         segment_stats(ctx, xt.p, whole, Spread::UnbiasedStd, time_stats, time_stats + B);
-        normalize(ctx, xt.p, B, whole.W, time_stats, time_stats + B);
+        double* time_inv = arena.alloc<double>(B);
+        inverse_std(ctx, time_stats + B, B, time_inv);
+        const InputNorm time_norm{time_stats, time_inv};
 
         // The time branch's inner layers: their own stack and stream.
         std::optional<Branch> time;
@@ -1405,7 +1415,7 @@ private:
         SpectrumTarget spectrum;
         spectrum.stats = spec_stats;
         const bool direct = decoder_writes_spectrum(ctx);
-        run_network(ctx, *time, x, xt, direct ? &spectrum : nullptr);
+        run_network(ctx, *time, x, xt, direct ? &spectrum : nullptr, spec_norm, time_norm);
 
         if (x.c != S * 2 * C || x.h != bins || x.w != T || xt.c != S * C || xt.h != 1 || xt.w != L)
             throw Error("internal error: unexpected output shapes of the network");
@@ -1431,6 +1441,20 @@ private:
         if (!ctx.decoder_writes_spectrum || tap_ || decoders.empty()) return false;
         const DecoderLayerPlan& d = decoders.back();
         return d.freq && d.last && !d.norm && spectral_->spectrum_from_columns_fits(d.kernel, d.stride);
+    }
+
+    // A frequency decoder's transposed conv as freq_transposed.h's kernels
+    // take it (its input's operand copy from the DConv); null where they do not.
+    std::optional<FreqTransposedArgs> freq_transposed_args(const Ctx& ctx, const DTensor& x, const ConvWeight& tw,
+                                                           const DecoderLayerPlan& d, const Planes& y_operand,
+                                                           int64_t h0, int64_t rows) const {
+        if (!ctx.freq_transposed_mma || !y_operand.p || y_operand.type != ctx.gemm || tw.kw != 1 || !d.freq)
+            return std::nullopt;
+        FreqTransposedArgs a;
+        a.x = y_operand.p, a.ld = y_operand.ld, a.weight = tw.w, a.bias = tw.bias;
+        a.B = x.b, a.H = x.h, a.T = x.w, a.rows = rows;
+        a.cin = tw.cin, a.cout = tw.cout, a.kh = tw.kh, a.sh = d.stride, a.h0 = int(h0);
+        return a;
     }
 
     // A frequency decoder writing the next one's rewrite input as conv_glu's
@@ -1461,7 +1485,10 @@ private:
     // outermost decoders are where the workspace peaks (with the time
     // branch's outer layers on its stream the workspace grew by ~0.2-0.3
     // GiB), and their kernels fill the GPU anyway (measured: no slower).
-    void run_network(const Ctx& ctx, Branch& time, DTensor& x, DTensor& xt, SpectrumTarget* spectrum) {
+    // x and xt: the spectrogram and the mix before their normalisation (x_norm, xt_norm), which the
+    // first encoders apply as they read them.
+    void run_network(const Ctx& ctx, Branch& time, DTensor& x, DTensor& xt, SpectrumTarget* spectrum,
+                     const InputNorm& x_norm, const InputNorm& xt_norm) {
         const auto& plan = model_->plan;
         const auto& cfg = model_->config;
         std::vector<DTensor> saved, saved_t;
@@ -1477,7 +1504,7 @@ private:
                 const auto& tenc = plan.tencoder[idx];
                 lengths_t.push_back(xt.w);
                 profile_block(ctx, "tencoder." + std::to_string(idx));
-                xt = encoder_layer(time_ctx(idx), tenc, xt, nullptr);
+                xt = encoder_layer(time_ctx(idx), tenc, xt, nullptr, nullptr, nullptr, idx == 0 ? &xt_norm : nullptr);
                 if (idx == 0) time.fork();
                 emit(ctx, "tencoder." + std::to_string(idx), xt);
                 if (!tenc.empty) {
@@ -1500,7 +1527,7 @@ private:
             }
             bool emb_added = false;
             x = encoder_layer(ctx, plan.encoder[idx], x, inject, embeds && !tap_ && ctx.fuse_freq_embedding ? &emb : nullptr,
-                              &emb_added);
+                              &emb_added, idx == 0 ? &x_norm : nullptr);
             emit(ctx, "encoder." + std::to_string(idx), x);  // (with a tap the embedding comes after)
             if (embeds) {
                 if (x.h != plan.freq_emb_rows || x.c != plan.freq_emb_dim || x.w != emb.T)
@@ -1836,8 +1863,10 @@ private:
 
     // `emb` (or null): a frequency embedding to add to the output; *emb_added
     // says whether the layer's last pass added it (else the caller must).
+    // in_norm (or null): x is the model's input before its normalisation (conv2d's in_norm).
     DTensor encoder_layer(const Ctx& ctx, const EncoderLayerPlan& e, const DTensor& x, const DTensor* inject,
-                          const FreqEmbedding* emb = nullptr, bool* emb_added = nullptr) const {
+                          const FreqEmbedding* emb = nullptr, bool* emb_added = nullptr,
+                          const InputNorm* in_norm = nullptr) const {
         if (emb_added) *emb_added = false;
         ConvGeom g;
         int64_t Wl = x.w;
@@ -1856,7 +1885,7 @@ private:
         const bool fuse_gelu = !e.empty && !inject && !e.norm;
         const bool rewrites = !e.empty && e.rewrite_kernel;
         DTensor y = rewrites ? alloc(ctx, x.b, e.chout, Ho, Wo) : out;
-        conv2d(ctx, x, Wl, w, g, y, fuse_gelu ? Act::Gelu : Act::None);
+        conv2d(ctx, x, Wl, w, g, y, fuse_gelu ? Act::Gelu : Act::None, in_norm);
         if (e.empty) return out;
         if (inject) {
             if (inject->b != y.b || inject->c != y.c || inject->h != 1 || inject->w != y.w)
@@ -1945,6 +1974,7 @@ private:
             }
         }
         const Act act = d.last ? Act::None : Act::Gelu;
+        const std::optional<FreqTransposedArgs> ft = freq_transposed_args(ctx, x, tw, d, y_operand, h0, Hc);
         if (d.norm) {
             // GroupNorm sees the untrimmed output.
             DTensor full = alloc(ctx, x.b, d.chout, Hf, Wf);
@@ -1952,6 +1982,10 @@ private:
             group_norm(ctx, full.p, groups_of(full, d.norm_groups), weights_->f32(d.prefix + "norm2.weight"),
                        weights_->f32(d.prefix + "norm2.bias"), 1e-5f, Act::None);
             crop_act(ctx, full.p, z.p, full.b * full.c, Hf, Wf, h0, Hc, w0, Wc, act);
+        } else if (spectrum && ft && decoder_spectrum_fits(ctx, *ft)) {
+            decoder_spectrum(ctx, *ft, spectrum->stats, spectrum->spec);
+        } else if (packed && ft && act == Act::Gelu && decoder_packed_fits(ctx, *ft)) {
+            decoder_packed(ctx, *ft, packed->skip, packed->xp);
         } else if (spectrum) {
             const ColumnSink sink = [&](const void* cols, DType ct, int64_t ld, int64_t b0, int64_t nb) {
                 spectral_->spectrum_from_columns(ctx, cols, ct, ld, tw.bias, x.b, b0, nb, d.chout / 2, x.h, kh, sh, h0,

@@ -124,12 +124,15 @@ __global__ void inv_std_kernel(const double* __restrict__ std, int64_t B, double
     FD_GRID_STRIDE(b, B) inv[b] = 1.0 / (1e-5 + std[b]);
 }
 
+// The input normalisation's arithmetic (normalize_kernel, and im2col's as it reads).
+__device__ __forceinline__ float normalized(float v, double mean, double inv) { return float((double(v) - mean) * inv); }
+
 template <typename I>
 __global__ void normalize_kernel(float* x, I total, Divisor<I> n, const double* __restrict__ mean,
                                  const double* __restrict__ inv) {
     FD_GRID_STRIDE_I(I, i, total) {
         const I b = n.div(i);
-        x[i] = float((double(x[i]) - mean[b]) * inv[b]);
+        x[i] = normalized(x[i], mean[b], inv[b]);
     }
 }
 
@@ -489,6 +492,58 @@ __global__ void residual_kernel(float* __restrict__ x, const float* __restrict__
         });
 }
 
+// residual_kernel's update of item b's values [lo, hi) of x [B, N * C]
+// (token-major, C a multiple of 4; chunk sp of kStatChunk values), with the
+// (count, sum, sum of squares) of the new values as segment_partial_kernel
+// leaves them: the GroupNorm that follows (the transformer's norm_out)
+// needs no pass of its own for its statistics.
+__global__ void residual_stats_kernel(float* __restrict__ x, const float* __restrict__ y,
+                                      const float* __restrict__ bias, const float* __restrict__ gamma, int64_t size,
+                                      int64_t splits, int C, double* __restrict__ partial) {
+    __shared__ double shared[32];
+    const int64_t blk = blockIdx.x, b = blk / splits, sp = blk % splits;
+    const int64_t lo = sp * kStatChunk, hi = min(size, lo + kStatChunk);
+    float4* x4 = reinterpret_cast<float4*>(x + b * size);
+    const float4* y4 = reinterpret_cast<const float4*>(y + b * size);
+    double sum = 0.0, sq = 0.0;
+    for (int64_t e = lo / 4 + threadIdx.x; e < hi / 4; e += blockDim.x) {
+        const int c = int((4 * e) % C);
+        float4 xv = x4[e];
+        const float4 yv = y4[e];
+        float* xs = reinterpret_cast<float*>(&xv);
+        const float* ys = reinterpret_cast<const float*>(&yv);
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const float v = ys[k] + (bias ? bias[c + k] : 0.0f);
+            xs[k] = xs[k] + (gamma ? gamma[c + k] * v : v);
+            const double d = xs[k];
+            sum += d, sq += d * d;
+        }
+        x4[e] = xv;
+    }
+    sum = block_sum(sum, shared);
+    sq = block_sum(sq, shared);
+    if (threadIdx.x == 0) {
+        partial[3 * blk] = double(hi > lo ? hi - lo : 0);
+        partial[3 * blk + 1] = sum;
+        partial[3 * blk + 2] = sq;
+    }
+}
+
+// Per item: mean and 1 / sqrt(variance + eps) from its partial triples
+// (segment_finalize_kernel's sums, then inv_sqrt_kernel's arithmetic).
+__global__ void mean_inv_sqrt_kernel(const double* __restrict__ partial, int64_t splits, float eps,
+                                     double* __restrict__ mean, double* __restrict__ inv) {
+    __shared__ double shared[32];
+    const int64_t s = blockIdx.x;
+    const double3 t = segment_sums(partial, splits, s, shared);
+    if (threadIdx.x == 0) {
+        double var = 0.0;
+        finish_segment(t.x, t.y, t.z, Spread::Variance, mean + s, &var);
+        inv[s] = 1.0 / sqrt(var + double(eps));
+    }
+}
+
 template <typename I>
 __global__ void add_broadcast_kernel(float* __restrict__ x, const float* __restrict__ table, float weight, I total,
                                      I n) {
@@ -580,16 +635,28 @@ struct Im2colRow {
     const float* plane;
     T* out;
     int h_off, w_off;
+    double mean, inv;  // the item's input normalisation (0, 1: none)
 };
 template <typename T, typename I>
 __device__ __forceinline__ Im2colRow<T> im2col_row(I q, const float* x, T* cols, const Divisor<I>& K,
                                                    const Divisor<I>& taps, const Divisor<I>& kw, I Cin, int H, int W,
-                                                   const ConvGeom& g, int64_t ld, int64_t item_rows) {
+                                                   const ConvGeom& g, int64_t ld, int64_t item_rows,
+                                                   const InputNorm& norm) {
     const I b = K.div(q), r = q - b * K.value();
     const I ci = taps.div(r), t = r - ci * taps.value();
     const I ki = kw.div(t), kj = t - ki * kw.value();
     return {x + (int64_t(b) * Cin + ci) * int64_t(H) * W, cols + (int64_t(b) * item_rows + r) * ld,
-            int(ki) * g.dh - g.ph, int(kj) * g.dw - g.pw};
+            int(ki) * g.dh - g.ph, int(kj) * g.dw - g.pw, norm.mean ? norm.mean[b] : 0.0,
+            norm.inv ? norm.inv[b] : 1.0};
+}
+// A column value: the input at (h, w) of the row's plane, normalised where
+// the row's item is (norm), zero outside the plane (padding stays zero).
+template <typename T>
+__device__ __forceinline__ float im2col_value(const Im2colRow<T>& row, bool inside, int h, int w, int W,
+                                              bool norm) {
+    if (!inside) return 0.0f;
+    const float v = row.plane[int64_t(h) * W + w];
+    return norm ? normalized(v, row.mean, row.inv) : v;
 }
 
 // Grid y walks the rows q = b * K + r of the column matrix, kUnroll rows at
@@ -599,21 +666,22 @@ __device__ __forceinline__ Im2colRow<T> im2col_row(I q, const float* x, T* cols,
 template <typename T, typename I>
 __global__ void im2col_kernel(const float* __restrict__ x, T* __restrict__ cols, I rows, Divisor<I> K,
                               Divisor<I> taps, Divisor<I> kw, I Cin, int H, int W, ConvGeom g, Divisor<I> Wo, I N,
-                              int64_t ld, int64_t item_rows) {
+                              int64_t ld, int64_t item_rows, InputNorm norm) {
+    const bool normed = norm.mean != nullptr;
     constexpr int U = kUnroll;
     for (I q0 = I(blockIdx.y); q0 < rows; q0 += I(U) * I(gridDim.y)) {
         Im2colRow<T> row[U];
 #pragma unroll
         for (int u = 0; u < U; u++)  // rows past the end repeat the last one
             row[u] = im2col_row(min(q0 + I(u) * I(gridDim.y), rows - 1), x, cols, K, taps, kw, Cin, H, W, g, ld,
-                                item_rows);
+                                item_rows, norm);
         for (I n = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); n < N; n += I(gridDim.x) * I(blockDim.x)) {
             const I ho = Wo.div(n), wo = n - ho * Wo.value();
             float v[U];
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 const int h = int(ho) * g.sh + row[u].h_off, w = int(wo) * g.sw + row[u].w_off;
-                v[u] = (h >= 0 && h < H && w >= 0 && w < W) ? row[u].plane[int64_t(h) * W + w] : 0.0f;
+                v[u] = im2col_value(row[u], h >= 0 && h < H && w >= 0 && w < W, h, w, W, normed);
             }
 #pragma unroll
             for (int u = 0; u < U; u++) row[u].out[n] = from_float<T>(v[u]);
@@ -657,8 +725,9 @@ __device__ __forceinline__ void load_row8(const float* row, int w, int W, float 
 template <typename T, typename I, bool UnitStride>
 __global__ void im2col_runs_kernel(const float* __restrict__ x, T* __restrict__ cols, I rows, Divisor<I> K,
                                    Divisor<I> taps, Divisor<I> kw, I Cin, int H, int W, ConvGeom g, Divisor<I> Wo,
-                                   I N, int64_t ld, int64_t item_rows) {
+                                   I N, int64_t ld, int64_t item_rows, InputNorm norm) {
     constexpr int U = kIm2colRows, V = kIm2colRun;
+    const bool normed = norm.mean != nullptr;
     const I runs = (N + I(V) - 1) / I(V);
     for (I q0 = I(blockIdx.y); q0 < rows; q0 += I(U) * I(gridDim.y)) {
         Im2colRow<T> row[U];
@@ -667,7 +736,7 @@ __global__ void im2col_runs_kernel(const float* __restrict__ x, T* __restrict__ 
         for (int u = 0; u < U; u++) {
             row_valid[u] = q0 + I(u) * I(gridDim.y) < rows;
             row[u] = im2col_row(min(q0 + I(u) * I(gridDim.y), rows - 1), x, cols, K, taps, kw, Cin, H, W, g, ld,
-                                item_rows);
+                                item_rows, norm);
         }
         for (I run = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); run < runs;
              run += I(gridDim.x) * I(blockDim.x)) {
@@ -689,6 +758,13 @@ __global__ void im2col_runs_kernel(const float* __restrict__ x, T* __restrict__ 
                     float v[V];
                     if (h >= 0 && h < H) {
                         load_row8(row[u].plane + int64_t(h) * W, ws[0] + row[u].w_off, W, v);
+                        if (normed) {
+#pragma unroll
+                            for (int e = 0; e < V; e++) {
+                                const int w = ws[0] + row[u].w_off + e;
+                                v[e] = w >= 0 && w < W ? normalized(v[e], row[u].mean, row[u].inv) : 0.0f;
+                            }
+                        }
                     } else {
 #pragma unroll
                         for (int e = 0; e < V; e++) v[e] = 0.0f;
@@ -700,7 +776,7 @@ __global__ void im2col_runs_kernel(const float* __restrict__ x, T* __restrict__ 
                     for (int e = 0; e < V; e++) {
                         const int h = hs[e] + row[u].h_off, w = ws[e] + row[u].w_off;
                         const bool ok = inside[e] && h >= 0 && h < H && w >= 0 && w < W;
-                        pack.v[e] = from_float<T>(ok ? row[u].plane[int64_t(h) * W + w] : 0.0f);
+                        pack.v[e] = from_float<T>(im2col_value(row[u], ok, h, w, W, normed));
                     }
                 }
                 if (row_valid[u]) *reinterpret_cast<Im2colRun<T>*>(row[u].out + n0) = pack;
@@ -723,17 +799,19 @@ __host__ __device__ constexpr int strided_span(int sw, int kw, int dw) {
 }
 template <typename T, typename I>
 __global__ void im2col_strided_kernel(const float* __restrict__ x, T* __restrict__ cols, int W, int kw, int sw, int dw,
-                                      int pw, I N, int64_t ld, int Cin, int64_t item_rows) {
+                                      int pw, I N, int64_t ld, int Cin, int64_t item_rows, InputNorm norm) {
     __shared__ float staged[kStridedSpan + kStridedSpan / 32];
     const int64_t plane = blockIdx.y;  // b * Cin + ci: column rows b * item_rows + ci * kw + tap
-    const int64_t first_row = (plane / Cin) * item_rows + (plane % Cin) * kw;
+    const int64_t item = plane / Cin, first_row = item * item_rows + (plane % Cin) * kw;
+    const bool normed = norm.mean != nullptr;
+    const double mean = normed ? norm.mean[item] : 0.0, inv = normed ? norm.inv[item] : 1.0;
     const I n0 = I(blockIdx.x) * I(kStridedOutputs);
     const float* row = x + plane * W;
     const int64_t p0 = int64_t(n0) * sw - pw;  // the input position of staged[0]
     const int span = strided_span(sw, kw, dw);
     for (int i = threadIdx.x; i < span; i += blockDim.x) {
         const int64_t p = p0 + i;
-        staged[i + i / 32] = p >= 0 && p < W ? row[p] : 0.0f;
+        staged[i + i / 32] = p >= 0 && p < W ? (normed ? normalized(row[p], mean, inv) : row[p]) : 0.0f;
     }
     __syncthreads();
     const int lane = threadIdx.x % 32;
@@ -993,16 +1071,25 @@ void group_norm_coef(const Ctx& ctx, const double* partial, int64_t splits, cons
     FD_LAUNCH_CHECK();
 }
 
+void inverse_std(const Ctx& ctx, const double* std, int64_t B, double* inv) {
+    if (ctx.dry || B == 0) return;
+    inv_std_kernel<<<grid_for(B), kThreads, 0, ctx.stream>>>(std, B, inv);
+    FD_LAUNCH_CHECK();
+}
+
+void normalize_items(const Ctx& ctx, float* x, int64_t B, int64_t n, const InputNorm& norm) {
+    if (ctx.dry || B * n == 0) return;
+    FD_INDEX_DISPATCH(B * n, I,
+                      normalize_kernel<I><<<grid_for(B * n), kThreads, 0, ctx.stream>>>(x, I(B * n), Divisor<I>(n),
+                                                                                         norm.mean, norm.inv));
+    FD_LAUNCH_CHECK();
+}
+
 void normalize(const Ctx& ctx, float* x, int64_t B, int64_t n, const double* mean, const double* std) {
     ArenaScope scope(*ctx.arena);
     double* inv = ctx.arena->alloc<double>(B);
-    if (ctx.dry || B * n == 0) return;
-    inv_std_kernel<<<grid_for(B), kThreads, 0, ctx.stream>>>(std, B, inv);
-    FD_LAUNCH_CHECK();
-    FD_INDEX_DISPATCH(B * n, I,
-                      normalize_kernel<I><<<grid_for(B * n), kThreads, 0, ctx.stream>>>(x, I(B * n), Divisor<I>(n), mean,
-                                                                                         inv));
-    FD_LAUNCH_CHECK();
+    inverse_std(ctx, std, B, inv);
+    normalize_items(ctx, x, B, n, InputNorm{mean, inv});
 }
 
 namespace {
@@ -1273,6 +1360,32 @@ void residual(const Ctx& ctx, float* x, const float* y, const float* bias, const
     FD_LAUNCH_CHECK();
 }
 
+void residual_group_norm_tokens(const Ctx& ctx, float* x, const float* y, const float* bias, const float* gamma,
+                                int64_t B, int64_t N, int64_t C, const float* weight, const float* norm_bias,
+                                float eps) {
+    const int64_t size = N * C, splits = std::max<int64_t>(1, (size + kStatChunk - 1) / kStatChunk);
+    if (C % 4 != 0 || !aligned16(x) || !aligned16(y) || B * splits > int64_t(0x7fffffff) ||
+        C > int64_t(0x7fffffff)) {
+        residual(ctx, x, y, bias, gamma, B * N, C);
+        group_norm_tokens(ctx, x, B, N, C, weight, norm_bias, eps);
+        return;
+    }
+    ArenaScope scope(*ctx.arena);
+    double* partial = ctx.arena->alloc<double>(3 * B * splits);
+    double* mean = ctx.arena->alloc<double>(B);
+    double* inv = ctx.arena->alloc<double>(B);
+    if (ctx.dry || B * size == 0) return;
+    residual_stats_kernel<<<unsigned(B * splits), kThreads, 0, ctx.stream>>>(x, y, bias, gamma, size, splits, int(C),
+                                                                              partial);
+    FD_LAUNCH_CHECK();
+    mean_inv_sqrt_kernel<<<unsigned(B), kThreads, 0, ctx.stream>>>(partial, splits, eps, mean, inv);
+    FD_LAUNCH_CHECK();
+    FD_INDEX_DISPATCH(B * size, I,
+                      group_norm_tokens_apply_kernel<I><<<grid_for(B * size), kThreads, 0, ctx.stream>>>(
+                          x, I(B * size), Divisor<I>(size), Divisor<I>(C), mean, inv, weight, norm_bias));
+    FD_LAUNCH_CHECK();
+}
+
 void add_broadcast(const Ctx& ctx, float* x, const float* table, float weight, int64_t B, int64_t n) {
     if (ctx.dry || B * n == 0) return;
     FD_INDEX_DISPATCH(B * n, I,
@@ -1326,7 +1439,9 @@ void softmax_rows(const Ctx& ctx, const float* s, void* p, DType dt, int64_t row
 }
 
 void im2col(const Ctx& ctx, const float* x, void* cols, DType dt, int64_t B, int64_t Cin, int64_t H, int64_t W,
-            const ConvGeom& g, int64_t Ho, int64_t Wo, int64_t ld, int64_t item_rows) {
+            const ConvGeom& g, int64_t Ho, int64_t Wo, int64_t ld, int64_t item_rows, const InputNorm* norm) {
+    const InputNorm nm = norm ? *norm : InputNorm{};
+    if ((nm.mean == nullptr) != (nm.inv == nullptr)) throw Error("internal error: im2col: half an input norm");
     const int64_t K = Cin * g.kh * g.kw, N = Ho * Wo, rows = B * K;
     if (ld == 0) ld = N;
     if (item_rows == 0) item_rows = K;
@@ -1341,7 +1456,7 @@ void im2col(const Ctx& ctx, const float* x, void* cols, DType dt, int64_t B, int
                     FD_INDEX_DISPATCH(N, I,
                                       im2col_strided_kernel<T, I><<<grid, kThreads, 0, ctx.stream>>>(
                                           x, static_cast<T*>(cols), int(W), g.kw, g.sw, g.dw, g.pw, I(N), ld,
-                                          int(Cin), item_rows)));
+                                          int(Cin), item_rows, nm)));
         FD_LAUNCH_CHECK();
         return;
     }
@@ -1354,7 +1469,7 @@ void im2col(const Ctx& ctx, const float* x, void* cols, DType dt, int64_t B, int
                                           <<<grid, kThreads, 0, ctx.stream>>>(
                                               x, static_cast<T*>(cols), I(rows), Divisor<I>(K),
                                               Divisor<I>(g.kh * g.kw), Divisor<I>(g.kw), I(Cin), int(H), int(W), g,
-                                              Divisor<I>(Wo), I(N), ld, item_rows)));
+                                              Divisor<I>(Wo), I(N), ld, item_rows, nm)));
         };
         if (g.sw == 1 && (Wo % kIm2colRun == 0 || Ho == 1))
             launch(std::true_type());
@@ -1369,7 +1484,7 @@ void im2col(const Ctx& ctx, const float* x, void* cols, DType dt, int64_t B, int
                                   im2col_kernel<T, I><<<grid, kThreads, 0, ctx.stream>>>(
                                       x, static_cast<T*>(cols), I(rows), Divisor<I>(K), Divisor<I>(g.kh * g.kw),
                                       Divisor<I>(g.kw), I(Cin), int(H), int(W), g, Divisor<I>(Wo), I(N), ld,
-                                      item_rows)));
+                                      item_rows, nm)));
     FD_LAUNCH_CHECK();
 }
 

@@ -41,6 +41,15 @@ void group_norm_coef(const Ctx& ctx, const double* partial, int64_t splits, cons
 
 // x[b, i] = (x[b, i] - mean[b]) / (1e-5 + std[b]) over n values per item.
 void normalize(const Ctx& ctx, float* x, int64_t B, int64_t n, const double* mean, const double* std);
+// The same map with inv[b] = 1 / (1e-5 + std[b]) made once (inverse_std),
+// for the model's inputs: applied by the first encoders' im2col as they
+// read them (InputNorm), or in place where a path cannot (normalize_items).
+struct InputNorm {
+    const double* mean = nullptr;  // [B]
+    const double* inv = nullptr;   // [B]
+};
+void inverse_std(const Ctx& ctx, const double* std, int64_t B, double* inv);
+void normalize_items(const Ctx& ctx, float* x, int64_t B, int64_t n, const InputNorm& norm);
 
 // GroupNorm of x + input_bias[c] (x described by seg; input_bias, optional,
 // is the producing convolution's bias, folded in here instead of a pass of
@@ -101,6 +110,12 @@ void residual(const Ctx& ctx, float* x, const float* y, const float* bias, const
 // rows of up to 1024 values, the two passes past that.
 void residual_layer_norm(const Ctx& ctx, float* x, const float* y, const float* bias, const float* gamma, void* out,
                          DType dt, int64_t rows, int64_t C, const float* weight, const float* norm_bias, float eps);
+// residual(x, y, bias, gamma) over x [B, N, C] token-major, then
+// group_norm_tokens(x, weight, norm_bias): the norm's statistics taken as
+// the residual writes x (one pass over x fewer; the transformer's norm_out).
+void residual_group_norm_tokens(const Ctx& ctx, float* x, const float* y, const float* bias, const float* gamma,
+                                int64_t B, int64_t N, int64_t C, const float* weight, const float* norm_bias,
+                                float eps);
 // x[b * n + i] += weight * table[i].
 void add_broadcast(const Ctx& ctx, float* x, const float* table, float weight, int64_t B, int64_t n);
 void copy(const Ctx& ctx, float* dst, const float* src, int64_t n);
@@ -124,9 +139,12 @@ struct ConvGeom {
 // per item from x [B, Cin, H, W], the rest (item_rows > K: the rows that
 // carry a convolution's bias through its GEMM, DeviceWeights::biased) ones;
 // item_rows 0 = K. Input positions outside [0, H) x [0, W) read zero (so a
-// logical width beyond W is a zero extension on the right).
+// logical width beyond W is a zero extension on the right). norm (or
+// null): the inputs normalised per item as they are read (padding stays zero),
+// the same floats as normalize_items before.
 void im2col(const Ctx& ctx, const float* x, void* cols, DType dt, int64_t B, int64_t Cin, int64_t H, int64_t W,
-            const ConvGeom& g, int64_t Ho, int64_t Wo, int64_t ld = 0, int64_t item_rows = 0);
+            const ConvGeom& g, int64_t Ho, int64_t Wo, int64_t ld = 0, int64_t item_rows = 0,
+            const InputNorm* norm = nullptr);
 // base[item * pitch + r * ld + j] = value for r < rows, j < ld, item < items (type dt).
 void fill_rows(const Ctx& ctx, void* base, DType dt, int64_t items, int64_t rows, int64_t ld, int64_t pitch,
                float value);

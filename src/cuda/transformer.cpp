@@ -205,8 +205,11 @@ void CrossTransformer::layer(const Ctx& ctx, const Work& w, const TransformerLay
         residual_layer_norm(ctx, x, w.proj, out_b, gamma1, w.a, dt, rows, C, f32(ff_norm + "weight"),
                             f32(ff_norm + "bias"), 1e-5f);
         feed_forward(w.a);
-        residual(ctx, x, w.proj, f32("linear2.bias"), gamma2, rows, C);
-        if (cfg.t_norm_out) group_norm_tokens(ctx, x, B, n, C, f32("norm_out.weight"), f32("norm_out.bias"), 1e-5f);
+        if (cfg.t_norm_out)
+            residual_group_norm_tokens(ctx, x, w.proj, f32("linear2.bias"), gamma2, B, n, C, f32("norm_out.weight"),
+                                       f32("norm_out.bias"), 1e-5f);
+        else
+            residual(ctx, x, w.proj, f32("linear2.bias"), gamma2, rows, C);
     } else {
         // Post-norm: x = norm1(x + attn(x)); x = norm2(x + ff(x)).
         convert(ctx, x, w.a, dt, rows * C);
