@@ -820,7 +820,11 @@ void decoder_spectrum_case(DType t, int cout, int64_t B, int64_t H, int64_t T, i
     const int64_t bins = 4 * H, ld = H * T + ld_extra;
     const std::vector<float> x = exact_random(size_t(B * cin * ld), 51), w = exact_random(size_t(cin * cout * 8), 52);
     const std::vector<float> bias = random(size_t(cout), 53);
-    const std::vector<double> stats{0.1, -0.2, 0.25, 1.5, 0.7, 2.0};  // {mean[B], std[B]} for B <= 3
+    std::vector<double> stats(size_t(2 * B));  // {mean[B], std[B]}
+    for (int64_t b = 0; b < B; b++) {
+        stats[size_t(b)] = 0.1 * double(b + 1) * (b % 2 ? -1 : 1);
+        stats[size_t(B + b)] = 0.5 + 0.3 * double(b);
+    }
     FreqTransposedArgs a;
     a.x = put_as(gpu, x, t), a.ld = ld, a.weight = put_as(gpu, w, t), a.bias = gpu.put(bias);
     a.B = B, a.H = H, a.T = T, a.rows = bins, a.cin = cin, a.cout = cout, a.kh = 8, a.sh = 4, a.h0 = 2;
@@ -891,6 +895,11 @@ TEST(KernelsCuda, FreqTransposedMatchesTheModule) {
         decoder_packed_case(t, 2, 9, 32, 0);
         decoder_packed_case(t, 1, 17, 48, 8);
     }
+    // More tiles than persistent blocks (two an SM for the spectrum, one for the packed
+    // kernel: 340 and 156 tiles on a 132-SM H200): the next tile's input loaded while a
+    // block computes one, its buffers and stage reused.
+    decoder_spectrum_case(DType::F16, 24, 5, 128, 64, 0);
+    decoder_packed_case(DType::BF16, 3, 96, 64, 0);
     Ctx f32;
     f32.gemm = DType::F32;
     FreqTransposedArgs a;
@@ -982,6 +991,34 @@ TEST(KernelsCuda, LinearWithTheBiasInTheEpilogue) {
     EXPECT_FALSE(linear_bias_as(gpu.ctx(DType::F32), nullptr, 4, 4, nullptr, 4, nullptr, nullptr, DType::F32));
 }
 
+// A first encoder's convolution (kernel 8, stride 4, padding 2, along H or
+// along W for the time branch, whose input is zero-extended to a multiple
+// of the stride) with exact_random weights and, in float16 / bfloat16, the
+// weight's biased copy (DeviceWeights::biased: the bias as column K).
+struct EncoderConv {
+    ConvGeom g;
+    int64_t Wl = 0;
+    std::vector<float> w, bias;
+    ConvWeight cw;
+};
+EncoderConv encoder_conv(Gpu& gpu, DType t, int64_t cin, int64_t cout, int64_t W, bool time, uint32_t seed) {
+    EncoderConv e;
+    const int k = 8;
+    if (time) e.g.sw = 4, e.g.pw = 2; else e.g.sh = 4, e.g.ph = 2;
+    const int64_t K = cin * k, Kb = biased_columns(K);
+    e.Wl = time && W % 4 ? W + 4 - W % 4 : W;
+    e.w = exact_random(size_t(cout * K), seed), e.bias = exact_random(size_t(cout), seed + 1);
+    std::vector<float> wb(size_t(cout * Kb), 0.0f);
+    for (int64_t o = 0; o < cout; o++) {
+        std::copy_n(e.w.begin() + o * K, K, wb.begin() + o * Kb);
+        wb[size_t(o * Kb + K)] = e.bias[size_t(o)];
+    }
+    e.cw.cout = int(cout), e.cw.cin = int(cin), e.cw.kh = time ? 1 : k, e.cw.kw = time ? k : 1;
+    e.cw.w = put_as(gpu, e.w, t), e.cw.bias = gpu.put(e.bias);
+    e.cw.biased = t == DType::F32 ? nullptr : put_as(gpu, wb, t);
+    return e;
+}
+
 // The encoders' convolutions with the bias carried by the GEMM (a column of
 // the weight's biased copy against rows of ones in the im2col operand) and
 // the GELU in cuBLASLt's epilogue (its tanh form: within a few float16 steps
@@ -997,21 +1034,15 @@ TEST(KernelsCuda, ConvolutionWithTheBiasInItsGemm) {
               {2, 24, 1, 4013, true},
               {2, 24, 1, 4005, true}}) {
             Gpu gpu;
-            ConvGeom g;
             const int k = 8;
-            if (time) g.sw = 4, g.pw = 2; else g.sh = 4, g.ph = 2;
             const int64_t B = 3, K = cin * k, Kb = biased_columns(K);
-            const int64_t Wl = time && W % 4 ? W + 4 - W % 4 : W;
-            const std::vector<float> x = exact_random(size_t(B * cin * H * W), 41),
-                                     w = exact_random(size_t(cout * K), 42), bias = exact_random(size_t(cout), 43);
-            std::vector<float> wb(size_t(cout * Kb), 0.0f);
-            for (int64_t o = 0; o < cout; o++) {
-                std::copy_n(w.begin() + o * K, K, wb.begin() + o * Kb);
-                wb[size_t(o * Kb + K)] = bias[size_t(o)];
-            }
-            ConvWeight cw;
-            cw.cout = int(cout), cw.cin = int(cin), cw.kh = time ? 1 : k, cw.kw = time ? k : 1;
-            cw.w = put_as(gpu, w, t), cw.bias = gpu.put(bias), cw.biased = put_as(gpu, wb, t);
+            const std::vector<float> x = exact_random(size_t(B * cin * H * W), 41);
+            const EncoderConv e = encoder_conv(gpu, t, cin, cout, W, time, 42);
+            const ConvGeom& g = e.g;
+            const int64_t Wl = e.Wl;
+            const std::vector<float>& w = e.w;
+            const std::vector<float>& bias = e.bias;
+            const ConvWeight& cw = e.cw;
             const DTensor xd{gpu.put(x), B, cin, H, W};
             int64_t Ho = 0, Wo = 0;
             conv_output_size(H, Wl, cw, g, &Ho, &Wo);
@@ -1072,21 +1103,12 @@ TEST(KernelsCuda, ConvolutionNormalisesItsInputAsItReads) {
               {3, 8, 9, 23, false},
               {2, 24, 1, 4013, true}}) {
             Gpu gpu;
-            ConvGeom g;
-            const int k = 8;
-            if (time) g.sw = 4, g.pw = 2; else g.sh = 4, g.ph = 2;
-            const int64_t B = 3, K = cin * k, Kb = biased_columns(K);
-            const int64_t Wl = time && W % 4 ? W + 4 - W % 4 : W;
-            const std::vector<float> x = random(size_t(B * cin * H * W), 71, 0.8f, 0.3f),
-                                     w = exact_random(size_t(cout * K), 72), bias = exact_random(size_t(cout), 73);
-            std::vector<float> wb(size_t(cout * Kb), 0.0f);
-            for (int64_t o = 0; o < cout; o++) {
-                std::copy_n(w.begin() + o * K, K, wb.begin() + o * Kb);
-                wb[size_t(o * Kb + K)] = bias[size_t(o)];
-            }
-            ConvWeight cw;
-            cw.cout = int(cout), cw.cin = int(cin), cw.kh = time ? 1 : k, cw.kw = time ? k : 1;
-            cw.w = put_as(gpu, w, t), cw.bias = gpu.put(bias), cw.biased = t == DType::F32 ? nullptr : put_as(gpu, wb, t);
+            const int64_t B = 3;
+            const std::vector<float> x = random(size_t(B * cin * H * W), 71, 0.8f, 0.3f);
+            const EncoderConv e = encoder_conv(gpu, t, cin, cout, W, time, 72);
+            const ConvGeom& g = e.g;
+            const int64_t Wl = e.Wl;
+            const ConvWeight& cw = e.cw;
             const double* mean = gpu.put(std::vector<double>{0.3, -0.1, 0.05});
             const double* inv = gpu.put(std::vector<double>{1.25, 0.8, 3.0});
             const InputNorm norm{mean, inv};

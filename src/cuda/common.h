@@ -86,7 +86,7 @@ struct Ctx {
     bool thin_dconv = true;             // DConv layers with hidden <= 32 in three fused passes (cuda/dconv.h)
     bool dconv_rows = true;             // whole DConvs with the row in shared memory where it fits (dconv_rows)
     bool tensor_core_dconv = true;      // float16 / bfloat16: the thin DConv's convolutions on mma.sync (cuda/dconv.h)
-    bool decoder_writes_spectrum = true;  // the last frequency decoder's columns straight into the iSTFT's input
+    bool decoder_writes_spectrum = true;  // the last frequency decoder straight into the iSTFT's input (no z)
     // The frequency decoders' transposed convs written there (and into the next rewrite's packed input) by
     // tensor-core kernels of their own, no columns (cuda/freq_transposed.h).
     bool freq_transposed_mma = true;

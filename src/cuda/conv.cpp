@@ -88,6 +88,7 @@ void conv2d_gemm(const Ctx& ctx, const DTensor& x, int64_t Wl, const ConvWeight&
                  const InputNorm* norm = nullptr) {
     const DType dt = ctx.gemm;
     const int64_t B = x.b, cin = x.c, cout = w.cout;
+    if (norm && x_operand) throw Error("internal error: conv2d_gemm: an input norm would leave x's operand stale");
     if (is_pointwise(x, Wl, g)) {
         if (norm) normalize_items(ctx, x.p, B, cin * x.h * x.w, *norm);
         // y[b] [cout, ld] = W [cout, cin] x[b] [cin, ld]

@@ -1374,7 +1374,7 @@ private:
         const int64_t T = spectral_->frames(), bins = spectral_->bins();
 
         DTensor x{arena.alloc<float>(B * 2 * C * bins * T), B, 2 * C, bins, T};
-        profile_block(ctx, "stft + normalise");
+        profile_block(ctx, "stft + statistics");
         spectral_->stft(ctx, B, C, io.in, x.p);
         emit(ctx, "spec", x);
         double* spec_stats = arena.alloc<double>(2 * B);  // mean[B], std[B]
@@ -1429,7 +1429,8 @@ private:
     }
 
     // The last frequency decoder writing the iSTFT's input itself
-    // (Spectral::spectrum_from_columns): its output z is then never stored.
+    // (decoder_spectrum, else Spectral::spectrum_from_columns from its
+    // columns): its output z is then never stored.
     struct SpectrumTarget {
         const double* stats = nullptr;  // the spectrogram's {mean[B], std[B]}
         cufftComplex* spec = nullptr;   // allocated by decoder_layer where z would be

@@ -22,19 +22,6 @@ constexpr float kNormEps = 1e-5f;  // the DConv's GroupNorms (PyTorch's default)
 // this many zero (or neighbouring) positions on each side of their rows.
 constexpr int kInMaxDilation = 8;
 
-// Static plus dynamic shared memory a block may opt in to on the current
-// device (less on some GPUs: sm_75 64 KB); sm_90's 227 KB when no device
-// answers (CPU-only builds and tests ask only whether a shape fits).
-inline size_t optin_smem() {
-    int device = 0, optin = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
-        cudaGetLastError();
-        return 227 * 1024;
-    }
-    return size_t(optin);
-}
-
 // Launch configuration of a kernel with `bytes` of dynamic shared memory
 // (set on every launch: the attribute belongs to the context, which
 // release_gpus() may have replaced; always, since static and dynamic

@@ -31,6 +31,19 @@ inline int64_t max_blocks() {
     return blocks;
 }
 
+// Static plus dynamic shared memory a block may opt in to on the current
+// device (less on some GPUs: sm_75 64 KB); sm_90's 227 KB when no device
+// answers (CPU-only builds and tests ask only whether a shape fits).
+inline size_t optin_smem() {
+    int device = 0, optin = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
+        cudaGetLastError();
+        return 227 * 1024;
+    }
+    return size_t(optin);
+}
+
 // Blocks for a grid-stride loop over n elements.
 inline unsigned grid_for(int64_t n, int threads = kThreads) {
     const int64_t blocks = (n + threads - 1) / threads;

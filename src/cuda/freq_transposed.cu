@@ -23,6 +23,7 @@
 #include <type_traits>
 
 #include "cuda/device_utils.cuh"
+#include "cuda/profile.h"
 #include "error.h"
 
 namespace fastdemucs::cuda {
@@ -82,8 +83,12 @@ template <typename T, int CIN, int COUT, int WN, typename Out>
 __global__ void __launch_bounds__(Shape<CIN, COUT, WN>::kThreads, WN == 1 ? 2 : 1)
     freq_transposed_kernel(const T* __restrict__ x, int64_t ld, const T* __restrict__ weight,
                            const float* __restrict__ bias, int B, int H, int frames, int rows, int h0, Out out) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    __trap();  // cp.async, ldmatrix and bfloat16 mma.sync: sm_80 on (the host never launches it below)
+#else
     using S = Shape<CIN, COUT, WN>;
     constexpr bool kSpectrum = std::is_same_v<Out, SpectrumOut>;
+    static_assert(!kSpectrum || WN == 1, "the spectrum's write-out takes eight warps, a frame and the one 8 on each");
     extern __shared__ float4 freq_transposed_smem[];
     unsigned char* in_stage = reinterpret_cast<unsigned char*>(freq_transposed_smem);  // [2][kInBytes]
     unsigned char* w_stage = in_stage + 2 * S::kInBytes;                                // [kN][kBPitch]
@@ -181,7 +186,7 @@ __global__ void __launch_bounds__(Shape<CIN, COUT, WN>::kThreads, WN == 1 ? 2 : 
             // Rows of 32 bins, a warp a (channel, frame) row at a time: channel i / 2, frame warp + 8 (i % 2).
             const int k = row0 + lane;
             if (k >= 0 && k <= rows) {
-                const int pitch = rows + 1, channel = frames * pitch;  // (fits decoder_spectrum_fits' bound)
+                const int64_t pitch = rows + 1, channel = int64_t(frames) * pitch;
                 float2* dst = reinterpret_cast<float2*>(out.spec) +
                               ((int64_t(b) * (COUT / 2)) * frames + kFrames * tt + warp) * pitch + k;
                 const float2* src = stage + warp * kSpecT + lane;
@@ -201,14 +206,14 @@ __global__ void __launch_bounds__(Shape<CIN, COUT, WN>::kThreads, WN == 1 ? 2 : 
                 out.skip + (int64_t(b) * COUT + 2 * t4) * plane + int64_t(ho_l) * frames + kFrames * tt + g;
             T* lane_stage = stage + (row_l * kFrames + g) * P + 2 * t4;
             // A third of the warp's n-tiles at a time: their skip values loaded first (predicated), then used.
-            constexpr int kHalf = S::kWarpNTiles / 3;
+            constexpr int kBatch = S::kWarpNTiles / 3;
             static_assert(S::kWarpNTiles % 3 == 0, "n-tiles in thirds");
 #pragma unroll
             for (int h = 0; h < 3; h++) {
-                float sk[kHalf][4];
+                float sk[kBatch][4];
 #pragma unroll
-                for (int u = 0; u < kHalf; u++) {
-                    const int nt = h * kHalf + u, pp = nt / kPhaseTiles, cc = 8 * (nt % kPhaseTiles);
+                for (int u = 0; u < kBatch; u++) {
+                    const int nt = h * kBatch + u, pp = nt / kPhaseTiles, cc = 8 * (nt % kPhaseTiles);
                     const bool inside = ho_l + pp >= 0 && ho_l + pp < rows;
                     const float* at = skip_l + cc * plane + pp * frames;
 #pragma unroll
@@ -218,8 +223,8 @@ __global__ void __launch_bounds__(Shape<CIN, COUT, WN>::kThreads, WN == 1 ? 2 : 
                     }
                 }
 #pragma unroll
-                for (int u = 0; u < kHalf; u++) {
-                    const int nt = h * kHalf + u, pp = nt / kPhaseTiles, cc = 8 * (nt % kPhaseTiles);
+                for (int u = 0; u < kBatch; u++) {
+                    const int nt = h * kBatch + u, pp = nt / kPhaseTiles, cc = 8 * (nt % kPhaseTiles);
                     const float b0 = bias_s[cc + 2 * t4], b1 = bias_s[cc + 2 * t4 + 1];
 #pragma unroll
                     for (int hlf = 0; hlf < 2; hlf++) {
@@ -246,26 +251,29 @@ __global__ void __launch_bounds__(Shape<CIN, COUT, WN>::kThreads, WN == 1 ? 2 : 
             }
         }
     }
-}
-
-int sm_count() {
-    int device = 0, count = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
-        cudaGetLastError();
-        return 1;
-    }
-    return std::max(count, 1);
+#endif
 }
 
 // What both take: kernel 2 sh = 8, T a multiple of 16, the output window
-// inside the uncropped output, float16 / bfloat16 operands.
-bool common_fits(const Ctx& ctx, const FreqTransposedArgs& a, int out_rows) {
+// inside the uncropped output, float16 / bfloat16 operands, the variant's
+// shared memory within what the device lets a block opt in to (the packed
+// one's 188 KB: not on sm_86 / sm_89, nor on an A100).
+bool common_fits(const Ctx& ctx, const FreqTransposedArgs& a, int out_rows, size_t smem) {
     const int64_t tiles = a.B * ((out_rows - 1 + a.h0) / kOutRows + 1) * (a.T / kFrames);
     return (ctx.gemm == DType::F16 || ctx.gemm == DType::BF16) && a.kh == kKh && a.sh == kSh && a.T > 0 &&
            a.T % kFrames == 0 && a.H > 0 && a.rows > 0 && a.ld % 8 == 0 && a.ld >= a.H * a.T && a.h0 >= 0 &&
            a.h0 + a.rows <= (a.H - 1) * a.sh + a.kh && tiles < (int64_t(1) << 31) &&
-           (a.H + 1) * a.T < (int64_t(1) << 31) && (a.rows + 1) * a.T < (int64_t(1) << 31);
+           (a.H + 1) * a.T < (int64_t(1) << 31) && (a.rows + 1) * a.T < (int64_t(1) << 31) && smem <= optin_smem();
+}
+
+// A variant's dynamic shared memory (Cout 16 or 24 for the spectrum's two).
+template <int CIN, int WN, typename Out>
+size_t smem_bytes(int cout) {
+    if constexpr (std::is_same_v<Out, SpectrumOut>)
+        return cout == 16 ? Shape<CIN, 16, WN>::kOperandBytes + Out::template stage_bytes<16>()
+                          : Shape<CIN, 24, WN>::kOperandBytes + Out::template stage_bytes<24>();
+    else
+        return Shape<CIN, 48, WN>::kOperandBytes + Out::template stage_bytes<48>();
 }
 
 template <int CIN, int COUT, int WN, typename Out>
@@ -273,7 +281,8 @@ void launch(const Ctx& ctx, const FreqTransposedArgs& a, Out out, int out_rows) 
     using S = Shape<CIN, COUT, WN>;
     const size_t bytes = S::kOperandBytes + Out::template stage_bytes<COUT>();
     const int64_t tiles = a.B * ((out_rows - 1 + a.h0) / kOutRows + 1) * (a.T / kFrames);
-    const unsigned blocks = unsigned(std::min<int64_t>(tiles, int64_t(WN == 1 ? 2 : 1) * sm_count()));
+    // Persistent blocks: as many as are resident (max_blocks() is 16 an SM).
+    const unsigned blocks = unsigned(std::min<int64_t>(tiles, int64_t(WN == 1 ? 2 : 1) * (max_blocks() / 16)));
     const auto run = [&](auto* t) {
         using T = std::remove_pointer_t<decltype(t)>;
         const auto kernel = freq_transposed_kernel<T, CIN, COUT, WN, Out>;
@@ -292,7 +301,8 @@ void launch(const Ctx& ctx, const FreqTransposedArgs& a, Out out, int out_rows) 
 }  // namespace
 
 bool decoder_spectrum_fits(const Ctx& ctx, const FreqTransposedArgs& a) {
-    return common_fits(ctx, a, int(a.rows + 1)) && a.cin == 48 && (a.cout == 16 || a.cout == 24);
+    return a.cin == 48 && (a.cout == 16 || a.cout == 24) &&
+           common_fits(ctx, a, int(a.rows + 1), smem_bytes<48, 1, SpectrumOut>(a.cout));
 }
 
 void decoder_spectrum(const Ctx& ctx, const FreqTransposedArgs& a, const double* stats, cufftComplex* spec) {
@@ -300,6 +310,7 @@ void decoder_spectrum(const Ctx& ctx, const FreqTransposedArgs& a, const double*
         throw Error("internal error: decoder_spectrum geometry (Cin " + std::to_string(a.cin) + ", Cout " +
                     std::to_string(a.cout) + ", T " + std::to_string(a.T) + ")");
     if (ctx.dry || a.B == 0) return;
+    ProfileSpan span(ctx, ProfKind::Gemm);
     const SpectrumOut out{stats, spec};
     if (a.cout == 16)
         launch<48, 16, 1>(ctx, a, out, int(a.rows + 1));
@@ -308,7 +319,7 @@ void decoder_spectrum(const Ctx& ctx, const FreqTransposedArgs& a, const double*
 }
 
 bool decoder_packed_fits(const Ctx& ctx, const FreqTransposedArgs& a) {
-    return common_fits(ctx, a, int(a.rows)) && a.cin == 96 && a.cout == 48;
+    return a.cin == 96 && a.cout == 48 && common_fits(ctx, a, int(a.rows), smem_bytes<96, 2, PackedOut>(48));
 }
 
 void decoder_packed(const Ctx& ctx, const FreqTransposedArgs& a, const float* skip, void* xp) {
@@ -316,6 +327,7 @@ void decoder_packed(const Ctx& ctx, const FreqTransposedArgs& a, const float* sk
         throw Error("internal error: decoder_packed geometry (Cin " + std::to_string(a.cin) + ", Cout " +
                     std::to_string(a.cout) + ", T " + std::to_string(a.T) + ")");
     if (ctx.dry || a.B == 0) return;
+    ProfileSpan span(ctx, ProfKind::Gemm);
     launch<96, 48, 2>(ctx, a, PackedOut{skip, xp}, int(a.rows));
 }
 
