@@ -1085,13 +1085,6 @@ void normalize_items(const Ctx& ctx, float* x, int64_t B, int64_t n, const Input
     FD_LAUNCH_CHECK();
 }
 
-void normalize(const Ctx& ctx, float* x, int64_t B, int64_t n, const double* mean, const double* std) {
-    ArenaScope scope(*ctx.arena);
-    double* inv = ctx.arena->alloc<double>(B);
-    inverse_std(ctx, std, B, inv);
-    normalize_items(ctx, x, B, n, InputNorm{mean, inv});
-}
-
 namespace {
 
 // The GroupNorm's affine map per (item, channel, row), from the arena (the caller's scope).

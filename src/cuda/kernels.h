@@ -39,11 +39,10 @@ void segment_stats(const Ctx& ctx, const float* x, const Segments& seg, Spread s
 void group_norm_coef(const Ctx& ctx, const double* partial, int64_t splits, const Segments& seg, const float* weight,
                      const float* bias, const float* offset, float eps, float2* coef);
 
-// x[b, i] = (x[b, i] - mean[b]) / (1e-5 + std[b]) over n values per item.
-void normalize(const Ctx& ctx, float* x, int64_t B, int64_t n, const double* mean, const double* std);
-// The same map with inv[b] = 1 / (1e-5 + std[b]) made once (inverse_std),
-// for the model's inputs: applied by the first encoders' im2col as they
-// read them (InputNorm), or in place where a path cannot (normalize_items).
+// The model's input normalisation x[b, i] = (x[b, i] - mean[b]) * inv[b]
+// over n values per item, inv[b] = 1 / (1e-5 + std[b]) made once
+// (inverse_std): applied by the first encoders' im2col as they read them
+// (InputNorm), or in place where a path cannot (normalize_items).
 struct InputNorm {
     const double* mean = nullptr;  // [B]
     const double* inv = nullptr;   // [B]
