@@ -322,8 +322,7 @@ __global__ void __launch_bounds__(128 * WG, 1) conv_glu_wgmma_kernel(KernelArgs 
 template <typename Kernel, typename Args>
 void launch_resident(Kernel kernel, const Args& args, int wgs, int glu_tiles, int64_t tiles, size_t shared,
                      cudaStream_t stream) {
-    // Set on every launch: the attribute belongs to the context (release_gpus() may have made a new one).
-    FD_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
+    allow_shared(kernel, shared);
     int device = 0, sms = 0;
     FD_CUDA(cudaGetDevice(&device));
     FD_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));

@@ -22,15 +22,6 @@ constexpr float kNormEps = 1e-5f;  // the DConv's GroupNorms (PyTorch's default)
 // this many zero (or neighbouring) positions on each side of their rows.
 constexpr int kInMaxDilation = 8;
 
-// Launch configuration of a kernel with `bytes` of dynamic shared memory
-// (set on every launch: the attribute belongs to the context, which
-// release_gpus() may have replaced; always, since static and dynamic
-// memory together must stay under the 48 KB default without it).
-template <typename Kernel>
-void allow_shared(Kernel kernel, size_t bytes) {
-    FD_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-}
-
 // The row's GroupNorm {scale, shift} for channel c from the row's mean and
 // inverse deviation (the arithmetic of group_norm_coef).
 __device__ __forceinline__ float2 row_norm_coef(double mean, double inv, float weight, float bias, double offset) {

@@ -44,6 +44,15 @@ inline size_t optin_smem() {
     return size_t(optin);
 }
 
+// Launch configuration of a kernel with `bytes` of dynamic shared memory
+// (set on every launch: the attribute belongs to the context, which
+// release_gpus() may have replaced; always, since static and dynamic
+// memory together must stay under the 48 KB default without it).
+template <typename Kernel>
+void allow_shared(Kernel kernel, size_t bytes) {
+    FD_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+}
+
 // Blocks for a grid-stride loop over n elements.
 inline unsigned grid_for(int64_t n, int threads = kThreads) {
     const int64_t blocks = (n + threads - 1) / threads;

@@ -254,39 +254,39 @@ __global__ void __launch_bounds__(Shape<CIN, COUT, WN>::kThreads, WN == 1 ? 2 : 
 #endif
 }
 
+// Tiles of a launch writing out_rows output rows (rows, and the spectrum's Nyquist row).
+int64_t tile_count(const FreqTransposedArgs& a, int64_t out_rows) {
+    return a.B * ((out_rows - 1 + a.h0) / kOutRows + 1) * (a.T / kFrames);
+}
+
+// A variant's dynamic shared memory.
+template <int CIN, int COUT, int WN, typename Out>
+constexpr size_t variant_bytes() {
+    return Shape<CIN, COUT, WN>::kOperandBytes + Out::template stage_bytes<COUT>();
+}
+
 // What both take: kernel 2 sh = 8, T a multiple of 16, the output window
 // inside the uncropped output, float16 / bfloat16 operands, the variant's
 // shared memory within what the device lets a block opt in to (the packed
 // one's 188 KB: not on sm_86 / sm_89, nor on an A100).
-bool common_fits(const Ctx& ctx, const FreqTransposedArgs& a, int out_rows, size_t smem) {
-    const int64_t tiles = a.B * ((out_rows - 1 + a.h0) / kOutRows + 1) * (a.T / kFrames);
+bool common_fits(const Ctx& ctx, const FreqTransposedArgs& a, int64_t out_rows, size_t smem) {
     return (ctx.gemm == DType::F16 || ctx.gemm == DType::BF16) && a.kh == kKh && a.sh == kSh && a.T > 0 &&
            a.T % kFrames == 0 && a.H > 0 && a.rows > 0 && a.ld % 8 == 0 && a.ld >= a.H * a.T && a.h0 >= 0 &&
-           a.h0 + a.rows <= (a.H - 1) * a.sh + a.kh && tiles < (int64_t(1) << 31) &&
+           a.h0 + a.rows <= (a.H - 1) * a.sh + a.kh && tile_count(a, out_rows) < (int64_t(1) << 31) &&
            (a.H + 1) * a.T < (int64_t(1) << 31) && (a.rows + 1) * a.T < (int64_t(1) << 31) && smem <= optin_smem();
 }
 
-// A variant's dynamic shared memory (Cout 16 or 24 for the spectrum's two).
-template <int CIN, int WN, typename Out>
-size_t smem_bytes(int cout) {
-    if constexpr (std::is_same_v<Out, SpectrumOut>)
-        return cout == 16 ? Shape<CIN, 16, WN>::kOperandBytes + Out::template stage_bytes<16>()
-                          : Shape<CIN, 24, WN>::kOperandBytes + Out::template stage_bytes<24>();
-    else
-        return Shape<CIN, 48, WN>::kOperandBytes + Out::template stage_bytes<48>();
-}
-
 template <int CIN, int COUT, int WN, typename Out>
-void launch(const Ctx& ctx, const FreqTransposedArgs& a, Out out, int out_rows) {
+void launch(const Ctx& ctx, const FreqTransposedArgs& a, Out out, int64_t out_rows) {
     using S = Shape<CIN, COUT, WN>;
-    const size_t bytes = S::kOperandBytes + Out::template stage_bytes<COUT>();
-    const int64_t tiles = a.B * ((out_rows - 1 + a.h0) / kOutRows + 1) * (a.T / kFrames);
+    constexpr size_t bytes = variant_bytes<CIN, COUT, WN, Out>();
+    const int64_t tiles = tile_count(a, out_rows);
     // Persistent blocks: as many as are resident (max_blocks() is 16 an SM).
     const unsigned blocks = unsigned(std::min<int64_t>(tiles, int64_t(WN == 1 ? 2 : 1) * (max_blocks() / 16)));
     const auto run = [&](auto* t) {
         using T = std::remove_pointer_t<decltype(t)>;
         const auto kernel = freq_transposed_kernel<T, CIN, COUT, WN, Out>;
-        FD_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+        allow_shared(kernel, bytes);
         kernel<<<blocks, S::kThreads, bytes, ctx.stream>>>(static_cast<const T*>(a.x), a.ld,
                                                            static_cast<const T*>(a.weight), a.bias, int(a.B),
                                                            int(a.H), int(a.T), int(a.rows), a.h0, out);
@@ -302,7 +302,8 @@ void launch(const Ctx& ctx, const FreqTransposedArgs& a, Out out, int out_rows) 
 
 bool decoder_spectrum_fits(const Ctx& ctx, const FreqTransposedArgs& a) {
     return a.cin == 48 && (a.cout == 16 || a.cout == 24) &&
-           common_fits(ctx, a, int(a.rows + 1), smem_bytes<48, 1, SpectrumOut>(a.cout));
+           common_fits(ctx, a, a.rows + 1,
+                       a.cout == 16 ? variant_bytes<48, 16, 1, SpectrumOut>() : variant_bytes<48, 24, 1, SpectrumOut>());
 }
 
 void decoder_spectrum(const Ctx& ctx, const FreqTransposedArgs& a, const double* stats, cufftComplex* spec) {
@@ -313,13 +314,13 @@ void decoder_spectrum(const Ctx& ctx, const FreqTransposedArgs& a, const double*
     ProfileSpan span(ctx, ProfKind::Gemm);
     const SpectrumOut out{stats, spec};
     if (a.cout == 16)
-        launch<48, 16, 1>(ctx, a, out, int(a.rows + 1));
+        launch<48, 16, 1>(ctx, a, out, a.rows + 1);
     else
-        launch<48, 24, 1>(ctx, a, out, int(a.rows + 1));
+        launch<48, 24, 1>(ctx, a, out, a.rows + 1);
 }
 
 bool decoder_packed_fits(const Ctx& ctx, const FreqTransposedArgs& a) {
-    return a.cin == 96 && a.cout == 48 && common_fits(ctx, a, int(a.rows), smem_bytes<96, 2, PackedOut>(48));
+    return a.cin == 96 && a.cout == 48 && common_fits(ctx, a, a.rows, variant_bytes<96, 48, 2, PackedOut>());
 }
 
 void decoder_packed(const Ctx& ctx, const FreqTransposedArgs& a, const float* skip, void* xp) {
@@ -328,7 +329,7 @@ void decoder_packed(const Ctx& ctx, const FreqTransposedArgs& a, const float* sk
                     std::to_string(a.cout) + ", T " + std::to_string(a.T) + ")");
     if (ctx.dry || a.B == 0) return;
     ProfileSpan span(ctx, ProfKind::Gemm);
-    launch<96, 48, 2>(ctx, a, PackedOut{skip, xp}, int(a.rows));
+    launch<96, 48, 2>(ctx, a, PackedOut{skip, xp}, a.rows);
 }
 
 }  // namespace fastdemucs::cuda

@@ -173,10 +173,6 @@ __global__ void group_norm_apply_kernel(float* x, I total, Divisor<I> W, const f
         });
 }
 
-__global__ void inv_sqrt_kernel(const double* __restrict__ var, int64_t B, float eps, double* __restrict__ inv) {
-    FD_GRID_STRIDE(b, B) inv[b] = 1.0 / sqrt(var[b] + double(eps));
-}
-
 template <typename I>
 __global__ void group_norm_tokens_apply_kernel(float* x, I total, Divisor<I> NC, Divisor<I> C,
                                                const double* __restrict__ mean, const double* __restrict__ inv,
@@ -480,16 +476,18 @@ __global__ void freq_embedding_vec_kernel(float* x, const float* __restrict__ ta
     }
 }
 
+// x + gamma[c] * (y + bias[c]), bias and gamma optional (residual and residual_group_norm_tokens).
+__device__ __forceinline__ float residual_value(float x, float y, const float* bias, const float* gamma, int64_t c) {
+    const float v = y + (bias ? bias[c] : 0.0f);
+    return x + (gamma ? gamma[c] * v : v);
+}
+
 template <typename I>
 __global__ void residual_kernel(float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ bias,
                                 const float* __restrict__ gamma, I total, Divisor<I> C) {
     grid_stride_batched<kUnroll>(
         total, [&](I i) { return make_float2(x[i], y[i]); },
-        [&](I i, float2 xy) {
-            const I c = C.mod(i);
-            const float v = xy.y + (bias ? bias[c] : 0.0f);
-            x[i] = xy.x + (gamma ? gamma[c] * v : v);
-        });
+        [&](I i, float2 xy) { x[i] = residual_value(xy.x, xy.y, bias, gamma, int64_t(C.mod(i))); });
 }
 
 // residual_kernel's update of item b's values [lo, hi) of x [B, N * C]
@@ -514,8 +512,7 @@ __global__ void residual_stats_kernel(float* __restrict__ x, const float* __rest
         const float* ys = reinterpret_cast<const float*>(&yv);
 #pragma unroll
         for (int k = 0; k < 4; k++) {
-            const float v = ys[k] + (bias ? bias[c + k] : 0.0f);
-            xs[k] = xs[k] + (gamma ? gamma[c + k] * v : v);
+            xs[k] = residual_value(xs[k], ys[k], bias, gamma, c + k);
             const double d = xs[k];
             sum += d, sq += d * d;
         }
@@ -531,7 +528,7 @@ __global__ void residual_stats_kernel(float* __restrict__ x, const float* __rest
 }
 
 // Per item: mean and 1 / sqrt(variance + eps) from its partial triples
-// (segment_finalize_kernel's sums, then inv_sqrt_kernel's arithmetic).
+// (segment_finalize_kernel's sums and variance).
 __global__ void mean_inv_sqrt_kernel(const double* __restrict__ partial, int64_t splits, float eps,
                                      double* __restrict__ mean, double* __restrict__ inv) {
     __shared__ double shared[32];
@@ -1114,22 +1111,36 @@ void group_norm(const Ctx& ctx, float* x, const Segments& seg, const float* weig
     FD_LAUNCH_CHECK();
 }
 
-void group_norm_tokens(const Ctx& ctx, float* x, int64_t B, int64_t N, int64_t C, const float* weight,
-                       const float* bias, float eps) {
+namespace {
+
+// GroupNorm(1, C) of token-major x [B, N, C] in place from its items'
+// partial triples (`splits` an item): their mean and inverse deviation,
+// then the affine map.
+void group_norm_tokens_from_partials(const Ctx& ctx, float* x, int64_t B, int64_t N, int64_t C,
+                                     const double* partial, int64_t splits, const float* weight, const float* bias,
+                                     float eps) {
     ArenaScope scope(*ctx.arena);
     double* mean = ctx.arena->alloc<double>(B);
-    double* var = ctx.arena->alloc<double>(B);
     double* inv = ctx.arena->alloc<double>(B);
-    Segments seg;
-    seg.B = B, seg.W = N * C;
-    segment_stats(ctx, x, seg, Spread::Variance, mean, var);
-    if (ctx.dry) return;
-    inv_sqrt_kernel<<<grid_for(B), kThreads, 0, ctx.stream>>>(var, B, eps, inv);
+    if (ctx.dry || B * N * C == 0) return;
+    mean_inv_sqrt_kernel<<<unsigned(B), kThreads, 0, ctx.stream>>>(partial, splits, eps, mean, inv);
     FD_LAUNCH_CHECK();
     FD_INDEX_DISPATCH(B * N * C, I,
                       group_norm_tokens_apply_kernel<I><<<grid_for(B * N * C), kThreads, 0, ctx.stream>>>(
                           x, I(B * N * C), Divisor<I>(N * C), Divisor<I>(C), mean, inv, weight, bias));
     FD_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+void group_norm_tokens(const Ctx& ctx, float* x, int64_t B, int64_t N, int64_t C, const float* weight,
+                       const float* bias, float eps) {
+    ArenaScope scope(*ctx.arena);
+    Segments seg;
+    seg.B = B, seg.W = N * C;
+    int64_t splits = 1;
+    const double* partial = segment_partials(ctx, x, seg, nullptr, &splits);
+    group_norm_tokens_from_partials(ctx, x, B, N, C, partial, splits, weight, bias, eps);
 }
 
 namespace {
@@ -1365,18 +1376,12 @@ void residual_group_norm_tokens(const Ctx& ctx, float* x, const float* y, const 
     }
     ArenaScope scope(*ctx.arena);
     double* partial = ctx.arena->alloc<double>(3 * B * splits);
-    double* mean = ctx.arena->alloc<double>(B);
-    double* inv = ctx.arena->alloc<double>(B);
-    if (ctx.dry || B * size == 0) return;
-    residual_stats_kernel<<<unsigned(B * splits), kThreads, 0, ctx.stream>>>(x, y, bias, gamma, size, splits, int(C),
-                                                                              partial);
-    FD_LAUNCH_CHECK();
-    mean_inv_sqrt_kernel<<<unsigned(B), kThreads, 0, ctx.stream>>>(partial, splits, eps, mean, inv);
-    FD_LAUNCH_CHECK();
-    FD_INDEX_DISPATCH(B * size, I,
-                      group_norm_tokens_apply_kernel<I><<<grid_for(B * size), kThreads, 0, ctx.stream>>>(
-                          x, I(B * size), Divisor<I>(size), Divisor<I>(C), mean, inv, weight, norm_bias));
-    FD_LAUNCH_CHECK();
+    if (!ctx.dry && B * size > 0) {
+        residual_stats_kernel<<<unsigned(B * splits), kThreads, 0, ctx.stream>>>(x, y, bias, gamma, size, splits,
+                                                                                  int(C), partial);
+        FD_LAUNCH_CHECK();
+    }
+    group_norm_tokens_from_partials(ctx, x, B, N, C, partial, splits, weight, norm_bias, eps);
 }
 
 void add_broadcast(const Ctx& ctx, float* x, const float* table, float weight, int64_t B, int64_t n) {
