@@ -48,6 +48,21 @@ TEST(SeparateCpu, TinyOverlap25) {
                        testing_support::read_npy(testing_support::fixture("tiny/tiny_separate_4s.npy")));
 }
 
+// separate_on_device needs a GPU separator: on the CPU it is a one-line error.
+TEST(SeparateCpu, OnDeviceIsAnErrorOnTheCpu) {
+    REQUIRE_FIXTURES("tiny/0d0b2025.th", "tiny/tiny.yaml", "tiny/mix_4s.wav");
+    auto sep = load("tiny", "tiny");
+    const Audio mix = read_audio(testing_support::fixture("tiny/mix_4s.wav"));
+    std::vector<float> stems(sep->sources().size() * mix.data.size());
+    const DeviceAudio view{mix.data.data(), mix.channels, mix.samples, mix.samplerate};
+    try {
+        sep->separate_on_device(view, stems.data(), no_shift(0.25));
+        FAIL() << "no error";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("-d cuda"), std::string::npos) << e.what();
+    }
+}
+
 TEST(SeparateCpu, TinyOverlap50) {
     auto sep = load("tiny", "tiny");
     Audio mix = read_audio(testing_support::fixture("tiny/mix_4s.wav"));

@@ -4,7 +4,9 @@
 // path (ModelBackend::separate_track). The TrackPath tests check that path
 // against the host path of engine/apply (FASTDEMUCS_HOST_APPLY=1) with the
 // same backend: shifts, segment override, overlap, no split, long tracks
-// with a partial last batch, bags, progress. Skips itself without a GPU.
+// with a partial last batch, bags, progress. The OnDevice tests check
+// Separator::separate_on_device (mix and stems in GPU memory) against
+// separate(). Skips itself without a GPU.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -15,6 +17,7 @@
 #include <vector>
 
 #include "cuda/branch.h"
+#include "cuda/common.h"
 #include "engine/apply.h"
 #include "engine/backend.h"
 #include "model/model.h"
@@ -135,7 +138,96 @@ void expect_track_equals_host(const Separator& sep, const Audio& mix, const Sepa
     }
 }
 
+// separate_on_device of `mix` (uploaded first), downloaded: the stems as separate() returns them.
+Stems separate_via_device(const Separator& sep, const Audio& mix, const SeparateParams& p) {
+    using fastdemucs::cuda::DeviceBuffer;
+    const size_t mix_count = mix.data.size(), stem_count = sep.sources().size() * mix_count;
+    DeviceBuffer mix_d = fastdemucs::cuda::upload(mix.data.data(), mix_count * sizeof(float), "the test mix");
+    DeviceBuffer stems_d(stem_count * sizeof(float), "the test stems");
+    DeviceAudio view;
+    view.data = mix_d.as<float>();
+    view.channels = mix.channels;
+    view.samples = mix.samples;
+    view.samplerate = mix.samplerate;
+    sep.separate_on_device(view, stems_d.as<float>(), p);
+    Stems out;
+    out.names = sep.sources();
+    out.channels = mix.channels;
+    out.samples = mix.samples;
+    out.samplerate = mix.samplerate;
+    out.data.resize(stem_count);
+    FD_CUDA(cudaMemcpy(out.data.data(), stems_d.get(), stem_count * sizeof(float), cudaMemcpyDeviceToHost));
+    return out;
+}
+
 }  // namespace
+
+// From GPU memory to GPU memory: the very stems of separate() (the same
+// track path, the same shift offsets for the same seed), through the
+// shifts' accumulator too; a track past the path's memory cap goes through
+// host memory, with the same stems again.
+TEST(SeparateCuda, OnDeviceEqualsSeparate) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    REQUIRE_FIXTURES("tiny/0d0b2025.th", "tiny/tiny.yaml", "tiny/mix_4s.wav");
+    const Audio mix = read_audio(testing_support::fixture("tiny/mix_4s.wav"));
+    for (Precision precision : {Precision::Fp32, Precision::Fp16}) {
+        auto sep = load("tiny", "tiny", precision);
+        SeparateParams p = no_shift(0.25);
+        EXPECT_EQ(separate_via_device(*sep, mix, p).data, sep->separate(mix, p).data) << "shifts 0";
+        p.shifts = 2;
+        p.seed = 7;
+        EXPECT_EQ(separate_via_device(*sep, mix, p).data, sep->separate(mix, p).data) << "shifts 2";
+        p.shifts = 1;
+        p.seed = 3;
+        p.normalize = false;
+        EXPECT_EQ(separate_via_device(*sep, mix, p).data, sep->separate(mix, p).data) << "shifts 1 unnormalised";
+        {
+            ScopedEnv env("FASTDEMUCS_TRACK_PATH_MAX_MIB", "1");  // declined: through the host
+            const Stems routed = separate_via_device(*sep, mix, p);
+            EXPECT_EQ(routed.data, sep->separate(mix, p).data) << "past the cap";
+        }
+    }
+}
+
+// A bag mixes its members' stems in host memory: the stems of separate().
+TEST(SeparateCuda, OnDeviceBagEqualsSeparate) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    REQUIRE_FIXTURES("tiny/tiny_bag.yaml", "tiny/6325d78b.th", "tiny/mix_4s.wav");
+    const Audio mix = read_audio(testing_support::fixture("tiny/mix_4s.wav"));
+    auto bag = load("tiny", "tiny_bag", Precision::Fp32);
+    const SeparateParams p = no_shift(0.25);
+    EXPECT_EQ(separate_via_device(*bag, mix, p).data, bag->separate(mix, p).data);
+}
+
+// Host pointers, null pointers and a wrong channel count are one-line errors.
+TEST(SeparateCuda, OnDeviceRefusesMemoryOutsideTheGpu) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    REQUIRE_FIXTURES("tiny/0d0b2025.th", "tiny/tiny.yaml", "tiny/mix_4s.wav");
+    const Audio mix = read_audio(testing_support::fixture("tiny/mix_4s.wav"));
+    auto sep = load("tiny", "tiny", Precision::Fp32);
+    std::vector<float> host_stems(sep->sources().size() * mix.data.size());
+    fastdemucs::cuda::DeviceBuffer mix_d =
+        fastdemucs::cuda::upload(mix.data.data(), mix.data.size() * sizeof(float), "the test mix");
+    fastdemucs::cuda::DeviceBuffer stems_d(host_stems.size() * sizeof(float), "the test stems");
+    DeviceAudio on_host{mix.data.data(), mix.channels, mix.samples, mix.samplerate};
+    DeviceAudio on_device{mix_d.as<float>(), mix.channels, mix.samples, mix.samplerate};
+    const SeparateParams p = no_shift(0.25);
+    auto message = [&](const DeviceAudio& m, float* stems) {
+        try {
+            sep->separate_on_device(m, stems, p);
+        } catch (const Error& e) {
+            return std::string(e.what());
+        }
+        return std::string("no error");
+    };
+    EXPECT_NE(message(on_host, stems_d.as<float>()).find("the mix"), std::string::npos);
+    EXPECT_NE(message(on_device, host_stems.data()).find("the stems"), std::string::npos);
+    EXPECT_NE(message(on_device, nullptr).find("null"), std::string::npos);
+    DeviceAudio mono = on_device;
+    mono.channels = 1;
+    EXPECT_NE(message(mono, stems_d.as<float>()).find("channels"), std::string::npos);
+    EXPECT_EQ(message(on_device, stems_d.as<float>()), "no error");
+}
 
 TEST(SeparateCuda, TinyOverlap25Fp32) {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";

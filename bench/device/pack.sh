@@ -7,6 +7,7 @@
 #   .device/fixtures the fixture set asked for (tiny | full6s | none)
 #   .device/py       the official demucs package for the side-by-side baseline (never committed)
 # Usage: bench/device/pack.sh tiny|full6s|none [DEMUCS_ROOT]
+# PACK_TINY_WEIGHTS=1 adds the tiny model and mix_4s.wav to any set.
 # PACK_CUDA=OFF PACK_EXPORT=ON PACK_BUILD=build-export builds only what `fastdemucs export` needs
 # (the ONNX check of full6s on the GPU machine: bench/device/onnx_full6s.sh).
 set -euo pipefail
@@ -47,6 +48,12 @@ case "$set_name" in
     cp build-device/full6s.th.xz "$fixtures"/full6s/{full6s.yaml,mix_3s.wav,mix_12s.wav} .device/fixtures/full6s/ ;;
   none) ;;
 esac
+# PACK_TINY_WEIGHTS=1: the tiny model and a mix beside any set (1.5 MB; the
+# track-path tests that need no reference output or bag, e.g. beside full6s).
+if [ "${PACK_TINY_WEIGHTS:-0}" = 1 ]; then
+  mkdir -p .device/fixtures/tiny
+  cp "$fixtures"/tiny/{0d0b2025.th,tiny.yaml,mix_4s.wav} .device/fixtures/tiny/
+fi
 if [ $# -ge 2 ]; then
   mkdir -p .device/py && cp -r "$2/demucs" .device/py/
   find .device/py -name '__pycache__' -prune -exec rm -rf {} +

@@ -59,6 +59,16 @@ struct Pcm16Stems {
 
 // The official command's --clip-mode: rescale divides a stem by
 // max(1.01 * peak, 1); clamp limits its samples to [-0.99, 0.99].
+// A mix already in GPU memory (Separator::separate_on_device): data is a
+// device pointer (cudaMalloc'd or managed) on the separator's GPU, [channels,
+// samples] float32, complete (its writes synchronised) when the call starts.
+struct DeviceAudio {
+    const float* data = nullptr;
+    int channels = 0;
+    int64_t samples = 0;
+    int samplerate = 44100;
+};
+
 enum class ClipMode { Rescale, Clamp, None };
 
 enum class DeviceKind { Cpu, Cuda };
@@ -135,6 +145,14 @@ public:
     // torchaudio's (sox's) float -> int16 rounding. A GPU backend converts on
     // the device and downloads half the bytes of the float stems.
     virtual Pcm16Stems separate_pcm16(const Audio& mix, const SeparateParams& params, ClipMode clip) const = 0;
+    // The same separation with the mix and the stems in the GPU's memory (a
+    // separator loaded with DeviceKind::Cuda), for programs whose audio is
+    // already there: stems is a device pointer to [sources, channels,
+    // samples] float32 on the same GPU, written when the call returns. A
+    // plain model runs from that memory to that memory; a bag, or a track
+    // whose buffers do not fit the GPU, goes through host memory. Throws
+    // Error on a CPU separator or a pointer outside that GPU's memory.
+    virtual void separate_on_device(const DeviceAudio& mix, float* stems, const SeparateParams& params) const = 0;
 };
 
 // For a program that is done with the GPU: destroys the CUDA contexts that

@@ -188,6 +188,10 @@
 // is converted and copied again, whole, after the last batch (converting
 // everything after the last batch left ~4 ms of conversion and copies with
 // the GPU otherwise idle).
+// A separator's separate_on_device (separate_track_on_device) takes the
+// track from device memory and writes the finished stems into the caller's
+// device buffer (that buffer is then the shifts' average): no staging, no
+// downloads.
 // Nothing goes back up. Progress is reported one batch late (an event per
 // batch), so the GPU always has the next batch queued. Device memory for a
 // track of L samples (C channels, S sources), besides the workspace and the
@@ -744,15 +748,55 @@ public:
         return run_track(mix, length, params, shift_offsets, output, on_chunks);
     }
 
+    bool separate_track_on_device(const float* mix, int64_t length, const SeparateParams& params,
+                                  const std::vector<int64_t>& shift_offsets, float* out,
+                                  const std::function<void(int64_t)>& on_chunks) override {
+        const int64_t C = model_->config.audio_channels, S = model_->config.num_sources();
+        check_on_device(mix, size_t(C * length), "the mix");
+        check_on_device(out, size_t(S * C * length), "the stems");
+        TrackOutput output;
+        output.mix_on_device = true;
+        output.device = out;
+        return run_track(mix, length, params, shift_offsets, output, on_chunks);
+    }
+
+    void copy_from_device(const float* device, size_t count, float* host) override {
+        check_on_device(device, count, "the mix");
+        FD_CUDA(cudaMemcpy(host, device, count * sizeof(float), cudaMemcpyDeviceToHost));
+    }
+
+    void copy_to_device(const float* host, size_t count, float* device) override {
+        check_on_device(device, count, "the stems");
+        FD_CUDA(cudaMemcpy(device, host, count * sizeof(float), cudaMemcpyHostToDevice));
+    }
+
 private:
+    // A caller's pointer to `count` floats must be in this device's memory
+    // (cudaMalloc'd or managed): anything else is a one-line error, not a
+    // fault inside a kernel.
+    void check_on_device(const float* p, size_t count, const char* what) const {
+        FD_CUDA(cudaSetDevice(device_));
+        cudaPointerAttributes a{};
+        const cudaError_t e = cudaPointerGetAttributes(&a, p);
+        if (e != cudaSuccess) cudaGetLastError();
+        const bool ok = e == cudaSuccess &&
+                        (a.type == cudaMemoryTypeManaged || (a.type == cudaMemoryTypeDevice && a.device == device_));
+        if (!ok)
+            throw Error(std::string(what) + " (" + std::to_string(count) + " floats) is not in the memory of GPU " +
+                        std::to_string(device_) + ", where the model was loaded");
+    }
+
     // Where the track path's stems go: floats [S, C, L], or 16-bit PCM
     // [S, L, C] converted on the device (half the bytes to fault in and
     // copy), both downloaded region by region while later batches run (a
-    // stem that rescale divides converted and downloaded again at the end).
+    // stem that rescale divides converted and downloaded again at the end);
+    // or floats [S, C, L] in device memory, written there region by region.
     struct TrackOutput {
         std::vector<float>* floats = nullptr;
         std::vector<int16_t>* pcm16 = nullptr;
         ClipMode clip = ClipMode::Rescale;
+        float* device = nullptr;     // the stems in this device's memory (floats, pcm16 null)
+        bool mix_on_device = false;  // the mix is in this device's memory too
     };
 
     bool run_track(const float* mix, int64_t length, const SeparateParams& params,
@@ -811,7 +855,8 @@ private:
         const size_t at_track = take(size_t(C) * g.total * sizeof(float));
         const size_t at_view = take(size_t(SC) * pitch * sizeof(float));
         const size_t at_sum = take(weighted ? size_t(pitch) * sizeof(float) : 0);
-        const size_t at_acc = take(params.shifts >= 2 ? size_t(SC) * L * sizeof(float) : 0);
+        // (A device output is the shifts' accumulator itself.)
+        const size_t at_acc = take(params.shifts >= 2 && !output.device ? size_t(SC) * L * sizeof(float) : 0);
         const size_t at_stats = take((2 + size_t(track_stats_partials())) * sizeof(double));
         const size_t at_peaks = take(output.pcm16 ? size_t(S) * sizeof(unsigned) : 0);
         const size_t at_pcm16 = take(output.pcm16 ? size_t(SC) * L * sizeof(int16_t) : 0);
@@ -880,7 +925,11 @@ private:
             FD_CUDA(cudaMemset2DAsync(track + max_shift + L, size_t(g.total) * sizeof(float), 0,
                                       size_t(max_shift) * sizeof(float), size_t(C), stream));
         }
-        if (UploadStaging* staging = upload_staging()) {
+        if (output.mix_on_device) {
+            FD_CUDA(cudaMemcpy2DAsync(track + max_shift, size_t(g.total) * sizeof(float), mix,
+                                      size_t(L) * sizeof(float), size_t(L) * sizeof(float), size_t(C),
+                                      cudaMemcpyDeviceToDevice, stream));
+        } else if (UploadStaging* staging = upload_staging()) {
             staging->upload(track + max_shift, size_t(g.total), mix, size_t(L), size_t(L), size_t(C), stream);
         } else {
             FD_CUDA(cudaMemcpy2DAsync(track + max_shift, size_t(g.total) * sizeof(float), mix,
@@ -899,8 +948,10 @@ private:
         // while the next batch runs; the output vector is sized (zero-filled
         // by the host) while the first batches run.
         const double* st = params.normalize ? stats : nullptr;
-        float* result = params.shifts <= 1 ? nullptr : acc;  // the view's window itself when <= 1 shift
-        const int64_t result_pitch = params.shifts <= 1 ? pitch : L;
+        // The finished stems: the view's window itself when <= 1 shift (then
+        // downloaded), a device output directly.
+        float* result = output.device ? output.device : params.shifts <= 1 ? nullptr : acc;
+        const int64_t result_pitch = result ? L : pitch;
         int64_t done = 0;  // track samples [0, done) finished on the device
         // The host output (381 MB for 3 minutes of 6 stems) is faulted in
         // and page-locked, piece by piece, by threads of their own while the
@@ -917,7 +968,7 @@ private:
         // The copies go through the backend's download ring (cuda/download_ring.h)
         // unless FASTDEMUCS_DOWNLOAD_RING=0 (the output page-locked, as before it).
         DownloadRing* ring = nullptr;
-        if (download_ring_wanted()) {  // (never without pinning)
+        if (!output.device && download_ring_wanted()) {  // (never without pinning)
             if (!download_ring_) {
                 if (!ring_pending_.valid()) start_download_ring();
                 if (ring_pending_.valid()) {
@@ -934,7 +985,7 @@ private:
         std::optional<HostOutput<int16_t>> pcm16_out;
         if (output.pcm16)
             pcm16_out.emplace(*output.pcm16, size_t(SC * L), device_, pin, copy_stream, piece_bytes, ring);
-        else
+        else if (output.floats)
             float_out.emplace(*output.floats, size_t(SC * L), device_, pin, copy_stream, piece_bytes, ring);
         const float* finished = nullptr;  // the finished stems [SC, L], row pitch result_pitch
         struct RowCopy {
@@ -959,7 +1010,7 @@ private:
         auto queue_copies = [&](bool wait) {
             if (float_out)
                 queue_into(*float_out, wait);
-            else
+            else if (pcm16_out)
                 queue_into(*pcm16_out, wait);
         };
         if (pcm16_out && output.clip == ClipMode::Rescale)
@@ -975,7 +1026,7 @@ private:
             if (float_out) {
                 for (int64_t row = 0; row < SC; row++)
                     waiting.push_back({dst + row * result_pitch + done, size_t(row * L + done), size_t(upto - done)});
-            } else {
+            } else if (pcm16_out) {
                 if (output.clip == ClipMode::Rescale)
                     stem_peaks(copy_stream, dst, int(S), C, done, upto - done, result_pitch, peaks);
                 // Under rescale, provisional: the divisor 1 (null peaks).
@@ -1028,7 +1079,7 @@ private:
             if (step.last) {
                 download(cut, step, pending, ready_[slot ^ 1]->event);
             } else {
-                finish_shift(stream, view, pitch, cut.skip, sum_weight, SC, 0, L, step, st, acc, L);
+                finish_shift(stream, view, pitch, cut.skip, sum_weight, SC, 0, L, step, st, result, L);
             }
         }
         short_batches_met_.insert(short_met.begin(), short_met.end());

@@ -283,6 +283,26 @@ std::vector<float> run_model(ModelBackend& backend, const float* mix, int channe
     return out;
 }
 
+// The progress of a separation by `bag`, before its first chunk.
+Progress progress_of(const std::vector<BagMember>& bag, int64_t length, const SeparateParams& params) {
+    if (bag.empty()) throw Error("no model to run");
+    if (length <= 0) throw Error("the track is empty");
+    Progress progress;
+    progress.models = static_cast<int>(bag.size());
+    for (const auto& member : bag)
+        progress.chunks_total += count_chunks(length, segment_length_of(*member.backend, params), params,
+                                              member.backend->model().config.samplerate);
+    return progress;
+}
+
+// One model of weight 1 (a plain model): its stems are the result (a bag's
+// weighted mean would only add 0 and divide by 1).
+bool is_plain(const std::vector<BagMember>& bag) {
+    bool plain = bag.size() == 1;
+    for (double w : bag[0].weights) plain = plain && w == 1.0;
+    return plain;
+}
+
 }  // namespace
 
 std::vector<float> apply_single_model(ModelBackend& backend, const float* mix, int channels, int64_t length,
@@ -303,21 +323,9 @@ std::vector<float> separate_single_model(ModelBackend& backend, const float* mix
 
 std::vector<float> separate_with_bag(const std::vector<BagMember>& bag, const float* mix, int channels,
                                      int64_t length, const SeparateParams& params, Pcm16Request* pcm16) {
-    if (bag.empty()) throw Error("no model to run");
-    if (length <= 0) throw Error("the track is empty");
+    Progress progress = progress_of(bag, length, params);
     const int S = bag[0].backend->model().config.num_sources();
-
-    Progress progress;
-    progress.models = static_cast<int>(bag.size());
-    for (const auto& member : bag)
-        progress.chunks_total += count_chunks(length, segment_length_of(*member.backend, params), params,
-                                              member.backend->model().config.samplerate);
-
-    // One model of weight 1 (a plain model): its stems are the result (the
-    // weighted mean below would only add 0 and divide by 1).
-    bool plain = bag.size() == 1;
-    for (double w : bag[0].weights) plain = plain && w == 1.0;
-    if (plain) {
+    if (is_plain(bag)) {
         progress.model_index = 0;
         bag[0].backend->set_threads(params.threads);
         auto on_chunks = [&](int64_t n) {
@@ -370,6 +378,27 @@ std::vector<float> separate_with_bag(const std::vector<BagMember>& bag, const fl
         }
     }
     return estimate;
+}
+
+void separate_with_bag_on_device(const std::vector<BagMember>& bag, const float* mix, int channels, int64_t length,
+                                 const SeparateParams& params, float* stems) {
+    Progress progress = progress_of(bag, length, params);
+    ModelBackend& backend = *bag[0].backend;
+    if (is_plain(bag) && backend.has_track_path() && !host_apply_forced()) {
+        backend.set_threads(params.threads);
+        auto on_chunks = [&](int64_t n) {
+            progress.chunks_done += n;
+            if (params.progress) params.progress(progress);
+        };
+        const std::vector<int64_t> offsets = prepare(backend, channels, length, params, {});
+        if (backend.separate_track_on_device(mix, length, params, offsets, stems, on_chunks)) return;
+    }
+    // Through host memory: a bag mixes its members' stems there, and a track
+    // whose buffers do not fit the GPU streams through it.
+    std::vector<float> host(size_t(channels) * size_t(length));
+    backend.copy_from_device(mix, host.size(), host.data());
+    const std::vector<float> out = separate_with_bag(bag, host.data(), channels, length, params);
+    backend.copy_to_device(out.data(), out.size(), stems);
 }
 
 }  // namespace fastdemucs

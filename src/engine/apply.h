@@ -33,6 +33,13 @@ struct Pcm16Request {
 std::vector<float> separate_with_bag(const std::vector<BagMember>& bag, const float* mix, int channels,
                                      int64_t length, const SeparateParams& params, Pcm16Request* pcm16 = nullptr);
 
+// separate_with_bag with mix [C, L] and stems [S, C, L] in the backends'
+// device memory (Separator::separate_on_device): a plain model runs its
+// device track path; a bag, or a track the path declines, goes through host
+// memory (the same stems either way).
+void separate_with_bag_on_device(const std::vector<BagMember>& bag, const float* mix, int channels, int64_t length,
+                                 const SeparateParams& params, float* stems);
+
 // One model, no normalisation: the official apply_model(model, mix[None]).
 // `shift_offsets` replaces the random offsets when not empty (tests).
 // Runs ModelBackend::separate_track when the backend provides it (unless

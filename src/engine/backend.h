@@ -63,6 +63,27 @@ public:
         (void)mix, (void)length, (void)params, (void)shift_offsets, (void)clip, (void)out, (void)on_chunks;
         return false;
     }
+    // Optional, beside the track path: the same with mix and out in the
+    // backend's device memory (Separator::separate_on_device), out [sources,
+    // audio_channels, length] written in place. Returns false when not
+    // provided or when the track path declines (nothing has run then).
+    virtual bool separate_track_on_device(const float* mix, int64_t length, const SeparateParams& params,
+                                          const std::vector<int64_t>& shift_offsets, float* out,
+                                          const std::function<void(int64_t)>& on_chunks) {
+        (void)mix, (void)length, (void)params, (void)shift_offsets, (void)out, (void)on_chunks;
+        return false;
+    }
+    // Copies of `count` floats between host memory and the backend's device
+    // memory (separate_on_device's route through the host). Throw Error where
+    // the backend has no device memory or the pointer is not in it.
+    virtual void copy_from_device(const float* device, size_t count, float* host) {
+        (void)device, (void)count, (void)host;
+        throw Error("the mix is in GPU memory but the model was loaded on the CPU: load it with -d cuda");
+    }
+    virtual void copy_to_device(const float* host, size_t count, float* device) {
+        (void)host, (void)count, (void)device;
+        throw Error("the stems are wanted in GPU memory but the model was loaded on the CPU: load it with -d cuda");
+    }
 };
 
 #ifdef FASTDEMUCS_WITH_CPU

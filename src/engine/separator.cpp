@@ -59,6 +59,12 @@ public:
         return stems;
     }
 
+    void separate_on_device(const DeviceAudio& mix, float* stems, const SeparateParams& params) const override {
+        check_mix(mix.channels, mix.samplerate);
+        if (!mix.data || !stems) throw Error("separate_on_device: the mix or the stems pointer is null");
+        separate_with_bag_on_device(bag_, mix.data, mix.channels, mix.samples, params, stems);
+    }
+
 private:
     // The (empty) stems of a separation of `mix`, once the mix is checked:
     // Stems or Pcm16Stems, which share these fields.
@@ -74,14 +80,18 @@ private:
     }
 
     void check_mix(const Audio& mix) const {
-        if (mix.channels != audio_channels())
-            throw Error("the model expects " + std::to_string(audio_channels()) + " channels, got " +
-                        std::to_string(mix.channels));
-        if (mix.samplerate != samplerate())
-            throw Error("the model expects audio at " + std::to_string(samplerate()) + " Hz, got " +
-                        std::to_string(mix.samplerate) + " Hz");
+        check_mix(mix.channels, mix.samplerate);
         if (int64_t(mix.data.size()) != int64_t(mix.channels) * mix.samples)
             throw Error("audio buffer size does not match channels x samples");
+    }
+
+    void check_mix(int channels, int rate) const {
+        if (channels != audio_channels())
+            throw Error("the model expects " + std::to_string(audio_channels()) + " channels, got " +
+                        std::to_string(channels));
+        if (rate != samplerate())
+            throw Error("the model expects audio at " + std::to_string(samplerate()) + " Hz, got " +
+                        std::to_string(rate) + " Hz");
     }
 
     std::vector<BagMember> bag_;
