@@ -175,13 +175,13 @@ int main(int argc, char** argv) {
             {
                 const size_t mix_bytes = track.data.size() * sizeof(float);
                 const size_t stem_bytes = mix_bytes * stems.names.size();
-                float *mix_d = nullptr, *stems_d = nullptr;
-                if (cudaMalloc(&mix_d, mix_bytes) != cudaSuccess || cudaMalloc(&stems_d, stem_bytes) != cudaSuccess)
+                struct Buffers {
+                    float *mix = nullptr, *stems = nullptr;
+                    ~Buffers() { cudaFree(mix), cudaFree(stems); }
+                } d;
+                if (cudaMalloc(&d.mix, mix_bytes) != cudaSuccess || cudaMalloc(&d.stems, stem_bytes) != cudaSuccess)
                     throw std::runtime_error("no GPU memory for the device-resident track");
-                struct Free {
-                    float *a, *b;
-                    ~Free() { cudaFree(a), cudaFree(b); }
-                } free_them{mix_d, stems_d};
+                float *mix_d = d.mix, *stems_d = d.stems;
                 if (cudaMemcpy(mix_d, track.data.data(), mix_bytes, cudaMemcpyHostToDevice) != cudaSuccess)
                     throw std::runtime_error("the device-resident track's upload failed");
                 const DeviceAudio view{mix_d, track.channels, track.samples, track.samplerate};

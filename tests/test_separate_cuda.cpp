@@ -144,6 +144,8 @@ Stems separate_via_device(const Separator& sep, const Audio& mix, const Separate
     const size_t mix_count = mix.data.size(), stem_count = sep.sources().size() * mix_count;
     DeviceBuffer mix_d = fastdemucs::cuda::upload(mix.data.data(), mix_count * sizeof(float), "the test mix");
     DeviceBuffer stems_d(stem_count * sizeof(float), "the test stems");
+    // NaNs first: a path that wrote nothing must not pass on a reused buffer's old stems.
+    FD_CUDA(cudaMemset(stems_d.get(), 0xff, stem_count * sizeof(float)));
     DeviceAudio view;
     view.data = mix_d.as<float>();
     view.channels = mix.channels;
@@ -183,6 +185,7 @@ TEST(SeparateCuda, OnDeviceEqualsSeparate) {
         EXPECT_EQ(separate_via_device(*sep, mix, p).data, sep->separate(mix, p).data) << "shifts 1 unnormalised";
         {
             ScopedEnv env("FASTDEMUCS_TRACK_PATH_MAX_MIB", "1");  // declined: through the host
+            p.seed = 4;
             const Stems routed = separate_via_device(*sep, mix, p);
             EXPECT_EQ(routed.data, sep->separate(mix, p).data) << "past the cap";
         }
@@ -199,7 +202,7 @@ TEST(SeparateCuda, OnDeviceBagEqualsSeparate) {
     EXPECT_EQ(separate_via_device(*bag, mix, p).data, bag->separate(mix, p).data);
 }
 
-// Host pointers, null pointers and a wrong channel count are one-line errors.
+// Host pointers, null pointers, a stems buffer too small and a wrong channel count are one-line errors.
 TEST(SeparateCuda, OnDeviceRefusesMemoryOutsideTheGpu) {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
     REQUIRE_FIXTURES("tiny/0d0b2025.th", "tiny/tiny.yaml", "tiny/mix_4s.wav");
@@ -223,6 +226,9 @@ TEST(SeparateCuda, OnDeviceRefusesMemoryOutsideTheGpu) {
     EXPECT_NE(message(on_host, stems_d.as<float>()).find("the mix"), std::string::npos);
     EXPECT_NE(message(on_device, host_stems.data()).find("the stems"), std::string::npos);
     EXPECT_NE(message(on_device, nullptr).find("null"), std::string::npos);
+    // A stems buffer of the mix's size (one stem's worth, not six): refused before anything runs.
+    fastdemucs::cuda::DeviceBuffer small(mix.data.size() * sizeof(float), "a buffer too small");
+    EXPECT_NE(message(on_device, small.as<float>()).find("needs"), std::string::npos);
     DeviceAudio mono = on_device;
     mono.channels = 1;
     EXPECT_NE(message(mono, stems_d.as<float>()).find("channels"), std::string::npos);

@@ -57,11 +57,9 @@ struct Pcm16Stems {
     const int16_t* stem(int s) const { return data.data() + static_cast<int64_t>(s) * channels * samples; }
 };
 
-// The official command's --clip-mode: rescale divides a stem by
-// max(1.01 * peak, 1); clamp limits its samples to [-0.99, 0.99].
 // A mix already in GPU memory (Separator::separate_on_device): data is a
 // device pointer (cudaMalloc'd or managed) on the separator's GPU, [channels,
-// samples] float32, complete (its writes synchronised) when the call starts.
+// samples] float32.
 struct DeviceAudio {
     const float* data = nullptr;
     int channels = 0;
@@ -69,6 +67,8 @@ struct DeviceAudio {
     int samplerate = 44100;
 };
 
+// The official command's --clip-mode: rescale divides a stem by
+// max(1.01 * peak, 1); clamp limits its samples to [-0.99, 0.99].
 enum class ClipMode { Rescale, Clamp, None };
 
 enum class DeviceKind { Cpu, Cuda };
@@ -148,10 +148,13 @@ public:
     // The same separation with the mix and the stems in the GPU's memory (a
     // separator loaded with DeviceKind::Cuda), for programs whose audio is
     // already there: stems is a device pointer to [sources, channels,
-    // samples] float32 on the same GPU, written when the call returns. A
-    // plain model runs from that memory to that memory; a bag, or a track
-    // whose buffers do not fit the GPU, goes through host memory. Throws
-    // Error on a CPU separator or a pointer outside that GPU's memory.
+    // samples] float32 on the same GPU. The call runs on streams of its own:
+    // the caller's writes of the mix, and its reads of the stems buffer's
+    // old contents, must be finished (synchronised) when it starts; the
+    // stems are written when it returns. A plain model runs from that memory
+    // to that memory; a bag, or a track whose buffers do not fit the GPU,
+    // goes through host memory. Throws Error on a CPU separator, or when
+    // either buffer is not (whole) in that GPU's memory.
     virtual void separate_on_device(const DeviceAudio& mix, float* stems, const SeparateParams& params) const = 0;
 };
 

@@ -188,18 +188,17 @@
 // is converted and copied again, whole, after the last batch (converting
 // everything after the last batch left ~4 ms of conversion and copies with
 // the GPU otherwise idle).
-// A separator's separate_on_device (separate_track_on_device) takes the
-// track from device memory and writes the finished stems into the caller's
-// device buffer (that buffer is then the shifts' average): no staging, no
-// downloads.
-// Nothing goes back up. Progress is reported one batch late (an event per
+// Nothing goes back up. A separator's separate_on_device
+// (separate_track_on_device) takes the track from device memory instead
+// and writes the finished stems into the caller's device buffer (which is
+// then also the shifts' average): no staging, no downloads. Progress is reported one batch late (an event per
 // batch), so the GPU always has the next batch queued. Device memory for a
 // track of L samples (C channels, S sources), besides the workspace and the
 // weights:
 //     track   4 C (L + 2 max_shift)
 //     view    4 S C (L + max_shift)      (4 S C L without shifts)
 //     weights 4 (L + max_shift)          (the summed transition weights)
-//     average 4 S C L                    (only with shifts >= 2)
+//     average 4 S C L                    (only with shifts >= 2 and a host output)
 //     pcm16   2 S C L                    (only for 16-bit stems)
 // For htdemucs_6s (S = 6, C = 2) one hour at 44.1 kHz (158.8 M samples) is
 // 1.27 + 7.62 + 0.64 = 9.5 GB (17.2 GB with shifts >= 2; 16-bit stems add
@@ -231,6 +230,8 @@
 #include <thread>
 #include <type_traits>
 #include <vector>
+
+#include <cuda.h>  // CUresult, CUdeviceptr (cuMemGetAddressRange through the runtime)
 
 #include "cuda/arena.h"
 #include "cuda/branch.h"
@@ -411,6 +412,30 @@ struct BranchStream {
     BlasOwner blas;  // (destroyed before its workspace and stream)
     EventOwner fork, join;
 };
+
+// The bytes from p to the end of the device allocation holding it
+// (cuMemGetAddressRange, reached through the runtime: no libcuda link);
+// false where the driver cannot say.
+bool allocation_room(const void* p, size_t* room) {
+    using GetAddressRange = CUresult (*)(CUdeviceptr*, size_t*, CUdeviceptr);
+    static const GetAddressRange get_range = [] {
+        void* fn = nullptr;
+        cudaDriverEntryPointQueryResult found{};
+        if (cudaGetDriverEntryPointByVersion("cuMemGetAddressRange", &fn, 12000, cudaEnableDefault, &found) !=
+                cudaSuccess ||
+            found != cudaDriverEntryPointSuccess) {
+            cudaGetLastError();
+            fn = nullptr;
+        }
+        return reinterpret_cast<GetAddressRange>(fn);
+    }();
+    CUdeviceptr base = 0;
+    size_t size = 0;
+    const CUdeviceptr at = reinterpret_cast<CUdeviceptr>(p);
+    if (!get_range || get_range(&base, &size, at) != CUDA_SUCCESS || at < base || at >= base + size) return false;
+    *room = size_t(base + size - at);
+    return true;
+}
 
 struct Io {
     float* in = nullptr;   // [B, C, L]: the mix, zero-padded to the training length
@@ -751,41 +776,40 @@ public:
     bool separate_track_on_device(const float* mix, int64_t length, const SeparateParams& params,
                                   const std::vector<int64_t>& shift_offsets, float* out,
                                   const std::function<void(int64_t)>& on_chunks) override {
-        const int64_t C = model_->config.audio_channels, S = model_->config.num_sources();
-        check_on_device(mix, size_t(C * length), "the mix");
-        check_on_device(out, size_t(S * C * length), "the stems");
         TrackOutput output;
-        output.mix_on_device = true;
         output.device = out;
         return run_track(mix, length, params, shift_offsets, output, on_chunks);
     }
 
-    void copy_from_device(const float* device, size_t count, float* host) override {
-        check_on_device(device, count, "the mix");
-        FD_CUDA(cudaMemcpy(host, device, count * sizeof(float), cudaMemcpyDeviceToHost));
-    }
-
-    void copy_to_device(const float* host, size_t count, float* device) override {
-        check_on_device(device, count, "the stems");
-        FD_CUDA(cudaMemcpy(device, host, count * sizeof(float), cudaMemcpyHostToDevice));
-    }
-
-private:
-    // A caller's pointer to `count` floats must be in this device's memory
-    // (cudaMalloc'd or managed): anything else is a one-line error, not a
-    // fault inside a kernel.
-    void check_on_device(const float* p, size_t count, const char* what) const {
+    // A caller's buffer of `count` floats must lie in this device's memory
+    // (cudaMalloc'd or managed) whole: anything else is a one-line error,
+    // not a fault inside a kernel.
+    void check_device_buffer(const float* p, size_t count, const std::string& what) const override {
         FD_CUDA(cudaSetDevice(device_));
         cudaPointerAttributes a{};
         const cudaError_t e = cudaPointerGetAttributes(&a, p);
         if (e != cudaSuccess) cudaGetLastError();
-        const bool ok = e == cudaSuccess &&
-                        (a.type == cudaMemoryTypeManaged || (a.type == cudaMemoryTypeDevice && a.device == device_));
-        if (!ok)
-            throw Error(std::string(what) + " (" + std::to_string(count) + " floats) is not in the memory of GPU " +
-                        std::to_string(device_) + ", where the model was loaded");
+        const std::string where = "the memory of GPU " + std::to_string(device_) + ", where the model was loaded";
+        if (e != cudaSuccess ||
+            !(a.type == cudaMemoryTypeManaged || (a.type == cudaMemoryTypeDevice && a.device == device_)))
+            throw Error(what + " is not in " + where);
+        size_t room = 0;
+        if (allocation_room(p, &room) && room < count * sizeof(float))
+            throw Error(what + " needs " + std::to_string(count) + " floats in " + where + "; its allocation holds " +
+                        std::to_string(room / sizeof(float)) + " from there");
     }
 
+    void copy_from_device(const float* device, size_t count, float* host) override {
+        FD_CUDA(cudaSetDevice(device_));
+        FD_CUDA(cudaMemcpy(host, device, count * sizeof(float), cudaMemcpyDeviceToHost));
+    }
+
+    void copy_to_device(const float* host, size_t count, float* device) override {
+        FD_CUDA(cudaSetDevice(device_));
+        FD_CUDA(cudaMemcpy(device, host, count * sizeof(float), cudaMemcpyHostToDevice));
+    }
+
+private:
     // Where the track path's stems go: floats [S, C, L], or 16-bit PCM
     // [S, L, C] converted on the device (half the bytes to fault in and
     // copy), both downloaded region by region while later batches run (a
@@ -795,8 +819,7 @@ private:
         std::vector<float>* floats = nullptr;
         std::vector<int16_t>* pcm16 = nullptr;
         ClipMode clip = ClipMode::Rescale;
-        float* device = nullptr;     // the stems in this device's memory (floats, pcm16 null)
-        bool mix_on_device = false;  // the mix is in this device's memory too
+        float* device = nullptr;  // the stems in this device's memory (floats and pcm16 null); the mix is there too
     };
 
     bool run_track(const float* mix, int64_t length, const SeparateParams& params,
@@ -925,16 +948,13 @@ private:
             FD_CUDA(cudaMemset2DAsync(track + max_shift + L, size_t(g.total) * sizeof(float), 0,
                                       size_t(max_shift) * sizeof(float), size_t(C), stream));
         }
-        if (output.mix_on_device) {
-            FD_CUDA(cudaMemcpy2DAsync(track + max_shift, size_t(g.total) * sizeof(float), mix,
-                                      size_t(L) * sizeof(float), size_t(L) * sizeof(float), size_t(C),
-                                      cudaMemcpyDeviceToDevice, stream));
-        } else if (UploadStaging* staging = upload_staging()) {
+        UploadStaging* staging = output.device ? nullptr : upload_staging();
+        if (staging) {
             staging->upload(track + max_shift, size_t(g.total), mix, size_t(L), size_t(L), size_t(C), stream);
         } else {
             FD_CUDA(cudaMemcpy2DAsync(track + max_shift, size_t(g.total) * sizeof(float), mix,
                                       size_t(L) * sizeof(float), size_t(L) * sizeof(float), size_t(C),
-                                      cudaMemcpyHostToDevice, stream));
+                                      output.device ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice, stream));
         }
         trace_point("cuda: upload staged");
         if (params.normalize) {
@@ -943,10 +963,11 @@ private:
         }
         timeline.mark("track uploaded and normalised", stream);
 
-        // The last (or only) shift is finished and downloaded region by
-        // region on the copy stream as soon as no later chunk touches it,
-        // while the next batch runs; the output vector is sized (zero-filled
-        // by the host) while the first batches run.
+        // The last (or only) shift is finished and downloaded (or written
+        // into the device output) region by region on the copy stream as
+        // soon as no later chunk touches it, while the next batch runs; a
+        // host output vector is sized (zero-filled by the host) while the
+        // first batches run.
         const double* st = params.normalize ? stats : nullptr;
         // The finished stems: the view's window itself when <= 1 shift (then
         // downloaded), a device output directly.

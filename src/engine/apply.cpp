@@ -303,6 +303,18 @@ bool is_plain(const std::vector<BagMember>& bag) {
     return plain;
 }
 
+// Model m of the bag starts: its backend's threads set, and the callback
+// that adds its chunks to `progress` and reports it.
+std::function<void(int64_t)> start_member(const std::vector<BagMember>& bag, size_t m, Progress& progress,
+                                          const SeparateParams& params) {
+    progress.model_index = static_cast<int>(m);
+    bag[m].backend->set_threads(params.threads);
+    return [&progress, &params](int64_t n) {
+        progress.chunks_done += n;
+        if (params.progress) params.progress(progress);
+    };
+}
+
 }  // namespace
 
 std::vector<float> apply_single_model(ModelBackend& backend, const float* mix, int channels, int64_t length,
@@ -326,12 +338,7 @@ std::vector<float> separate_with_bag(const std::vector<BagMember>& bag, const fl
     Progress progress = progress_of(bag, length, params);
     const int S = bag[0].backend->model().config.num_sources();
     if (is_plain(bag)) {
-        progress.model_index = 0;
-        bag[0].backend->set_threads(params.threads);
-        auto on_chunks = [&](int64_t n) {
-            progress.chunks_done += n;
-            if (params.progress) params.progress(progress);
-        };
+        const auto on_chunks = start_member(bag, 0, progress, params);
         ModelBackend& backend = *bag[0].backend;
         if (pcm16 && backend.has_track_path() && !host_apply_forced()) {
             const std::vector<int64_t> offsets = prepare(backend, channels, length, params, {});
@@ -351,12 +358,7 @@ std::vector<float> separate_with_bag(const std::vector<BagMember>& bag, const fl
     std::vector<float> estimate(int64_t(S) * channels * length, 0.0f);
     std::vector<double> totals(S, 0.0);
     for (size_t m = 0; m < bag.size(); m++) {
-        progress.model_index = static_cast<int>(m);
-        bag[m].backend->set_threads(params.threads);
-        auto on_chunks = [&](int64_t n) {
-            progress.chunks_done += n;
-            if (params.progress) params.progress(progress);
-        };
+        const auto on_chunks = start_member(bag, m, progress, params);
         SeparateParams member_params = params;
         // Each model draws its own shifts, as the official bag does.
         if (params.seed) member_params.seed = params.seed + 1000003ULL * m;
@@ -384,18 +386,17 @@ void separate_with_bag_on_device(const std::vector<BagMember>& bag, const float*
                                  const SeparateParams& params, float* stems) {
     Progress progress = progress_of(bag, length, params);
     ModelBackend& backend = *bag[0].backend;
+    const size_t mix_count = size_t(channels) * size_t(length);
+    backend.check_device_buffer(mix, mix_count, "the mix");
+    backend.check_device_buffer(stems, mix_count * size_t(backend.model().config.num_sources()), "the stems");
     if (is_plain(bag) && backend.has_track_path() && !host_apply_forced()) {
-        backend.set_threads(params.threads);
-        auto on_chunks = [&](int64_t n) {
-            progress.chunks_done += n;
-            if (params.progress) params.progress(progress);
-        };
+        const auto on_chunks = start_member(bag, 0, progress, params);
         const std::vector<int64_t> offsets = prepare(backend, channels, length, params, {});
         if (backend.separate_track_on_device(mix, length, params, offsets, stems, on_chunks)) return;
     }
     // Through host memory: a bag mixes its members' stems there, and a track
     // whose buffers do not fit the GPU streams through it.
-    std::vector<float> host(size_t(channels) * size_t(length));
+    std::vector<float> host(mix_count);
     backend.copy_from_device(mix, host.size(), host.data());
     const std::vector<float> out = separate_with_bag(bag, host.data(), channels, length, params);
     backend.copy_to_device(out.data(), out.size(), stems);

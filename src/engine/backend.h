@@ -73,16 +73,27 @@ public:
         (void)mix, (void)length, (void)params, (void)shift_offsets, (void)out, (void)on_chunks;
         return false;
     }
-    // Copies of `count` floats between host memory and the backend's device
-    // memory (separate_on_device's route through the host). Throw Error where
-    // the backend has no device memory or the pointer is not in it.
+    // Separator::separate_on_device's device memory: check_device_buffer
+    // throws Error (naming `what`) unless `count` floats at p lie in the
+    // backend's device memory; the copies carry its route through host
+    // memory. A backend without device memory throws Error from each.
+    virtual void check_device_buffer(const float* p, size_t count, const std::string& what) const {
+        (void)p, (void)count, (void)what;
+        throw no_device_memory();
+    }
     virtual void copy_from_device(const float* device, size_t count, float* host) {
         (void)device, (void)count, (void)host;
-        throw Error("the mix is in GPU memory but the model was loaded on the CPU: load it with -d cuda");
+        throw no_device_memory();
     }
     virtual void copy_to_device(const float* host, size_t count, float* device) {
         (void)host, (void)count, (void)device;
-        throw Error("the stems are wanted in GPU memory but the model was loaded on the CPU: load it with -d cuda");
+        throw no_device_memory();
+    }
+
+private:
+    static Error no_device_memory() {
+        return Error("separate_on_device needs a model loaded on a GPU (LoadParams::device = DeviceKind::Cuda; "
+                     "-d cuda in the command)");
     }
 };
 
