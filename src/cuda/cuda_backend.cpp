@@ -191,10 +191,10 @@
 // Nothing goes back up. A separator's separate_on_device
 // (separate_track_on_device) takes the track from device memory instead
 // and writes the finished stems into the caller's device buffer (which is
-// then also the shifts' average): no staging, no downloads. Progress is reported one batch late (an event per
-// batch), so the GPU always has the next batch queued. Device memory for a
-// track of L samples (C channels, S sources), besides the workspace and the
-// weights:
+// then also the shifts' average): no staging, no downloads. Progress is
+// reported one batch late (an event per batch), so the GPU always has the
+// next batch queued. Device memory for a track of L samples (C channels,
+// S sources), besides the workspace and the weights:
 //     track   4 C (L + 2 max_shift)
 //     view    4 S C (L + max_shift)      (4 S C L without shifts)
 //     weights 4 (L + max_shift)          (the summed transition weights)
