@@ -25,6 +25,7 @@
 #include <thread>
 #include <vector>
 
+#include "cuda/common.h"
 #include "engine/apply.h"
 #include "engine/backend.h"
 #include "fastdemucs/fastdemucs.h"
@@ -174,21 +175,13 @@ int main(int argc, char** argv) {
             // what the official rows without "host_to_host" time.
             {
                 const size_t mix_bytes = track.data.size() * sizeof(float);
-                const size_t stem_bytes = mix_bytes * stems.names.size();
-                struct Buffers {
-                    float *mix = nullptr, *stems = nullptr;
-                    ~Buffers() { cudaFree(mix), cudaFree(stems); }
-                } d;
-                if (cudaMalloc(&d.mix, mix_bytes) != cudaSuccess || cudaMalloc(&d.stems, stem_bytes) != cudaSuccess)
-                    throw std::runtime_error("no GPU memory for the device-resident track");
-                float *mix_d = d.mix, *stems_d = d.stems;
-                if (cudaMemcpy(mix_d, track.data.data(), mix_bytes, cudaMemcpyHostToDevice) != cudaSuccess)
-                    throw std::runtime_error("the device-resident track's upload failed");
-                const DeviceAudio view{mix_d, track.channels, track.samples, track.samplerate};
+                const cuda::DeviceBuffer mix_d = cuda::upload(track.data.data(), mix_bytes, "the track");
+                const cuda::DeviceBuffer stems_d(mix_bytes * stems.names.size(), "the stems");
+                const DeviceAudio view{mix_d.as<float>(), track.channels, track.samples, track.samplerate};
                 std::vector<double> resident;
                 for (int r = 0; r < runs + 1; r++) {
                     auto t0 = Clock::now();
-                    separator->separate_on_device(view, stems_d, params);
+                    separator->separate_on_device(view, stems_d.as<float>(), params);
                     if (r >= 1) resident.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
                 }
                 std::sort(resident.begin(), resident.end());

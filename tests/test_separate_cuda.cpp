@@ -226,7 +226,7 @@ TEST(SeparateCuda, OnDeviceRefusesMemoryOutsideTheGpu) {
     EXPECT_NE(message(on_host, stems_d.as<float>()).find("the mix"), std::string::npos);
     EXPECT_NE(message(on_device, host_stems.data()).find("the stems"), std::string::npos);
     EXPECT_NE(message(on_device, nullptr).find("null"), std::string::npos);
-    // A stems buffer of the mix's size (one stem's worth, not six): refused before anything runs.
+    // A stems buffer of the mix's size (one stem's worth): refused before anything runs.
     fastdemucs::cuda::DeviceBuffer small(mix.data.size() * sizeof(float), "a buffer too small");
     EXPECT_NE(message(on_device, small.as<float>()).find("needs"), std::string::npos);
     DeviceAudio mono = on_device;
