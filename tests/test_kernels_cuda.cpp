@@ -22,6 +22,7 @@
 #include "cuda/conv_glu_wgmma.h"
 #include "cuda/cudnn_attention.h"
 #include "cuda/dconv.h"
+#include "cuda/direct_conv.h"
 #include "cuda/freq_transposed.h"
 #include "cuda/gemm.h"
 #include "cuda/kernels.h"
@@ -285,7 +286,8 @@ TEST(KernelsCuda, AttentionThroughCudnn) {
 // A plan made once is read back from the plan store by the next user (no
 // kernel generation) and gives the same attention; a damaged stored plan is
 // made again. The same for tuned plans (FASTDEMUCS_CUDNN_AUTOTUNE=1, made
-// by prepare() only), which the store keeps apart from untuned ones.
+// by prepare() only), which the store keeps apart from untuned ones, and
+// which a later untuned user reads where they are stored.
 TEST(KernelsCuda, CudnnAttentionPlansComeBackFromThePlanStore) {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
     if (!cudnn_attention_built()) GTEST_SKIP() << "built without cuDNN";
@@ -294,6 +296,8 @@ TEST(KernelsCuda, CudnnAttentionPlansComeBackFromThePlanStore) {
     for (const char* tuned : {"0", "1"}) {
         testing_support::ScopedEnv tune("FASTDEMUCS_CUDNN_AUTOTUNE", tuned);
         const int rounds = tuned[0] == '0' ? 3 : 2;
+        if (tuned[0] == '1')  // only tuned plans stored from here on
+            for (const auto& entry : std::filesystem::directory_iterator(dir)) std::filesystem::remove(entry.path());
         for (int round = 0; round < rounds; round++) {
             if (round == 2)  // every stored plan damaged
                 for (const auto& entry : std::filesystem::directory_iterator(dir))
@@ -307,6 +311,12 @@ TEST(KernelsCuda, CudnnAttentionPlansComeBackFromThePlanStore) {
             EXPECT_EQ(cudnn.plans_read(), round == 1 ? 2 : 0) << "tuned " << tuned << ", round " << round;
         }
     }
+    testing_support::ScopedEnv untuned("FASTDEMUCS_CUDNN_AUTOTUNE", "0");
+    CudnnAttention cudnn(0);
+    attention_case(DType::F16, true, 3, 48, true, 131, 77, &cudnn);
+    attention_case(DType::BF16, true, 2, 64, true, 64, 129, &cudnn);
+    EXPECT_EQ(cudnn.runs(), 2);
+    EXPECT_EQ(cudnn.plans_read(), 2) << "the tuned plans, read by an untuned user";
     std::filesystem::remove_all(dir);
 }
 
@@ -512,14 +522,16 @@ TEST(KernelsCuda, GluAddsTheFrequencyEmbeddingAsItsOwnPassDoes) {
 // written it: a view full of NaNs (a buffer reused from an earlier track)
 // gives the very floats of a cleared one, over batches of 3 chunks, a short
 // last chunk and chunks that overlap by a third, two views one after the
-// other; and both equal the sums in double to float rounding.
+// other; and both equal the sums in double to float rounding. Also with
+// chunks 40 apart, where five cover a position (past the kernel's cache of
+// each position's chunks).
 TEST(KernelsCuda, OverlapAddNeedsNoClearedView) {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
     Gpu gpu;
     const int64_t SC = 3, pitch = 1100;
-    for (int64_t length : {1000, 1037}) {
+    for (const auto& [length, stride] : {std::pair<int64_t, int64_t>{1000, 150}, {1037, 150}, {1037, 40}}) {
         ChunkGrid g;
-        g.total = 1200, g.view_start = 0, g.view_length = length, g.stride = 150, g.segment = 200;
+        g.total = 1200, g.view_start = 0, g.view_length = length, g.stride = stride, g.segment = 200;
         g.valid = 220, g.model_length = 224;
         const int64_t jobs = g.jobs();
         const std::vector<float> out = random(size_t(jobs * SC * g.model_length), 71);
@@ -1019,6 +1031,31 @@ EncoderConv encoder_conv(Gpu& gpu, DType t, int64_t cin, int64_t cout, int64_t W
     return e;
 }
 
+// act(conv(x) + bias) of e in double, x [B, cin, H, W] (zeros outside it,
+// past W too: the time encoders' zero extension).
+std::vector<double> encoder_conv_reference(const EncoderConv& e, const std::vector<float>& x, int64_t B, int64_t H,
+                                           int64_t W, int64_t Ho, int64_t Wo, Act act) {
+    const int64_t cin = e.cw.cin, cout = e.cw.cout, k = 8, K = cin * k;
+    const bool time = e.cw.kw == k;
+    std::vector<double> ref(size_t(B * cout * Ho * Wo));
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t o = 0; o < cout; o++)
+            for (int64_t ho = 0; ho < Ho; ho++)
+                for (int64_t wo = 0; wo < Wo; wo++) {
+                    double v = e.bias[size_t(o)];
+                    for (int64_t ci = 0; ci < cin; ci++)
+                        for (int64_t tap = 0; tap < k; tap++) {
+                            const int64_t h = time ? ho : ho * e.g.sh - e.g.ph + tap;
+                            const int64_t ww = time ? wo * e.g.sw - e.g.pw + tap : wo;
+                            if (h < 0 || h >= H || ww < 0 || ww >= W) continue;
+                            v += double(e.w[size_t(o * K + ci * k + tap)]) * x[size_t(((b * cin + ci) * H + h) * W + ww)];
+                        }
+                    ref[size_t(((b * cout + o) * Ho + ho) * Wo + wo)] =
+                        act == Act::Gelu ? 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0))) : v;
+                }
+    return ref;
+}
+
 // The encoders' convolutions with the bias carried by the GEMM (a column of
 // the weight's biased copy against rows of ones in the im2col operand) and
 // the GELU in cuBLASLt's epilogue (its tanh form: within a few float16 steps
@@ -1034,14 +1071,11 @@ TEST(KernelsCuda, ConvolutionWithTheBiasInItsGemm) {
               {2, 24, 1, 4013, true},
               {2, 24, 1, 4005, true}}) {
             Gpu gpu;
-            const int k = 8;
-            const int64_t B = 3, K = cin * k, Kb = biased_columns(K);
+            const int64_t B = 3, Kb = biased_columns(cin * 8);
             const std::vector<float> x = exact_random(size_t(B * cin * H * W), 41);
             const EncoderConv e = encoder_conv(gpu, t, cin, cout, W, time, 42);
             const ConvGeom& g = e.g;
             const int64_t Wl = e.Wl;
-            const std::vector<float>& w = e.w;
-            const std::vector<float>& bias = e.bias;
             const ConvWeight& cw = e.cw;
             const DTensor xd{gpu.put(x), B, cin, H, W};
             int64_t Ho = 0, Wo = 0;
@@ -1064,23 +1098,7 @@ TEST(KernelsCuda, ConvolutionWithTheBiasInItsGemm) {
                     const DTensor out{gpu.arena.alloc<float>(B * cout * Ho * Wo), B, cout, Ho, Wo};
                     conv2d(ctx, xd, Wl, cw, g, out, act);
                     const auto got = gpu.get(out.p, size_t(out.numel()));
-                    std::vector<double> ref(got.size());
-                    for (int64_t b = 0; b < B; b++)
-                        for (int64_t o = 0; o < cout; o++)
-                            for (int64_t ho = 0; ho < Ho; ho++)
-                                for (int64_t wo = 0; wo < Wo; wo++) {
-                                    double v = bias[size_t(o)];
-                                    for (int64_t ci = 0; ci < cin; ci++)
-                                        for (int tap = 0; tap < k; tap++) {
-                                            const int64_t h = time ? ho : ho * g.sh - g.ph + tap;
-                                            const int64_t ww = time ? wo * g.sw - g.pw + tap : wo;
-                                            if (h < 0 || h >= H || ww < 0 || ww >= W) continue;  // zeros past W too
-                                            v += double(w[size_t(o * K + ci * k + tap)]) *
-                                                 x[size_t(((b * cin + ci) * H + h) * W + ww)];
-                                        }
-                                    ref[size_t(((b * cout + o) * Ho + ho) * Wo + wo)] =
-                                        act == Act::Gelu ? 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0))) : v;
-                                }
+                    const std::vector<double> ref = encoder_conv_reference(e, x, B, H, W, Ho, Wo, act);
                     const double unit = t == DType::F16 ? 0x1p-11 : 0x1p-8;
                     EXPECT_LE(rel(got, ref), 2 * unit) << dtype_name(t) << (time ? " time " : " freq ") << W
                                                        << (biased ? " biased" : "")
@@ -1127,6 +1145,70 @@ TEST(KernelsCuda, ConvolutionNormalisesItsInputAsItReads) {
                     << dtype_name(t) << (time ? " time " : " freq ") << H << "x" << W << (implicit ? " implicit" : "");
             }
         }
+}
+
+// The first encoders' convolutions straight from their input
+// (direct_conv2d, from the weight's float32 copy ConvWeight::w32; conv2d
+// chooses it along W in float16 / bfloat16), along W and H: against a double
+// reference within the operands' rounding (exact operands: only the
+// accumulation order differs), the input normalisation as normalize_items
+// gives it, and the shapes it refuses (float32 among them).
+TEST(KernelsCuda, DirectConvolutionOfTheFirstEncoders) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    for (DType t : {DType::F16, DType::BF16})
+        for (const auto& [cin, H, W, time] : {std::tuple<int64_t, int64_t, int64_t, bool>{4, 64, 12, false},
+                                              {4, 17, 45, false},
+                                              {2, 1, 4013, true},
+                                              {1, 1, 1022, true}}) {
+            Gpu gpu;
+            const int64_t B = 3, cout = 48;
+            const std::vector<float> x = exact_random(size_t(B * cin * H * W), 91);
+            EncoderConv e = encoder_conv(gpu, t, cin, cout, W, time, 92);
+            e.cw.w32 = gpu.put(e.w);
+            int64_t Ho = 0, Wo = 0;
+            conv_output_size(H, e.Wl, e.cw, e.g, &Ho, &Wo);
+            Ctx ctx = gpu.ctx(t);
+            // conv2d takes it along W only (direct_conv.h); along H called directly.
+            if (time) EXPECT_FALSE(conv2d_bias_in_gemm(ctx, {nullptr, B, cin, H, W}, e.Wl, e.cw, e.g));
+            auto conv = [&](const DTensor& in, const DTensor& out, Act act, const InputNorm* norm = nullptr) {
+                ConvGeom g = e.g;
+                g.kh = e.cw.kh, g.kw = e.cw.kw;
+                if (time)
+                    conv2d(ctx, in, e.Wl, e.cw, e.g, out, act, norm);
+                else
+                    direct_conv2d(ctx, in.p, B, cin, H, W, e.cw.w32, e.cw.bias, cout, g, Ho, Wo, out.p, act, norm);
+            };
+            const DTensor xd{gpu.put(x), B, cin, H, W};
+            for (const Act act : {Act::Gelu, Act::None}) {
+                const DTensor out{gpu.arena.alloc<float>(B * cout * Ho * Wo), B, cout, Ho, Wo};
+                conv(xd, out, act);
+                EXPECT_LE(rel(gpu.get(out.p, size_t(out.numel())), encoder_conv_reference(e, x, B, H, W, Ho, Wo, act)),
+                          1e-6)
+                    << dtype_name(t) << (time ? " time " : " freq ") << H << "x" << W;
+            }
+            const std::vector<float> xr = random(size_t(B * cin * H * W), 93, 0.8f, 0.3f);
+            const double* mean = gpu.put(std::vector<double>{0.3, -0.1, 0.05});
+            const double* inv = gpu.put(std::vector<double>{1.25, 0.8, 3.0});
+            const InputNorm norm{mean, inv};
+            const DTensor raw{gpu.put(xr), B, cin, H, W}, before{gpu.put(xr), B, cin, H, W};
+            normalize_items(ctx, before.p, B, cin * H * W, norm);
+            const DTensor a{gpu.arena.alloc<float>(B * cout * Ho * Wo), B, cout, Ho, Wo};
+            const DTensor b{gpu.arena.alloc<float>(B * cout * Ho * Wo), B, cout, Ho, Wo};
+            conv(before, a, Act::Gelu);
+            conv(raw, b, Act::Gelu, &norm);
+            EXPECT_EQ(gpu.get(b.p, size_t(b.numel())), gpu.get(a.p, size_t(a.numel())))
+                << dtype_name(t) << (time ? " time " : " freq ") << H << "x" << W << " normalised";
+        }
+    ConvGeom g;
+    EXPECT_TRUE(direct_conv_takes(DType::F16, 2, 48, 1, 8, g));
+    EXPECT_TRUE(direct_conv_takes(DType::F16, 4, 48, 8, 1, g, true));
+    EXPECT_FALSE(direct_conv_takes(DType::F16, 4, 48, 8, 1, g));  // along H unless asked
+    EXPECT_FALSE(direct_conv_takes(DType::F32, 2, 48, 1, 8, g));  // float32: the exact GEMM
+    EXPECT_FALSE(direct_conv_takes(DType::F16, 3, 48, 1, 8, g));  // cin
+    EXPECT_FALSE(direct_conv_takes(DType::F16, 2, 48, 3, 3, g));  // not 8 taps along one axis
+    EXPECT_FALSE(direct_conv_takes(DType::F16, 2, 24, 1, 8, g));  // outputs
+    g.dw = 2;
+    EXPECT_FALSE(direct_conv_takes(DType::BF16, 2, 48, 1, 8, g));  // dilation
 }
 
 // The transformer's residual with norm_out's statistics taken on the way

@@ -93,6 +93,8 @@ struct Ctx {
     bool bias_epilogue = true;  // float16 / bfloat16 linear layers' biases in cuBLASLt's epilogue (gemm.h)
     // The encoders' im2col convolutions with the bias carried by the GEMM (conv.cpp: conv2d_biased).
     bool biased_conv = true;
+    // The time branch's first convolution in float16 / bfloat16 straight from its input (cuda/direct_conv.h).
+    bool direct_conv = true;
     // The frequency embedding added by the first encoder's GLU pass (not a pass of its own).
     bool fuse_freq_embedding = true;
     bool gelu_epilogue = true;  // ... and the feed-forward's GELU too, in its tanh form (gemm.h: linear_bias_as)

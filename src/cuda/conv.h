@@ -23,6 +23,10 @@
 // convolutions are instead one implicit GEMM each (cuda/implicit_conv.h: no
 // column buffer, no conversion or crop pass) — exact, but slower than
 // im2col + cuBLAS so far (NOTES.md), hence off by default.
+// The time branch's first convolution (cin <= 4, 8 taps along W, 48
+// outputs) in float16 / bfloat16 runs on mma.sync straight from its input,
+// from the weight's float32 copy (ConvWeight::w32, ctx.direct_conv:
+// cuda/direct_conv.h).
 #pragma once
 
 #include <cstdint>
@@ -46,6 +50,8 @@ struct ConvWeight {
     const float* bias = nullptr;
     // Or null: conv [cout, biased_columns(cin * kh * kw)] with the bias as a column (cuda/weights.h).
     const void* biased = nullptr;
+    // Or null: conv [cout, cin * kh * kw] in float32, for direct_conv2d (cuda/direct_conv.h).
+    const float* w32 = nullptr;
     int cout = 0, cin = 0, kh = 1, kw = 1;
 };
 

@@ -125,6 +125,7 @@
 // FASTDEMUCS_BIAS_EPILOGUE=0: the linear layers' biases in passes of their own (Ctx::bias_epilogue).
 // FASTDEMUCS_GELU_EPILOGUE=0: the feed-forward's and the encoders' exact GELU in passes of their own (Ctx::gelu_epilogue).
 // FASTDEMUCS_BIASED_CONV=0: the encoders' biases in passes of their own, not carried by their GEMMs (Ctx::biased_conv).
+// FASTDEMUCS_DIRECT_CONV=0: the time branch's first float16 / bfloat16 convolution through im2col + GEMM (Ctx::direct_conv).
 // FASTDEMUCS_FUSED_FREQ_EMB=0: the frequency embedding in a pass of its own (Ctx::fuse_freq_embedding).
 // FASTDEMUCS_DOWNLOAD_RING=0: the stems copied into the caller's vector page-locked for the call
 // instead of through the ring of page-locked slots (cuda/download_ring.h).
@@ -500,6 +501,7 @@ public:
         ctx_.bias_epilogue = env_string("FASTDEMUCS_BIAS_EPILOGUE") != "0";
         ctx_.gelu_epilogue = env_string("FASTDEMUCS_GELU_EPILOGUE") != "0";
         ctx_.biased_conv = env_string("FASTDEMUCS_BIASED_CONV") != "0";
+        ctx_.direct_conv = env_string("FASTDEMUCS_DIRECT_CONV") != "0";
         ctx_.fuse_freq_embedding = env_string("FASTDEMUCS_FUSED_FREQ_EMB") != "0";
         ctx_.pack_from_columns = env_string("FASTDEMUCS_PACK_FROM_COLUMNS") != "0";
         staged_upload_ = env_string("FASTDEMUCS_STAGED_UPLOAD") != "0";
@@ -1710,6 +1712,7 @@ private:
         if (weights_->has_taps(name)) w.taps = weights_->taps(name);
         w.bias = weights_->f32(prefix + "bias");
         w.biased = weights_->biased(name);
+        w.w32 = weights_->f32(name);
         return w;
     }
 

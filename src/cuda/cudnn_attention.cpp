@@ -74,7 +74,8 @@ struct CudnnAttention::Impl {
     // On the H200 a forward of 8 spent 1.89 ms in the heuristics' first
     // plans, 1.73 ms in the tuned ones (~0.7 ms of a 3-minute track), but
     // making them took a machine's first command from 1.1 to 4.6 s: opt-in,
-    // for long runs.
+    // for long runs; the plans it stores then serve later processes without
+    // it too (load_stored).
     bool tune = env_flag("FASTDEMUCS_CUDNN_AUTOTUNE");
 
     ~Impl() {
@@ -102,12 +103,12 @@ struct CudnnAttention::Impl {
     }
 
     // What a plan is made for, as the plan store keys it: the libraries'
-    // versions, the GPU and the shape (a stored plan holds kernels generated
-    // for exactly these).
-    std::string describe(const AttentionArgs& a, DType t, float scale) const {
+    // versions, the GPU, the shape (a stored plan holds kernels generated
+    // for exactly these) and whether the tuning's timing chose it.
+    std::string describe(const AttentionArgs& a, DType t, float scale, bool tuned) const {
         char text[256];
         std::snprintf(text, sizeof text, "; %s%s; B %lld N %lld M %lld heads %d dh %d ldq %lld ldkv %lld ldo %lld scale %a",
-                      t == DType::BF16 ? "bf16" : "f16", tune ? " tuned" : "", (long long)a.B, (long long)a.N, (long long)a.M, a.heads, a.dh,
+                      t == DType::BF16 ? "bf16" : "f16", tuned ? " tuned" : "", (long long)a.B, (long long)a.N, (long long)a.M, a.heads, a.dh,
                       (long long)a.ldq, (long long)a.ldkv, (long long)a.ldo, double(scale));
         return libraries_and_gpu + text;
     }
@@ -171,10 +172,25 @@ struct CudnnAttention::Impl {
         return plan;
     }
 
+    // A stored plan for the shape: a tuned one first, wherever an earlier
+    // FASTDEMUCS_CUDNN_AUTOTUNE=1 process stored it (on the H200 ~0.1 ms of
+    // a forward of 8 faster than the heuristics' first, and as cheap to
+    // read), else one made as this process makes them; null graph if none.
+    Plan load_stored(const AttentionArgs& a, DType t, float scale, cudnnHandle_t on, bool warm = true) {
+        if (!tune) {
+            Plan plan = load_plan(describe(a, t, scale, true), on, warm);
+            if (plan.graph) {
+                plan.tuned = true;
+                return plan;
+            }
+        }
+        return load_plan(describe(a, t, scale, tune), on, warm);
+    }
+
     Plan make_plan(const AttentionArgs& a, DType t, float scale, cudnnHandle_t on, bool tune_now) {
-        const std::string description = describe(a, t, scale);
-        Plan plan = load_plan(description, on);
-        return plan.graph ? std::move(plan) : make_and_save_plan(a, t, scale, on, description, tune_now);
+        Plan plan = load_stored(a, t, scale, on);
+        return plan.graph ? std::move(plan)
+                          : make_and_save_plan(a, t, scale, on, describe(a, t, scale, tune), tune_now);
     }
 
     // Times every plan built for the shape on zeroed operands of their own
@@ -394,11 +410,12 @@ void CudnnAttention::prepare(int64_t batch) {
     // Plans stored by an earlier process first, one after the other on the
     // main handle (Impl::load_plan says why not in parallel).
     auto describe = [&](const std::pair<PlanKey, AttentionArgs>& job) {
-        return impl_->describe(job.second, DType(std::get<0>(job.first)), std::get<9>(job.first));
+        return impl_->describe(job.second, DType(std::get<0>(job.first)), std::get<9>(job.first), impl_->tune);
     };
     std::vector<std::pair<PlanKey, AttentionArgs>> missing;
     for (const auto& job : jobs) {
-        Impl::Plan plan = impl_->load_plan(describe(job), impl_->handle);
+        Impl::Plan plan = impl_->load_stored(job.second, DType(std::get<0>(job.first)), std::get<9>(job.first),
+                                             impl_->handle);
         if (plan.graph)
             impl_->plans.emplace(job.first, std::move(plan));
         else
@@ -465,9 +482,9 @@ void warm_up_cudnn_attention(int device, DType t) {
         // A stored plan is read without its warm-up capture (main-thread
         // work runs meanwhile); a missing one is made and stored.
         const float scale = float(1.0 / std::sqrt(48.0));
-        const std::string description = cudnn.impl_->describe(a, t, scale);
-        if (!cudnn.impl_->load_plan(description, cudnn.impl_->handle, false).graph)
-            cudnn.impl_->make_and_save_plan(a, t, scale, cudnn.impl_->handle, description, true);
+        if (!cudnn.impl_->load_stored(a, t, scale, cudnn.impl_->handle, false).graph)
+            cudnn.impl_->make_and_save_plan(a, t, scale, cudnn.impl_->handle,
+                                            cudnn.impl_->describe(a, t, scale, cudnn.impl_->tune), true);
     } catch (const std::exception&) {
     }
 }

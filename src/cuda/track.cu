@@ -1,5 +1,7 @@
 #include "cuda/track.h"
 
+#include <algorithm>
+
 #include "cuda/device_utils.cuh"
 #include "engine/pcm.h"
 #include "error.h"
@@ -9,6 +11,14 @@ namespace {
 
 constexpr int kStatBlocks = 1024;  // fixed: the reduction order does not depend on the device
 
+// The element-wise kernels take kIlp positions a thread at a time and issue
+// all their loads before any division or store: a division's slow path is a
+// branch the compiler does not move loads across, and a store may alias the
+// next position's load, so one position at a time left a single 4-byte load
+// in flight per thread (~1-1.3 TB/s on an H200: the overlap-add and the
+// shift's finishing of a batch of 8 chunks took ~0.18 ms each).
+constexpr int kIlp = 4;
+
 // Per block: the sum over its samples of the mono mix (mean == null) or of
 // its squared deviation from *mean. mono[i] = (x[0, i] + ... + x[C-1, i]) / C
 // in double, as the host computes it.
@@ -17,15 +27,27 @@ __global__ void mono_partial_kernel(const float* __restrict__ x, int C, int64_t 
     __shared__ double shared[32];
     const double mu = mean ? *mean : 0.0;
     double acc = 0.0;
-    FD_GRID_STRIDE(i, L) {
-        double m = 0.0;
-        for (int c = 0; c < C; c++) m = __dadd_rn(m, double(x[c * pitch + i]));
-        m = __ddiv_rn(m, double(C));
-        if (mean) {
-            const double d = __dsub_rn(m, mu);
-            acc = __dadd_rn(acc, __dmul_rn(d, d));
-        } else {
-            acc = __dadd_rn(acc, m);
+    const int64_t step = int64_t(gridDim.x) * blockDim.x;
+    for (int64_t i0 = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i0 < L; i0 += kIlp * step) {
+        // The sums (loads and adds only) before the divisions (see kIlp).
+        double m[kIlp];
+#pragma unroll
+        for (int q = 0; q < kIlp; q++) {
+            const int64_t i = i0 + q * step;
+            m[q] = 0.0;
+            if (i < L)
+                for (int c = 0; c < C; c++) m[q] = __dadd_rn(m[q], double(x[c * pitch + i]));
+        }
+#pragma unroll
+        for (int q = 0; q < kIlp; q++) {
+            if (i0 + q * step >= L) break;
+            const double mono = __ddiv_rn(m[q], double(C));
+            if (mean) {
+                const double d = __dsub_rn(mono, mu);
+                acc = __dadd_rn(acc, __dmul_rn(d, d));
+            } else {
+                acc = __dadd_rn(acc, mono);
+            }
         }
     }
     acc = block_sum(acc, shared);
@@ -49,10 +71,16 @@ __global__ void mono_finish_kernel(const double* __restrict__ partial, int n, in
 // Channels on grid y, samples on grid x.
 __global__ void normalize_track_kernel(float* x, int C, int64_t L, int64_t pitch, const double* __restrict__ stats) {
     const double mean = stats[0], scale = stats[1];
+    const int64_t step = int64_t(gridDim.x) * blockDim.x;
     for (int64_t c = blockIdx.y; c < C; c += gridDim.y) {
-        for (int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; t < L; t += int64_t(gridDim.x) * blockDim.x) {
-            float& v = x[c * pitch + t];
-            v = float(__ddiv_rn(__dsub_rn(double(v), mean), scale));
+        float* row = x + c * pitch;
+        for (int64_t t0 = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; t0 < L; t0 += kIlp * step) {
+            float v[kIlp];
+#pragma unroll
+            for (int q = 0; q < kIlp; q++) v[q] = t0 + q * step < L ? row[t0 + q * step] : 0.0f;
+#pragma unroll
+            for (int q = 0; q < kIlp; q++)
+                if (t0 + q * step < L) row[t0 + q * step] = float(__ddiv_rn(__dsub_rn(double(v[q]), mean), scale));
         }
     }
 }
@@ -67,15 +95,24 @@ __device__ __forceinline__ int64_t job_length(const ChunkGrid& g, int64_t k) {
 __global__ void gather_chunks_kernel(const float* __restrict__ track, int C, ChunkGrid g, int64_t first, int count,
                                      float* __restrict__ in) {
     const int64_t ML = g.model_length;
-    for (int64_t row = blockIdx.y; row < int64_t(count) * C; row += gridDim.y) {
+    // (32-bit row arithmetic: each block of the grid divides once a row.)
+    for (int row = int(blockIdx.y); row < count * C; row += int(gridDim.y)) {
         const int64_t k = first + row / C, c = row % C;
         const int64_t len = job_length(g, k);
         const int64_t start = g.view_start + k * g.stride - (g.valid - len) / 2;
         const float* src = track + c * g.total;
         float* dst = in + row * ML;
-        for (int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; t < ML; t += int64_t(gridDim.x) * blockDim.x) {
-            const int64_t p = start + t;
-            dst[t] = t < g.valid && p >= 0 && p < g.total ? src[p] : 0.0f;
+        const int64_t step = int64_t(gridDim.x) * blockDim.x;
+        for (int64_t t0 = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; t0 < ML; t0 += kIlp * step) {
+            float v[kIlp];
+#pragma unroll
+            for (int q = 0; q < kIlp; q++) {  // the loads first (see kIlp)
+                const int64_t t = t0 + q * step, p = start + t;
+                v[q] = t < g.valid && p >= 0 && p < g.total ? src[p] : 0.0f;
+            }
+#pragma unroll
+            for (int q = 0; q < kIlp; q++)
+                if (t0 + q * step < ML) dst[t0 + q * step] = v[q];
         }
     }
 }
@@ -87,32 +124,72 @@ __device__ __forceinline__ int64_t first_cover(const ChunkGrid& g, Divisor<uint3
     return j >= g.segment ? int64_t(stride.div(uint32_t(j - g.segment))) + 1 : 0;
 }
 
-// Rows (stem, channel) on grid y, view positions lo + i on grid x. The
-// chunks covering position j are first_cover .. j / stride (every position
-// of the view is covered). A position's first chunk writes it (0 + its
-// term, as the host loop adds into zeros), later ones add to it: the view
-// needs no clearing.
-__global__ void accumulate_chunks_kernel(const float* __restrict__ out, int64_t SC, ChunkGrid g, int64_t first,
+// View positions lo + i on grid x, each thread all SC rows (stem, channel)
+// of its position: the chunks covering position j (first_cover .. j /
+// stride; every position of the view is covered) and their offsets are
+// found once for the SC rows (per row, with a grid row each, the divisions
+// and 64-bit offsets made the kernel issue-bound: ~1.4 TB/s). A position's
+// first chunk writes it (0 + its term, as the host loop adds into zeros),
+// later ones add to it: the view needs no clearing.
+constexpr int kCoverCache = 4;  // chunks a position keeps offsets for (2 at the default overlap of 0.25)
+__global__ void accumulate_chunks_kernel(const float* __restrict__ out, int SC, ChunkGrid g, int64_t first,
                                          int count, int64_t lo, int64_t span, Divisor<uint32_t> stride,
                                          const float* __restrict__ weight, float* __restrict__ view, int64_t pitch) {
     const int64_t ML = g.model_length;
     const int64_t last = first + count - 1;
-    for (int64_t sc = blockIdx.y; sc < SC; sc += gridDim.y) {
-        for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < span; i += int64_t(gridDim.x) * blockDim.x) {
-            const int64_t j = lo + i;
-            const int64_t cover = first_cover(g, stride, j);
-            const int64_t k_lo = max(first, cover), k_hi = min(last, int64_t(stride.div(uint32_t(j))));
-            float* dst = view + sc * pitch + j;
-            // j's first chunk in this batch: nothing to add to (the view is never cleared).
-            float acc = cover >= first ? 0.0f : *dst;
-            for (int64_t k = k_lo; k <= k_hi; k++) {
-                const int64_t off = k * g.stride, len = job_length(g, k);
-                if (j >= off + len) continue;
-                const int64_t left = (g.valid - len) / 2;  // official center_trim
-                const float r = out[((k - first) * SC + sc) * ML + left + (j - off)];
-                acc = weight ? __fadd_rn(acc, __fmul_rn(weight[j - off], r)) : r;
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < span; i += int64_t(gridDim.x) * blockDim.x) {
+        const int64_t j = lo + i;
+        const int64_t cover = first_cover(g, stride, j);
+        const int64_t k_lo = max(first, cover), k_hi = min(last, int64_t(stride.div(uint32_t(j))));
+        // j's first chunk in this batch: nothing to add to (the view is never cleared).
+        const bool fresh = cover >= first;
+        // The covering chunks' row-0 samples and weights, in chunk order
+        // (fixed indices, unrolled: the arrays stay in registers).
+        const bool cached = k_hi - k_lo < kCoverCache;
+        const float* src[kCoverCache];
+        float wt[kCoverCache];
+#pragma unroll
+        for (int q = 0; q < kCoverCache; q++) {
+            const int64_t k = k_lo + q, off = k * g.stride, len = job_length(g, k);
+            const bool covers = cached && k <= k_hi && j < off + len;
+            // (valid - len) / 2: the official center_trim's left cut.
+            src[q] = covers ? out + (k - first) * SC * ML + (g.valid - len) / 2 + (j - off) : nullptr;
+            wt[q] = covers && weight ? weight[j - off] : 1.0f;
+        }
+        if (!cached) {  // more chunks than the cache (overlaps over 0.75): found again for every row
+            for (int sc = 0; sc < SC; sc++) {
+                float* dst = view + sc * pitch + j;
+                float acc = fresh ? 0.0f : *dst;
+                for (int64_t k = k_lo; k <= k_hi; k++) {
+                    const int64_t off = k * g.stride, len = job_length(g, k);
+                    if (j >= off + len) continue;
+                    const int64_t left = (g.valid - len) / 2;
+                    const float r = out[((k - first) * SC + sc) * ML + left + (j - off)];
+                    acc = weight ? __fadd_rn(acc, __fmul_rn(weight[j - off], r)) : r;
+                }
+                *dst = acc;
             }
-            *dst = acc;
+            continue;
+        }
+        // kIlp rows at a time, their loads first (see kIlp).
+        for (int sc0 = 0; sc0 < SC; sc0 += kIlp) {
+            float prev[kIlp], r[kIlp][kCoverCache];
+#pragma unroll
+            for (int u = 0; u < kIlp; u++) {
+                const int sc = sc0 + u;
+                prev[u] = sc < SC && !fresh ? view[sc * pitch + j] : 0.0f;
+#pragma unroll
+                for (int q = 0; q < kCoverCache; q++) r[u][q] = sc < SC && src[q] ? src[q][sc * ML] : 0.0f;
+            }
+#pragma unroll
+            for (int u = 0; u < kIlp; u++) {
+                if (sc0 + u >= SC) break;
+                float acc = prev[u];
+#pragma unroll
+                for (int q = 0; q < kCoverCache; q++)
+                    if (src[q]) acc = weight ? __fadd_rn(acc, __fmul_rn(wt[q], r[u][q])) : r[u][q];
+                view[(sc0 + u) * pitch + j] = acc;
+            }
         }
     }
 }
@@ -135,18 +212,35 @@ __global__ void finish_shift_kernel(const float* view, int64_t view_pitch, int64
                                     const float* __restrict__ sum_weight, int64_t SC, int64_t t0, int64_t width,
                                     ShiftStep step, const double* __restrict__ stats, float* dst,
                                     int64_t dst_pitch) {
+    const bool adds = step.shifts > 0 && !step.first;  // reads dst
+    const int64_t stride = int64_t(gridDim.x) * blockDim.x;
     for (int64_t sc = blockIdx.y; sc < SC; sc += gridDim.y) {
-        for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < width; i += int64_t(gridDim.x) * blockDim.x) {
-            const int64_t t = t0 + i, j = skip + t;
-            float v = view[sc * view_pitch + j];
-            if (sum_weight) v = __fdiv_rn(v, sum_weight[j]);
-            float* d = dst + sc * dst_pitch + t;
-            if (step.shifts > 0) {
-                v = __fadd_rn(step.first ? 0.0f : *d, v);
-                if (step.last) v = __fdiv_rn(v, float(step.shifts));
+        const float* src = view + sc * view_pitch + skip + t0;
+        const float* weights = sum_weight ? sum_weight + skip + t0 : nullptr;
+        float* d = dst + sc * dst_pitch + t0;
+        for (int64_t i0 = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i0 < width; i0 += kIlp * stride) {
+            float v[kIlp], w[kIlp], o[kIlp];
+#pragma unroll
+            for (int q = 0; q < kIlp; q++) {  // every load first (see kIlp)
+                const int64_t i = i0 + q * stride;
+                const bool in = i < width;
+                v[q] = in ? src[i] : 0.0f;
+                w[q] = in && weights ? weights[i] : 1.0f;
+                o[q] = in && adds ? d[i] : 0.0f;
             }
-            if (step.last && stats) v = float(__dadd_rn(__dmul_rn(double(v), stats[1]), stats[0]));
-            *d = v;
+#pragma unroll
+            for (int q = 0; q < kIlp; q++) {
+                const int64_t i = i0 + q * stride;
+                if (i >= width) break;
+                float r = v[q];
+                if (weights) r = __fdiv_rn(r, w[q]);
+                if (step.shifts > 0) {
+                    r = __fadd_rn(step.first ? 0.0f : o[q], r);
+                    if (step.last) r = __fdiv_rn(r, float(step.shifts));
+                }
+                if (step.last && stats) r = float(__dadd_rn(__dmul_rn(double(r), stats[1]), stats[0]));
+                d[i] = r;
+            }
         }
     }
 }
@@ -206,8 +300,11 @@ void gather_chunks(cudaStream_t stream, const float* track, int C, const ChunkGr
                    float* in) {
     if (count <= 0 || first < 0 || first + count > g.jobs() || g.valid > g.model_length || g.segment > g.valid)
         throw Error("internal error: gather_chunks arguments");
-    gather_chunks_kernel<<<grid_2d(int64_t(count) * C, g.model_length), kThreads, 0, stream>>>(track, C, g, first,
-                                                                                                count, in);
+    // A grid row per (chunk, channel): grid_2d's single row of blocks left
+    // each thread 16 rows one after the other (latency-bound, ~0.6 TB/s).
+    const int64_t rows = int64_t(count) * C;
+    const dim3 grid(grid_for((g.model_length + kIlp - 1) / kIlp), unsigned(std::min<int64_t>(rows, 65535)));
+    gather_chunks_kernel<<<grid, kThreads, 0, stream>>>(track, C, g, first, count, in);
     FD_LAUNCH_CHECK();
 }
 
@@ -224,8 +321,9 @@ void accumulate_chunks(cudaStream_t stream, const float* out, int64_t SC, const 
     if (hi <= lo) return;
     const int64_t span = hi - lo;
     if (hi > int64_t(UINT32_MAX)) throw Error("accumulate_chunks: a view of 2^32 samples or more");
-    accumulate_chunks_kernel<<<grid_2d(SC, span), kThreads, 0, stream>>>(
-        out, SC, g, first, count, lo, span, Divisor<uint32_t>(g.stride), weight, view, pitch);
+    if (SC > 65535) throw Error("internal error: accumulate_chunks: too many rows");
+    accumulate_chunks_kernel<<<grid_for(span), kThreads, 0, stream>>>(
+        out, int(SC), g, first, count, lo, span, Divisor<uint32_t>(g.stride), weight, view, pitch);
     FD_LAUNCH_CHECK();
 }
 
@@ -240,8 +338,12 @@ void finish_shift(cudaStream_t stream, const float* view, int64_t view_pitch, in
                   int64_t SC, int64_t t0, int64_t t1, const ShiftStep& step, const double* stats, float* dst,
                   int64_t dst_pitch) {
     if (t1 <= t0) return;
-    finish_shift_kernel<<<grid_2d(SC, t1 - t0), kThreads, 0, stream>>>(view, view_pitch, skip, sum_weight, SC, t0,
-                                                                        t1 - t0, step, stats, dst, dst_pitch);
+    // A grid row per (stem, channel), each thread kIlp samples: grid_2d's
+    // single row of blocks left each thread the rows one after the other.
+    const int64_t width = t1 - t0;
+    const dim3 grid(grid_for((width + kIlp - 1) / kIlp), unsigned(std::min<int64_t>(SC, 65535)));
+    finish_shift_kernel<<<grid, kThreads, 0, stream>>>(view, view_pitch, skip, sum_weight, SC, t0, width, step, stats,
+                                                       dst, dst_pitch);
     FD_LAUNCH_CHECK();
 }
 
