@@ -523,13 +523,14 @@ TEST(KernelsCuda, GluAddsTheFrequencyEmbeddingAsItsOwnPassDoes) {
 // gives the very floats of a cleared one, over batches of 3 chunks, a short
 // last chunk and chunks that overlap by a third, two views one after the
 // other; and both equal the sums in double to float rounding. Also with
-// chunks 40 apart, where five cover a position (past the kernel's cache of
-// each position's chunks).
+// chunks 40 apart in batches of 6, where five chunks of a batch cover a
+// position (past the kernel's cache of a position's chunks).
 TEST(KernelsCuda, OverlapAddNeedsNoClearedView) {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
     Gpu gpu;
     const int64_t SC = 3, pitch = 1100;
-    for (const auto& [length, stride] : {std::pair<int64_t, int64_t>{1000, 150}, {1037, 150}, {1037, 40}}) {
+    for (const auto& [length, stride, batch] :
+         {std::tuple<int64_t, int64_t, int64_t>{1000, 150, 3}, {1037, 150, 3}, {1037, 40, 6}}) {
         ChunkGrid g;
         g.total = 1200, g.view_start = 0, g.view_length = length, g.stride = stride, g.segment = 200;
         g.valid = 220, g.model_length = 224;
@@ -541,8 +542,8 @@ TEST(KernelsCuda, OverlapAddNeedsNoClearedView) {
         std::vector<std::vector<float>> got;
         for (float fill : {std::nanf(""), 0.0f}) {
             float* view = gpu.put(std::vector<float>(size_t(SC * pitch), fill));
-            for (int64_t first = 0; first < jobs; first += 3) {
-                const int n = int(std::min<int64_t>(3, jobs - first));
+            for (int64_t first = 0; first < jobs; first += batch) {
+                const int n = int(std::min<int64_t>(batch, jobs - first));
                 accumulate_chunks(gpu.stream, out_d + first * SC * g.model_length, SC, g, first, n, weight_d, view,
                                   pitch);
             }
@@ -1048,7 +1049,8 @@ std::vector<double> encoder_conv_reference(const EncoderConv& e, const std::vect
                             const int64_t h = time ? ho : ho * e.g.sh - e.g.ph + tap;
                             const int64_t ww = time ? wo * e.g.sw - e.g.pw + tap : wo;
                             if (h < 0 || h >= H || ww < 0 || ww >= W) continue;
-                            v += double(e.w[size_t(o * K + ci * k + tap)]) * x[size_t(((b * cin + ci) * H + h) * W + ww)];
+                            v += double(e.w[size_t(o * K + ci * k + tap)]) *
+                                 x[size_t(((b * cin + ci) * H + h) * W + ww)];
                         }
                     ref[size_t(((b * cout + o) * Ho + ho) * Wo + wo)] =
                         act == Act::Gelu ? 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0))) : v;
@@ -1199,6 +1201,19 @@ TEST(KernelsCuda, DirectConvolutionOfTheFirstEncoders) {
             EXPECT_EQ(gpu.get(b.p, size_t(b.numel())), gpu.get(a.p, size_t(a.numel())))
                 << dtype_name(t) << (time ? " time " : " freq ") << H << "x" << W << " normalised";
         }
+    {  // 700 items: fewer blocks than position groups, each warp loops over its item's positions
+        Gpu gpu;
+        const int64_t B = 700, cin = 1, W = 2048, cout = 48;
+        const std::vector<float> x = exact_random(size_t(B * cin * W), 94);
+        EncoderConv e = encoder_conv(gpu, DType::F16, cin, cout, W, true, 95);
+        e.cw.w32 = gpu.put(e.w);
+        int64_t Ho = 0, Wo = 0;
+        conv_output_size(1, e.Wl, e.cw, e.g, &Ho, &Wo);
+        const DTensor out{gpu.arena.alloc<float>(B * cout * Wo), B, cout, 1, Wo};
+        conv2d(gpu.ctx(DType::F16), {gpu.put(x), B, cin, 1, W}, e.Wl, e.cw, e.g, out, Act::None);
+        EXPECT_LE(rel(gpu.get(out.p, size_t(out.numel())), encoder_conv_reference(e, x, B, 1, W, Ho, Wo, Act::None)),
+                  1e-6);
+    }
     ConvGeom g;
     EXPECT_TRUE(direct_conv_takes(DType::F16, 2, 48, 1, 8, g));
     EXPECT_TRUE(direct_conv_takes(DType::F16, 4, 48, 8, 1, g, true));

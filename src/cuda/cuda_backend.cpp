@@ -125,7 +125,8 @@
 // FASTDEMUCS_BIAS_EPILOGUE=0: the linear layers' biases in passes of their own (Ctx::bias_epilogue).
 // FASTDEMUCS_GELU_EPILOGUE=0: the feed-forward's and the encoders' exact GELU in passes of their own (Ctx::gelu_epilogue).
 // FASTDEMUCS_BIASED_CONV=0: the encoders' biases in passes of their own, not carried by their GEMMs (Ctx::biased_conv).
-// FASTDEMUCS_DIRECT_CONV=0: the time branch's first float16 / bfloat16 convolution through im2col + GEMM (Ctx::direct_conv).
+// FASTDEMUCS_DIRECT_CONV=0: the time branch's first float16 / bfloat16 convolution through im2col + GEMM
+// (Ctx::direct_conv).
 // FASTDEMUCS_FUSED_FREQ_EMB=0: the frequency embedding in a pass of its own (Ctx::fuse_freq_embedding).
 // FASTDEMUCS_DOWNLOAD_RING=0: the stems copied into the caller's vector page-locked for the call
 // instead of through the ring of page-locked slots (cuda/download_ring.h).

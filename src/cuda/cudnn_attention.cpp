@@ -107,9 +107,11 @@ struct CudnnAttention::Impl {
     // for exactly these) and whether the tuning's timing chose it.
     std::string describe(const AttentionArgs& a, DType t, float scale, bool tuned) const {
         char text[256];
-        std::snprintf(text, sizeof text, "; %s%s; B %lld N %lld M %lld heads %d dh %d ldq %lld ldkv %lld ldo %lld scale %a",
-                      t == DType::BF16 ? "bf16" : "f16", tuned ? " tuned" : "", (long long)a.B, (long long)a.N, (long long)a.M, a.heads, a.dh,
-                      (long long)a.ldq, (long long)a.ldkv, (long long)a.ldo, double(scale));
+        std::snprintf(text, sizeof text,
+                      "; %s%s; B %lld N %lld M %lld heads %d dh %d ldq %lld ldkv %lld ldo %lld scale %a",
+                      t == DType::BF16 ? "bf16" : "f16", tuned ? " tuned" : "", (long long)a.B, (long long)a.N,
+                      (long long)a.M, a.heads, a.dh, (long long)a.ldq, (long long)a.ldkv, (long long)a.ldo,
+                      double(scale));
         return libraries_and_gpu + text;
     }
 

@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "cuda/device_utils.cuh"
+#include "cuda/profile.h"
 #include "error.h"
 
 namespace fastdemucs::cuda {
@@ -16,6 +17,7 @@ constexpr int kNTiles = 4;      // n8 tiles of positions a warp takes at a time:
 constexpr int kWarps = 4;
 constexpr int kBlock = 32 * kWarps;
 constexpr int kTilePitch = 8 * kNTiles + 1;  // a warp's staged output row (32 positions), padded
+constexpr int kPositions = kWarps * 8 * kNTiles;  // a block's positions at a time
 
 struct DirectConvArgs {
     const float* x;
@@ -63,15 +65,8 @@ __global__ void __launch_bounds__(kBlock) direct_conv_kernel(DirectConvArgs a) {
     const bool normed = a.norm.mean != nullptr;
     const double mean = normed ? a.norm.mean[b] : 0.0, inv = normed ? a.norm.inv[b] : 1.0;
     constexpr int kPerWarp = 8 * kNTiles;
-    for (int base = (int(blockIdx.x) * kWarps + warp) * kPerWarp; base < a.N;
-         base += int(gridDim.x) * kWarps * kPerWarp) {
-        float acc[kMTiles][kNTiles][4];
-#pragma unroll
-        for (int mt = 0; mt < kMTiles; mt++)
-#pragma unroll
-            for (int j = 0; j < kNTiles; j++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) acc[mt][j][e] = 0.0f;
+    for (int base = (int(blockIdx.x) * kWarps + warp) * kPerWarp; base < a.N; base += int(gridDim.x) * kPositions) {
+        float acc[kMTiles][kNTiles][4] = {};
 #pragma unroll
         for (int j = 0; j < kNTiles; j++) {
             const int p = base + 8 * j + g;
@@ -100,8 +95,9 @@ __global__ void __launch_bounds__(kBlock) direct_conv_kernel(DirectConvArgs a) {
             }
         }
         // The tile [48 outputs][32 positions] through shared memory, so that
-        // each output row leaves as one 128-byte store (from the fragments,
-        // every store touched 8 rows: the L2 busy with partial sectors).
+        // each output row leaves as one warp store of 32 consecutive floats
+        // (from the fragments, every store touched 8 rows: the L2 busy with
+        // partial sectors).
 #pragma unroll
         for (int j = 0; j < kNTiles; j++)
 #pragma unroll
@@ -122,7 +118,7 @@ template <typename T, int CIN>
 void launch(const Ctx& ctx, const DirectConvArgs& a, int64_t B, bool along_h) {
     // Enough blocks to fill the GPU a few times over, each looping over its
     // item's positions (its weight fragments are loaded once).
-    const int64_t groups = (int64_t(a.N) + kBlock - 1) / kBlock;
+    const int64_t groups = (int64_t(a.N) + kPositions - 1) / kPositions;
     const int64_t gx = std::max<int64_t>(1, std::min<int64_t>(groups, max_blocks() / std::max<int64_t>(1, B)));
     const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(B));
     if (along_h)
@@ -155,11 +151,13 @@ void direct_conv2d(const Ctx& ctx, const float* x, int64_t B, int64_t cin, int64
     const bool along_h = g.kh == kTaps;
     if (!direct_conv_takes(ctx.gemm, cin, cout, g.kh, g.kw, g, along_h) || !weight)
         throw Error("internal error: direct_conv2d: a convolution it does not take");
-    if (B > 65535 || cin * H * W >= (int64_t(1) << 31) || Ho * Wo >= (int64_t(1) << 31) - kBlock * 64)
+    // (Positions below 2^30: a warp's int position stays clear of overflow past N by a grid's stride.)
+    if (B > 65535 || cin * H * W >= (int64_t(1) << 31) || Ho * Wo > (int64_t(1) << 30))
         throw Error("internal error: direct_conv2d dimensions");
     if (norm && ((norm->mean == nullptr) != (norm->inv == nullptr)))
         throw Error("internal error: direct_conv2d: half an input norm");
     if (ctx.dry || B * Ho * Wo == 0) return;
+    ProfileSpan span(ctx, ProfKind::Gemm);
     DirectConvArgs a;
     a.x = x, a.weight = weight, a.bias = bias, a.out = out, a.norm = norm ? *norm : InputNorm{};
     a.H = int(H), a.W = int(W), a.Wo = int(Wo), a.N = int(Ho * Wo);

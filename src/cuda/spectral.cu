@@ -1,5 +1,6 @@
 #include "cuda/spectral.h"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -23,17 +24,26 @@ __device__ __forceinline__ int64_t reflect(int64_t i, int64_t length) {
 // frames[(bc, t), n] = window[n] * the sample under STFT frame t + 2 (the
 // first two frames are dropped by _spec) of signal bc; the signal is padded
 // by the model (pad each side, reflect) then by torch.stft's centring
-// (nfft / 2 each side, reflect).
-template <typename I>
+// (nfft / 2 each side, reflect). A block a frame (row (bc, t) on grid y):
+// its offsets found once, and a frame inside the signal (all but those at
+// its ends) read without the reflections (one thread a value with two
+// divisions and both reflections each ran at ~1 TB/s, 81 us of a forward
+// of 8 chunks on an H200).
 __global__ void stft_frames_kernel(const float* __restrict__ x, float* __restrict__ frames,
-                                   const float* __restrict__ window, I total, int64_t L, I T, int nfft, int hop,
-                                   int64_t pad, int64_t padded_len) {
-    FD_GRID_STRIDE_I(I, i, total) {
-        const I n = i % I(nfft), ft = i / I(nfft), t = ft % T, bc = ft / T;
-        const int64_t j = int64_t(t + 2) * hop + n;
-        const int64_t once = reflect(j - nfft / 2, padded_len);
-        const int64_t s = reflect(once - pad, L);
-        frames[i] = x[int64_t(bc) * L + s] * window[n];
+                                   const float* __restrict__ window, int64_t rows, int64_t L, int64_t T, int nfft,
+                                   int hop, int64_t pad, int64_t padded_len) {
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+        const int64_t t = r % T, bc = r / T;
+        const int64_t j = (t + 2) * hop - nfft / 2;  // n = 0's index into the centred signal
+        const int64_t s0 = j - pad;                  // ... and into the signal, where no reflection applies
+        const bool inside = s0 >= 0 && s0 + nfft <= L && j + nfft <= padded_len;
+        const float* xr = x + bc * L;
+        float* fr = frames + r * nfft;
+#pragma unroll 4
+        for (int n = int(blockIdx.x * blockDim.x + threadIdx.x); n < nfft; n += int(gridDim.x * blockDim.x)) {
+            const int64_t s = inside ? s0 + n : reflect(reflect(j + n, padded_len) - pad, L);
+            fr[n] = xr[s] * window[n];
+        }
     }
 }
 
@@ -286,10 +296,10 @@ void Spectral::stft(const Ctx& ctx, int64_t B, int64_t C, const float* mix, floa
     void* work = ctx.arena->alloc_bytes(std::max<size_t>(p.work, 1));
     if (ctx.dry) return;
     const int64_t pad = hop_ / 2 * 3, padded_len = T * hop_ + 2 * pad;
-    const int64_t n = transforms * nfft_;
-    FD_INDEX_DISPATCH(n, I,
-                      stft_frames_kernel<I><<<grid_for(n), kThreads, 0, ctx.stream>>>(
-                          mix, frames, window_.as<float>(), I(n), length_, I(T), nfft_, hop_, pad, padded_len));
+    const dim3 frames_grid(unsigned(std::max<int64_t>(1, nfft_ / (4 * kThreads))),
+                           unsigned(std::min<int64_t>(transforms, 65535)));
+    stft_frames_kernel<<<frames_grid, kThreads, 0, ctx.stream>>>(mix, frames, window_.as<float>(), transforms,
+                                                                 length_, T, nfft_, hop_, pad, padded_len);
     FD_LAUNCH_CHECK();
     FD_CUFFT(fft_api().cufftSetStream(p.handle, ctx.stream));
     FD_CUFFT(fft_api().cufftSetWorkArea(p.handle, work));

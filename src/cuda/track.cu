@@ -1,6 +1,7 @@
 #include "cuda/track.h"
 
 #include <algorithm>
+#include <limits>
 
 #include "cuda/device_utils.cuh"
 #include "engine/pcm.h"
@@ -41,7 +42,8 @@ __global__ void mono_partial_kernel(const float* __restrict__ x, int C, int64_t 
 #pragma unroll
         for (int q = 0; q < kIlp; q++) {
             if (i0 + q * step >= L) break;
-            const double mono = __ddiv_rn(m[q], double(C));
+            // (/ 2 is exactly * 0.5, without a division's slow-path branch)
+            const double mono = C == 2 ? __dmul_rn(m[q], 0.5) : __ddiv_rn(m[q], double(C));
             if (mean) {
                 const double d = __dsub_rn(mono, mu);
                 acc = __dadd_rn(acc, __dmul_rn(d, d));
@@ -321,7 +323,7 @@ void accumulate_chunks(cudaStream_t stream, const float* out, int64_t SC, const 
     if (hi <= lo) return;
     const int64_t span = hi - lo;
     if (hi > int64_t(UINT32_MAX)) throw Error("accumulate_chunks: a view of 2^32 samples or more");
-    if (SC > 65535) throw Error("internal error: accumulate_chunks: too many rows");
+    if (SC > std::numeric_limits<int>::max()) throw Error("internal error: accumulate_chunks: too many rows");
     accumulate_chunks_kernel<<<grid_for(span), kThreads, 0, stream>>>(
         out, int(SC), g, first, count, lo, span, Divisor<uint32_t>(g.stride), weight, view, pitch);
     FD_LAUNCH_CHECK();
