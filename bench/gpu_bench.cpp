@@ -38,6 +38,22 @@ using namespace fastdemucs;
 using fastdemucs_bench::write_npy;
 using Clock = std::chrono::steady_clock;
 
+// The seconds of `runs` calls of fn() after `warmups` untimed ones, in call order.
+template <typename Fn>
+static std::vector<double> timed_runs(int runs, int warmups, Fn fn) {
+    std::vector<double> times;
+    for (int r = 0; r < warmups + runs; r++) {
+        const auto t0 = Clock::now();
+        fn();
+        if (r >= warmups) times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+    }
+    return times;
+}
+
+static double median_of(std::vector<double> times) {
+    std::sort(times.begin(), times.end());
+    return times[times.size() / 2];
+}
 
 static size_t used_gpu_bytes() {
     size_t free_b = 0, total_b = 0;
@@ -97,23 +113,13 @@ int main(int argc, char** argv) {
             load.precision = precision;
             auto separator = Separator::load(load);
             Stems stems = separator->separate(track, params);  // warm-up: allocation, plans, graph capture
-            std::vector<double> times;
-            for (int r = 0; r < runs; r++) {
-                auto t0 = Clock::now();
-                stems = separator->separate(track, params);
-                times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
-            }
+            const std::vector<double> times = timed_runs(runs, 0, [&] { stems = separator->separate(track, params); });
             // The same separation as 16-bit stems, clip mode rescale (the
             // command's default output): converted on the GPU, half the bytes down.
-            std::vector<double> pcm16_times;
-            for (int r = 0; r < runs + 1; r++) {
-                auto t0 = Clock::now();
-                const Pcm16Stems pcm16 = separator->separate_pcm16(track, params, ClipMode::Rescale);
-                if (r >= 1) pcm16_times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
-            }
-            std::sort(pcm16_times.begin(), pcm16_times.end());
             std::printf("{\"mode\": \"fastdemucs_%s_pcm16\", \"median_s\": %.5f}\n", name,
-                        pcm16_times[pcm16_times.size() / 2]);
+                        median_of(timed_runs(runs, 1, [&] {
+                            separator->separate_pcm16(track, params, ClipMode::Rescale);
+                        })));
             // Peak memory: one more untimed run with the device memory in use
             // sampled every 0.2 ms on a thread (after a call returns, the
             // track's own buffers are already gone).
@@ -146,14 +152,8 @@ int main(int argc, char** argv) {
             const int64_t L = model->config.segment_samples();
             std::vector<float> in(int64_t(batch) * track.channels * L), out(int64_t(batch) * model->config.num_sources() * track.channels * L);
             for (int64_t i = 0; i < int64_t(in.size()); i++) in[i] = track.data[i % track.data.size()];
-            std::vector<double> fwd;
-            for (int r = 0; r < runs + 2; r++) {
-                auto t0 = Clock::now();
-                backend->forward(in.data(), batch, L, out.data());
-                if (r >= 2) fwd.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
-            }
-            std::sort(fwd.begin(), fwd.end());
-            const double fwd_median = fwd[fwd.size() / 2];
+            const double fwd_median =
+                median_of(timed_runs(runs, 2, [&] { backend->forward(in.data(), batch, L, out.data()); }));
             std::printf("{\"mode\": \"fastdemucs_%s_forward_batch\", \"batch\": %d, \"median_s\": %.5f, \"per_chunk_ms\": %.2f, \"tflops\": %.2f}\n",
                         name, batch, fwd_median, fwd_median / batch * 1e3, flops.total() * batch / fwd_median / 1e12);
             // The whole track again into an output vector that already has
@@ -161,16 +161,11 @@ int main(int argc, char** argv) {
             // this is the GPU's time plus the last region's download.
             std::vector<float> reused;
             const std::vector<int64_t> offsets(size_t(std::max(0, params.shifts)), 0);
-            std::vector<double> again;
-            for (int r = 0; r < runs + 1; r++) {
-                auto t0 = Clock::now();
+            const double reused_median = median_of(timed_runs(runs, 1, [&] {
                 if (!backend->separate_track(track.data.data(), track.samples, params, offsets, reused, nullptr))
                     throw std::runtime_error("no track path");
-                if (r >= 1) again.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
-            }
-            std::sort(again.begin(), again.end());
-            std::printf("{\"mode\": \"fastdemucs_%s_reused_output\", \"median_s\": %.5f}\n", name,
-                        again[again.size() / 2]);
+            }));
+            std::printf("{\"mode\": \"fastdemucs_%s_reused_output\", \"median_s\": %.5f}\n", name, reused_median);
             // The track and the stems in GPU memory (separate_on_device):
             // what the official rows without "host_to_host" time.
             {
@@ -178,19 +173,12 @@ int main(int argc, char** argv) {
                 const cuda::DeviceBuffer mix_d = cuda::upload(track.data.data(), mix_bytes, "the track");
                 const cuda::DeviceBuffer stems_d(mix_bytes * stems.names.size(), "the stems");
                 const DeviceAudio view{mix_d.as<float>(), track.channels, track.samples, track.samplerate};
-                std::vector<double> resident;
-                for (int r = 0; r < runs + 1; r++) {
-                    auto t0 = Clock::now();
-                    separator->separate_on_device(view, stems_d.as<float>(), params);
-                    if (r >= 1) resident.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
-                }
-                std::sort(resident.begin(), resident.end());
                 std::printf("{\"mode\": \"fastdemucs_%s_device_resident\", \"median_s\": %.5f}\n", name,
-                            resident[resident.size() / 2]);
+                            median_of(timed_runs(runs, 1, [&] {
+                                separator->separate_on_device(view, stems_d.as<float>(), params);
+                            })));
             }
-            std::vector<double> sorted = times;
-            std::sort(sorted.begin(), sorted.end());
-            const double median = sorted[sorted.size() / 2];
+            const double median = median_of(times);
             std::printf("{\"mode\": \"fastdemucs_%s\", \"median_s\": %.5f, \"times_s\": [", name, median);
             for (size_t i = 0; i < times.size(); i++) std::printf("%s%.5f", i ? ", " : "", times[i]);
             std::printf("], \"chunks\": %lld, \"gflop\": %.1f, \"tflops\": %.2f, \"peak_gpu_mib\": %.0f}\n",

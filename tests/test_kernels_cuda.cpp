@@ -1149,57 +1149,45 @@ TEST(KernelsCuda, ConvolutionNormalisesItsInputAsItReads) {
         }
 }
 
-// The first encoders' convolutions straight from their input
-// (direct_conv2d, from the weight's float32 copy ConvWeight::w32; conv2d
-// chooses it along W in float16 / bfloat16), along W and H: against a double
-// reference within the operands' rounding (exact operands: only the
-// accumulation order differs), the input normalisation as normalize_items
-// gives it, and the shapes it refuses (float32 among them).
-TEST(KernelsCuda, DirectConvolutionOfTheFirstEncoders) {
+// The time encoder's first convolution straight from its input
+// (direct_conv2d, from the weight's float32 copy ConvWeight::w32), chosen by
+// conv2d in float16 / bfloat16: against a double reference within the
+// operands' rounding (exact operands: only the accumulation order differs),
+// the input normalisation as normalize_items gives it, and the shapes it
+// refuses (float32 among them).
+TEST(KernelsCuda, DirectConvolutionOfTheTimeEncoder) {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
     for (DType t : {DType::F16, DType::BF16})
-        for (const auto& [cin, H, W, time] : {std::tuple<int64_t, int64_t, int64_t, bool>{4, 64, 12, false},
-                                              {4, 17, 45, false},
-                                              {2, 1, 4013, true},
-                                              {1, 1, 1022, true}}) {
+        for (const auto& [cin, W] : {std::pair<int64_t, int64_t>{2, 4013}, {1, 1022}}) {
             Gpu gpu;
             const int64_t B = 3, cout = 48;
-            const std::vector<float> x = exact_random(size_t(B * cin * H * W), 91);
-            EncoderConv e = encoder_conv(gpu, t, cin, cout, W, time, 92);
+            const std::vector<float> x = exact_random(size_t(B * cin * W), 91);
+            EncoderConv e = encoder_conv(gpu, t, cin, cout, W, true, 92);
             e.cw.w32 = gpu.put(e.w);
             int64_t Ho = 0, Wo = 0;
-            conv_output_size(H, e.Wl, e.cw, e.g, &Ho, &Wo);
+            conv_output_size(1, e.Wl, e.cw, e.g, &Ho, &Wo);
             Ctx ctx = gpu.ctx(t);
-            // conv2d takes it along W only (direct_conv.h); along H called directly.
-            if (time) EXPECT_FALSE(conv2d_bias_in_gemm(ctx, {nullptr, B, cin, H, W}, e.Wl, e.cw, e.g));
-            auto conv = [&](const DTensor& in, const DTensor& out, Act act, const InputNorm* norm = nullptr) {
-                ConvGeom g = e.g;
-                g.kh = e.cw.kh, g.kw = e.cw.kw;
-                if (time)
-                    conv2d(ctx, in, e.Wl, e.cw, e.g, out, act, norm);
-                else
-                    direct_conv2d(ctx, in.p, B, cin, H, W, e.cw.w32, e.cw.bias, cout, g, Ho, Wo, out.p, act, norm);
-            };
-            const DTensor xd{gpu.put(x), B, cin, H, W};
+            EXPECT_FALSE(conv2d_bias_in_gemm(ctx, {nullptr, B, cin, 1, W}, e.Wl, e.cw, e.g));
+            const DTensor xd{gpu.put(x), B, cin, 1, W};
             for (const Act act : {Act::Gelu, Act::None}) {
-                const DTensor out{gpu.arena.alloc<float>(B * cout * Ho * Wo), B, cout, Ho, Wo};
-                conv(xd, out, act);
-                EXPECT_LE(rel(gpu.get(out.p, size_t(out.numel())), encoder_conv_reference(e, x, B, H, W, Ho, Wo, act)),
+                const DTensor out{gpu.arena.alloc<float>(B * cout * Wo), B, cout, 1, Wo};
+                conv2d(ctx, xd, e.Wl, e.cw, e.g, out, act);
+                EXPECT_LE(rel(gpu.get(out.p, size_t(out.numel())), encoder_conv_reference(e, x, B, 1, W, Ho, Wo, act)),
                           1e-6)
-                    << dtype_name(t) << (time ? " time " : " freq ") << H << "x" << W;
+                    << dtype_name(t) << " " << W;
             }
-            const std::vector<float> xr = random(size_t(B * cin * H * W), 93, 0.8f, 0.3f);
+            const std::vector<float> xr = random(size_t(B * cin * W), 93, 0.8f, 0.3f);
             const double* mean = gpu.put(std::vector<double>{0.3, -0.1, 0.05});
             const double* inv = gpu.put(std::vector<double>{1.25, 0.8, 3.0});
             const InputNorm norm{mean, inv};
-            const DTensor raw{gpu.put(xr), B, cin, H, W}, before{gpu.put(xr), B, cin, H, W};
-            normalize_items(ctx, before.p, B, cin * H * W, norm);
-            const DTensor a{gpu.arena.alloc<float>(B * cout * Ho * Wo), B, cout, Ho, Wo};
-            const DTensor b{gpu.arena.alloc<float>(B * cout * Ho * Wo), B, cout, Ho, Wo};
-            conv(before, a, Act::Gelu);
-            conv(raw, b, Act::Gelu, &norm);
+            const DTensor raw{gpu.put(xr), B, cin, 1, W}, before{gpu.put(xr), B, cin, 1, W};
+            normalize_items(ctx, before.p, B, cin * W, norm);
+            const DTensor a{gpu.arena.alloc<float>(B * cout * Wo), B, cout, 1, Wo};
+            const DTensor b{gpu.arena.alloc<float>(B * cout * Wo), B, cout, 1, Wo};
+            conv2d(ctx, before, e.Wl, e.cw, e.g, a, Act::Gelu);
+            conv2d(ctx, raw, e.Wl, e.cw, e.g, b, Act::Gelu, &norm);
             EXPECT_EQ(gpu.get(b.p, size_t(b.numel())), gpu.get(a.p, size_t(a.numel())))
-                << dtype_name(t) << (time ? " time " : " freq ") << H << "x" << W << " normalised";
+                << dtype_name(t) << " " << W << " normalised";
         }
     {  // 700 items: fewer blocks than position groups, each warp loops over its item's positions
         Gpu gpu;
@@ -1216,11 +1204,10 @@ TEST(KernelsCuda, DirectConvolutionOfTheFirstEncoders) {
     }
     ConvGeom g;
     EXPECT_TRUE(direct_conv_takes(DType::F16, 2, 48, 1, 8, g));
-    EXPECT_TRUE(direct_conv_takes(DType::F16, 4, 48, 8, 1, g, true));
-    EXPECT_FALSE(direct_conv_takes(DType::F16, 4, 48, 8, 1, g));  // along H unless asked
+    EXPECT_FALSE(direct_conv_takes(DType::F16, 4, 48, 8, 1, g));  // along H (the frequency encoder)
     EXPECT_FALSE(direct_conv_takes(DType::F32, 2, 48, 1, 8, g));  // float32: the exact GEMM
     EXPECT_FALSE(direct_conv_takes(DType::F16, 3, 48, 1, 8, g));  // cin
-    EXPECT_FALSE(direct_conv_takes(DType::F16, 2, 48, 3, 3, g));  // not 8 taps along one axis
+    EXPECT_FALSE(direct_conv_takes(DType::F16, 2, 48, 3, 3, g));  // not 8 taps along W
     EXPECT_FALSE(direct_conv_takes(DType::F16, 2, 24, 1, 8, g));  // outputs
     g.dw = 2;
     EXPECT_FALSE(direct_conv_takes(DType::BF16, 2, 48, 1, 8, g));  // dilation

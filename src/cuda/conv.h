@@ -23,7 +23,7 @@
 // convolutions are instead one implicit GEMM each (cuda/implicit_conv.h: no
 // column buffer, no conversion or crop pass) — exact, but slower than
 // im2col + cuBLAS so far (NOTES.md), hence off by default.
-// The time branch's first convolution (cin <= 4, 8 taps along W, 48
+// The time branch's first convolution (cin 1 or 2, 8 taps along W, 48
 // outputs) in float16 / bfloat16 runs on mma.sync straight from its input,
 // from the weight's float32 copy (ConvWeight::w32, ctx.direct_conv:
 // cuda/direct_conv.h).

@@ -323,10 +323,8 @@ template <typename Kernel, typename Args>
 void launch_resident(Kernel kernel, const Args& args, int wgs, int glu_tiles, int64_t tiles, size_t shared,
                      cudaStream_t stream) {
     allow_shared(kernel, shared);
-    int device = 0, sms = 0;
-    FD_CUDA(cudaGetDevice(&device));
-    FD_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    const int64_t per_tile = std::max<int64_t>(1, std::min<int64_t>(sms / glu_tiles, (tiles + wgs - 1) / wgs));
+    const int64_t per_tile =
+        std::max<int64_t>(1, std::min<int64_t>(multiprocessors() / glu_tiles, (tiles + wgs - 1) / wgs));
     kernel<<<dim3(unsigned(per_tile), unsigned(glu_tiles)), 128 * wgs, shared, stream>>>(args);
     FD_LAUNCH_CHECK();
 }

@@ -14,22 +14,26 @@ namespace fastdemucs::cuda {
 
 constexpr int kThreads = 256;
 
+// The multiprocessors of the device current at the first call (128 where
+// none answers), asked once.
+inline int64_t multiprocessors() {
+    static const int64_t sms = [] {
+        int device = 0, n = 0;
+        if (cudaGetDevice(&device) != cudaSuccess ||
+            cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || n <= 0) {
+            cudaGetLastError();
+            n = 128;
+        }
+        return int64_t(n);
+    }();
+    return sms;
+}
+
 // Blocks to launch for grid-stride loops: 16 per multiprocessor (a few
 // waves of resident blocks). One block per 256 values instead made the
 // block scheduler the limit of every element-wise kernel: ~250 G values/s
 // on an H100 whatever the kernel did, a quarter of its memory bandwidth.
-inline int64_t max_blocks() {
-    static const int64_t blocks = [] {
-        int device = 0, sms = 0;
-        if (cudaGetDevice(&device) != cudaSuccess ||
-            cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms <= 0) {
-            cudaGetLastError();
-            sms = 128;
-        }
-        return int64_t(sms) * 16;
-    }();
-    return blocks;
-}
+inline int64_t max_blocks() { return multiprocessors() * 16; }
 
 // Static plus dynamic shared memory a block may opt in to on the current
 // device (less on some GPUs: sm_75 64 KB); sm_90's 227 KB when no device

@@ -1,4 +1,4 @@
-// The first encoders' convolutions on mma.sync (see direct_conv.h).
+// The time encoder's first convolution on mma.sync (see direct_conv.h).
 #include "cuda/direct_conv.h"
 
 #include <algorithm>
@@ -37,7 +37,7 @@ struct DirectConvArgs {
 // 2t + 1 of both channels of a step straight from x (normalised, rounded to
 // the operand type) as its B fragment. The accumulators get the bias and
 // the activation in float32 on their way out through shared memory.
-template <typename T, int CIN, bool AlongH>
+template <typename T, int CIN>
 __global__ void __launch_bounds__(kBlock) direct_conv_kernel(DirectConvArgs a) {
     constexpr int K = CIN * kTaps, KS = (CIN + 1) / 2;
     const int lane = int(threadIdx.x) & 31, g = lane >> 2, tl = lane & 3, warp = int(threadIdx.x) >> 5;
@@ -82,7 +82,7 @@ __global__ void __launch_bounds__(kBlock) direct_conv_kernel(DirectConvArgs a) {
 #pragma unroll
                     for (int e = 0; e < 2; e++) {
                         const int tap = 2 * tl + e;
-                        const int h = ho * a.sh - a.ph + (AlongH ? tap : 0), w = wo * a.sw - a.pw + (AlongH ? 0 : tap);
+                        const int h = ho * a.sh - a.ph, w = wo * a.sw - a.pw + tap;
                         const bool inside = ci < CIN && ok && h >= 0 && h < a.H && w >= 0 && w < a.W;
                         float r = inside ? xb[(int64_t(ci) * a.H + h) * a.W + w] : 0.0f;
                         if (normed && inside) r = float((double(r) - mean) * inv);
@@ -115,41 +115,35 @@ __global__ void __launch_bounds__(kBlock) direct_conv_kernel(DirectConvArgs a) {
 }
 
 template <typename T, int CIN>
-void launch(const Ctx& ctx, const DirectConvArgs& a, int64_t B, bool along_h) {
+void launch(const Ctx& ctx, const DirectConvArgs& a, int64_t B) {
     // Enough blocks to fill the GPU a few times over, each looping over its
     // item's positions (its weight fragments are loaded once).
     const int64_t groups = (int64_t(a.N) + kPositions - 1) / kPositions;
     const int64_t gx = std::max<int64_t>(1, std::min<int64_t>(groups, max_blocks() / std::max<int64_t>(1, B)));
     const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(B));
-    if (along_h)
-        direct_conv_kernel<T, CIN, true><<<grid, kBlock, 0, ctx.stream>>>(a);
-    else
-        direct_conv_kernel<T, CIN, false><<<grid, kBlock, 0, ctx.stream>>>(a);
+    direct_conv_kernel<T, CIN><<<grid, kBlock, 0, ctx.stream>>>(a);
     FD_LAUNCH_CHECK();
 }
 
 template <typename T>
-void launch_typed(const Ctx& ctx, const DirectConvArgs& a, int64_t B, int64_t cin, bool along_h) {
-    switch (cin) {
-        case 1: return launch<T, 1>(ctx, a, B, along_h);
-        case 2: return launch<T, 2>(ctx, a, B, along_h);
-        default: return launch<T, 4>(ctx, a, B, along_h);
-    }
+void launch_typed(const Ctx& ctx, const DirectConvArgs& a, int64_t B, int64_t cin) {
+    if (cin == 1)
+        launch<T, 1>(ctx, a, B);
+    else
+        launch<T, 2>(ctx, a, B);
 }
 
 }  // namespace
 
-bool direct_conv_takes(DType t, int64_t cin, int64_t cout, int kh, int kw, const ConvGeom& g, bool along_h) {
-    const bool fits = along_h ? kh == kTaps && kw == 1 : kh == 1 && kw == kTaps;
-    return (t == DType::F16 || t == DType::BF16) && fits && g.dh == 1 && g.dw == 1 &&
-           (cin == 1 || cin == 2 || cin == 4) && cout == kCout;
+bool direct_conv_takes(DType t, int64_t cin, int64_t cout, int kh, int kw, const ConvGeom& g) {
+    return (t == DType::F16 || t == DType::BF16) && kh == 1 && kw == kTaps && g.dw == 1 && (cin == 1 || cin == 2) &&
+           cout == kCout;
 }
 
 void direct_conv2d(const Ctx& ctx, const float* x, int64_t B, int64_t cin, int64_t H, int64_t W,
                    const float* weight, const float* bias, int64_t cout, const ConvGeom& g, int64_t Ho, int64_t Wo,
                    float* out, Act act, const InputNorm* norm) {
-    const bool along_h = g.kh == kTaps;
-    if (!direct_conv_takes(ctx.gemm, cin, cout, g.kh, g.kw, g, along_h) || !weight)
+    if (!direct_conv_takes(ctx.gemm, cin, cout, g.kh, g.kw, g) || !weight)
         throw Error("internal error: direct_conv2d: a convolution it does not take");
     // (Positions below 2^30: a warp's int position stays clear of overflow past N by a grid's stride.)
     if (B > 65535 || cin * H * W >= (int64_t(1) << 31) || Ho * Wo > (int64_t(1) << 30))
@@ -163,9 +157,9 @@ void direct_conv2d(const Ctx& ctx, const float* x, int64_t B, int64_t cin, int64
     a.H = int(H), a.W = int(W), a.Wo = int(Wo), a.N = int(Ho * Wo);
     a.sh = g.sh, a.sw = g.sw, a.ph = g.ph, a.pw = g.pw, a.act = act;
     if (ctx.gemm == DType::F16)
-        launch_typed<__half>(ctx, a, B, cin, along_h);
+        launch_typed<__half>(ctx, a, B, cin);
     else
-        launch_typed<__nv_bfloat16>(ctx, a, B, cin, along_h);
+        launch_typed<__nv_bfloat16>(ctx, a, B, cin);
 }
 
 }  // namespace fastdemucs::cuda

@@ -1,20 +1,21 @@
-// The first encoders' convolutions (the time branch's 2 channels x 8 taps,
-// the frequency branch's 4 x 8, stride 4, 48 outputs) in float16 /
-// bfloat16 straight from the float32 input: each warp keeps the weights as
-// mma.sync A fragments and gathers its positions' K = cin * 8 inputs as B
-// fragments from x itself (normalising them with the model input's
-// statistics where asked, as im2col did); bias and activation on the
-// float32 accumulators, written straight to the output. No column buffer,
-// no GEMM, no bias pass.
+// The time encoder's first convolution (the mix's 1 or 2 channels x 8 taps
+// along W, stride 4, 48 outputs) in float16 / bfloat16 straight from the
+// float32 input: each warp keeps the weights as mma.sync A fragments and
+// gathers its positions' K = cin * 8 inputs as B fragments from x itself
+// (normalising them with the model input's statistics where asked, as
+// im2col did); bias and activation on the float32 accumulators, the output
+// tile through shared memory as whole rows. No column buffer, no GEMM, no
+// bias pass.
 //
-// Why: with K = 16 or 32 and 48 outputs the GEMM is all memory traffic:
-// im2col + cuBLAS + the crop / GELU pass of the time encoder's odd rows
-// wrote and read the columns and a padded float32 output (three launches,
-// 0.19 ms of a forward of 8 chunks on an H200; this kernel 0.09 ms). On the
-// CUDA cores instead (weights from shared memory or the constant bank) the
-// products cost more than the traffic they save (measured: 0.1 / 0.35 ms
-// for the time / frequency encoders).
-// Numerics as the GEMM's: operands rounded to the operand type (as the
+// Why: with K <= 16 and 48 outputs the GEMM is all memory traffic: im2col +
+// cuBLAS + the crop / GELU pass of the time encoder's odd rows wrote and
+// read the columns and a padded float32 output (three launches, 0.19 ms of
+// a forward of 8 chunks on an H200; this kernel 0.09 ms). Measured and not
+// kept (NOTES.md, twenty-second session): the same along H for the
+// frequency encoder's 4 x 8 (0.20 ms against im2col + cuBLAS's 0.18 ms),
+// and either on the CUDA cores (weights from shared memory or the constant
+// bank: 0.1 / 0.35 ms for the time / frequency encoders).
+// Numerics as the GEMM path's: operands rounded to the operand type (as the
 // official autocast's conv), float32 accumulation, the exact GELU.
 #pragma once
 
@@ -27,10 +28,8 @@ namespace fastdemucs::cuda {
 
 // Whether direct_conv2d takes a convolution of cin channels with kernel
 // kh x kw and geometry g in operand type t: float16 / bfloat16, 8 taps
-// along H (along_h) or along W, cin 1, 2 or 4, 48 outputs, no dilation.
-// conv2d asks for W only: along H (the frequency encoder, 0.20 ms of a
-// forward of 8 on an H200 at ~1.6 TB/s) im2col + cuBLAS take 0.18 ms.
-bool direct_conv_takes(DType t, int64_t cin, int64_t cout, int kh, int kw, const ConvGeom& g, bool along_h = false);
+// along W (kh 1), cin 1 or 2, 48 outputs, no dilation.
+bool direct_conv_takes(DType t, int64_t cin, int64_t cout, int kh, int kw, const ConvGeom& g);
 
 // out [B, cout, Ho, Wo] = act(conv(xn) + bias), xn = x [B, cin, H, W]
 // (positions outside it read zero) or, with norm, x normalised per item

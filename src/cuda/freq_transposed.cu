@@ -281,8 +281,8 @@ void launch(const Ctx& ctx, const FreqTransposedArgs& a, Out out, int64_t out_ro
     using S = Shape<CIN, COUT, WN>;
     constexpr size_t bytes = variant_bytes<CIN, COUT, WN, Out>();
     const int64_t tiles = tile_count(a, out_rows);
-    // Persistent blocks: as many as are resident (max_blocks() is 16 an SM).
-    const unsigned blocks = unsigned(std::min<int64_t>(tiles, int64_t(WN == 1 ? 2 : 1) * (max_blocks() / 16)));
+    // Persistent blocks: as many as are resident.
+    const unsigned blocks = unsigned(std::min<int64_t>(tiles, int64_t(WN == 1 ? 2 : 1) * multiprocessors()));
     const auto run = [&](auto* t) {
         using T = std::remove_pointer_t<decltype(t)>;
         const auto kernel = freq_transposed_kernel<T, CIN, COUT, WN, Out>;

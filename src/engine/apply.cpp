@@ -389,17 +389,26 @@ void separate_with_bag_on_device(const std::vector<BagMember>& bag, const float*
     const size_t mix_count = size_t(channels) * size_t(length);
     backend.check_device_buffer(mix, mix_count, "the mix");
     backend.check_device_buffer(stems, mix_count * size_t(backend.model().config.num_sources()), "the stems");
-    if (is_plain(bag) && backend.has_track_path() && !host_apply_forced()) {
-        const auto on_chunks = start_member(bag, 0, progress, params);
-        const std::vector<int64_t> offsets = prepare(backend, channels, length, params, {});
-        if (backend.separate_track_on_device(mix, length, params, offsets, stems, on_chunks)) return;
-    }
     // Through host memory: a bag mixes its members' stems there, and a track
     // whose buffers do not fit the GPU streams through it.
-    std::vector<float> host(mix_count);
-    backend.copy_from_device(mix, host.size(), host.data());
-    const std::vector<float> out = separate_with_bag(bag, host.data(), channels, length, params);
-    backend.copy_to_device(out.data(), out.size(), stems);
+    auto through_host = [&](const auto& separate) {
+        std::vector<float> host(mix_count);
+        backend.copy_from_device(mix, host.size(), host.data());
+        const std::vector<float> out = separate(host.data());
+        backend.copy_to_device(out.data(), out.size(), stems);
+    };
+    if (!is_plain(bag)) {
+        through_host([&](const float* host) { return separate_with_bag(bag, host, channels, length, params); });
+        return;
+    }
+    const auto on_chunks = start_member(bag, 0, progress, params);
+    const std::vector<int64_t> offsets = prepare(backend, channels, length, params, {});
+    if (backend.has_track_path() && !host_apply_forced() &&
+        backend.separate_track_on_device(mix, length, params, offsets, stems, on_chunks))
+        return;
+    // The shift offsets already drawn and the same progress: the stems of separate() with them.
+    through_host(
+        [&](const float* host) { return run_model(backend, host, channels, length, params, offsets, on_chunks); });
 }
 
 }  // namespace fastdemucs
