@@ -23,6 +23,7 @@
 #include "cuda/cudnn_attention.h"
 #include "cuda/dconv.h"
 #include "cuda/direct_conv.h"
+#include "cuda/freq_encoder_conv.h"
 #include "cuda/freq_transposed.h"
 #include "cuda/gemm.h"
 #include "cuda/kernels.h"
@@ -1211,6 +1212,64 @@ TEST(KernelsCuda, DirectConvolutionOfTheTimeEncoder) {
     EXPECT_FALSE(direct_conv_takes(DType::F16, 2, 24, 1, 8, g));  // outputs
     g.dw = 2;
     EXPECT_FALSE(direct_conv_takes(DType::BF16, 2, 48, 1, 8, g));  // dilation
+}
+
+// The second frequency encoder's convolution as an implicit GEMM on
+// mma.sync (freq_encoder_conv2d), chosen by conv2d with ctx.freq_encoder_mma:
+// against a double reference (exact operands and sums: only the GELU's
+// float32 differs) for its channels (48 -> 96) and fewer, tiles that end
+// past the last row and past W, blocks that loop over many tiles; an input
+// norm applied first (as normalize_items gives it); and the shapes it
+// refuses (the other encoders among them).
+TEST(KernelsCuda, SecondFrequencyEncoderOnTheTensorCores) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    for (DType t : {DType::F16, DType::BF16})
+        for (const auto& [B, cin, H, W] : {std::tuple<int64_t, int64_t, int64_t, int64_t>{2, 48, 40, 20},
+                                           {3, 8, 20, 52},
+                                           {12, 4, 256, 336}}) {
+            Gpu gpu;
+            const int64_t cout = 96;
+            const std::vector<float> x = exact_random(size_t(B * cin * H * W), 101);
+            const EncoderConv e = encoder_conv(gpu, t, cin, cout, W, false, 102);
+            int64_t Ho = 0, Wo = 0;
+            conv_output_size(H, e.Wl, e.cw, e.g, &Ho, &Wo);
+            Ctx ctx = gpu.ctx(t);
+            ctx.freq_encoder_mma = true;
+            EXPECT_FALSE(conv2d_bias_in_gemm(ctx, {nullptr, B, cin, H, W}, e.Wl, e.cw, e.g));
+            const DTensor xd{gpu.put(x), B, cin, H, W};
+            for (const Act act : {Act::Gelu, Act::None}) {
+                const DTensor out{gpu.arena.alloc<float>(B * cout * Ho * Wo), B, cout, Ho, Wo};
+                conv2d(ctx, xd, e.Wl, e.cw, e.g, out, act);
+                EXPECT_LE(rel(gpu.get(out.p, size_t(out.numel())), encoder_conv_reference(e, x, B, H, W, Ho, Wo, act)),
+                          1e-6)
+                    << dtype_name(t) << " " << cin << " channels " << H << "x" << W;
+            }
+            if (B != 3) continue;
+            const std::vector<double> mean_h{0.3, -0.1, 0.05}, inv_h{1.25, 0.8, 3.0};
+            const InputNorm norm{gpu.put(mean_h), gpu.put(inv_h)};
+            const std::vector<float> xr = random(size_t(B * cin * H * W), 103, 0.8f, 0.3f);
+            const DTensor raw{gpu.put(xr), B, cin, H, W}, before{gpu.put(xr), B, cin, H, W};
+            normalize_items(ctx, before.p, B, cin * H * W, norm);
+            const DTensor a{gpu.arena.alloc<float>(B * cout * Ho * Wo), B, cout, Ho, Wo};
+            const DTensor b{gpu.arena.alloc<float>(B * cout * Ho * Wo), B, cout, Ho, Wo};
+            conv2d(ctx, before, e.Wl, e.cw, e.g, a, Act::Gelu);
+            conv2d(ctx, raw, e.Wl, e.cw, e.g, b, Act::Gelu, &norm);
+            EXPECT_EQ(gpu.get(b.p, size_t(b.numel())), gpu.get(a.p, size_t(a.numel())))
+                << dtype_name(t) << " " << H << "x" << W << " normalised";
+        }
+    ConvGeom g;
+    g.sh = 4, g.ph = 2;
+    EXPECT_TRUE(freq_encoder_conv_takes(DType::F16, 48, 96, 8, 1, g, 336, 336));
+    EXPECT_TRUE(freq_encoder_conv_takes(DType::BF16, 48, 96, 8, 1, g, 336, 336));
+    EXPECT_FALSE(freq_encoder_conv_takes(DType::F32, 48, 96, 8, 1, g, 336, 336));   // float32: the exact GEMM
+    EXPECT_FALSE(freq_encoder_conv_takes(DType::F16, 4, 48, 8, 1, g, 336, 336));    // the first encoder
+    EXPECT_FALSE(freq_encoder_conv_takes(DType::F16, 96, 192, 8, 1, g, 336, 336));  // the third
+    EXPECT_FALSE(freq_encoder_conv_takes(DType::F16, 2, 96, 8, 1, g, 336, 336));    // cin
+    EXPECT_FALSE(freq_encoder_conv_takes(DType::F16, 48, 96, 8, 1, g, 338, 338));   // W not a multiple of 4
+    EXPECT_FALSE(freq_encoder_conv_takes(DType::F16, 48, 96, 8, 1, g, 336, 340));   // a zero extension
+    EXPECT_FALSE(freq_encoder_conv_takes(DType::F16, 48, 96, 3, 3, g, 336, 336));   // kernel
+    g.sh = 2;
+    EXPECT_FALSE(freq_encoder_conv_takes(DType::F16, 48, 96, 8, 1, g, 336, 336));   // stride
 }
 
 // The transformer's residual with norm_out's statistics taken on the way

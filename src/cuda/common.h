@@ -95,6 +95,8 @@ struct Ctx {
     bool biased_conv = true;
     // The time branch's first convolution in float16 / bfloat16 straight from its input (cuda/direct_conv.h).
     bool direct_conv = true;
+    // The second frequency encoder's convolution as an implicit GEMM on mma.sync (cuda/freq_encoder_conv.h).
+    bool freq_encoder_mma = false;
     // The frequency embedding added by the first encoder's GLU pass (not a pass of its own).
     bool fuse_freq_embedding = true;
     bool gelu_epilogue = true;  // ... and the feed-forward's GELU too, in its tanh form (gemm.h: linear_bias_as)

@@ -8,6 +8,7 @@
 #include "cuda/arena.h"
 #include "cuda/conv_glu_wgmma.h"
 #include "cuda/direct_conv.h"
+#include "cuda/freq_encoder_conv.h"
 #include "cuda/gemm.h"
 #include "cuda/implicit_conv.h"
 #include "cuda/kernels.h"
@@ -155,13 +156,15 @@ void conv2d_biased(const Ctx& ctx, const DTensor& x, const ConvWeight& w, const 
 }  // namespace
 
 // The ways conv2d computes a convolution, in the order it tries them.
-enum class ConvPath { Direct, Implicit, Shifted, Biased, Gemm };
+enum class ConvPath { Direct, FreqEncoder, Implicit, Shifted, Biased, Gemm };
 
 // g with the weight's kernel size; Ho, Wo set.
 ConvPath conv2d_path(const Ctx& ctx, const DTensor& x, int64_t Wl, const ConvWeight& w, const ConvGeom& g,
                      int64_t Ho, int64_t Wo) {
     const bool stride1_taps = g.sh == 1 && g.sw == 1 && Wl == x.w && int64_t(w.kh) * w.kw > 1;
     if (ctx.direct_conv && w.w32 && direct_conv_takes(ctx.gemm, w.cin, w.cout, w.kh, w.kw, g)) return ConvPath::Direct;
+    if (ctx.freq_encoder_mma && freq_encoder_conv_takes(ctx.gemm, w.cin, w.cout, w.kh, w.kw, g, x.w, Wl))
+        return ConvPath::FreqEncoder;
     if (ctx.shifted_conv && stride1_taps) return ConvPath::Shifted;
     if (ctx.gemm != DType::F32 && ctx.implicit_conv) return ConvPath::Implicit;
     return conv2d_biased_takes(ctx, x, Wl, w, g, Ho * Wo) ? ConvPath::Biased : ConvPath::Gemm;
@@ -189,8 +192,12 @@ void conv2d(const Ctx& ctx, const DTensor& x, int64_t Wl, const ConvWeight& w, C
         return;
     }
     // The paths without im2col normalise x first.
-    if (in_norm && (path == ConvPath::Implicit || path == ConvPath::Shifted))
+    if (in_norm && (path == ConvPath::FreqEncoder || path == ConvPath::Implicit || path == ConvPath::Shifted))
         normalize_items(ctx, x.p, B, cin * x.h * x.w, *in_norm);
+    if (path == ConvPath::FreqEncoder) {
+        freq_encoder_conv2d(ctx, x.p, B, cin, x.h, x.w, w.w, w.bias, cout, g, Ho, out.p, act);
+        return;
+    }
     if (path == ConvPath::Implicit) {
         implicit_conv2d(ctx, dt, x.p, B, cin, x.h, x.w, w.w, w.bias, cout, g, Ho, Wo, out.p, act);
         return;

@@ -27,6 +27,9 @@
 // outputs) in float16 / bfloat16 runs on mma.sync straight from its input,
 // from the weight's float32 copy (ConvWeight::w32, ctx.direct_conv:
 // cuda/direct_conv.h).
+// The second frequency encoder's convolution (8 taps along H, stride 4, 96
+// outputs) in float16 / bfloat16 is an implicit GEMM on mma.sync straight
+// from its input (ctx.freq_encoder_mma: cuda/freq_encoder_conv.h).
 #pragma once
 
 #include <cstdint>
