@@ -44,9 +44,10 @@ struct FreqEncoderArgs {
 };
 
 // Shared memory of a block: its weights [kOutputs][K + 8] in the operand
-// type, kStages x a step's inputs in float32, two in the operand type.
+// type, kStages x a step's inputs in float32, two in the operand type, the bias.
 size_t shared_bytes(int64_t K) {
-    return size_t(kOutputs) * size_t(K + 8) * 2 + size_t(kStages) * kStageValues * 4 + size_t(2) * kStageValues * 2;
+    return size_t(kOutputs) * size_t(K + 8) * 2 + size_t(kStages) * kStageValues * 4 + size_t(2) * kStageValues * 2 +
+           size_t(kOutputs) * 4;
 }
 
 // Where value (row, 8 half + e) of a channel's operand rows sits (halves
@@ -76,6 +77,7 @@ __global__ void __launch_bounds__(kBlock, 2) freq_encoder_kernel(FreqEncoderArgs
     T* ws = reinterpret_cast<T*>(smem);                                    // [MT][pitch_a]
     float* bs = reinterpret_cast<float*>(smem + size_t(MT) * pitch_a * 2);  // [kStages][kStageValues] float32
     T* ops = reinterpret_cast<T*>(bs + kStages * kStageValues);            // [2][kStageValues] operand type
+    float* bias = reinterpret_cast<float*>(ops + 2 * kStageValues);         // [MT]
     const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5;
     const int slot = int(blockIdx.x), slots = int(gridDim.x);
     const int tiles = slot < a.tiles ? (a.tiles - 1 - slot) / slots + 1 : 0;
@@ -89,6 +91,7 @@ __global__ void __launch_bounds__(kBlock, 2) freq_encoder_kernel(FreqEncoderArgs
             cp_async16(ws + r * pitch_a + c * 8, wg + int64_t(i) * 8, true);
         }
         cp_async_commit();
+        for (int i = tid; i < MT; i += kBlock) bias[i] = a.bias ? a.bias[i] : 0.0f;
     }
     const int plane = a.H * a.W;
     // This thread's copies of every step: copy i = tid + kBlock u is
@@ -104,35 +107,41 @@ __global__ void __launch_bounds__(kBlock, 2) freq_encoder_kernel(FreqEncoderArgs
     }
     const int per_item = a.row_tiles * a.col_tiles;
     // A walk over the block's steps: tile (item b, first output row ho0,
-    // first position w0) and chunk, advanced without divisions within a tile.
+    // first position w0) and chunk, advanced without divisions within a
+    // tile; base: where the step's first channel's rows would start in x,
+    // inside: bit u set where this thread's copy u is inside the input.
     struct Cursor {
         int k, chunk, b, ho0, w0;
+        int64_t base;
+        unsigned inside;
     };
     auto at_tile = [&](Cursor& c) {
         const int t = slot + c.k * slots;
         const int b = t / per_item, rest = t - b * per_item, rt = rest / a.col_tiles;
         c.b = b, c.ho0 = rt * kTileRows, c.w0 = (rest - rt * a.col_tiles) * kTileCols;
+        const int h0 = c.ho0 * kStride - a.ph;
+        c.base = int64_t(b) * a.cin * plane + int64_t(h0) * a.W + c.w0;
+        c.inside = 0;
+#pragma unroll
+        for (int u = 0; u < kCopies; u++) {
+            const int h = h0 + row_of[u];
+            if (h >= 0 && h < a.H && c.w0 + 4 * q_of[u] < a.W && tid + kBlock * u < kStageCopies) c.inside |= 1u << u;
+        }
     };
     auto advance = [&](Cursor& c) {
+        c.base += int64_t(kChannels) * plane;
         if (++c.chunk == chunks) {
             c.chunk = 0, c.k++;
             if (c.k < tiles) at_tile(c);
         }
     };
-    // Whether copy u of the cursor's step is inside the input.
-    auto inside = [&](const Cursor& c, int u) {
-        const int h = c.ho0 * kStride - a.ph + row_of[u];
-        return h >= 0 && h < a.H && c.w0 + 4 * q_of[u] < a.W && tid + kBlock * u < kStageCopies;
-    };
     auto issue = [&](const Cursor& c, int s) {
-        const int64_t base =
-            (int64_t(c.b) * a.cin + c.chunk * kChannels) * plane + int64_t(c.ho0 * kStride - a.ph) * a.W + c.w0;
         float* stage = bs + (s % kStages) * kStageValues + 4 * tid;
 #pragma unroll
         for (int u = 0; u < kCopies; u++) {
             if (tid + kBlock * u >= kStageCopies) break;
-            const bool ok = inside(c, u);
-            cp_async16(stage + 4 * kBlock * u, ok ? a.x + (base + src_at[u]) : a.x, ok);
+            const bool ok = (c.inside >> u) & 1u;
+            cp_async16(stage + 4 * kBlock * u, ok ? a.x + (c.base + src_at[u]) : a.x, ok);
         }
     };
     // This thread's copies of step s, landed, into operand buffer s & 1.
@@ -163,7 +172,7 @@ __global__ void __launch_bounds__(kBlock, 2) freq_encoder_kernel(FreqEncoderArgs
                                          (n0 % kTileCols) / 8 + (lane >> 4));
         }
     float acc[3][NT][4] = {};
-    Cursor in{0, 0, 0, 0, 0}, now{0, 0, 0, 0, 0};
+    Cursor in{}, now{};
     at_tile(in), at_tile(now);
 #pragma unroll
     for (int s = 0; s < kStages - 1; s++) {
@@ -208,7 +217,7 @@ __global__ void __launch_bounds__(kBlock, 2) freq_encoder_kernel(FreqEncoderArgs
 #pragma unroll
                     for (int hh = 0; hh < 2; hh++) {
                         const int row = mi * 16 + 8 * hh;
-                        const float bv = a.bias ? __ldg(a.bias + wm * kWarpRows + g + row) : 0.0f;
+                        const float bv = bias[wm * kWarpRows + g + row];
                         if (ok)
                             *reinterpret_cast<float2*>(o + row * HoW) =
                                 make_float2(activate(acc[mi][j][2 * hh] + bv, a.act),
