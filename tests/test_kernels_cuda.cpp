@@ -1218,15 +1218,16 @@ TEST(KernelsCuda, DirectConvolutionOfTheTimeEncoder) {
 // mma.sync (freq_encoder_conv2d), chosen by conv2d with ctx.freq_encoder_mma:
 // against a double reference (exact operands and sums: only the GELU's
 // float32 differs) for its channels (48 -> 96) and fewer, tiles that end
-// past the last row and past W, blocks that loop over many tiles; an input
-// norm applied first (as normalize_items gives it); and the shapes it
-// refuses (the other encoders among them).
+// past the last row and past W, blocks that loop over many tiles of several
+// steps each (the ring crossing tiles mid-flight), nothing written past the
+// output (a NaN guard); an input norm applied first (as normalize_items
+// gives it); and the shapes it refuses (the other encoders among them).
 TEST(KernelsCuda, SecondFrequencyEncoderOnTheTensorCores) {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
     for (DType t : {DType::F16, DType::BF16})
         for (const auto& [B, cin, H, W] : {std::tuple<int64_t, int64_t, int64_t, int64_t>{2, 48, 40, 20},
                                            {3, 8, 20, 52},
-                                           {12, 4, 256, 336}}) {
+                                           {12, 8, 128, 336}}) {
             Gpu gpu;
             const int64_t cout = 96;
             const std::vector<float> x = exact_random(size_t(B * cin * H * W), 101);
@@ -1235,14 +1236,20 @@ TEST(KernelsCuda, SecondFrequencyEncoderOnTheTensorCores) {
             conv_output_size(H, e.Wl, e.cw, e.g, &Ho, &Wo);
             Ctx ctx = gpu.ctx(t);
             ctx.freq_encoder_mma = true;
+            EXPECT_TRUE(freq_encoder_conv_takes(t, cin, cout, 8, 1, e.g, W, e.Wl));
             EXPECT_FALSE(conv2d_bias_in_gemm(ctx, {nullptr, B, cin, H, W}, e.Wl, e.cw, e.g));
             const DTensor xd{gpu.put(x), B, cin, H, W};
             for (const Act act : {Act::Gelu, Act::None}) {
-                const DTensor out{gpu.arena.alloc<float>(B * cout * Ho * Wo), B, cout, Ho, Wo};
+                const int64_t n = B * cout * Ho * Wo, guard = 64;
+                const DTensor out{gpu.arena.alloc<float>(n + guard), B, cout, Ho, Wo};
+                FD_CUDA(cudaMemsetAsync(out.p, 0xff, size_t(n + guard) * sizeof(float), gpu.stream));  // NaN
                 conv2d(ctx, xd, e.Wl, e.cw, e.g, out, act);
-                EXPECT_LE(rel(gpu.get(out.p, size_t(out.numel())), encoder_conv_reference(e, x, B, H, W, Ho, Wo, act)),
+                const std::vector<float> got = gpu.get(out.p, size_t(n + guard));
+                EXPECT_LE(rel(std::vector<float>(got.begin(), got.begin() + n),
+                              encoder_conv_reference(e, x, B, H, W, Ho, Wo, act)),
                           1e-6)
                     << dtype_name(t) << " " << cin << " channels " << H << "x" << W;
+                for (int64_t i = n; i < n + guard; i++) EXPECT_TRUE(std::isnan(got[size_t(i)])) << "written past the output";
             }
             if (B != 3) continue;
             const std::vector<double> mean_h{0.3, -0.1, 0.05}, inv_h{1.25, 0.8, 3.0};

@@ -22,7 +22,7 @@ constexpr int kTileRows = 8, kTileCols = 16, kTileN = kTileRows * kTileCols;
 constexpr int kRowsIn = kStride * kTileRows + kTaps - kStride;  // 36
 constexpr int kKc = 32;                 // weight columns a step: 4 input channels x 8 taps
 constexpr int kChannels = kKc / kTaps;  // 4
-constexpr int kStages = 3;              // steps in flight + the one multiplied (cp.async ring)
+constexpr int kStages = 3;              // cp.async ring: the step being converted and two in flight
 // A step's inputs [kChannels][kRowsIn][kTileCols]: float32 as copied (16-byte
 // copy i at float 4 i), then in the operand type for ldmatrix, each row's two
 // 16-byte halves swapped in rows 4..7 mod 8 (the eight rows of a fragment
@@ -63,8 +63,9 @@ __device__ __forceinline__ int operand_index(int c, int row, int half) {
 // rows x 16 positions, copied into a ring of kStages with cp.async
 // (zero-filled outside the input); once they land, each thread rounds the
 // values it copied to the operand type into one of two operand buffers,
-// whose row 8 c + k (the weight's column order) for tile position (r, j) is
-// input row 4 r + k: ldmatrix takes the B fragments' tiles from those rows.
+// where the operand value of GEMM row 8 c + k (the weight's column order)
+// and tile position (r, j) is channel c's input row 4 r + k, column j:
+// ldmatrix takes the B fragments' tiles from those rows.
 // The ring runs across tiles, so a tile's first steps load while the last
 // one's epilogue writes. Warps split the tile 96 x 128 as 2 x 4.
 template <typename T>
@@ -182,7 +183,11 @@ __global__ void __launch_bounds__(kBlock, 2) freq_encoder_kernel(FreqEncoderArgs
     for (int s = 0; s < steps; s++) {
         cp_async_wait<kStages - 2>();
         convert(s);
-        __syncthreads();  // step s's operands (and the weights) ready for all; ring slot (s - 1) % kStages free
+        // Step s's operands (and the weights, the bias) ready for all. The ring
+        // slot issued next, (s - 1) % kStages, was read only by its own
+        // copier's convert(s - 1); the operand buffer convert(s + 1) writes
+        // was last read by the MMAs of step s - 1, before this barrier.
+        __syncthreads();
         if (s + kStages - 1 < steps) issue(in, s + kStages - 1), advance(in);
         cp_async_commit();
         const T* op = ops + (s & 1) * kStageValues;
@@ -211,7 +216,7 @@ __global__ void __launch_bounds__(kBlock, 2) freq_encoder_kernel(FreqEncoderArgs
             for (int j = 0; j < NT; j++) {
                 const int n = (wn * NT + j) * 8 + 2 * tl, ho = now.ho0 + n / kTileCols, w = now.w0 + n % kTileCols;
                 const bool ok = ho < a.Ho && w < a.W;  // W is even: w + 1 too
-                float* o = ob + int64_t(ho) * a.W + w;
+                float* o = ob + (ok ? int64_t(ho) * a.W + w : 0);
 #pragma unroll
                 for (int mi = 0; mi < 3; mi++)
 #pragma unroll
@@ -252,11 +257,12 @@ bool freq_encoder_conv_takes(DType t, int64_t cin, int64_t cout, int kh, int kw,
         g.pw != 0 || g.dh != 1 || g.dw != 1 || g.ph < 0 || g.ph > kTaps - kStride)
         return false;
     // 96 outputs only: blocks that split the outputs each read the whole
-    // input, and larger weights leave one block an SM; measured on an H200
-    // (forward of 8 chunks), the second encoder (48 -> 96) 0.23 ms here
-    // against 0.29 ms for im2col + GEMM, the first (4 -> 48, 48 outputs a
-    // block) 0.20 against 0.18, the third (96 -> 192, two groups of 96)
-    // 0.27 against 0.16.
+    // input, and larger weights leave one block an SM. Measured on an H200
+    // (forward of 8 chunks; results/h200-2026-11-29-session23-ab.log): the
+    // second encoder (48 -> 96) 0.186 ms here against 0.29 ms for im2col +
+    // GEMM; the first (4 -> 48, 48 outputs a block) 0.182 against 0.183; the
+    // third (96 -> 192, two groups of 96, before the last tuning of this
+    // kernel) 0.27 against 0.16.
     return cout == kOutputs && cin >= kChannels && cin % kChannels == 0 && W % 4 == 0 && Wl == W &&
            cin <= (int64_t(1) << 16) && shared_bytes(cin * kTaps) <= optin_smem();
 }
@@ -267,7 +273,9 @@ void freq_encoder_conv2d(const Ctx& ctx, const float* x, int64_t B, int64_t cin,
     if (!freq_encoder_conv_takes(ctx.gemm, cin, cout, g.kh, g.kw, g, W, W))
         throw Error("internal error: freq_encoder_conv2d: a convolution it does not take");
     const int64_t row_tiles = (Ho + kTileRows - 1) / kTileRows, col_tiles = (W + kTileCols - 1) / kTileCols;
+    // (Each thread's copy offsets within a step, int: below kChannels planes + kRowsIn rows.)
     if (B * cin * H * W >= (int64_t(1) << 31) || B * cout * Ho * W >= (int64_t(1) << 31) ||
+        (kChannels * H + kRowsIn) * W >= (int64_t(1) << 31) ||
         B * row_tiles * col_tiles > (int64_t(1) << 30) || Ho > (H + 2 * g.ph - kTaps) / kStride + 1)
         throw Error("internal error: freq_encoder_conv2d dimensions");
     if (ctx.dry || B * Ho * W == 0) return;
