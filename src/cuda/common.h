@@ -97,6 +97,8 @@ struct Ctx {
     bool direct_conv = true;
     // The second frequency encoder's convolution as an implicit GEMM on mma.sync (cuda/freq_encoder_conv.h).
     bool freq_encoder_mma = false;
+    // im2col of the 3x3 convolutions nine column rows a thread (kernels.cu: im2col_3x3_kernel).
+    bool im2col_3x3 = true;
     // The frequency embedding added by the first encoder's GLU pass (not a pass of its own).
     bool fuse_freq_embedding = true;
     bool gelu_epilogue = true;  // ... and the feed-forward's GELU too, in its tanh form (gemm.h: linear_bias_as)

@@ -129,6 +129,7 @@
 // (Ctx::direct_conv).
 // FASTDEMUCS_FREQ_ENCODER_MMA=0: the second frequency encoder's float16 / bfloat16 convolution through im2col + GEMM
 // (Ctx::freq_encoder_mma).
+// FASTDEMUCS_IM2COL_3X3=0: the 3x3 convolutions' im2col through the general runs kernel (Ctx::im2col_3x3).
 // FASTDEMUCS_FUSED_FREQ_EMB=0: the frequency embedding in a pass of its own (Ctx::fuse_freq_embedding).
 // FASTDEMUCS_DOWNLOAD_RING=0: the stems copied into the caller's vector page-locked for the call
 // instead of through the ring of page-locked slots (cuda/download_ring.h).
@@ -506,6 +507,7 @@ public:
         ctx_.biased_conv = env_string("FASTDEMUCS_BIASED_CONV") != "0";
         ctx_.direct_conv = env_string("FASTDEMUCS_DIRECT_CONV") != "0";
         ctx_.freq_encoder_mma = env_string("FASTDEMUCS_FREQ_ENCODER_MMA") != "0" && major >= 8;  // mma.sync
+        ctx_.im2col_3x3 = env_string("FASTDEMUCS_IM2COL_3X3") != "0";
         ctx_.fuse_freq_embedding = env_string("FASTDEMUCS_FUSED_FREQ_EMB") != "0";
         ctx_.pack_from_columns = env_string("FASTDEMUCS_PACK_FROM_COLUMNS") != "0";
         staged_upload_ = env_string("FASTDEMUCS_STAGED_UPLOAD") != "0";

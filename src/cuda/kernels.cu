@@ -782,6 +782,51 @@ __global__ void im2col_runs_kernel(const float* __restrict__ x, T* __restrict__ 
     }
 }
 
+// The 3x3 convolutions with padding 1 and stride 1 (the frequency decoders'
+// rewrites through im2col): a thread takes a run of 8 output positions of
+// one input channel and writes all nine of its column rows from the three
+// input rows' 16-float windows around the run (12 aligned vector loads in
+// all), where the runs kernel gathered each column row's window anew (nine
+// times the loads, and a select chain per value for the window's shift).
+// Needs W % 8 == 0 (runs never wrap a row, windows aligned) and x's planes
+// 16-byte aligned (H * W % 4 == 0).
+template <typename T, typename I>
+__global__ void im2col_3x3_kernel(const float* __restrict__ x, T* __restrict__ cols, I runs, Divisor<I> per_plane,
+                                  Divisor<I> runs_w, Divisor<I> C, int H, int W, int64_t ld, int64_t item_rows) {
+    for (I q = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); q < runs; q += I(gridDim.x) * I(blockDim.x)) {
+        // q = ((b * C + c) * H + h) * (W / 8) + r
+        const I plane_index = per_plane.div(q), rest = q - plane_index * per_plane.value();  // b * C + c
+        const I h_ = runs_w.div(rest);
+        const int h = int(h_), w0 = int(rest - h_ * runs_w.value()) * kIm2colRun;
+        const I b = C.div(plane_index);
+        const int c = int(plane_index - b * C.value());
+        const float* plane = x + int64_t(plane_index) * H * W;
+        float win[3][16];  // input rows h - 1 .. h + 1, positions w0 - 4 .. w0 + 11 (zeros outside)
+#pragma unroll
+        for (int i = 0; i < 3; i++) {
+            const int hh = h - 1 + i;
+#pragma unroll
+            for (int v = 0; v < 4; v++) {
+                const int w = w0 - 4 + 4 * v;
+                const float4 f = hh >= 0 && hh < H && w >= 0 && w < W
+                                     ? __ldg(reinterpret_cast<const float4*>(plane + int64_t(hh) * W + w))
+                                     : make_float4(0.f, 0.f, 0.f, 0.f);
+                win[i][4 * v] = f.x, win[i][4 * v + 1] = f.y, win[i][4 * v + 2] = f.z, win[i][4 * v + 3] = f.w;
+            }
+        }
+        T* out = cols + (int64_t(b) * item_rows + int64_t(c) * 9) * ld + int64_t(h) * W + w0;
+#pragma unroll
+        for (int i = 0; i < 3; i++)
+#pragma unroll
+            for (int j = 0; j < 3; j++) {  // column row (c, i, j): input (h - 1 + i, w0 - 1 + j + e)
+                Im2colRun<T> pack;
+#pragma unroll
+                for (int e = 0; e < kIm2colRun; e++) pack.v[e] = from_float<T>(win[i][3 + j + e]);
+                *reinterpret_cast<Im2colRun<T>*>(out + (i * 3 + j) * ld) = pack;
+            }
+    }
+}
+
 // Strided 1-D convolutions (the time branch's encoders: kernel 8, stride 4)
 // in the runs kernel read a run's 8 inputs `sw` apart: each load of a warp
 // touched 32 cache lines (~0.75 TB/s). Here a block stages the input span of
@@ -1455,6 +1500,20 @@ void im2col(const Ctx& ctx, const float* x, void* cols, DType dt, int64_t B, int
                                       im2col_strided_kernel<T, I><<<grid, kThreads, 0, ctx.stream>>>(
                                           x, static_cast<T*>(cols), int(W), g.kw, g.sw, g.dw, g.pw, I(N), ld,
                                           int(Cin), item_rows, nm)));
+        FD_LAUNCH_CHECK();
+        return;
+    }
+    const bool square3 = g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 && g.ph == 1 && g.pw == 1 && g.dh == 1 &&
+                         g.dw == 1 && Ho == H && Wo == W;
+    if (ctx.im2col_3x3 && square3 && W % kIm2colRun == 0 && ld % kIm2colRun == 0 && !nm.mean && aligned16(x) &&
+        aligned16(cols)) {
+        const int64_t runs = B * Cin * H * (W / kIm2colRun);
+        FD_DISPATCH(dt, T,
+                    FD_INDEX_DISPATCH(std::max(B * item_rows * ld, B * Cin * H * W), I,
+                                      im2col_3x3_kernel<T, I><<<grid_for(runs), kThreads, 0, ctx.stream>>>(
+                                          x, static_cast<T*>(cols), I(runs), Divisor<I>(H * (W / kIm2colRun)),
+                                          Divisor<I>(W / kIm2colRun), Divisor<I>(Cin), int(H), int(W), ld,
+                                          item_rows)));
         FD_LAUNCH_CHECK();
         return;
     }
