@@ -368,8 +368,9 @@ TEST(KernelsCuda, ConvolutionPaths) {
 }
 
 // im2col of the 3x3 convolutions with padding 1 (the decoders' rewrites:
-// nine column rows a thread from three input rows' windows) against the
-// columns built here, value for value (exact values in every type), padding
+// nine column rows a thread from three input rows' windows; and the general
+// runs kernel, Ctx::im2col_3x3 off) against the columns built here, value
+// for value (exact values in every type) over a NaN-filled buffer, padding
 // zero at every edge; rows past the item's K (the biased GEMM's) are ones,
 // in rows of ld > N values.
 TEST(KernelsCuda, Im2colOfThe3x3Convolutions) {
@@ -378,25 +379,30 @@ TEST(KernelsCuda, Im2colOfThe3x3Convolutions) {
     ConvGeom g;
     g.kh = g.kw = 3, g.ph = g.pw = 1;
     const std::vector<float> x = exact_random(size_t(B * C * H * W), 111);
-    for (DType t : {DType::F32, DType::F16, DType::BF16}) {
-        Gpu gpu;
-        const size_t n = size_t(B * item_rows * ld);
-        void* cols = gpu.arena.alloc_bytes(n * dtype_bytes(t));
-        im2col(gpu.ctx(t), gpu.put(x), cols, t, B, C, H, W, g, H, W, ld, item_rows);
-        const std::vector<float> got = get_as(gpu, cols, t, n);
-        size_t wrong = 0;
-        for (int64_t b = 0; b < B; b++)
-            for (int64_t r = 0; r < item_rows; r++)
-                for (int64_t j = 0; j < (r < K ? N : ld); j++) {
-                    float want = 1.0f;
-                    if (r < K) {
-                        const int64_t c = r / 9, i = r % 9 / 3, k = r % 3, h = j / W + i - 1, w = j % W + k - 1;
-                        want = h >= 0 && h < H && w >= 0 && w < W ? x[size_t(((b * C + c) * H + h) * W + w)] : 0.0f;
+    for (DType t : {DType::F32, DType::F16, DType::BF16})
+        for (const bool nine_rows : {true, false}) {
+            Gpu gpu;
+            const size_t n = size_t(B * item_rows * ld);
+            void* cols = gpu.arena.alloc_bytes(n * dtype_bytes(t));
+            FD_CUDA(cudaMemsetAsync(cols, 0xff, n * dtype_bytes(t), gpu.stream));  // NaN in every type
+            Ctx ctx = gpu.ctx(t);
+            ctx.im2col_3x3 = nine_rows;
+            im2col(ctx, gpu.put(x), cols, t, B, C, H, W, g, H, W, ld, item_rows);
+            const std::vector<float> got = get_as(gpu, cols, t, n);
+            size_t wrong = 0;
+            for (int64_t b = 0; b < B; b++)
+                for (int64_t r = 0; r < item_rows; r++)
+                    for (int64_t j = 0; j < (r < K ? N : ld); j++) {
+                        float want = 1.0f;
+                        if (r < K) {
+                            const int64_t c = r / 9, i = r % 9 / 3, k = r % 3, h = j / W + i - 1, w = j % W + k - 1;
+                            const bool inside = h >= 0 && h < H && w >= 0 && w < W;
+                            want = inside ? x[size_t(((b * C + c) * H + h) * W + w)] : 0.0f;
+                        }
+                        if (!(got[size_t((b * item_rows + r) * ld + j)] == want)) wrong++;
                     }
-                    if (got[size_t((b * item_rows + r) * ld + j)] != want) wrong++;
-                }
-        EXPECT_EQ(wrong, 0u) << dtype_name(t);
-    }
+            EXPECT_EQ(wrong, 0u) << dtype_name(t) << (nine_rows ? " nine rows a thread" : " runs kernel");
+        }
 }
 
 namespace {
