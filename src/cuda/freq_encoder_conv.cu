@@ -1,4 +1,4 @@
-// The frequency encoders' convolutions on mma.sync (see freq_encoder_conv.h).
+// The second frequency encoder's convolution on mma.sync (see freq_encoder_conv.h).
 #include "cuda/freq_encoder_conv.h"
 
 #include <algorithm>
