@@ -1550,7 +1550,9 @@ struct DConvLayerHost {
 // a row-resident kernel (rows = true: dconv_rows in float32, dconv_rows_tc in
 // float16 / bfloat16) or one dconv_layer_thin call per layer, against the
 // double reference; relative error of x_out - x_in.
-double dconv_case_error(const DConvCase& k, const std::vector<int>& dilations, bool rows, DType type = DType::F32) {
+// split: Ctx::dconv_split_warps (several warps a strip in the tensor-core passes).
+double dconv_case_error(const DConvCase& k, const std::vector<int>& dilations, bool rows, DType type = DType::F32,
+                        bool split = true) {
     Gpu gpu;
     const int64_t B = k.B, C = k.C, Hd = k.hidden, R = k.R, W = k.W;
     const std::vector<float> x = random(size_t(B * C * R * W), 21, 1.0f, 0.2f);
@@ -1575,8 +1577,10 @@ double dconv_case_error(const DConvCase& k, const std::vector<int>& dilations, b
         }
         dconv_rows_tc(gpu.ctx(type), layers.data(), int(layers.size()), dx, B, R, W, &copy);
     } else {
+        Ctx ctx = gpu.ctx(type);
+        ctx.dconv_split_warps = split;
         for (size_t i = 0; i < layers.size(); i++)
-            dconv_layer_thin(gpu.ctx(type), layers[i], dx, B, R, W, i + 1 == layers.size() && copy.p ? &copy : nullptr);
+            dconv_layer_thin(ctx, layers[i], dx, B, R, W, i + 1 == layers.size() && copy.p ? &copy : nullptr);
     }
     if (copy.p)
         expect_operand_rows(gpu, type, copy, gpu.get(dx, x.size()), B * C, R * W,
@@ -1653,12 +1657,16 @@ TEST(KernelsCuda, TensorCoreDConvApplyMatchesTheModule) {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
     const DConvCase cases[] = {{2, 48, 6, 3, 300, 2}, {1, 96, 12, 1, 1000, 1}, {2, 192, 24, 4, 150, 2},
                                {2, 8, 1, 2, 5, 4},    {1, 56, 28, 1, 523, 3},  {1, 192, 24, 1, 5375, 1}};
+    // Each with the warps of a strip sharing its work at hidden > 16 (the in-convolution's hidden
+    // tiles, the apply's channels) and without.
     for (const DConvCase& k : cases)
-        for (DType type : {DType::F16, DType::BF16}) {
-            const double err = dconv_case_error(k, {k.dilation}, false, type);
-            EXPECT_LE(err, 2e-3) << "C " << k.C << ", hidden " << k.hidden << ", R " << k.R << ", W " << k.W;
-            EXPECT_GT(err, 1e-6) << "C " << k.C << ": the tensor-core kernel should have run (float16 rounding)";
-        }
+        for (DType type : {DType::F16, DType::BF16})
+            for (bool split : {false, true}) {
+                const double err = dconv_case_error(k, {k.dilation}, false, type, split);
+                EXPECT_LE(err, 2e-3) << "C " << k.C << ", hidden " << k.hidden << ", R " << k.R << ", W " << k.W
+                                     << ", split " << split;
+                EXPECT_GT(err, 1e-6) << "C " << k.C << ": the tensor-core kernel should have run (float16 rounding)";
+            }
     EXPECT_LE(dconv_case_error({1, 100, 14, 2, 200, 3}, {3}, false, DType::F16), 2e-3);  // C % 16 != 0
 }
 

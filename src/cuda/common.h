@@ -86,6 +86,9 @@ struct Ctx {
     bool thin_dconv = true;             // DConv layers with hidden <= 32 in three fused passes (cuda/dconv.h)
     bool dconv_rows = true;             // whole DConvs with the row in shared memory where it fits (dconv_rows)
     bool tensor_core_dconv = true;      // float16 / bfloat16: the thin DConv's convolutions on mma.sync (cuda/dconv.h)
+    // ... with the in-convolution's hidden tiles and the apply pass's channels split among several
+    // warps of 32 positions at hidden > 16 (cuda/dconv.cu).
+    bool dconv_split_warps = true;
     bool decoder_writes_spectrum = true;  // the last frequency decoder straight into the iSTFT's input (no z)
     // The frequency decoders' transposed convs written there (and into the next rewrite's packed input) by
     // tensor-core kernels of their own, no columns (cuda/freq_transposed.h).

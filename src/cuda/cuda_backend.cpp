@@ -130,6 +130,8 @@
 // FASTDEMUCS_FREQ_ENCODER_MMA=0: the second frequency encoder's float16 / bfloat16 convolution through im2col + GEMM
 // (Ctx::freq_encoder_mma).
 // FASTDEMUCS_IM2COL_3X3=0: the 3x3 convolutions' im2col through the general runs kernel (Ctx::im2col_3x3).
+// FASTDEMUCS_DCONV_SPLIT=0: a warp of the DConv's tensor-core passes takes every hidden tile / channel of
+// its positions (Ctx::dconv_split_warps).
 // FASTDEMUCS_FUSED_FREQ_EMB=0: the frequency embedding in a pass of its own (Ctx::fuse_freq_embedding).
 // FASTDEMUCS_DOWNLOAD_RING=0: the stems copied into the caller's vector page-locked for the call
 // instead of through the ring of page-locked slots (cuda/download_ring.h).
@@ -500,6 +502,7 @@ public:
         ctx_.thin_dconv = env_string("FASTDEMUCS_THIN_DCONV") != "0";
         ctx_.dconv_rows = env_string("FASTDEMUCS_DCONV_ROWS") != "0";
         ctx_.tensor_core_dconv = env_string("FASTDEMUCS_TC_DCONV") != "0" && major >= 8;  // mma.sync m16n8k16
+        ctx_.dconv_split_warps = env_string("FASTDEMUCS_DCONV_SPLIT") != "0";
         ctx_.decoder_writes_spectrum = env_string("FASTDEMUCS_SPECTRUM_FROM_COLUMNS") != "0";
         ctx_.freq_transposed_mma = env_string("FASTDEMUCS_FREQ_TRANSPOSED_MMA") != "0" && major >= 8;  // mma.sync
         ctx_.bias_epilogue = env_string("FASTDEMUCS_BIAS_EPILOGUE") != "0";

@@ -338,10 +338,10 @@ constexpr int kPairs = 2;              // tiles of 8 output channels (a and g) p
 // memory, their scattered loads and conversions held every block up (0.89
 // -> 0.60 ms at hidden 24, ~2x the blocks per SM).
 __host__ __device__ constexpr int hn_pitch(int ksteps) { return 16 * ksteps + 8; }  // halves: conflict-free A fragment loads
-constexpr size_t apply_tc_smem_bytes(int C, int ksteps) {
-    return size_t(2 * C) * sizeof(float2) +
-           size_t(16 * ksteps) * sizeof(float2) + size_t(2 * C) * sizeof(float) +
-           kApplyWarps * (size_t(kStrip) * hn_pitch(ksteps) * sizeof(__half) + 8 * kPairs * kOutPitch * sizeof(float));
+constexpr size_t apply_tc_smem_bytes(int C, int ksteps, int groups = 1) {
+    return size_t(2 * C) * sizeof(float2) + size_t(16 * ksteps) * sizeof(float2) + size_t(2 * C) * sizeof(float) +
+           groups * kApplyWarps *
+               (size_t(kStrip) * hn_pitch(ksteps) * sizeof(__half) + 8 * kPairs * kOutPitch * sizeof(float));
 }
 
 // A warp takes kStrip positions at a time: hn loaded and normalised with
@@ -355,8 +355,17 @@ constexpr size_t apply_tc_smem_bytes(int C, int ksteps) {
 // type, planes of copy_ld values (a GEMM operand for the layer that reads
 // the DConv's output: no conversion pass of its own, see Planes). CopyT
 // float: no copy (its own instance: the copy's code took 4 more registers).
-template <int KSteps, typename CopyT>
-__global__ void __launch_bounds__(kApplyWarps * 32)
+// Groups > 1: that many warps share each strip, warp group q taking the
+// pairs of tiles q, q + Groups, ... (each normalises the strip's hn for
+// itself: h is 1/8 of x, and a second read of it comes from L2). At hidden
+// 24 a warp per strip left the SMs short of warps: the time branch's rows
+// (336 blocks, ~10 warps an SM) ran at a quarter of the bandwidth, the
+// frequency branch's (768 blocks) were held to 5 an SM by 96 registers. Two
+// groups (80 registers, 3 blocks an SM): 42 / 47 -> 32 / 35 us and 83 / 99
+// -> 61 / 67 us (float / float16 copy) a forward of 8 on an H200.
+// (Minimum blocks 0 for one group: see dconv_in_tc_kernel.)
+template <int KSteps, int Groups, typename CopyT>
+__global__ void __launch_bounds__(kApplyWarps * 32 * Groups, Groups == 1 ? 0 : 3)
     dconv_out_apply_tc_kernel(const float* __restrict__ h, int hidden, int C, int64_t R, int W, int span,
                               int wblocks, const float2* __restrict__ hcoef, const uint2* __restrict__ frag,
                               const float* __restrict__ bias, const float2* __restrict__ ycoef,
@@ -368,6 +377,7 @@ __global__ void __launch_bounds__(kApplyWarps * 32)
     float2* hc = yc + C2;
     float* bs = reinterpret_cast<float*>(hc + K);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int strip = warp % kApplyWarps, group = warp / kApplyWarps;
     __half* hn = reinterpret_cast<__half*>(bs + C2) + warp * (kStrip * HP + 16 * kPairs * kOutPitch);  // [kStrip][HP]
     float* out = reinterpret_cast<float*>(hn + kStrip * HP);  // [8 kPairs][kOutPitch]
     const int64_t row = blockIdx.x / wblocks;
@@ -388,7 +398,7 @@ __global__ void __launch_bounds__(kApplyWarps * 32)
     constexpr bool kCopy = !std::is_same_v<CopyT, float>;
     CopyT* copy_row = kCopy ? copy + b * C * copy_ld + r * W : nullptr;
     const int end = min(W, (wb + 1) * span);
-    for (int w0 = wb * span + kStrip * warp; w0 < end; w0 += kStrip * kApplyWarps) {
+    for (int w0 = wb * span + kStrip * strip; w0 < end; w0 += kStrip * kApplyWarps) {
         const int w = w0 + lane;
         const bool valid = w < end;
         // Every load of the strip's h issued before the first is used (a loop
@@ -419,8 +429,10 @@ __global__ void __launch_bounds__(kApplyWarps * 32)
                 for (int u = 0; u < 8; u++)
                     xv[p][u] = valid && j + p < half_tiles ? xrow[(8 * (j + p) + u) * plane + w] : 0.0f;
         };
-        load_x(0);
-        for (int j = 0; j < half_tiles; j += kPairs) {
+        constexpr int kStep = kPairs * Groups;  // tiles between a warp's rounds
+        load_x(kPairs * group);
+#pragma unroll 1
+        for (int j = kPairs * group; j < half_tiles; j += kStep) {
 #pragma unroll
             for (int p = 0; p < kPairs; p++) {
                 if (j + p >= half_tiles) break;
@@ -456,7 +468,7 @@ __global__ void __launch_bounds__(kApplyWarps * 32)
             for (int p = 0; p < kPairs; p++)
 #pragma unroll
                 for (int u = 0; u < 8; u++) xn[p][u] = xv[p][u] + out[(8 * p + u) * kOutPitch + lane];
-            if (j + kPairs < half_tiles) load_x(j + kPairs);  // the next rows in flight while these are stored
+            if (j + kStep < half_tiles) load_x(j + kStep);  // the next rows in flight while these are stored
             if (valid)
 #pragma unroll
                 for (int p = 0; p < kPairs; p++)
@@ -474,8 +486,9 @@ __global__ void __launch_bounds__(kApplyWarps * 32)
 
 // ---- The in-convolution on the tensor cores (float16 / bfloat16 modes) ----
 // h = conv3(x) as mma.sync.m16n8k16 tiles of 16 positions x 8 hidden
-// channels, K running over (16 input channels, tap): a block of 4 warps
-// takes dconv_in_kernel's 128 positions of a row (the same partials), the
+// channels, K running over (16 input channels, tap): a block takes
+// dconv_in_kernel's 128 positions of a row (the same partials) in 4 strips of
+// 32 (a warp each, or in_split's warps sharing the hidden tiles), the
 // input channels 16 at a time staged in shared memory as float16
 // [position][channel] with the dilation's margin on both sides, so that tap
 // j's A fragments are the same rows shifted by j * d. The thread-per-position
@@ -484,15 +497,37 @@ __global__ void __launch_bounds__(kApplyWarps * 32)
 constexpr int kInChunk = 16;                 // input channels per staged chunk (one k-step per tap)
 constexpr int kInPitch = kInChunk + 8;       // halves per staged position: conflict-free A fragment loads
 constexpr int kInRows = kRowThreads + 2 * kInMaxDilation;  // staged positions
-constexpr int kInStage = kInChunk * kInRows / kRowThreads;  // staged values per thread and chunk
-static_assert(kRowThreads % kInChunk == 0 && kInRows % (kRowThreads / kInChunk) == 0, "whole staging rounds");
+constexpr int kStrips = kRowThreads / 32;    // strips of 32 positions (two m-tiles) a block
 
-template <int NTiles>
-__global__ void __launch_bounds__(kRowThreads)
+// Warps a strip of 32 positions when a block splits its hidden tiles among
+// warps (Ctx::dconv_split_warps): one tile each at 3, two each at 4 (the
+// staging's 144 x 16 values divide among 128, 256 and 384 threads); at 2
+// (hidden 12: 1344 blocks, warps enough) the split was slower, 32 -> 35 us.
+// Why: with a warp taking every hidden tile of its strip, the layers with
+// hidden 24 had a warp per 32 positions in all, ~10 warps an SM on the time
+// branch's rows (8 x 5375 positions: 336 blocks, 13 % of the memory
+// bandwidth) and 23 on the frequency branch's, each chunk waiting for its
+// loads; split, a block stages a chunk with 3x the threads, and each warp
+// keeps 8 accumulators instead of 24 (registers for 3 blocks an SM). A
+// forward of 8 on an H200: 55 -> 24 us (time rows), 59 -> 42 us (frequency
+// rows); the two stages alone (one barrier a chunk, not two) 55 -> 42, 59 -> 47.
+constexpr int in_split(int ntiles) { return ntiles == 4 ? 2 : ntiles == 3 ? 3 : 1; }
+
+// The launch bounds' minimum of blocks an SM: 0 leaves ptxas its own
+// register budget (1 let it take up to 255: 80 -> 134 at 3 tiles).
+template <int NTiles, int Split>
+__global__ void __launch_bounds__(kRowThreads * Split, Split == 3 ? 3 : 0)
     dconv_in_tc_kernel(const float* __restrict__ x, int C, int64_t R, int W, int dilation, int hidden,
                        const uint2* __restrict__ frag, const float* __restrict__ bias, float* __restrict__ h,
                        double* __restrict__ partial, int wblocks) {
-    __shared__ __align__(16) __half xs[kInRows * kInPitch];  // position p0 - kInMaxDilation + q at row q
+    constexpr int kThreads = kRowThreads * Split, kWarpTiles = NTiles / Split;
+    constexpr int kLanesPerChannel = kThreads / kInChunk;    // threads staging one channel of a chunk
+    constexpr int kStage = kInChunk * kInRows / kThreads;    // staged values per thread and chunk
+    static_assert(NTiles % Split == 0 && kThreads % kInChunk == 0 && (kInChunk * kInRows) % kThreads == 0,
+                  "whole tiles a warp, whole staging rounds");
+    // Two stages, position p0 - kInMaxDilation + q at row q: a chunk is
+    // written while the other's fragments may still be read (one barrier a chunk).
+    __shared__ __align__(16) __half xs[2][kInRows * kInPitch];
     __shared__ double red[32];
     const int d = dilation, chunks = (C + kInChunk - 1) / kInChunk;
     const int64_t row = blockIdx.x / wblocks;
@@ -500,33 +535,36 @@ __global__ void __launch_bounds__(kRowThreads)
     const int64_t b = row / R, r = row - b * R;
     const int p0 = wb * kRowThreads;  // the block's first position
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int strip = warp % kStrips, ns = warp / kStrips;  // the warp's positions and first hidden tile
     const int64_t plane = R * W;
     const float* xrow = x + (b * C * R + r) * W;
-    float acc[2][NTiles][4] = {};
+    float acc[2][kWarpTiles][4] = {};
     // Channels [16 ch, 16 ch + 16) at positions p0 - 8 .. p0 + 136 (zero
-    // outside the row): thread i stages channel i / 8 at positions i % 8 + 8 e
-    // (one base address, constant offsets). The next chunk's loads are issued
-    // before this chunk's MMAs (loaded, converted and stored one at a time,
-    // the staging waited on every load: 440 GB/s at hidden 24).
-    constexpr int kLanesPerChannel = kRowThreads / kInChunk;
+    // outside the row): thread i stages channel i / kLanesPerChannel at
+    // positions i % kLanesPerChannel + kLanesPerChannel e (one base address,
+    // constant offsets). The next chunk's loads are issued before this
+    // chunk's MMAs (loaded, converted and stored one at a time, the staging
+    // waited on every load: 440 GB/s at hidden 24).
     const int cc = int(threadIdx.x) / kLanesPerChannel, q0 = int(threadIdx.x) % kLanesPerChannel;
     const int w_first = p0 - kInMaxDilation + q0;
-    float staged[kInStage];
+    float staged[kStage];
     auto load_chunk = [&](int ch) {
         const int c = kInChunk * ch + cc;
         const float* src = xrow + int64_t(c) * plane + w_first;
 #pragma unroll
-        for (int e = 0; e < kInStage; e++) {
+        for (int e = 0; e < kStage; e++) {
             const int w = w_first + kLanesPerChannel * e;
             staged[e] = c < C && w >= 0 && w < W ? src[kLanesPerChannel * e] : 0.0f;
         }
     };
     load_chunk(0);
+#pragma unroll 1
     for (int ch = 0; ch < chunks; ch++) {
-        __syncthreads();  // the previous chunk's fragments are read
+        // Stage ch & 1 was last read by chunk ch - 2's fragments, before every warp passed chunk ch - 1's barrier.
+        __half* stage = xs[ch & 1];
 #pragma unroll
-        for (int e = 0; e < kInStage; e++)
-            xs[(q0 + kLanesPerChannel * e) * kInPitch + cc] = half_sat(staged[e]);
+        for (int e = 0; e < kStage; e++)
+            stage[(q0 + kLanesPerChannel * e) * kInPitch + cc] = half_sat(staged[e]);
         __syncthreads();
         if (ch + 1 < chunks) load_chunk(ch + 1);
 #pragma unroll
@@ -537,29 +575,30 @@ __global__ void __launch_bounds__(kRowThreads)
 #pragma unroll
                 for (int q = 0; q < 4; q++)
                     a[mt][q] = *reinterpret_cast<const uint32_t*>(
-                        xs + (32 * warp + 16 * mt + g + 8 * (q & 1) + kInMaxDilation + (j - 1) * d) * kInPitch +
+                        stage + (32 * strip + 16 * mt + g + 8 * (q & 1) + kInMaxDilation + (j - 1) * d) * kInPitch +
                         2 * t + 8 * (q >> 1));
 #pragma unroll
-            for (int n = 0; n < NTiles; n++) {
+            for (int i = 0; i < kWarpTiles; i++) {
+                const int n = ns + Split * i;
                 const uint2 bf = __ldg(frag + ((n * chunks + ch) * 3 + j) * 32 + lane);
 #pragma unroll
-                for (int mt = 0; mt < 2; mt++) mma_m16n8k16<__half>(acc[mt][n], a[mt], bf.x, bf.y);
+                for (int mt = 0; mt < 2; mt++) mma_m16n8k16<__half>(acc[mt][i], a[mt], bf.x, bf.y);
             }
         }
     }
-    // h (without bias) from the fragments, and the block's partial statistics of h + bias.
+// h (without bias) from the fragments, and the block's partial statistics of h + bias.
     double sum = 0.0, sq = 0.0;
     float* hrow = h + (b * hidden * R + r) * W;
 #pragma unroll
     for (int mt = 0; mt < 2; mt++)
 #pragma unroll
-        for (int n = 0; n < NTiles; n++)
+        for (int i = 0; i < kWarpTiles; i++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                const int k = 8 * n + 2 * t + (e & 1), w = p0 + 32 * warp + 16 * mt + g + 8 * (e >> 1);
+                const int k = 8 * (ns + Split * i) + 2 * t + (e & 1), w = p0 + 32 * strip + 16 * mt + g + 8 * (e >> 1);
                 if (k < hidden && w < W) {
-                    hrow[k * plane + w] = acc[mt][n][e];
-                    const double v = acc[mt][n][e] + bias[k];
+                    hrow[k * plane + w] = acc[mt][i][e];
+                    const double v = acc[mt][i][e] + bias[k];
                     sum += v, sq += v * v;
                 }
             }
@@ -593,15 +632,25 @@ void launch_apply_tc(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64
                      const float* h, const float2* hcoef, const float2* ycoef, const Planes* copy) {
     const int wblocks = (W + kApplyPositions - 1) / kApplyPositions;
     const int span = ((W + wblocks - 1) / wblocks + 15) / 16 * 16;
-    const size_t bytes = apply_tc_smem_bytes(w.channels, KSteps);
-    with_copy_type(copy, [&](auto* copy_p) {
-        using CopyT = std::remove_pointer_t<decltype(copy_p)>;
-        const auto kernel = dconv_out_apply_tc_kernel<KSteps, CopyT>;
-        allow_shared(kernel, bytes);
-        kernel<<<unsigned(B * R * wblocks), kApplyWarps * 32, bytes, ctx.stream>>>(
-            h, w.hidden, w.channels, R, W, span, wblocks, hcoef, reinterpret_cast<const uint2*>(w.out_fragments),
-            w.out_bias, ycoef, w.scale, x, copy_p, copy ? copy->ld : 0);
-    });
+    const int64_t blocks = B * R * wblocks;
+    // Two warp groups at hidden > 16 (the launch bounds keep three 8-warp blocks an SM).
+    const bool split = ctx.dconv_split_warps && KSteps == 2 && apply_tc_smem_bytes(w.channels, KSteps, 2) <= smem_limit();
+    const auto run = [&](auto groups) {
+        constexpr int G = decltype(groups)::value;
+        const size_t bytes = apply_tc_smem_bytes(w.channels, KSteps, G);
+        with_copy_type(copy, [&](auto* copy_p) {
+            using CopyT = std::remove_pointer_t<decltype(copy_p)>;
+            const auto kernel = dconv_out_apply_tc_kernel<KSteps, G, CopyT>;
+            allow_shared(kernel, bytes);
+            kernel<<<unsigned(blocks), kApplyWarps * 32 * G, bytes, ctx.stream>>>(
+                h, w.hidden, w.channels, R, W, span, wblocks, hcoef, reinterpret_cast<const uint2*>(w.out_fragments),
+                w.out_bias, ycoef, w.scale, x, copy_p, copy ? copy->ld : 0);
+        });
+    };
+    if (split)
+        run(std::integral_constant<int, 2>());
+    else
+        run(std::integral_constant<int, 1>());
     FD_LAUNCH_CHECK();
 }
 
@@ -617,15 +666,20 @@ void launch_layer(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64_t 
 
     if (in_tc_fits(ctx, w)) {
         const uint2* frag = reinterpret_cast<const uint2*>(w.in_fragments);
-        auto launch = [&](auto kernel) {
-            kernel<<<blocks, kRowThreads, 0, ctx.stream>>>(x, C, R, W, w.dilation, w.hidden, frag, w.in_bias, h,
-                                                           partial, wblocks);
+        const auto launch = [&](auto ntiles) {
+            constexpr int NT = decltype(ntiles)::value;
+            if (ctx.dconv_split_warps)
+                dconv_in_tc_kernel<NT, in_split(NT)><<<blocks, kRowThreads * in_split(NT), 0, ctx.stream>>>(
+                    x, C, R, W, w.dilation, w.hidden, frag, w.in_bias, h, partial, wblocks);
+            else
+                dconv_in_tc_kernel<NT, 1><<<blocks, kRowThreads, 0, ctx.stream>>>(x, C, R, W, w.dilation, w.hidden,
+                                                                                  frag, w.in_bias, h, partial, wblocks);
         };
         switch ((w.hidden + 7) / 8) {
-            case 1: launch(dconv_in_tc_kernel<1>); break;
-            case 2: launch(dconv_in_tc_kernel<2>); break;
-            case 3: launch(dconv_in_tc_kernel<3>); break;
-            default: launch(dconv_in_tc_kernel<4>);
+            case 1: launch(std::integral_constant<int, 1>()); break;
+            case 2: launch(std::integral_constant<int, 2>()); break;
+            case 3: launch(std::integral_constant<int, 3>()); break;
+            default: launch(std::integral_constant<int, 4>());
         }
     } else {
         const size_t in_bytes = in_smem_floats(C, MaxHidden) * sizeof(float);
