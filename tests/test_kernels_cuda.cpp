@@ -672,9 +672,10 @@ namespace {
 
 // The encoders' 1x1 rewrite + GLU (+ the frequency embedding) on wgmma,
 // from planes of positions [B, Cin, ld], against the double reference.
-void conv1x1_glu_case(DType t, int64_t B, int64_t Cin, int64_t C, int64_t P, bool embed) {
+// T: the embedding's positions a row (from 128 on the kernel loads a tile's two rows ahead).
+void conv1x1_glu_case(DType t, int64_t B, int64_t Cin, int64_t C, int64_t P, bool embed, int64_t T = 37) {
     Gpu gpu;
-    const int64_t ld = (P + 7) / 8 * 8, T = 37, F = (P + T - 1) / T;
+    const int64_t ld = (P + 7) / 8 * 8, F = (P + T - 1) / T;
     const std::vector<float> x = exact_random(size_t(B * Cin * ld), 31);
     const std::vector<float> w = exact_random(size_t(2 * C * Cin), 32);
     const std::vector<float> bias = random(size_t(2 * C), 33);
@@ -701,7 +702,7 @@ void conv1x1_glu_case(DType t, int64_t B, int64_t Cin, int64_t C, int64_t P, boo
                 ref[size_t((b * C + c) * P + p)] = v;
             }
     EXPECT_LE(rel(got, ref), 1e-5) << dtype_name(t) << " Cin " << Cin << ", C " << C << ", P " << P
-                                   << (embed ? ", embedding" : "");
+                                   << (embed ? ", embedding, T " + std::to_string(T) : "");
 }
 
 }  // namespace
@@ -715,6 +716,8 @@ TEST(KernelsCuda, Conv1x1GluWgmmaMatchesTheModule) {
         conv1x1_glu_case(t, 2, 48, 48, 1000, true);
         conv1x1_glu_case(t, 1, 96, 96, 777, false);
         conv1x1_glu_case(t, 3, 32, 40, 130, true);
+        conv1x1_glu_case(t, 2, 48, 48, 6 * 336, true, 336);  // the model's rows (336 frames), tiles across two
+        conv1x1_glu_case(t, 1, 48, 40, 1000, true, 128);     // rows of one tile, a partial last row
         conv1x1_glu_case(t, 2, 16, 16, 70001, false);
         // The two-warpgroup variants short of 96 channels.
         conv1x1_glu_case(t, 1, 64, 48, 300, false);
@@ -792,6 +795,53 @@ TEST(KernelsCuda, PackedInputFromColumnsEqualsTheStoredPath) {
             conv_glu_packed(ctx, xp, shape, rw, packed);
             EXPECT_EQ(gpu.get(packed.p, size_t(z.numel())), gpu.get(stored.p, size_t(z.numel())))
                 << dtype_name(t) << " C " << C << " W " << W;
+        }
+}
+
+// The same between two time decoders (pack_columns_w): the transposed conv
+// [1, 8] of stride 4 cropped to [w0, w0 + Wc), then a 1 x 3 rewrite; the
+// stored path's col2im (col2im_w_pairs_kernel) and pack give the same bits.
+TEST(KernelsCuda, PackedInputFromTimeColumnsEqualsTheStoredPath) {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    struct Case {
+        int64_t C, W, w0, Wc;
+    };
+    // A block's 128 outputs and less, the whole uncropped row, several channel tiles, a partial one.
+    for (DType t : {DType::F16, DType::BF16})
+        for (const Case& k : {Case{16, 37, 2, 4 * 36 + 8 - 4}, Case{48, 300, 2, 1190}, Case{96, 70, 0, 4 * 69 + 8},
+                              Case{80, 41, 5, 100}}) {
+            Gpu gpu;
+            Ctx ctx = gpu.ctx(t);
+            const int64_t B = 3, Cin = 24, C = k.C, W = k.W;
+            ConvWeight tw;
+            tw.w = put_as(gpu, exact_random(size_t(Cin * C * 8), 41), t), tw.bias = gpu.put(random(size_t(C), 42));
+            tw.cin = int(Cin), tw.cout = int(C), tw.kh = 1, tw.kw = 8;
+            const std::vector<float> gw = exact_random(size_t(2 * C * C * 3), 43);
+            ConvWeight rw;
+            rw.w = put_as(gpu, gw, t), rw.bias = gpu.put(random(size_t(2 * C), 44));
+            rw.cin = int(C), rw.cout = int(2 * C), rw.kh = 1, rw.kw = 3;
+            rw.taps = gpu.arena.alloc_bytes(gw.size() * dtype_bytes(t));
+            conv_weight_taps(ctx, gpu.put(gw), const_cast<void*>(rw.taps), t, 2 * C, C, 3);
+            ConvGeom g;
+            g.kh = 1, g.kw = 3, g.ph = 0, g.pw = 1;
+            ASSERT_TRUE(conv_glu_takes(ctx, rw, g));
+            ASSERT_TRUE(pack_columns_w_fits(ctx, C));
+            const DTensor in{gpu.put(random(size_t(B * Cin * W), 45)), B, Cin, 1, W};
+            const float* skip = gpu.put(random(size_t(B * C * k.Wc), 46));
+            const DTensor z{gpu.arena.alloc<float>(B * C * k.Wc), B, C, 1, k.Wc};
+            conv_transpose2d(ctx, in, tw, 1, 4, 0, k.w0, z, Act::Gelu);
+            const DTensor stored{gpu.arena.alloc<float>(z.numel()), B, C, 1, k.Wc};
+            conv_glu(ctx, z, skip, rw, stored);
+            void* xp = gpu.arena.alloc_bytes(conv_glu_packed_bytes(ctx, B, C, k.Wc));
+            const ColumnSink sink = [&](const void* cols, DType ct, int64_t ld, int64_t b0, int64_t nb) {
+                pack_columns_w(ctx, cols, ct, ld, tw.bias, Act::Gelu, b0, nb, C, W, k.w0, k.Wc, skip, xp);
+            };
+            const DTensor shape{nullptr, B, C, 1, k.Wc};
+            conv_transpose2d(ctx, in, tw, 1, 4, 0, k.w0, shape, Act::None, nullptr, &sink);
+            const DTensor packed{gpu.arena.alloc<float>(z.numel()), B, C, 1, k.Wc};
+            conv_glu_packed(ctx, xp, shape, rw, packed);
+            EXPECT_EQ(gpu.get(packed.p, size_t(z.numel())), gpu.get(stored.p, size_t(z.numel())))
+                << dtype_name(t) << " C " << C << " W " << W << " w0 " << k.w0 << " Wc " << k.Wc;
         }
 }
 

@@ -106,6 +106,7 @@ struct Ctx {
     bool fuse_freq_embedding = true;
     bool gelu_epilogue = true;  // ... and the feed-forward's GELU too, in its tanh form (gemm.h: linear_bias_as)
     bool pack_from_columns = true;  // a frequency decoder's columns straight into the next rewrite's packed input
+    bool pack_time_columns = true;  // ... and a time decoder's (conv_glu.h: pack_columns_w)
     // float16 / bfloat16: GEMM results that only a memory-bound pass reads (the
     // transposed convolutions' columns, the rewrite convolutions before their
     // GLU) stored in the operand type (else float32).

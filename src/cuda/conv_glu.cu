@@ -104,6 +104,74 @@ __global__ void __launch_bounds__(256)
     store_packed_tile(tile, xp + (b * Hc * W + int64_t(hr) * W + w0) * C, W - w0, c0, C);
 }
 
+// The same from a time decoder's columns (kernel [1, 8], stride 4: the
+// taps along W, two an output): output u of the uncropped row sums the bias,
+// tap u % 4 at input column u / 4 and tap u % 4 + 4 at column u / 4 - 1, in
+// col2im_w_pairs_kernel's order, then act, + skip, packed. A block takes 64
+// channels x 32 input columns (128 uncropped outputs u0 = 128 blockIdx.x ..)
+// of one item; a thread reads 8 columns of a channel per tap in one 16-byte
+// access (4 lanes a 64-byte run of a tap row), and its 32 outputs go to the
+// block's tile; the records leave as pack_channels_last's do, at output
+// positions j = u - w0 inside [0, Wc).
+constexpr int kPackWCols = 32, kPackWOut = 4 * kPackWCols;
+template <typename CT, typename T>
+__global__ void __launch_bounds__(256)
+    pack_columns_w_kernel(const CT* __restrict__ cols, int64_t ld, const float* __restrict__ bias, Act act,
+                          const float* __restrict__ skip, T* __restrict__ xp, int C, int W, int w0, int Wc,
+                          int64_t b0) {
+    __shared__ float tile[kPackChannels][kPackWOut + 1];
+    const int u0 = int(blockIdx.x) * kPackWOut, c0 = int(blockIdx.y) * kPackChannels;
+    const int64_t bl = blockIdx.z, b = b0 + bl;
+    {
+        const int r = int(threadIdx.x) >> 2, run = int(threadIdx.x) & 3;
+        const int c = c0 + r, q0 = u0 / 4 + kVec * run;  // input columns q0 .. q0 + 7
+        // first[j][k]: tap j at column q0 + k; second[j][k]: tap j + 4 at column q0 + k - 1.
+        float first[4][kVec], second[4][kVec];
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int k = 0; k < kVec; k++) first[j][k] = second[j][k] = 0.0f;
+        float bv = 0.0f;
+        if (c < C) {
+            bv = bias ? bias[c] : 0.0f;
+            const CT* taps = cols + (bl * C + c) * 8 * ld;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                if (q0 < W) {  // (q0 + 8 <= ld: both multiples of 8)
+                    float v[kVec];
+                    load8(taps + j * ld + q0, first[j]);
+                    load8(taps + (j + 4) * ld + q0, v);
+#pragma unroll
+                    for (int k = 1; k < kVec; k++) second[j][k] = v[k - 1];
+                }
+                if (q0 >= 1 && q0 - 1 < W) second[j][0] = to_float(taps[(j + 4) * ld + q0 - 1]);
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < kVec; k++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const int q = q0 + k;
+                float acc = bv;
+                if (q < W) acc += first[j][k];
+                if (q >= 1 && q - 1 < W) acc += second[j][k];
+                tile[r][4 * (kVec * run + k) + j] = activate(acc, act);
+            }
+    }
+    __syncthreads();
+    // A record (8 channels of one position) a thread at a time, lanes along the positions.
+    for (int i = int(threadIdx.x); i < kPackWOut * (kPackChannels / kVec); i += 256) {
+        const int p = i % kPackWOut, group = i / kPackWOut;
+        const int j = u0 + p - w0, c = c0 + group * kVec;
+        if (j < 0 || j >= Wc || c >= C) continue;
+        float v[kVec];
+#pragma unroll
+        for (int e = 0; e < kVec; e++)
+            v[e] = __fadd_rn(tile[group * kVec + e][p], skip[(b * C + c + e) * int64_t(Wc) + j]);  // never an FMA
+        store8(xp + (b * Wc + j) * C + c, v);
+    }
+}
+
 // ------------------------------------------------------------- convolution
 // A block: 48 GLU outputs (96 conv rows: the values c0.. and their gates
 // C + c0..) x 256 positions (ROWS output rows of 256 / ROWS), 8 warps, each
@@ -488,6 +556,31 @@ void pack_columns(const Ctx& ctx, const void* cols, DType ct, int64_t ld, const 
                     pack_columns_kernel<CT, T><<<grid, 256, 0, ctx.stream>>>(
                         static_cast<const CT*>(cols), ld, bias, act, skip, out, int(C), int(H), int(W), kh, sh,
                         int(h0), int(Hc), b0));
+    };
+    if (ctx.gemm == DType::F16)
+        launch(static_cast<__half*>(xp));
+    else
+        launch(static_cast<__nv_bfloat16*>(xp));
+    FD_LAUNCH_CHECK();
+}
+
+bool pack_columns_w_fits(const Ctx& ctx, int64_t C) { return ctx.gemm != DType::F32 && C % kVec == 0; }
+
+void pack_columns_w(const Ctx& ctx, const void* cols, DType ct, int64_t ld, const float* bias, Act act, int64_t b0,
+                    int64_t nb, int64_t C, int64_t W, int64_t w0, int64_t Wc, const float* skip, void* xp) {
+    const int64_t tiles = (w0 + Wc + kPackWOut - 1) / kPackWOut;
+    if (!pack_columns_w_fits(ctx, C) || ld % kVec != 0 || ld < W || !aligned16(cols) || !aligned16(xp) || w0 < 0 ||
+        w0 + Wc > 4 * (W - 1) + 8 || nb > 65535 || (C + kPackChannels - 1) / kPackChannels > 65535 ||
+        tiles * kPackWOut > std::numeric_limits<int32_t>::max())
+        throw Error("internal error: pack_columns_w geometry");
+    if (ctx.dry || nb == 0 || Wc == 0) return;
+    const dim3 grid(unsigned(tiles), unsigned((C + kPackChannels - 1) / kPackChannels), unsigned(nb));
+    auto launch = [&](auto* out) {
+        using T = std::remove_pointer_t<decltype(out)>;
+        FD_DISPATCH(ct, CT,
+                    pack_columns_w_kernel<CT, T><<<grid, 256, 0, ctx.stream>>>(static_cast<const CT*>(cols), ld, bias,
+                                                                                act, skip, out, int(C), int(W),
+                                                                                int(w0), int(Wc), b0));
     };
     if (ctx.gemm == DType::F16)
         launch(static_cast<__half*>(xp));

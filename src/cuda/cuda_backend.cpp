@@ -137,6 +137,7 @@
 // instead of through the ring of page-locked slots (cuda/download_ring.h).
 // FASTDEMUCS_CUDNN_AUTOTUNE=1: cuDNN's attention plans timed, the fastest kept (cuda/cudnn_attention.cpp).
 // FASTDEMUCS_PACK_FROM_COLUMNS=0: the frequency decoders' outputs stored, then packed (Ctx::pack_from_columns).
+// FASTDEMUCS_PACK_TIME_COLUMNS=0: the same for the time decoders (Ctx::pack_time_columns).
 // FASTDEMUCS_FREQ_TRANSPOSED_MMA=0: the frequency decoders' columns, then their sums into the iSTFT's input
 // or the next packed input, instead of one tensor-core kernel each (Ctx::freq_transposed_mma).
 // FASTDEMUCS_GPU_TIMELINE=1 prints the track path's GPU time line (events).
@@ -513,6 +514,7 @@ public:
         ctx_.im2col_3x3 = env_string("FASTDEMUCS_IM2COL_3X3") != "0";
         ctx_.fuse_freq_embedding = env_string("FASTDEMUCS_FUSED_FREQ_EMB") != "0";
         ctx_.pack_from_columns = env_string("FASTDEMUCS_PACK_FROM_COLUMNS") != "0";
+        ctx_.pack_time_columns = env_string("FASTDEMUCS_PACK_TIME_COLUMNS") != "0";
         staged_upload_ = env_string("FASTDEMUCS_STAGED_UPLOAD") != "0";
         ctx_.narrow_gemm_out = env_string("FASTDEMUCS_NARROW_GEMM_OUT") != "0";
         graphs_enabled_ = !env_flag("FASTDEMUCS_NO_GRAPH");
@@ -1551,13 +1553,21 @@ private:
     // Where that applies: d a plain frequency transposed conv with GELU (no
     // norm, not the last), next a frequency decoder whose rewrite conv_glu
     // takes; no taps (they read z).
+    // The same between two time decoders (ctx.pack_time_columns): d's transposed conv of kernel 8,
+    // stride 4 along W (pack_columns_w), next's 1 x k rewrite on conv_glu.
     bool decoder_packs_next(const Ctx& ctx, const DecoderLayerPlan& d, const DecoderLayerPlan& next) const {
-        if (!ctx.pack_from_columns || tap_ || ctx.gemm == DType::F32 || !d.freq || d.norm || d.last || d.empty ||
-            !next.freq || next.empty || !next.rewrite_kernel || next.norm)
+        if (tap_ || ctx.gemm == DType::F32 || d.freq != next.freq || d.norm || d.last || d.empty || next.empty ||
+            !next.rewrite_kernel || next.norm)
             return false;
         ConvGeom g;
-        g.pw = g.ph = next.rewrite_kernel / 2;
-        return conv_glu_takes(ctx, conv_weight(next.prefix + "rewrite.", next.rewrite_kernel, next.rewrite_kernel), g) &&
+        g.pw = next.rewrite_kernel / 2;
+        if (!d.freq)
+            return ctx.pack_time_columns && d.kernel == 8 && d.stride == 4 &&
+                   conv_glu_takes(ctx, conv_weight(next.prefix + "rewrite.", 1, next.rewrite_kernel), g) &&
+                   pack_columns_w_fits(ctx, d.chout);
+        g.ph = next.rewrite_kernel / 2;
+        return ctx.pack_from_columns &&
+               conv_glu_takes(ctx, conv_weight(next.prefix + "rewrite.", next.rewrite_kernel, next.rewrite_kernel), g) &&
                pack_columns_fits(ctx, d.chout, spectral_->frames());
     }
 
@@ -1663,6 +1673,7 @@ private:
         time.fork();
         const size_t offset = plan.decoder.size() - plan.tdecoder.size();
         PackedInput packed_input;  // this decoder's input, packed by the previous one (or none)
+        PackedInput packed_input_t;  // the same for the time decoders
         for (size_t idx = 0; idx < plan.decoder.size(); idx++) {
             DTensor skip = saved.back();
             saved.pop_back();
@@ -1693,8 +1704,16 @@ private:
                 } else {
                     DTensor skip_t = saved_t.back();
                     saved_t.pop_back();
-                    xt = decoder_layer(time_ctx(plan.tdecoder.size() - 1 - (idx - offset)), tdec, xt, &skip_t,
-                                       length_t, nullptr);
+                    const Ctx& layer_ctx = time_ctx(plan.tdecoder.size() - 1 - (idx - offset));
+                    // The next time decoder's packed rewrite input made by this one.
+                    PackedInput next_t;
+                    const size_t t_idx = idx - offset;
+                    if (t_idx + 1 < plan.tdecoder.size() && !saved_t.empty() &&
+                        decoder_packs_next(layer_ctx, tdec, plan.tdecoder[t_idx + 1]))
+                        next_t.skip = saved_t.back().p;
+                    xt = decoder_layer(layer_ctx, tdec, xt, &skip_t, length_t, nullptr, nullptr, packed_input_t.xp,
+                                       next_t.skip ? &next_t : nullptr);
+                    packed_input_t = next_t;
                 }
                 emit(ctx, "tdecoder." + std::to_string(idx - offset) + ".0", xt);
             }
@@ -2029,8 +2048,10 @@ private:
             spectrum->spec = spectral_->alloc_spectrum(ctx, x.b, d.chout / 2);
             z = DTensor{nullptr, x.b, d.chout, Hc, Wc};
         } else if (packed) {
-            if (!d.freq || d.norm || d.last || pre || kw != 1 || sw != 1 || Wc != x.w ||
-                !pack_columns_fits(ctx, d.chout, Wc))
+            const bool fits = d.freq ? kw == 1 && sw == 1 && Wc == x.w && pack_columns_fits(ctx, d.chout, Wc)
+                                     : kh == 1 && sh == 1 && x.h == 1 && kw == 8 && sw == 4 &&
+                                           pack_columns_w_fits(ctx, d.chout);
+            if (!fits || d.norm || d.last || pre)
                 throw Error("internal error: " + d.prefix + " cannot write the next decoder's packed input");
             packed->xp = ctx.arena->alloc_bytes(conv_glu_packed_bytes(ctx, x.b, d.chout, Hc * Wc));
             z = DTensor{nullptr, x.b, d.chout, Hc, Wc};
@@ -2080,8 +2101,12 @@ private:
         } else if (packed) {
             // The activation goes in the sink (a sink takes the columns before it).
             const ColumnSink sink = [&](const void* cols, DType ct, int64_t ld, int64_t b0, int64_t nb) {
-                pack_columns(ctx, cols, ct, ld, tw.bias, act, b0, nb, d.chout, x.h, x.w, kh, sh, h0, Hc, packed->skip,
-                             packed->xp);
+                if (d.freq)
+                    pack_columns(ctx, cols, ct, ld, tw.bias, act, b0, nb, d.chout, x.h, x.w, kh, sh, h0, Hc,
+                                 packed->skip, packed->xp);
+                else
+                    pack_columns_w(ctx, cols, ct, ld, tw.bias, act, b0, nb, d.chout, x.w, w0, Wc, packed->skip,
+                                   packed->xp);
             };
             conv_transpose2d(ctx, y, tw, sh, sw, h0, w0, z, Act::None, y_operand.p, &sink);
         } else {
