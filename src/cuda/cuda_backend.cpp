@@ -745,6 +745,11 @@ public:
         if (length <= 0 || batch <= 0) throw Error("forward: empty input");
         const int64_t C = cfg.audio_channels, S = cfg.num_sources(), L = length_;
         FD_CUDA(cudaSetDevice(device_));
+        struct TapGuard {
+            TapFn& slot;
+            ~TapGuard() { slot = nullptr; }
+        } guard{tap_};
+        tap_ = tap;  // (before the workspace is measured: a tapped forward needs more)
         ensure_workspace(batch);
         Ctx ctx = ctx_;
         ctx.arena = &arena_;
@@ -756,12 +761,6 @@ public:
             FD_CUDA(cudaMemset2DAsync(io.in + length, pitch, 0, size_t(L - length) * sizeof(float),
                                       size_t(batch * C), stream));
         FD_CUDA(cudaMemcpy2DAsync(io.in, pitch, mix, row, row, size_t(batch * C), cudaMemcpyHostToDevice, stream));
-
-        struct TapGuard {
-            TapFn& slot;
-            ~TapGuard() { slot = nullptr; }
-        } guard{tap_};
-        tap_ = tap;
         run_forward(ctx, batch);
         FD_CUDA(cudaMemcpy2DAsync(out, row, io.out, pitch, row, size_t(batch * S * C), cudaMemcpyDeviceToHost, stream));
         FD_CUDA(cudaStreamSynchronize(stream));
@@ -1165,8 +1164,12 @@ private:
     // phase), then with it from the top of that (its fake addresses then in
     // the arena's range, for the prime of the recorded products).
     size_t measure(int batch) {
-        auto it = measured_.find(batch);
-        if (it != measured_.end()) return it->second;
+        // A tapped forward (tap_ set) stores the outputs that the others hand
+        // to their consumers packed (decoder_packs_next, decoder_writes_spectrum):
+        // its dry run is its own.
+        std::map<int, size_t>& cache = tap_ ? measured_tapped_ : measured_;
+        auto it = cache.find(batch);
+        if (it != cache.end()) return it->second;
         Arena dry;
         Ctx ctx = ctx_;
         ctx.arena = &dry;
@@ -1182,12 +1185,12 @@ private:
         GemmRecord record;
         ctx.gemm_record = &record;
         need = std::max(need, device_forward(ctx, batch, need));
-        gemm_records_[batch] = std::move(record);
+        if (!tap_) gemm_records_[batch] = std::move(record);
         if (trace_detailed())
             trace_point(("cuda: a forward of " + std::to_string(batch) + " needs " + std::to_string(need >> 20) +
                          " MiB of workspace")
                             .c_str());
-        return measured_[batch] = need;
+        return cache[batch] = need;
     }
 
     void ensure_workspace(int batch) {
@@ -2169,7 +2172,7 @@ private:
     bool graphs_enabled_ = true;
     int batch_cap_ = kDefaultBatchCap;
     size_t per_chunk_ = 0, fixed_ = 0;
-    std::map<int, size_t> measured_;
+    std::map<int, size_t> measured_, measured_tapped_;
     std::map<int, GemmRecord> gemm_records_;  // the products each measured batch size met
     std::map<int, cudaGraphExec_t> graphs_;
     std::set<int> eager_done_;
