@@ -753,6 +753,31 @@ TEST(KernelsCuda, ConvGluMatchesTheModule) {
     EXPECT_FALSE(conv_glu_takes(f16, w, g));  // the encoders' 1x1 rewrites too
 }
 
+namespace {
+
+// A decoder's transposed conv (Cin -> C, kernel kh x kw) and the next
+// decoder's rewrite (C -> 2 C, rkh x rkw, its per-tap weights built), exact
+// in float16 and bfloat16; seeds seed .. seed + 3.
+struct DecoderPairWeights {
+    ConvWeight tw, rw;
+};
+DecoderPairWeights decoder_pair_weights(Gpu& gpu, const Ctx& ctx, DType t, int64_t Cin, int64_t C, int kh, int kw,
+                                        int rkh, int rkw, uint32_t seed) {
+    DecoderPairWeights d;
+    d.tw.w = put_as(gpu, exact_random(size_t(Cin * C * kh * kw), seed), t);
+    d.tw.bias = gpu.put(random(size_t(C), seed + 1));
+    d.tw.cin = int(Cin), d.tw.cout = int(C), d.tw.kh = kh, d.tw.kw = kw;
+    const int taps = rkh * rkw;
+    const std::vector<float> gw = exact_random(size_t(2 * C * C * taps), seed + 2);
+    d.rw.w = put_as(gpu, gw, t), d.rw.bias = gpu.put(random(size_t(2 * C), seed + 3));
+    d.rw.cin = int(C), d.rw.cout = int(2 * C), d.rw.kh = rkh, d.rw.kw = rkw;
+    d.rw.taps = gpu.arena.alloc_bytes(gw.size() * dtype_bytes(t));
+    conv_weight_taps(ctx, gpu.put(gw), const_cast<void*>(d.rw.taps), t, 2 * C, C, taps);
+    return d;
+}
+
+}  // namespace
+
 // A frequency decoder's transposed conv writing the next rewrite's packed
 // input (pack_columns) gives the conv_glu of the stored path (col2im with
 // GELU, then conv_glu's own pack of x + skip) bit for bit.
@@ -763,15 +788,8 @@ TEST(KernelsCuda, PackedInputFromColumnsEqualsTheStoredPath) {
             Gpu gpu;
             Ctx ctx = gpu.ctx(t);
             const int64_t B = 2, Cin = 24, H = 5, kh = 8, sh = 4, h0 = 2, Hc = (H - 1) * sh + kh - 2 * h0;
-            ConvWeight tw;
-            tw.w = put_as(gpu, exact_random(size_t(Cin * C * kh), 31), t), tw.bias = gpu.put(random(size_t(C), 32));
-            tw.cin = int(Cin), tw.cout = int(C), tw.kh = int(kh), tw.kw = 1;
-            const std::vector<float> gw = exact_random(size_t(2 * C * C * 9), 33);
-            ConvWeight rw;
-            rw.w = put_as(gpu, gw, t), rw.bias = gpu.put(random(size_t(2 * C), 34));
-            rw.cin = int(C), rw.cout = int(2 * C), rw.kh = 3, rw.kw = 3;
-            rw.taps = gpu.arena.alloc_bytes(gw.size() * dtype_bytes(t));
-            conv_weight_taps(ctx, gpu.put(gw), const_cast<void*>(rw.taps), t, 2 * C, C, 9);
+            const DecoderPairWeights pair = decoder_pair_weights(gpu, ctx, t, Cin, C, int(kh), 1, 3, 3, 31);
+            const ConvWeight &tw = pair.tw, &rw = pair.rw;
             ConvGeom g;
             g.kh = 3, g.kw = 3, g.ph = 1, g.pw = 1;
             ASSERT_TRUE(conv_glu_takes(ctx, rw, g));
@@ -806,22 +824,17 @@ TEST(KernelsCuda, PackedInputFromTimeColumnsEqualsTheStoredPath) {
     struct Case {
         int64_t C, W, w0, Wc;
     };
-    // A block's 128 outputs and less, the whole uncropped row, several channel tiles, a partial one.
+    // A block's 128 outputs and less, the whole uncropped row, several channel tiles, a partial one,
+    // W a multiple of 8 (the thread of columns W .. W + 7 takes the row's last outputs from column W - 1,
+    // as the model's crop [2, 4 W + 2) asks).
     for (DType t : {DType::F16, DType::BF16})
         for (const Case& k : {Case{16, 37, 2, 4 * 36 + 8 - 4}, Case{48, 300, 2, 1190}, Case{96, 70, 0, 4 * 69 + 8},
-                              Case{80, 41, 5, 100}}) {
+                              Case{80, 41, 5, 100}, Case{48, 40, 2, 160}}) {
             Gpu gpu;
             Ctx ctx = gpu.ctx(t);
             const int64_t B = 3, Cin = 24, C = k.C, W = k.W;
-            ConvWeight tw;
-            tw.w = put_as(gpu, exact_random(size_t(Cin * C * 8), 41), t), tw.bias = gpu.put(random(size_t(C), 42));
-            tw.cin = int(Cin), tw.cout = int(C), tw.kh = 1, tw.kw = 8;
-            const std::vector<float> gw = exact_random(size_t(2 * C * C * 3), 43);
-            ConvWeight rw;
-            rw.w = put_as(gpu, gw, t), rw.bias = gpu.put(random(size_t(2 * C), 44));
-            rw.cin = int(C), rw.cout = int(2 * C), rw.kh = 1, rw.kw = 3;
-            rw.taps = gpu.arena.alloc_bytes(gw.size() * dtype_bytes(t));
-            conv_weight_taps(ctx, gpu.put(gw), const_cast<void*>(rw.taps), t, 2 * C, C, 3);
+            const DecoderPairWeights pair = decoder_pair_weights(gpu, ctx, t, Cin, C, 1, 8, 1, 3, 41);
+            const ConvWeight &tw = pair.tw, &rw = pair.rw;
             ConvGeom g;
             g.kh = 1, g.kw = 3, g.ph = 0, g.pw = 1;
             ASSERT_TRUE(conv_glu_takes(ctx, rw, g));
@@ -1706,7 +1719,8 @@ TEST(KernelsCuda, TensorCoreDConvApplyMatchesTheModule) {
                   uint32_t(__half_as_ushort(__float2half_rn(100 + 3 * 5 + 2))) << 16);  // chunk 0: channels 4, 5
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
     const DConvCase cases[] = {{2, 48, 6, 3, 300, 2}, {1, 96, 12, 1, 1000, 1}, {2, 192, 24, 4, 150, 2},
-                               {2, 8, 1, 2, 5, 4},    {1, 56, 28, 1, 523, 3},  {1, 192, 24, 1, 5375, 1}};
+                               {2, 8, 1, 2, 5, 4},    {1, 56, 28, 1, 523, 3},  {1, 192, 24, 1, 5375, 1},
+                               {1, 64, 20, 2, 200, 1}};  // hidden 20: a partial third tile split among warps
     // Each with the warps of a strip sharing its work at hidden > 16 (the in-convolution's hidden
     // tiles, the apply's channels) and without.
     for (const DConvCase& k : cases)

@@ -569,7 +569,8 @@ bool pack_columns_w_fits(const Ctx& ctx, int64_t C) { return ctx.gemm != DType::
 void pack_columns_w(const Ctx& ctx, const void* cols, DType ct, int64_t ld, const float* bias, Act act, int64_t b0,
                     int64_t nb, int64_t C, int64_t W, int64_t w0, int64_t Wc, const float* skip, void* xp) {
     const int64_t tiles = (w0 + Wc + kPackWOut - 1) / kPackWOut;
-    if (!pack_columns_w_fits(ctx, C) || ld % kVec != 0 || ld < W || !aligned16(cols) || !aligned16(xp) || w0 < 0 ||
+    if (!pack_columns_w_fits(ctx, C) || W < 1 || Wc < 0 || !skip || ld % kVec != 0 || ld < W || !aligned16(cols) ||
+        !aligned16(xp) || w0 < 0 ||
         w0 + Wc > 4 * (W - 1) + 8 || nb > 65535 || (C + kPackChannels - 1) / kPackChannels > 65535 ||
         tiles * kPackWOut > std::numeric_limits<int32_t>::max())
         throw Error("internal error: pack_columns_w geometry");

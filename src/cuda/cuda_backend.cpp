@@ -1556,8 +1556,8 @@ private:
     // Where that applies: d a plain frequency transposed conv with GELU (no
     // norm, not the last), next a frequency decoder whose rewrite conv_glu
     // takes; no taps (they read z).
-    // The same between two time decoders (ctx.pack_time_columns): d's transposed conv of kernel 8,
-    // stride 4 along W (pack_columns_w), next's 1 x k rewrite on conv_glu.
+    // The same between two decoders along W (ctx.pack_time_columns: the time branch's): d's transposed
+    // conv of kernel 8, stride 4 (pack_columns_w), next's 1 x k rewrite on conv_glu.
     bool decoder_packs_next(const Ctx& ctx, const DecoderLayerPlan& d, const DecoderLayerPlan& next) const {
         if (tap_ || ctx.gemm == DType::F32 || d.freq != next.freq || d.norm || d.last || d.empty || next.empty ||
             !next.rewrite_kernel || next.norm)

@@ -647,10 +647,14 @@ void launch_apply_tc(const Ctx& ctx, const DConvLayerWeights& w, float* x, int64
                 w.out_bias, ycoef, w.scale, x, copy_p, copy ? copy->ld : 0);
         });
     };
-    if (split)
-        run(std::integral_constant<int, 2>());
-    else
-        run(std::integral_constant<int, 1>());
+    if constexpr (KSteps == 2) {  // (no two-group instance at one k-step: it never runs)
+        if (split) {
+            run(std::integral_constant<int, 2>());
+            FD_LAUNCH_CHECK();
+            return;
+        }
+    }
+    run(std::integral_constant<int, 1>());
     FD_LAUNCH_CHECK();
 }
 
