@@ -1160,6 +1160,24 @@ std::vector<double> encoder_conv_reference(const EncoderConv& e, const std::vect
     return ref;
 }
 
+// conv2d of x [3, cin, H, W] with an input norm applied as it reads
+// (conv2d's in_norm) gives the floats of normalize_items, then conv2d: bit
+// for bit, in ctx's path.
+void expect_normalised_as_read(Gpu& gpu, const Ctx& ctx, const EncoderConv& e, const std::vector<float>& x,
+                               int64_t cin, int64_t H, int64_t W, const std::string& what) {
+    const int64_t B = 3, cout = e.cw.cout;
+    const InputNorm norm{gpu.put(std::vector<double>{0.3, -0.1, 0.05}), gpu.put(std::vector<double>{1.25, 0.8, 3.0})};
+    int64_t Ho = 0, Wo = 0;
+    conv_output_size(H, e.Wl, e.cw, e.g, &Ho, &Wo);
+    const DTensor before{gpu.put(x), B, cin, H, W}, raw{gpu.put(x), B, cin, H, W};
+    normalize_items(ctx, before.p, B, cin * H * W, norm);
+    const DTensor a{gpu.arena.alloc<float>(B * cout * Ho * Wo), B, cout, Ho, Wo};
+    const DTensor b{gpu.arena.alloc<float>(B * cout * Ho * Wo), B, cout, Ho, Wo};
+    conv2d(ctx, before, e.Wl, e.cw, e.g, a, Act::Gelu);
+    conv2d(ctx, raw, e.Wl, e.cw, e.g, b, Act::Gelu, &norm);
+    EXPECT_EQ(gpu.get(b.p, size_t(b.numel())), gpu.get(a.p, size_t(a.numel()))) << what;
+}
+
 // The encoders' convolutions with the bias carried by the GEMM (a column of
 // the weight's biased copy against rows of ones in the im2col operand) and
 // the GELU in cuBLASLt's epilogue (its tanh form: within a few float16 steps
@@ -1228,25 +1246,12 @@ TEST(KernelsCuda, ConvolutionNormalisesItsInputAsItReads) {
             const int64_t B = 3;
             const std::vector<float> x = random(size_t(B * cin * H * W), 71, 0.8f, 0.3f);
             const EncoderConv e = encoder_conv(gpu, t, cin, cout, W, time, 72);
-            const ConvGeom& g = e.g;
-            const int64_t Wl = e.Wl;
-            const ConvWeight& cw = e.cw;
-            const double* mean = gpu.put(std::vector<double>{0.3, -0.1, 0.05});
-            const double* inv = gpu.put(std::vector<double>{1.25, 0.8, 3.0});
-            const InputNorm norm{mean, inv};
-            int64_t Ho = 0, Wo = 0;
-            conv_output_size(H, Wl, cw, g, &Ho, &Wo);
             for (const bool implicit : {false, true}) {
                 if (implicit && t == DType::F32) continue;
-                Ctx ctx = gpu.ctx(t, true, true, false, implicit);
-                const DTensor before{gpu.put(x), B, cin, H, W}, raw{gpu.put(x), B, cin, H, W};
-                normalize_items(ctx, before.p, B, cin * H * W, norm);
-                const DTensor a{gpu.arena.alloc<float>(B * cout * Ho * Wo), B, cout, Ho, Wo};
-                const DTensor b{gpu.arena.alloc<float>(B * cout * Ho * Wo), B, cout, Ho, Wo};
-                conv2d(ctx, before, Wl, cw, g, a, Act::Gelu);
-                conv2d(ctx, raw, Wl, cw, g, b, Act::Gelu, &norm);
-                EXPECT_EQ(gpu.get(b.p, size_t(b.numel())), gpu.get(a.p, size_t(a.numel())))
-                    << dtype_name(t) << (time ? " time " : " freq ") << H << "x" << W << (implicit ? " implicit" : "");
+                expect_normalised_as_read(gpu, gpu.ctx(t, true, true, false, implicit), e, x, cin, H, W,
+                                          std::string(dtype_name(t)) + (time ? " time " : " freq ") +
+                                              std::to_string(H) + "x" + std::to_string(W) +
+                                              (implicit ? " implicit" : ""));
             }
         }
 }
@@ -1278,18 +1283,8 @@ TEST(KernelsCuda, DirectConvolutionOfTheTimeEncoder) {
                           1e-6)
                     << dtype_name(t) << " " << W;
             }
-            const std::vector<float> xr = random(size_t(B * cin * W), 93, 0.8f, 0.3f);
-            const double* mean = gpu.put(std::vector<double>{0.3, -0.1, 0.05});
-            const double* inv = gpu.put(std::vector<double>{1.25, 0.8, 3.0});
-            const InputNorm norm{mean, inv};
-            const DTensor raw{gpu.put(xr), B, cin, 1, W}, before{gpu.put(xr), B, cin, 1, W};
-            normalize_items(ctx, before.p, B, cin * W, norm);
-            const DTensor a{gpu.arena.alloc<float>(B * cout * Wo), B, cout, 1, Wo};
-            const DTensor b{gpu.arena.alloc<float>(B * cout * Wo), B, cout, 1, Wo};
-            conv2d(ctx, before, e.Wl, e.cw, e.g, a, Act::Gelu);
-            conv2d(ctx, raw, e.Wl, e.cw, e.g, b, Act::Gelu, &norm);
-            EXPECT_EQ(gpu.get(b.p, size_t(b.numel())), gpu.get(a.p, size_t(a.numel())))
-                << dtype_name(t) << " " << W << " normalised";
+            expect_normalised_as_read(gpu, ctx, e, random(size_t(B * cin * W), 93, 0.8f, 0.3f), cin, 1, W,
+                                      std::string(dtype_name(t)) + " " + std::to_string(W) + " normalised");
         }
     {  // 700 items: fewer blocks than position groups, each warp loops over its item's positions
         Gpu gpu;
@@ -1353,17 +1348,9 @@ TEST(KernelsCuda, SecondFrequencyEncoderOnTheTensorCores) {
                 for (int64_t i = n; i < n + guard; i++) EXPECT_TRUE(std::isnan(got[size_t(i)])) << "written past the output";
             }
             if (B != 3) continue;
-            const std::vector<double> mean_h{0.3, -0.1, 0.05}, inv_h{1.25, 0.8, 3.0};
-            const InputNorm norm{gpu.put(mean_h), gpu.put(inv_h)};
-            const std::vector<float> xr = random(size_t(B * cin * H * W), 103, 0.8f, 0.3f);
-            const DTensor raw{gpu.put(xr), B, cin, H, W}, before{gpu.put(xr), B, cin, H, W};
-            normalize_items(ctx, before.p, B, cin * H * W, norm);
-            const DTensor a{gpu.arena.alloc<float>(B * cout * Ho * Wo), B, cout, Ho, Wo};
-            const DTensor b{gpu.arena.alloc<float>(B * cout * Ho * Wo), B, cout, Ho, Wo};
-            conv2d(ctx, before, e.Wl, e.cw, e.g, a, Act::Gelu);
-            conv2d(ctx, raw, e.Wl, e.cw, e.g, b, Act::Gelu, &norm);
-            EXPECT_EQ(gpu.get(b.p, size_t(b.numel())), gpu.get(a.p, size_t(a.numel())))
-                << dtype_name(t) << " " << H << "x" << W << " normalised";
+            expect_normalised_as_read(gpu, ctx, e, random(size_t(B * cin * H * W), 103, 0.8f, 0.3f), cin, H, W,
+                                      std::string(dtype_name(t)) + " " + std::to_string(H) + "x" +
+                                          std::to_string(W) + " normalised");
         }
     ConvGeom g;
     g.sh = 4, g.ph = 2;
